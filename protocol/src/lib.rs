@@ -1,0 +1,16 @@
+//! Wire types shared by the Nitride firmware and the guest side.
+//!
+//! Everything here is plain data: constants, `#[repr(C)]` layouts with zerocopy
+//! derives and a size assertion next to each, and small pure helpers. No unsafe code,
+//! no allocation, no knowledge of which platform (SNP or emulated) is underneath.
+//!
+//! - [`svsm`]: the SVSM calling convention, result codes, the calling area (CAA), the
+//!   core protocol and the SVSM fields of the secrets page.
+//! - [`snp`]: SEV-SNP attestation report, certificate table and guest-message layouts.
+//! - [`vhsm`]: the vHSM request/response wire format.
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod snp;
+pub mod svsm;
+pub mod vhsm;
