@@ -1,2 +1,26 @@
-//! The Nitride SVSM (being built: see the issue "Boot the SVSM in QEMU").
+//! The Nitride SVSM's platform-independent core, tested on the host.
+//!
+//! - [`memory`]: guest RAM and the checked constructor for guest ranges.
+//! - [`platform`]: the [`platform::Platform`] trait, the seam to the hardware.
+//! - [`svsm`]: the request loop and the core protocol.
+//! - [`npt`]: nested page-table construction (which guest addresses exist).
+//! - [`elf`]: parsing the guest image.
+//! - [`guest_setup`]: the secrets, boot-info and page-table pages given to the guest.
+//! - [`launch`]: loading the guest image and writing the fixed guest pages.
+//! - [`cmdline`]: the SVSM command line.
+//!
+//! The firmware binary (`src/main.rs` and `src/arch/`) adds boot, the CPU tables,
+//! the console and the emulated platform; all unsafe code lives there.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod cmdline;
+pub mod elf;
+pub mod guest_setup;
+pub mod launch;
+pub mod memory;
+pub mod npt;
+pub mod platform;
+pub mod svsm;

@@ -1,0 +1,12 @@
+//! Everything machine-specific and unsafe: boot, CPU tables, console, heap, the PVH
+//! start info, guest-memory access and the SVM world switch. Each module keeps its
+//! unsafe blocks small and offers a safe API.
+
+pub mod boot;
+pub mod cpu;
+pub mod guest_mem;
+pub mod heap;
+pub mod pvh;
+pub mod serial;
+pub mod svm;
+pub mod take_once;

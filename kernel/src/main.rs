@@ -1,0 +1,118 @@
+//! The Nitride SVSM firmware image: boots through PVH, sets up the CPU, console and
+//! heap, prepares the emulated platform and the guest, and runs the request loop.
+//! The platform-independent parts are the `nitride_kernel` library.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+
+// The memory functions and unwinding symbols the image needs.
+use nitride_rt as _;
+
+use arch::{cpu, heap, pvh, serial, svm::Emulated};
+use nitride_kernel::cmdline::Cmdline;
+use nitride_kernel::launch::prepare_guest;
+use nitride_kernel::memory::{GuestMemoryMap, PhysRange};
+use nitride_kernel::svsm::{StopReason, Svsm};
+use nitride_protocol::emulated::{exit, BOOT_INFO_GPA, CAA_GPA, SECRETS_GPA, SVSM_BASE, SVSM_END};
+
+extern "C" {
+    static __svsm_image_end: u8;
+}
+
+#[no_mangle]
+extern "C" fn svsm_main64(start_info: u32) -> ! {
+    serial::init();
+    cpu::init();
+    let boot =
+        pvh::read(start_info).unwrap_or_else(|e| cpu::fatal(format_args!("PVH start info: {e:?}")));
+    let cmdline_str = core::str::from_utf8(&boot.cmdline).unwrap_or("");
+    let (cmd, unknown) = Cmdline::parse(cmdline_str);
+    serial::init_logger(cmd.log);
+    heap::init();
+
+    let image_end = core::ptr::addr_of!(__svsm_image_end) as u64;
+    log::info!(
+        "Nitride SVSM {} (emulated platform)",
+        env!("CARGO_PKG_VERSION")
+    );
+    log::info!(
+        "SVSM region {:#x}..{:#x} ({} MiB); image+bss end at {:#x} ({} KiB used), heap {} KiB",
+        SVSM_BASE,
+        SVSM_END,
+        (SVSM_END - SVSM_BASE) >> 20,
+        image_end,
+        (image_end - SVSM_BASE) >> 10,
+        heap::HEAP_SIZE >> 10
+    );
+    if unknown > 0 {
+        log::warn!("{unknown} unknown command-line word(s) ignored: {cmdline_str:?}");
+    }
+
+    #[cfg(feature = "fault-injection")]
+    if let Some(f) = cmd.fault {
+        cpu::inject(f);
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    if cmd.fault.is_some() {
+        log::warn!("nitride.fault ignored: this image is built without fault injection");
+    }
+
+    let svsm_region = PhysRange {
+        start: SVSM_BASE,
+        end: SVSM_END,
+    };
+    let map = GuestMemoryMap::new(&boot.ram, svsm_region)
+        .unwrap_or_else(|e| cpu::fatal(format_args!("memory map: {e:?}")));
+    for r in map.ram() {
+        log::info!("guest RAM {:#010x}..{:#010x}", r.start, r.end);
+    }
+    let mut platform = Emulated::new(map, BOOT_INFO_GPA, SECRETS_GPA)
+        .unwrap_or_else(|e| cpu::fatal(format_args!("SVM: {e:?}")));
+    let entry = prepare_guest(&mut platform, boot.module, cmd.guest.as_bytes())
+        .unwrap_or_else(|e| cpu::fatal(format_args!("guest image: {e:?}")));
+    platform.start_at(entry);
+    log::info!("guest loaded, entry {entry:#x}; secrets page {SECRETS_GPA:#x}, CAA {CAA_GPA:#x}; entering guest at VMPL1");
+    log::info!("heap in use after boot: {} bytes", heap::used());
+
+    let mut svsm = Svsm::new(platform, CAA_GPA);
+    let stop = svsm.run();
+    let stats = svsm.stats();
+    log::info!(
+        "served {} call(s), ignored {} without call_pending, {} exits",
+        stats.served,
+        stats.ignored,
+        svsm.platform().exits()
+    );
+    let code = match stop {
+        StopReason::Violation { gpa, rip, access } => {
+            let what = if svsm_region.start <= gpa && gpa < svsm_region.end {
+                "SVSM memory"
+            } else {
+                "memory outside guest RAM"
+            };
+            log::error!("isolation: guest {access} of {what} at GPA {gpa:#x} (RIP {rip:#x}) stopped; page not mapped");
+            exit::GUEST_VIOLATION
+        }
+        StopReason::Halted { rip } => {
+            log::warn!("guest halted with interrupts off at RIP {rip:#x}; stopping");
+            exit::GUEST_STOPPED
+        }
+        StopReason::Shutdown { rip } => {
+            log::error!("guest shut down (triple fault) near RIP {rip:#x}; stopping");
+            exit::GUEST_STOPPED
+        }
+        StopReason::Unexpected { code, info1, info2 } => {
+            log::error!("unexpected guest exit {code:#x} (info {info1:#x}, {info2:#x}); stopping");
+            exit::GUEST_STOPPED
+        }
+    };
+    cpu::exit_qemu(code)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    cpu::fatal(format_args!("panic: {info}"))
+}

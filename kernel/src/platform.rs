@@ -1,0 +1,90 @@
+//! The seam between the request loop and the hardware.
+//!
+//! [`Platform`] is all the request loop may ask of the machine: run the guest until
+//! it calls or faults, read and write the caller's call registers, and read or write
+//! guest memory through checked [`GuestRange`]s. The emulated platform (AMD-V nested
+//! paging under QEMU) implements it today; the SNP platform (SNP_RUN_VMPL, VMSAs,
+//! RMPADJUST) will implement the same trait.
+
+use crate::memory::{GuestMemoryMap, GuestRange};
+use nitride_protocol::svsm::CallRegs;
+
+/// What kind of access a guest made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// A write (else a read).
+    pub write: bool,
+    /// An instruction fetch.
+    pub execute: bool,
+}
+
+impl core::fmt::Display for Access {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match (self.execute, self.write) {
+            (true, _) => "execute",
+            (false, true) => "write",
+            (false, false) => "read",
+        })
+    }
+}
+
+/// Why the guest stopped running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The guest asked for the SVSM (on the emulated platform: VMMCALL, with RIP
+    /// already moved past the instruction).
+    SvsmCall,
+    /// The guest touched memory it has no access to.
+    Violation {
+        /// Guest-physical address of the access.
+        gpa: u64,
+        /// Guest RIP at the access.
+        rip: u64,
+        /// Kind of access.
+        access: Access,
+    },
+    /// The guest halted with nothing that could wake it.
+    Halted {
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// The guest shut down (triple fault).
+    Shutdown {
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// An exit the platform does not handle.
+    Unexpected {
+        /// Platform exit code.
+        code: u64,
+        /// First exit information word.
+        info1: u64,
+        /// Second exit information word.
+        info2: u64,
+    },
+}
+
+/// Guest memory access failed after the range was checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestMemoryError {
+    /// The buffer's length differs from the range's.
+    LengthMismatch,
+}
+
+/// The machine under the request loop.
+pub trait Platform {
+    /// Run the guest until it exits to the SVSM.
+    fn run_guest(&mut self) -> GuestExit;
+    /// The calling vCPU's call registers (RAX, RCX, RDX, R8, R9).
+    fn call_regs(&self) -> CallRegs;
+    /// Set the calling vCPU's call registers.
+    fn set_call_regs(&mut self, regs: &CallRegs);
+    /// The VMPL the calling guest runs at.
+    fn caller_vmpl(&self) -> u8;
+    /// Guest RAM.
+    fn memory(&self) -> &GuestMemoryMap;
+    /// Copy guest memory into SVSM memory; `out.len()` must equal `range.len()`.
+    fn read_guest(&self, range: GuestRange, out: &mut [u8]) -> Result<(), GuestMemoryError>;
+    /// Copy SVSM memory into guest memory; `data.len()` must equal `range.len()`.
+    fn write_guest(&mut self, range: GuestRange, data: &[u8]) -> Result<(), GuestMemoryError>;
+}

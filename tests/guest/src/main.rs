@@ -1,0 +1,302 @@
+//! The test guest: a bare-metal program the SVSM runs at the emulated lower VMPL.
+//!
+//! It finds the SVSM through the secrets page (RSI at entry), reads its mode from
+//! the boot-info command line (RDI at entry), and then either runs the call
+//! sequence, printing one `[guest] CHECK` line per call and exiting with
+//! GUEST_PASS/GUEST_FAIL, or tries to reach SVSM memory (which must stop it), or
+//! idles, halts, or touches a refused I/O port. See `docs/guest-contract.md`.
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+use nitride_guest_driver::call::{CallError, SvsmClient, Transport, VmmcallTransport};
+use nitride_protocol::emulated::{boot_info, exit, ports};
+use nitride_protocol::svsm::{
+    call_rax, core_call, protocol, query_protocol_arg, CallRegs, ResultCode, SvsmInfo,
+};
+use nitride_rt::exit_qemu;
+use nitride_rt::uart::Uart;
+
+core::arch::global_asm!(
+    r#"
+    .section .text.entry, "ax", @progbits
+    .global _start
+_start:
+    leaq guest_stack_top(%rip), %rsp
+    call guest_main
+    ud2
+
+    .section .bss.stack, "aw", @nobits
+    .p2align 4
+guest_stack:
+    .skip 64 * 1024
+guest_stack_top:
+    "#,
+    options(att_syntax)
+);
+
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let mut u = Uart::new(ports::COM1);
+        let _ = u.write_str("[guest] ");
+        let _ = writeln!(u, $($arg)*);
+    }};
+}
+
+/// A page the guest moves its calling area to.
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+static mut SECOND_CAA: Page = Page([0; 4096]);
+
+/// Read a fixed guest page the SVSM prepared.
+fn fixed_page(gpa: u64) -> &'static [u8; 4096] {
+    // SAFETY: the guest contract puts the secrets and boot-info pages at these
+    // identity-mapped addresses before the guest starts; nothing writes them later.
+    unsafe { &*(gpa as *const [u8; 4096]) }
+}
+
+fn cmdline(boot_info_gpa: u64) -> &'static str {
+    let page = fixed_page(boot_info_gpa);
+    let magic = u32::from_le_bytes([page[0], page[1], page[2], page[3]]);
+    if magic != boot_info::MAGIC {
+        return "";
+    }
+    let len = u32::from_le_bytes([page[4], page[5], page[6], page[7]]) as usize;
+    let bytes = page
+        .get(boot_info::CMDLINE_OFFSET..boot_info::CMDLINE_OFFSET + len)
+        .unwrap_or(&[]);
+    core::str::from_utf8(bytes).unwrap_or("")
+}
+
+struct Checks {
+    passed: u32,
+    failed: u32,
+}
+
+impl Checks {
+    fn check(&mut self, name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
+        if ok {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+        }
+        say!(
+            "CHECK {name}: {detail} ... {}",
+            if ok { "ok" } else { "FAIL" }
+        );
+    }
+}
+
+fn call_sequence(info: &SvsmInfo) -> ! {
+    // SAFETY: the CAA from the secrets page is a guest page, identity mapped.
+    let transport = unsafe { VmmcallTransport::new(info.caa as *mut u8) };
+    let mut svsm = SvsmClient::new(transport);
+    let mut c = Checks {
+        passed: 0,
+        failed: 0,
+    };
+
+    let r = svsm.query_protocol(protocol::CORE, 1);
+    c.check(
+        "query-core-v1",
+        r == Ok(Some((1, 1))),
+        format_args!("{r:?}"),
+    );
+    let r = svsm.query_protocol(protocol::CORE, 2);
+    c.check("query-core-v2", r == Ok(None), format_args!("{r:?}"));
+    let r = svsm.query_protocol(0x1234, 1);
+    c.check(
+        "query-unknown-protocol",
+        r == Ok(None),
+        format_args!("{r:?}"),
+    );
+    let r = svsm.call(protocol::CORE, 0x99, [0; 4]);
+    c.check(
+        "unsupported-call",
+        r == Err(CallError::Svsm(ResultCode::UnsupportedCall)),
+        format_args!("{r:?}"),
+    );
+    let r = svsm.call(protocol::CORE, core_call::PVALIDATE, [0; 4]);
+    c.check(
+        "pvalidate-unsupported",
+        r == Err(CallError::Svsm(ResultCode::UnsupportedCall)),
+        format_args!("{r:?}"),
+    );
+    let r = svsm.call(0x77, 0, [0; 4]);
+    c.check(
+        "unsupported-protocol",
+        r == Err(CallError::Svsm(ResultCode::UnsupportedProtocol)),
+        format_args!("{r:?}"),
+    );
+
+    let r = svsm.remap_ca(info.caa + 8);
+    c.check(
+        "remap-ca-unaligned",
+        r == Err(CallError::Svsm(ResultCode::InvalidParameter)),
+        format_args!("{r:?}"),
+    );
+    let r = svsm.remap_ca(info.base);
+    c.check(
+        "remap-ca-svsm-memory",
+        r == Err(CallError::Svsm(ResultCode::InvalidAddress)),
+        format_args!("{r:?}"),
+    );
+    let r = svsm.remap_ca(0xFEE0_0000);
+    c.check(
+        "remap-ca-not-ram",
+        r == Err(CallError::Svsm(ResultCode::InvalidAddress)),
+        format_args!("{r:?}"),
+    );
+    let r = svsm.remap_ca(0xFFFF_FFFF_FFFF_F000);
+    c.check(
+        "remap-ca-top-of-space",
+        r == Err(CallError::Svsm(ResultCode::InvalidAddress)),
+        format_args!("{r:?}"),
+    );
+
+    let new_caa = core::ptr::addr_of_mut!(SECOND_CAA) as u64;
+    let r = svsm.remap_ca(new_caa);
+    c.check(
+        "remap-ca-good",
+        r == Ok(()),
+        format_args!("{new_caa:#x} -> {r:?}"),
+    );
+    // SAFETY: SECOND_CAA is a page of this guest's memory that only the transport uses.
+    unsafe { svsm.transport().set_caa(new_caa as *mut u8) };
+    let r = svsm.query_protocol(protocol::CORE, 1);
+    c.check(
+        "call-through-new-caa",
+        r == Ok(Some((1, 1))),
+        format_args!("{r:?}"),
+    );
+    // The old CAA no longer counts: a call_pending set there is not served.
+    // SAFETY: the original CAA page is guest memory, identity mapped.
+    let mut old = unsafe { VmmcallTransport::new(info.caa as *mut u8) };
+    let regs = CallRegs {
+        rax: call_rax(protocol::CORE, core_call::QUERY_PROTOCOL),
+        rcx: query_protocol_arg(0, 1),
+        ..CallRegs::default()
+    };
+    let out = old.call(regs);
+    c.check(
+        "old-caa-ignored",
+        out.still_pending && out.regs == regs,
+        format_args!("still_pending={}", out.still_pending),
+    );
+
+    // A VMMCALL without call_pending: the SVSM must not serve it.
+    let out = svsm.transport().vmmcall_raw(regs);
+    c.check(
+        "no-call-pending-not-served",
+        out == regs,
+        format_args!(
+            "RAX {:#x} RCX {:#x} (unchanged: {})",
+            out.rax,
+            out.rcx,
+            out == regs
+        ),
+    );
+    let r = svsm.query_protocol(protocol::CORE, 1);
+    c.check(
+        "served-again-after",
+        r == Ok(Some((1, 1))),
+        format_args!("{r:?}"),
+    );
+
+    say!("RESULT {} passed, {} failed", c.passed, c.failed);
+    exit_qemu(if c.failed == 0 {
+        exit::GUEST_PASS
+    } else {
+        exit::GUEST_FAIL
+    })
+}
+
+fn isolation(mode: &str, info: &SvsmInfo) -> ! {
+    // Aim into the middle of the SVSM region and at its very first byte.
+    let target = match mode {
+        "read-svsm-end" => info.base + info.size - 8,
+        _ => info.base + 0x1000,
+    };
+    say!("ISOLATION {mode}: touching SVSM memory at {target:#x}");
+    match mode {
+        "read-svsm" | "read-svsm-end" => {
+            // SAFETY: deliberately reads SVSM memory; the SVSM must stop the guest.
+            let v = unsafe { core::ptr::read_volatile(target as *const u64) };
+            say!("ISOLATION BROKEN: read {v:#x}");
+        }
+        "write-svsm" => {
+            // SAFETY: deliberately writes SVSM memory; the SVSM must stop the guest.
+            unsafe { core::ptr::write_volatile(target as *mut u64, 0x4141_4141_4141_4141) };
+            say!("ISOLATION BROKEN: write went through");
+        }
+        "exec-svsm" => {
+            // SAFETY: deliberately jumps into SVSM memory; the SVSM must stop the guest.
+            let f: extern "C" fn() = unsafe { core::mem::transmute(target as usize) };
+            f();
+            say!("ISOLATION BROKEN: executed SVSM code");
+        }
+        "read-mmio" => {
+            // SAFETY: deliberately reads outside guest RAM (the local APIC page).
+            let v = unsafe { core::ptr::read_volatile(0xFEE0_0030 as *const u32) };
+            say!("ISOLATION BROKEN: read {v:#x} outside guest RAM");
+        }
+        _ => say!("unknown mode {mode}"),
+    }
+    exit_qemu(exit::GUEST_FAIL)
+}
+
+#[no_mangle]
+extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
+    Uart::new(ports::COM1).init();
+    let cmd = cmdline(boot_info_gpa);
+    let mode = cmd
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix("mode="))
+        .unwrap_or("calls");
+    say!("test guest up, mode {mode}");
+    let info = match SvsmInfo::from_secrets_page(fixed_page(secrets_gpa)) {
+        Ok(i) => i,
+        Err(e) => {
+            say!("no SVSM: {e:?}");
+            exit_qemu(exit::GUEST_FAIL)
+        }
+    };
+    say!(
+        "SVSM at {:#x} size {:#x}, CAA {:#x}, guest VMPL {}, protocol max version {}",
+        info.base,
+        info.size,
+        info.caa,
+        info.guest_vmpl,
+        info.max_version
+    );
+    match mode {
+        "calls" => call_sequence(&info),
+        "idle" => {
+            say!("idling without calling the SVSM");
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        "halt" => {
+            say!("halting with interrupts off");
+            nitride_rt::halt_forever()
+        }
+        "io" => {
+            say!("touching refused I/O port 0x70");
+            let mut p: x86_64::instructions::port::Port<u8> =
+                x86_64::instructions::port::Port::new(0x70);
+            // SAFETY: deliberately accesses a port the SVSM refuses; it injects #GP.
+            unsafe { p.write(0) };
+            say!("I/O port access was not refused");
+            exit_qemu(exit::GUEST_FAIL)
+        }
+        other => isolation(other, &info),
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    say!("panic: {info}");
+    exit_qemu(exit::GUEST_FAIL)
+}
