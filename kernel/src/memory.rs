@@ -112,7 +112,7 @@ impl GuestMemoryMap {
     /// only whole pages count) and the SVSM region, which must be page aligned and
     /// lie wholly inside RAM.
     pub fn new(ram: &[PhysRange], svsm: PhysRange) -> Result<Self, MapError> {
-        if svsm.start % PAGE != 0 || svsm.end % PAGE != 0 {
+        if !svsm.start.is_multiple_of(PAGE) || !svsm.end.is_multiple_of(PAGE) {
             return Err(MapError::SvsmUnaligned);
         }
         if !ram.iter().any(|r| r.contains(&svsm)) {
@@ -167,7 +167,7 @@ impl GuestMemoryMap {
 
     /// A whole guest page at a page-aligned `gpa`.
     pub fn page(&self, gpa: u64) -> Result<GuestRange, AddressError> {
-        if gpa % PAGE != 0 {
+        if !gpa.is_multiple_of(PAGE) {
             return Err(AddressError::Misaligned);
         }
         self.range(gpa, PAGE)

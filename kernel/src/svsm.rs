@@ -158,7 +158,7 @@ impl<P: Platform> Svsm<P> {
             }
             core_call::REMAP_CA => {
                 let gpa = regs.rcx;
-                if gpa % PAGE != 0 {
+                if !gpa.is_multiple_of(PAGE) {
                     return result(ResultCode::InvalidParameter);
                 }
                 match self.platform.memory().page(gpa) {
@@ -328,7 +328,7 @@ pub(crate) mod tests {
         p.call(remap, 0x3008, true);
         p.call(remap, 0x20_0000, true);
         p.call(remap, 0x40_0000, true);
-        p.call(remap, u64::MAX & !0xFFF, true);
+        p.call(remap, !0xFFF, true);
         let (s, _) = run(p);
         let r = &s.platform().results;
         assert_eq!(r[0].rax, ResultCode::InvalidParameter.raw());

@@ -1,5 +1,250 @@
-//! `cargo xtask`: being built (see the issue "Boot the SVSM in QEMU").
-fn main() {
-    eprintln!("xtask: not yet available");
-    std::process::exit(2);
+//! `cargo xtask`: the project's entry points.
+//!
+//! - `build`: build the SVSM and guest images.
+//! - `run [--guest ELF] [--svsm ELF] [--guest-args ARGS] [--svsm-args ARGS] [--icount] [-- QEMU ARGS]`:
+//!   boot the emulated platform with the console on this terminal.
+//! - `test`: every test (host unit tests and the QEMU end-to-end tests).
+//! - `demo`: boot, run the test guest's call sequence and the isolation probes, and
+//!   tell what happened.
+//! - `bench`: instruction counts in QEMU with `-icount shift=0`.
+
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use nitride_qemu::{build_images, ensure_qemu, Boot, Error, Images, Outcome, QEMU};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: cargo xtask <build | run [--guest ELF] [--svsm ELF] [--guest-args ARGS] [--svsm-args ARGS] [--icount] [-- QEMU ARGS] | test | demo | bench>"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("build") => build().map(|_| ExitCode::SUCCESS),
+        Some("run") => run(&args[1..]),
+        Some("test") => test(),
+        Some("demo") => demo(),
+        Some("bench") => bench(),
+        _ => return usage(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build() -> Result<Images, Error> {
+    let images = build_images()?;
+    for (name, path) in [
+        ("SVSM", &images.svsm),
+        (
+            "SVSM (fault injection, tests only)",
+            &images.svsm_fault_injection,
+        ),
+        ("test guest", &images.test_guest),
+    ] {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        println!("{name:36} {} ({size} bytes)", path.display());
+    }
+    Ok(images)
+}
+
+fn run(args: &[String]) -> Result<ExitCode, Error> {
+    ensure_qemu()?;
+    let images = build_images()?;
+    let mut boot = Boot::new(&images.svsm, Some(&images.test_guest), "");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| Error::Build(format!("{a} needs a value")))
+        };
+        match a.as_str() {
+            "--guest" => boot.guest = Some(value()?.into()),
+            "--svsm" => boot.svsm = value()?.into(),
+            "--guest-args" => boot.guest_args = value()?,
+            "--svsm-args" => boot.svsm_args = value()?,
+            "--icount" => boot.icount = true,
+            "--" => {
+                boot.extra = it.by_ref().cloned().collect();
+            }
+            other => return Err(Error::Build(format!("unknown run option {other}"))),
+        }
+    }
+    let status = Command::new(QEMU).args(boot.qemu_args()).status()?;
+    println!("\nQEMU exited with status {:?}", status.code());
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
+}
+
+fn test() -> Result<ExitCode, Error> {
+    ensure_qemu()?;
+    let start = Instant::now();
+    build()?;
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--workspace"])
+        .status()?;
+    println!(
+        "cargo xtask test: {} in {:.1} s",
+        if status.success() { "passed" } else { "FAILED" },
+        start.elapsed().as_secs_f64()
+    );
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What each check of the test guest's call sequence shows.
+const CALLS: &[(&str, &str)] = &[
+    (
+        "query-core-v1",
+        "QUERY_PROTOCOL(core, v1) -> SUCCESS, RCX = versions 1..1",
+    ),
+    (
+        "query-core-v2",
+        "QUERY_PROTOCOL(core, v2) -> SUCCESS, RCX = 0 (version not served)",
+    ),
+    (
+        "query-unknown-protocol",
+        "QUERY_PROTOCOL(0x1234, v1) -> SUCCESS, RCX = 0 (protocol not served)",
+    ),
+    ("unsupported-call", "core call 0x99 -> ERR_UNSUPPORTED_CALL"),
+    (
+        "pvalidate-unsupported",
+        "PVALIDATE on the emulated platform -> ERR_UNSUPPORTED_CALL",
+    ),
+    (
+        "unsupported-protocol",
+        "protocol 0x77 -> ERR_UNSUPPORTED_PROTOCOL",
+    ),
+    (
+        "remap-ca-unaligned",
+        "REMAP_CA to an unaligned address -> ERR_INVALID_PARAMETER",
+    ),
+    (
+        "remap-ca-svsm-memory",
+        "REMAP_CA into SVSM memory -> ERR_INVALID_ADDRESS",
+    ),
+    (
+        "remap-ca-not-ram",
+        "REMAP_CA onto the APIC page (not RAM) -> ERR_INVALID_ADDRESS",
+    ),
+    (
+        "remap-ca-top-of-space",
+        "REMAP_CA at the top of the address space -> ERR_INVALID_ADDRESS",
+    ),
+    ("remap-ca-good", "REMAP_CA to a guest page -> SUCCESS"),
+    (
+        "call-through-new-caa",
+        "a call through the new calling area is served",
+    ),
+    (
+        "old-caa-ignored",
+        "call_pending in the old calling area is no longer served",
+    ),
+    (
+        "no-call-pending-not-served",
+        "VMMCALL without call_pending: registers untouched, not served",
+    ),
+    ("served-again-after", "the SVSM keeps serving afterwards"),
+];
+
+fn demo() -> Result<ExitCode, Error> {
+    ensure_qemu()?;
+    println!("Building the SVSM and the test guest...");
+    let images = build_images()?;
+    println!("\n== 1. Boot: the SVSM starts under QEMU (software AMD-V), loads the guest, and serves its SVSM calls\n");
+    let out = Boot::new(&images.svsm, Some(&images.test_guest), "mode=calls").run()?;
+    for l in out
+        .svsm_lines()
+        .take_while(|l| !l.contains("entering guest"))
+    {
+        println!("  {l}");
+    }
+    if let Some(l) = out.svsm_lines().find(|l| l.contains("entering guest")) {
+        println!("  {l}");
+    }
+    for l in out.guest_lines().filter(|l| l.contains("SVSM at")) {
+        println!("  {l}   <- discovered from the secrets page");
+    }
+    println!("\n== 2. The guest's call sequence (guest at VMPL1 calls the SVSM: call_pending in its CAA + VMMCALL)\n");
+    let mut all_ok = out.outcome() == Outcome::GuestPass;
+    for (name, what) in CALLS {
+        let line = out
+            .guest_lines()
+            .find(|l| l.contains(&format!("CHECK {name}:")));
+        let ok = line.is_some_and(|l| l.ends_with("... ok"));
+        all_ok &= ok;
+        println!("  [{}] {what}", if ok { "ok" } else { "FAILED" });
+    }
+    if let Some(l) = out.guest_lines().find(|l| l.contains("RESULT")) {
+        println!(
+            "\n  {l}  ({:.2} s wall, QEMU status {:?})",
+            out.elapsed.as_secs_f64(),
+            out.status
+        );
+    }
+    println!("\n== 3. Isolation: the guest tries to reach SVSM memory; nested paging stops every attempt\n");
+    for mode in ["read-svsm", "write-svsm", "exec-svsm", "read-mmio"] {
+        let out = Boot::new(
+            &images.svsm,
+            Some(&images.test_guest),
+            &format!("mode={mode}"),
+        )
+        .run()?;
+        let stopped = out.outcome() == Outcome::Violation;
+        all_ok &= stopped && !out.console.contains("ISOLATION BROKEN");
+        let line = out
+            .svsm_lines()
+            .find(|l| l.contains("isolation:"))
+            .unwrap_or("(no report)");
+        println!(
+            "  {mode:11} {} {line}",
+            if stopped { "stopped:" } else { "NOT STOPPED:" }
+        );
+    }
+    println!(
+        "\n{}",
+        if all_ok {
+            "Demo complete: every call answered as specified, every isolation probe stopped."
+        } else {
+            "Demo found problems (see above)."
+        }
+    );
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn bench() -> Result<ExitCode, Error> {
+    ensure_qemu()?;
+    let images = build_images()?;
+    let mut boot = Boot::new(&images.svsm, Some(&images.test_guest), "mode=bench");
+    boot.icount = true;
+    let out = boot.run()?;
+    for l in out.guest_lines().filter(|l| l.contains("BENCH")) {
+        println!("{l}");
+    }
+    println!(
+        "QEMU status {:?}, {:.2} s wall",
+        out.status,
+        out.elapsed.as_secs_f64()
+    );
+    Ok(if out.outcome() == Outcome::GuestPass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -28,6 +28,10 @@ impl<T> TakeOnce<T> {
     }
 
     /// The unique `&'static mut`, or `None` if it was taken before.
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "the atomic flag makes the returned borrow unique"
+    )]
     pub fn take(&'static self) -> Option<&'static mut T> {
         if self.taken.swap(true, Ordering::AcqRel) {
             return None;
