@@ -212,6 +212,60 @@ fn call_sequence(info: &SvsmInfo) -> ! {
     })
 }
 
+/// Under `-icount shift=0` the TSC counts executed instructions (guest and SVSM
+/// alike), which turns `rdtsc` into an exact instruction counter.
+fn instructions() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// A transport that answers SUCCESS without leaving the guest: measures the
+/// guest-side cost of a call.
+struct NullTransport;
+
+impl Transport for NullTransport {
+    fn call(&mut self, regs: CallRegs) -> nitride_guest_driver::call::CallOutcome {
+        nitride_guest_driver::call::CallOutcome {
+            regs: CallRegs { rax: 0, rcx: 0x1_0000_0001, ..core::hint::black_box(regs) },
+            still_pending: false,
+        }
+    }
+}
+
+fn per_call(n: u64, mut f: impl FnMut()) -> u64 {
+    let t0 = instructions();
+    for _ in 0..n {
+        f();
+    }
+    (instructions() - t0) / n
+}
+
+fn bench(info: &SvsmInfo, at_entry: u64) -> ! {
+    const N: u64 = 1000;
+    // SAFETY: the CAA from the secrets page is a guest page, identity mapped.
+    let mut svsm = SvsmClient::new(unsafe { VmmcallTransport::new(info.caa as *mut u8) });
+    let first = svsm.query_protocol(protocol::CORE, 1);
+    let at_first = instructions();
+    let round_trip = per_call(N, || {
+        let _ = core::hint::black_box(svsm.query_protocol(protocol::CORE, 1));
+    });
+    let mut null = SvsmClient::new(NullTransport);
+    let guest_side = per_call(N, || {
+        let _ = core::hint::black_box(null.query_protocol(protocol::CORE, 1));
+    });
+    let regs = CallRegs { rax: call_rax(protocol::CORE, core_call::QUERY_PROTOCOL), ..CallRegs::default() };
+    let ignored = per_call(N, || {
+        core::hint::black_box(svsm.transport().vmmcall_raw(regs));
+    });
+    say!("BENCH qemu_start_to_guest_entry_insns={at_entry}");
+    say!("BENCH qemu_start_to_first_served_call_insns={at_first}");
+    say!("BENCH query_protocol_round_trip_insns={round_trip}");
+    say!("BENCH query_protocol_guest_side_insns={guest_side}");
+    say!("BENCH query_protocol_svsm_side_insns={}", round_trip.saturating_sub(guest_side));
+    say!("BENCH ignored_vmmcall_round_trip_insns={ignored}");
+    exit_qemu(if first == Ok(Some((1, 1))) { exit::GUEST_PASS } else { exit::GUEST_FAIL })
+}
+
 fn isolation(mode: &str, info: &SvsmInfo) -> ! {
     // Aim into the middle of the SVSM region and at its very first byte.
     let target = match mode {
@@ -248,6 +302,7 @@ fn isolation(mode: &str, info: &SvsmInfo) -> ! {
 
 #[no_mangle]
 extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
+    let at_entry = instructions();
     Uart::new(ports::COM1).init();
     let cmd = cmdline(boot_info_gpa);
     let mode = cmd
@@ -272,6 +327,7 @@ extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
     );
     match mode {
         "calls" => call_sequence(&info),
+        "bench" => bench(&info, at_entry),
         "idle" => {
             say!("idling without calling the SVSM");
             loop {
