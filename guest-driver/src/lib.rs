@@ -3,7 +3,11 @@
 //! - [`call`]: making SVSM calls through a [`call::Transport`] (VMMCALL on the
 //!   emulated platform), and discovering the SVSM from the secrets page.
 //!
+//! - [`relay`] (std): the host's end of the relay channel to the relay guest.
+//!
 //! The core is `no_std`; the `std` feature adds the command-line tool.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod call;
+#[cfg(feature = "std")]
+pub mod relay;

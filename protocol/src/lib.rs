@@ -7,12 +7,14 @@
 //! - [`svsm`]: the SVSM calling convention, result codes, the calling area (CAA), the
 //!   core protocol and the SVSM fields of the secrets page.
 //! - [`emulated`]: the emulated platform's guest contract (addresses, ports, exit codes).
+//! - [`relay`]: framing between host tools and the relay guest.
 //! - [`snp`]: SEV-SNP attestation report, certificate table and guest-message layouts.
 //! - [`vhsm`]: the vHSM request/response wire format.
 #![no_std]
 #![forbid(unsafe_code)]
 
 pub mod emulated;
+pub mod relay;
 pub mod snp;
 pub mod svsm;
 pub mod vhsm;

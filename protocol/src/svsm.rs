@@ -41,6 +41,25 @@ pub mod core_call {
     pub const CONFIGURE_VTOM: u32 = 7;
 }
 
+/// vHSM protocol calls (protocol [`protocol::VHSM`], version 1). See
+/// `docs/vhsm-protocol.md` for the message format.
+pub mod vhsm_call {
+    /// Serve one vHSM request. In: RCX = request GPA, RDX = request length (1 to
+    /// `vhsm::MAX_REQUEST_SIZE`), R8 = response buffer GPA, R9 = its size (at least
+    /// `vhsm::MAX_RESPONSE_SIZE`; the SVSM writes at most that many bytes). Out:
+    /// RAX = SUCCESS and RCX = response length; the response (a vHSM response, which
+    /// may carry an error status) is in the response buffer. Errors, with nothing
+    /// written: ERR_INVALID_ADDRESS for a buffer that is not wholly guest RAM outside
+    /// SVSM memory and the calling area, wraps around or exceeds its limit;
+    /// ERR_INVALID_PARAMETER (RCX = the size needed) for a response buffer that is too
+    /// small; ERR_INVALID_FORMAT for a request that is not a framed vHSM message
+    /// (shorter than its header, or a header whose body length disagrees with RDX).
+    pub const REQUEST: u32 = 0;
+}
+
+/// Version of the vHSM protocol served.
+pub const VHSM_PROTOCOL_VERSION: u32 = 1;
+
 /// Version of the core protocol served.
 pub const CORE_PROTOCOL_VERSION: u32 = 1;
 

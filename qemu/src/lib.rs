@@ -69,6 +69,8 @@ pub struct Images {
     pub svsm_fault_injection: PathBuf,
     /// The test guest.
     pub test_guest: PathBuf,
+    /// The relay guest (serves vHSM requests from COM2).
+    pub relay_guest: PathBuf,
 }
 
 const TRIPLE: &str = "x86_64-unknown-linux-gnu";
@@ -120,6 +122,7 @@ pub fn build_images() -> Result<Images, Error> {
         svsm: bin("svsm", "nitride-svsm"),
         svsm_fault_injection: bin("svsm-fault-injection", "nitride-svsm"),
         test_guest: bin("guest", "test-guest"),
+        relay_guest: bin("guest", "relay-guest"),
     })
 }
 
@@ -198,6 +201,10 @@ pub struct Boot {
     pub extra: Vec<String>,
     /// Kill QEMU after this long.
     pub timeout: Duration,
+    /// Write the console (COM1) to this file instead of QEMU's stdout.
+    pub console_file: Option<PathBuf>,
+    /// Serve COM2 (the relay channel) on this Unix socket.
+    pub relay_socket: Option<PathBuf>,
 }
 
 impl Boot {
@@ -212,6 +219,8 @@ impl Boot {
             icount: false,
             extra: Vec::new(),
             timeout: Duration::from_secs(60),
+            console_file: None,
+            relay_socket: None,
         }
     }
 
@@ -226,12 +235,19 @@ impl Boot {
             "-no-reboot",
             "-display",
             "none",
-            "-serial",
-            "stdio",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        a.push("-serial".into());
+        a.push(match &self.console_file {
+            Some(f) => format!("file:{}", f.display()),
+            None => "stdio".into(),
+        });
+        if let Some(sock) = &self.relay_socket {
+            a.push("-serial".into());
+            a.push(format!("unix:{},server=on,wait=off", sock.display()));
+        }
         a.push("-m".into());
         a.push(format!("{}M", self.memory_mb));
         a.push("-device".into());
@@ -384,5 +400,107 @@ impl RunOutput {
         self.console
             .lines()
             .filter_map(|l| l.find("[guest]").map(|i| &l[i..]))
+    }
+}
+
+/// A VM running in the background with the relay guest, its console in a file and
+/// its relay channel on a Unix socket; killed when dropped.
+#[derive(Debug)]
+pub struct RunningVm {
+    child: std::process::Child,
+    /// The directory holding the console log and the socket.
+    pub dir: PathBuf,
+    /// The relay socket.
+    pub socket: PathBuf,
+    /// The console log.
+    pub console: PathBuf,
+}
+
+impl RunningVm {
+    /// Boot `svsm` with the relay guest in `dir` (created if needed) and wait until
+    /// the relay serves its channel.
+    pub fn start(
+        svsm: &Path,
+        relay_guest: &Path,
+        dir: &Path,
+        svsm_args: &str,
+    ) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join("vhsm.sock");
+        let console = dir.join("console.log");
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&console);
+        let mut boot = Boot::new(svsm, Some(relay_guest), "");
+        boot.svsm_args = svsm_args.to_string();
+        boot.console_file = Some(console.clone());
+        boot.relay_socket = Some(socket.clone());
+        let child = Command::new(QEMU)
+            .args(boot.qemu_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut vm = Self {
+            child,
+            dir: dir.to_path_buf(),
+            socket,
+            console,
+        };
+        vm.wait_ready(Duration::from_secs(60))?;
+        Ok(vm)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<(), Error> {
+        let start = Instant::now();
+        loop {
+            if self.console_text().contains("relay: serving COM2") && self.socket.exists() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "QEMU exited ({status}) before the relay was up:\n{}",
+                    self.console_text()
+                ))));
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Io(std::io::Error::other(
+                    "timed out waiting for the relay guest",
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything on the console so far.
+    pub fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console)
+            .unwrap_or_default()
+            .replace('\r', "")
+    }
+
+    /// QEMU's exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| s.code().unwrap_or(-1))
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Leave QEMU running after this handle is gone (for `cargo xtask up`).
+    pub fn detach(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -7,15 +7,19 @@
 //! - `demo`: boot, run the test guest's call sequence and the isolation probes, and
 //!   tell what happened.
 //! - `bench`: instruction counts in QEMU with `-icount shift=0`.
+//! - `up` / `down`: start the firmware with the relay guest in the background (for
+//!   the `nitride` command line) / stop it.
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-use nitride_qemu::{build_images, ensure_qemu, Boot, Error, Images, Outcome, QEMU};
+use nitride_qemu::{
+    build_images, ensure_qemu, repo_root, Boot, Error, Images, Outcome, RunningVm, QEMU,
+};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <build | run [--guest ELF] [--svsm ELF] [--guest-args ARGS] [--svsm-args ARGS] [--icount] [-- QEMU ARGS] | test | demo | bench>"
+        "usage: cargo xtask <build | run [--guest ELF] [--svsm ELF] [--guest-args ARGS] [--svsm-args ARGS] [--icount] [-- QEMU ARGS] | test | demo | bench | up | down>"
     );
     ExitCode::from(2)
 }
@@ -28,6 +32,8 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo(),
         Some("bench") => bench(),
+        Some("up") => up(),
+        Some("down") => down(),
         _ => return usage(),
     };
     match result {
@@ -48,6 +54,7 @@ fn build() -> Result<Images, Error> {
             &images.svsm_fault_injection,
         ),
         ("test guest", &images.test_guest),
+        ("relay guest", &images.relay_guest),
     ] {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         println!("{name:36} {} ({size} bytes)", path.display());
@@ -247,4 +254,51 @@ fn bench() -> Result<ExitCode, Error> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Where `up` keeps the running VM's socket, console and pid.
+fn up_dir() -> std::path::PathBuf {
+    repo_root().join("target").join("nitride-up")
+}
+
+fn up() -> Result<ExitCode, Error> {
+    ensure_qemu()?;
+    down_quietly();
+    let images = build_images()?;
+    let dir = up_dir();
+    let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir, "")?;
+    std::fs::write(dir.join("qemu.pid"), vm.pid().to_string())?;
+    println!("Nitride is up (QEMU pid {}).", vm.pid());
+    println!("  relay socket: {}", vm.socket.display());
+    println!("  console log:  {}", vm.console.display());
+    println!(
+        "Use it with:  export NITRIDE_SOCKET={}",
+        vm.socket.display()
+    );
+    println!("              cargo run -q -p nitride-guest-driver --bin nitride -- key list");
+    println!("Stop it with: cargo xtask down");
+    vm.detach();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn down_quietly() -> bool {
+    let pidfile = up_dir().join("qemu.pid");
+    let Ok(pid) = std::fs::read_to_string(&pidfile) else {
+        return false;
+    };
+    let _ = std::fs::remove_file(&pidfile);
+    Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn down() -> Result<ExitCode, Error> {
+    if down_quietly() {
+        println!("Nitride stopped.");
+    } else {
+        println!("Nitride was not running.");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@
 
 pub mod boot;
 pub mod cpu;
+pub mod entropy;
 pub mod guest_mem;
 pub mod heap;
 pub mod pvh;

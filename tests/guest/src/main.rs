@@ -8,66 +8,18 @@
 #![no_std]
 #![no_main]
 
-use core::fmt::Write;
 use nitride_guest_driver::call::{CallError, SvsmClient, Transport, VmmcallTransport};
-use nitride_protocol::emulated::{boot_info, exit, ports};
+use nitride_protocol::emulated::exit;
 use nitride_protocol::svsm::{
     call_rax, core_call, protocol, query_protocol_arg, CallRegs, ResultCode, SvsmInfo,
 };
-use nitride_rt::exit_qemu;
-use nitride_rt::uart::Uart;
-
-core::arch::global_asm!(
-    r#"
-    .section .text.entry, "ax", @progbits
-    .global _start
-_start:
-    leaq guest_stack_top(%rip), %rsp
-    call guest_main
-    ud2
-
-    .section .bss.stack, "aw", @nobits
-    .p2align 4
-guest_stack:
-    .skip 64 * 1024
-guest_stack_top:
-    "#,
-    options(att_syntax)
-);
-
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let mut u = Uart::new(ports::COM1);
-        let _ = u.write_str("[guest] ");
-        let _ = writeln!(u, $($arg)*);
-    }};
-}
+use nitride_test_guest::{cmdline, exit_qemu, say};
 
 /// A page the guest moves its calling area to.
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
 
 static mut SECOND_CAA: Page = Page([0; 4096]);
-
-/// Read a fixed guest page the SVSM prepared.
-fn fixed_page(gpa: u64) -> &'static [u8; 4096] {
-    // SAFETY: the guest contract puts the secrets and boot-info pages at these
-    // identity-mapped addresses before the guest starts; nothing writes them later.
-    unsafe { &*(gpa as *const [u8; 4096]) }
-}
-
-fn cmdline(boot_info_gpa: u64) -> &'static str {
-    let page = fixed_page(boot_info_gpa);
-    let magic = u32::from_le_bytes([page[0], page[1], page[2], page[3]]);
-    if magic != boot_info::MAGIC {
-        return "";
-    }
-    let len = u32::from_le_bytes([page[4], page[5], page[6], page[7]]) as usize;
-    let bytes = page
-        .get(boot_info::CMDLINE_OFFSET..boot_info::CMDLINE_OFFSET + len)
-        .unwrap_or(&[]);
-    core::str::from_utf8(bytes).unwrap_or("")
-}
 
 struct Checks {
     passed: u32,
@@ -226,7 +178,11 @@ struct NullTransport;
 impl Transport for NullTransport {
     fn call(&mut self, regs: CallRegs) -> nitride_guest_driver::call::CallOutcome {
         nitride_guest_driver::call::CallOutcome {
-            regs: CallRegs { rax: 0, rcx: 0x1_0000_0001, ..core::hint::black_box(regs) },
+            regs: CallRegs {
+                rax: 0,
+                rcx: 0x1_0000_0001,
+                ..core::hint::black_box(regs)
+            },
             still_pending: false,
         }
     }
@@ -253,7 +209,10 @@ fn bench(info: &SvsmInfo, at_entry: u64) -> ! {
     let guest_side = per_call(N, || {
         let _ = core::hint::black_box(null.query_protocol(protocol::CORE, 1));
     });
-    let regs = CallRegs { rax: call_rax(protocol::CORE, core_call::QUERY_PROTOCOL), ..CallRegs::default() };
+    let regs = CallRegs {
+        rax: call_rax(protocol::CORE, core_call::QUERY_PROTOCOL),
+        ..CallRegs::default()
+    };
     let ignored = per_call(N, || {
         core::hint::black_box(svsm.transport().vmmcall_raw(regs));
     });
@@ -261,9 +220,16 @@ fn bench(info: &SvsmInfo, at_entry: u64) -> ! {
     say!("BENCH qemu_start_to_first_served_call_insns={at_first}");
     say!("BENCH query_protocol_round_trip_insns={round_trip}");
     say!("BENCH query_protocol_guest_side_insns={guest_side}");
-    say!("BENCH query_protocol_svsm_side_insns={}", round_trip.saturating_sub(guest_side));
+    say!(
+        "BENCH query_protocol_svsm_side_insns={}",
+        round_trip.saturating_sub(guest_side)
+    );
     say!("BENCH ignored_vmmcall_round_trip_insns={ignored}");
-    exit_qemu(if first == Ok(Some((1, 1))) { exit::GUEST_PASS } else { exit::GUEST_FAIL })
+    exit_qemu(if first == Ok(Some((1, 1))) {
+        exit::GUEST_PASS
+    } else {
+        exit::GUEST_FAIL
+    })
 }
 
 fn isolation(mode: &str, info: &SvsmInfo) -> ! {
@@ -303,20 +269,13 @@ fn isolation(mode: &str, info: &SvsmInfo) -> ! {
 #[no_mangle]
 extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
     let at_entry = instructions();
-    Uart::new(ports::COM1).init();
+    let info = nitride_test_guest::start(secrets_gpa);
     let cmd = cmdline(boot_info_gpa);
     let mode = cmd
         .split_ascii_whitespace()
         .find_map(|w| w.strip_prefix("mode="))
         .unwrap_or("calls");
     say!("test guest up, mode {mode}");
-    let info = match SvsmInfo::from_secrets_page(fixed_page(secrets_gpa)) {
-        Ok(i) => i,
-        Err(e) => {
-            say!("no SVSM: {e:?}");
-            exit_qemu(exit::GUEST_FAIL)
-        }
-    };
     say!(
         "SVSM at {:#x} size {:#x}, CAA {:#x}, guest VMPL {}, protocol max version {}",
         info.base,
@@ -336,7 +295,7 @@ extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
         }
         "halt" => {
             say!("halting with interrupts off");
-            nitride_rt::halt_forever()
+            nitride_test_guest::halt_forever()
         }
         "io" => {
             say!("touching refused I/O port 0x70");
@@ -349,10 +308,4 @@ extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
         }
         other => isolation(other, &info),
     }
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    say!("panic: {info}");
-    exit_qemu(exit::GUEST_FAIL)
 }
