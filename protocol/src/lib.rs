@@ -12,6 +12,7 @@
 //! - [`vhsm`]: the vHSM request/response wire format.
 #![no_std]
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod emulated;
 pub mod relay;

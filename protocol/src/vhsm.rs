@@ -1,4 +1,1201 @@
-//! The vHSM wire format.
+//! The vHSM wire format: how a guest asks the vault for an operation.
 //!
-//! Not yet filled: see the issue "The vault: keys, operations, policy and the vHSM
-//! wire protocol".
+//! A request is a [`RequestHeader`] followed by `body_len` bytes of body; a response is
+//! a [`ResponseHeader`] followed by `body_len` bytes of body. All integers are
+//! little-endian and every fixed layout here is unaligned (`zerocopy::Unaligned`), so a
+//! message can be parsed straight out of any byte buffer. Fixed-size parts of bodies are
+//! zerocopy types ([`KeyTemplate`], [`KeyAttributes`], [`AuditEntry`]); variable parts
+//! are length-prefixed byte strings (`u32` length, then the bytes). A body must be
+//! consumed exactly: trailing bytes make the request malformed.
+//!
+//! `docs/vhsm-protocol.md` is the normative description; this module and that page
+//! must agree. [`Request`] decodes and encodes request bodies without allocating, so
+//! both the firmware (decoding) and guests (encoding) use the same code.
+
+use bitflags::bitflags;
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// Protocol version carried in every header.
+pub const VERSION: u16 = 1;
+
+/// Largest request accepted, header included. The firmware copies a request from guest
+/// memory into a private buffer of this size before parsing it.
+pub const MAX_REQUEST_SIZE: usize = 32 * 1024;
+
+/// Largest response produced, header included.
+pub const MAX_RESPONSE_SIZE: usize = 32 * 1024;
+
+/// Largest message to sign or verify, plaintext to encrypt, or additional
+/// authenticated data (each field separately).
+pub const MAX_DATA_LEN: usize = 16 * 1024;
+
+/// Largest `Random` request.
+pub const MAX_RANDOM_LEN: usize = 4096;
+
+/// Longest key label, in bytes (any byte values).
+pub const MAX_LABEL_LEN: usize = 32;
+
+/// Longest salt or info string for `Derive`.
+pub const MAX_DERIVE_INPUT_LEN: usize = 1024;
+
+/// Longest wrapped key blob accepted by `Unwrap` (RFC 5649 output for the largest key).
+pub const MAX_WRAPPED_LEN: usize = 256;
+
+/// Longest signature accepted by `Verify`.
+pub const MAX_SIGNATURE_LEN: usize = 128;
+
+/// Number of keys the vault holds at most.
+pub const KEY_CAPACITY: usize = 64;
+
+/// Number of audit entries kept; older entries are overwritten.
+pub const AUDIT_CAPACITY: usize = 256;
+
+/// AES-GCM nonce length; the nonce prefixes every ciphertext.
+pub const GCM_NONCE_LEN: usize = 12;
+
+/// AES-GCM tag length; the tag ends every ciphertext.
+pub const GCM_TAG_LEN: usize = 16;
+
+/// Length of the length prefix of a variable field.
+const LEN_PREFIX: usize = 4;
+
+/// Size of [`RequestHeader`] and [`ResponseHeader`].
+pub const HEADER_SIZE: usize = 24;
+
+/// Header of every request.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct RequestHeader {
+    /// Protocol version: [`VERSION`].
+    pub version: U16,
+    /// Operation: an [`Op`] value.
+    pub op: U16,
+    /// Flags: none defined, must be zero.
+    pub flags: U32,
+    /// Chosen by the caller, echoed in the response.
+    pub request_id: U64,
+    /// Number of body bytes that follow the header.
+    pub body_len: U32,
+    /// Must be zero.
+    pub reserved: U32,
+}
+const _: () = assert!(core::mem::size_of::<RequestHeader>() == HEADER_SIZE);
+
+/// Header of every response.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct ResponseHeader {
+    /// Protocol version: [`VERSION`].
+    pub version: U16,
+    /// The request's operation, echoed (0 if the request header was unreadable).
+    pub op: U16,
+    /// A [`Status`] value.
+    pub status: U16,
+    /// Zero.
+    pub reserved: U16,
+    /// The request's `request_id`, echoed (0 if the request header was unreadable).
+    pub request_id: U64,
+    /// Number of body bytes that follow; zero unless `status` is [`Status::Ok`].
+    pub body_len: U32,
+    /// Zero.
+    pub reserved2: U32,
+}
+const _: () = assert!(core::mem::size_of::<ResponseHeader>() == HEADER_SIZE);
+
+/// Defines a `#[repr(int)]` enum with `raw()` and `from_raw()`.
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident: $int:ty { $($(#[$vm:meta])* $var:ident = $val:expr,)+ }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr($int)]
+        pub enum $name { $($(#[$vm])* $var = $val,)+ }
+
+        impl $name {
+            /// Every value, in numeric order.
+            pub const ALL: &'static [$name] = &[$($name::$var,)+];
+
+            /// The value on the wire.
+            pub const fn raw(self) -> $int {
+                self as $int
+            }
+
+            /// Decode a wire value; `None` if it is not defined.
+            pub const fn from_raw(raw: $int) -> Option<Self> {
+                match raw {
+                    $($val => Some($name::$var),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// Operations (`RequestHeader::op`).
+    Op: u16 {
+        /// Generate a key inside the vault.
+        Generate = 1,
+        /// Import plaintext key material (only if the vault's policy allows it).
+        Import = 2,
+        /// Import a key wrapped (RFC 5649) under a vault key with UNWRAP usage.
+        Unwrap = 3,
+        /// Export an exportable key wrapped (RFC 5649) under a vault key with WRAP usage.
+        Wrap = 4,
+        /// Get the public key of an asymmetric key as SPKI DER.
+        GetPublicKey = 5,
+        /// Sign a message.
+        Sign = 6,
+        /// Verify a signature.
+        Verify = 7,
+        /// AES-256-GCM encrypt; the vault picks the nonce.
+        Encrypt = 8,
+        /// AES-256-GCM decrypt.
+        Decrypt = 9,
+        /// HKDF-SHA-384 from a vault key into a new vault key.
+        Derive = 10,
+        /// Random bytes from the vault's DRBG.
+        Random = 11,
+        /// Delete a key (its material is zeroized).
+        Delete = 12,
+        /// List the keys the caller may use.
+        List = 13,
+        /// Get one key's attributes.
+        GetAttributes = 14,
+        /// Read the audit log.
+        ReadAudit = 15,
+    }
+}
+
+wire_enum! {
+    /// Response status codes (`ResponseHeader::status`).
+    Status: u16 {
+        /// Success; the body holds the operation's result.
+        Ok = 0,
+        /// The request could not be parsed: short header, bad length, trailing bytes,
+        /// non-zero reserved field or flags.
+        Malformed = 1,
+        /// The header's version is not [`VERSION`].
+        UnsupportedVersion = 2,
+        /// The header's operation is not an [`Op`].
+        UnknownOperation = 3,
+        /// A field is out of range: unknown key type, usage bits or VMPL bits, label or
+        /// data too long, zero length where data is required.
+        InvalidParameter = 4,
+        /// No key with this id (or the caller's VMPL may not see it).
+        KeyNotFound = 5,
+        /// The key exists but the caller's VMPL is not in its allowed set.
+        AccessDenied = 6,
+        /// The key's usage flags do not permit the operation.
+        UsageNotPermitted = 7,
+        /// The key is not exportable.
+        NotExportable = 8,
+        /// The vault's policy forbids the operation (plaintext import).
+        PolicyDenied = 9,
+        /// The key store is full, or key ids are exhausted.
+        CapacityExceeded = 10,
+        /// The key type does not support the operation.
+        WrongKeyType = 11,
+        /// Key material has the wrong length or is not a valid key.
+        InvalidKeyMaterial = 12,
+        /// Signature verification failed.
+        SignatureInvalid = 13,
+        /// AES-GCM tag or RFC 5649 integrity check failed.
+        AuthenticationFailed = 14,
+        /// The key has reached its AES-GCM invocation limit.
+        NonceLimitReached = 15,
+        /// The platform could not provide entropy.
+        EntropyFailure = 16,
+        /// The request or the response would exceed its maximum size.
+        TooLarge = 17,
+    }
+}
+
+wire_enum! {
+    /// Key types.
+    KeyType: u16 {
+        /// AES-256: encrypt/decrypt (GCM), wrap/unwrap (RFC 5649), derive.
+        Aes256 = 1,
+        /// ECDSA over P-384 with SHA-384: sign/verify, public key.
+        EcdsaP384 = 2,
+        /// Ed25519 (pure): sign/verify, public key.
+        Ed25519 = 3,
+        /// HMAC-SHA-384 with a 48-byte key: sign/verify (the MAC), derive.
+        HmacSha384 = 4,
+    }
+}
+
+impl KeyType {
+    /// Length of the key's secret material as imported, wrapped and derived: the raw
+    /// AES or HMAC key, the Ed25519 seed, or the big-endian P-384 scalar.
+    pub const fn material_len(self) -> usize {
+        match self {
+            Self::Aes256 | Self::Ed25519 => 32,
+            Self::EcdsaP384 | Self::HmacSha384 => 48,
+        }
+    }
+
+    /// The usage flags this type can carry.
+    pub const fn allowed_usage(self) -> KeyUsage {
+        match self {
+            Self::Aes256 => KeyUsage::ENCRYPT
+                .union(KeyUsage::DECRYPT)
+                .union(KeyUsage::WRAP)
+                .union(KeyUsage::UNWRAP)
+                .union(KeyUsage::DERIVE),
+            Self::EcdsaP384 | Self::Ed25519 => KeyUsage::SIGN.union(KeyUsage::VERIFY),
+            Self::HmacSha384 => KeyUsage::SIGN
+                .union(KeyUsage::VERIFY)
+                .union(KeyUsage::DERIVE),
+        }
+    }
+}
+
+wire_enum! {
+    /// Where a key came from.
+    Origin: u8 {
+        /// Generated inside the vault.
+        Generated = 1,
+        /// Imported as plaintext.
+        Imported = 2,
+        /// Imported wrapped under a vault key.
+        Unwrapped = 3,
+        /// Derived from another vault key.
+        Derived = 4,
+    }
+}
+
+bitflags! {
+    /// What a key may be used for (`u32` on the wire).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct KeyUsage: u32 {
+        /// AES-GCM encryption.
+        const ENCRYPT = 1 << 0;
+        /// AES-GCM decryption.
+        const DECRYPT = 1 << 1;
+        /// Signing (ECDSA, Ed25519, HMAC).
+        const SIGN = 1 << 2;
+        /// Verification (ECDSA, Ed25519, HMAC).
+        const VERIFY = 1 << 3;
+        /// Wrapping other (exportable) keys out of the vault.
+        const WRAP = 1 << 4;
+        /// Unwrapping keys into the vault.
+        const UNWRAP = 1 << 5;
+        /// Deriving new keys with HKDF.
+        const DERIVE = 1 << 6;
+    }
+}
+
+bitflags! {
+    /// A set of VMPLs, bit n for VMPL n (`u8` on the wire).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct VmplSet: u8 {
+        /// VMPL0: the SVSM itself.
+        const VMPL0 = 1 << 0;
+        /// VMPL1.
+        const VMPL1 = 1 << 1;
+        /// VMPL2.
+        const VMPL2 = 1 << 2;
+        /// VMPL3.
+        const VMPL3 = 1 << 3;
+    }
+}
+
+impl VmplSet {
+    /// Whether VMPL `vmpl` is in the set.
+    pub const fn contains_vmpl(self, vmpl: u8) -> bool {
+        vmpl < 4 && self.bits() & (1 << vmpl) != 0
+    }
+}
+
+/// The requested properties of a new key (Generate, Import, Unwrap, Derive).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct KeyTemplate {
+    /// A [`KeyType`] value.
+    pub key_type: U16,
+    /// A [`VmplSet`]: the VMPLs that may use the key.
+    pub allowed_vmpls: u8,
+    /// 1 if the key may leave the vault (wrapped), 0 if never.
+    pub exportable: u8,
+    /// [`KeyUsage`] bits.
+    pub usage: U32,
+}
+const _: () = assert!(core::mem::size_of::<KeyTemplate>() == 8);
+
+impl KeyTemplate {
+    /// A template from typed values.
+    pub fn new(key_type: KeyType, usage: KeyUsage, allowed: VmplSet, exportable: bool) -> Self {
+        Self {
+            key_type: U16::new(key_type.raw()),
+            allowed_vmpls: allowed.bits(),
+            exportable: u8::from(exportable),
+            usage: U32::new(usage.bits()),
+        }
+    }
+}
+
+/// A key's attributes, as returned by Generate, Import, Unwrap, Derive, GetAttributes
+/// and List. Never contains key material.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct KeyAttributes {
+    /// Key id (never 0, never reused while the vault runs).
+    pub key_id: U32,
+    /// A [`KeyType`] value.
+    pub key_type: U16,
+    /// An [`Origin`] value.
+    pub origin: u8,
+    /// A [`VmplSet`].
+    pub allowed_vmpls: u8,
+    /// [`KeyUsage`] bits.
+    pub usage: U32,
+    /// 1 if exportable, else 0.
+    pub exportable: u8,
+    /// Number of meaningful bytes in `label`.
+    pub label_len: u8,
+    /// Zero.
+    pub reserved: U16,
+    /// The label, zero-padded.
+    pub label: [u8; MAX_LABEL_LEN],
+}
+const _: () = assert!(core::mem::size_of::<KeyAttributes>() == 48);
+
+impl KeyAttributes {
+    /// The meaningful bytes of the label.
+    pub fn label(&self) -> &[u8] {
+        self.label
+            .get(..usize::from(self.label_len))
+            .unwrap_or(&self.label)
+    }
+}
+
+/// One audit log entry. Never contains key material.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct AuditEntry {
+    /// Sequence number: 1 for the vault's first request, then +1 per request.
+    pub seq: U64,
+    /// The key the operation concerned, or 0.
+    pub key_id: U32,
+    /// The raw operation (an [`Op`] value, or whatever an unknown request carried).
+    pub op: U16,
+    /// The [`Status`] returned.
+    pub status: U16,
+    /// The caller's VMPL.
+    pub caller_vmpl: u8,
+    /// Zero.
+    pub reserved: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<AuditEntry>() == 24);
+
+/// Why a message could not be decoded or encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// The bytes end early, have trailing bytes, or a reserved field is set.
+    Malformed,
+    /// The version is not [`VERSION`].
+    UnsupportedVersion,
+    /// The operation is not an [`Op`].
+    UnknownOperation,
+    /// A length exceeds a documented maximum, or an output buffer is too small.
+    TooLarge,
+}
+
+impl WireError {
+    /// The status a response carries for this error.
+    pub const fn status(self) -> Status {
+        match self {
+            Self::Malformed => Status::Malformed,
+            Self::UnsupportedVersion => Status::UnsupportedVersion,
+            Self::UnknownOperation => Status::UnknownOperation,
+            Self::TooLarge => Status::TooLarge,
+        }
+    }
+}
+
+/// A bounds-checked reader over a body.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    /// Read from `bytes`.
+    pub const fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
+    }
+
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if n > self.rest.len() {
+            return Err(WireError::Malformed);
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    /// A fixed-layout value.
+    pub fn fixed<T: FromBytes + KnownLayout + Immutable + Unaligned>(
+        &mut self,
+    ) -> Result<T, WireError> {
+        let (value, rest) = T::read_from_prefix(self.rest).map_err(|_| WireError::Malformed)?;
+        self.rest = rest;
+        Ok(value)
+    }
+
+    /// A little-endian `u32`.
+    pub fn u32(&mut self) -> Result<u32, WireError> {
+        self.fixed::<U32>().map(U32::get)
+    }
+
+    /// A little-endian `u64`.
+    pub fn u64(&mut self) -> Result<u64, WireError> {
+        self.fixed::<U64>().map(U64::get)
+    }
+
+    /// A length-prefixed byte string of at most `max` bytes.
+    pub fn bytes(&mut self, max: usize) -> Result<&'a [u8], WireError> {
+        let len = usize::try_from(self.u32()?).map_err(|_| WireError::TooLarge)?;
+        if len > max {
+            return Err(WireError::TooLarge);
+        }
+        self.take(len)
+    }
+
+    /// Succeeds only if every byte was consumed.
+    pub fn finish(self) -> Result<(), WireError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::Malformed)
+        }
+    }
+}
+
+/// A bounds-checked writer into a caller-provided buffer.
+#[derive(Debug)]
+pub struct Writer<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> Writer<'a> {
+    /// Write into `buf` from its start.
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// Bytes written so far.
+    pub const fn len(&self) -> usize {
+        self.pos
+    }
+
+    /// Whether nothing was written yet.
+    pub const fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+
+    /// Append raw bytes.
+    pub fn put(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        let end = self
+            .pos
+            .checked_add(bytes.len())
+            .ok_or(WireError::TooLarge)?;
+        let dst = self.buf.get_mut(self.pos..end).ok_or(WireError::TooLarge)?;
+        dst.copy_from_slice(bytes);
+        self.pos = end;
+        Ok(())
+    }
+
+    /// Append a little-endian `u32`.
+    pub fn u32(&mut self, v: u32) -> Result<(), WireError> {
+        self.put(&v.to_le_bytes())
+    }
+
+    /// Append a little-endian `u64`.
+    pub fn u64(&mut self, v: u64) -> Result<(), WireError> {
+        self.put(&v.to_le_bytes())
+    }
+
+    /// Append a length-prefixed byte string.
+    pub fn bytes(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        let len = u32::try_from(bytes.len()).map_err(|_| WireError::TooLarge)?;
+        self.u32(len)?;
+        self.put(bytes)
+    }
+}
+
+/// A decoded request body, one variant per [`Op`]; byte strings borrow the request.
+///
+/// Body layouts (in order; `id` = `u32` key id, `bytes` = `u32` length + bytes):
+/// see each variant and `docs/vhsm-protocol.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// `KeyTemplate, bytes label`.
+    Generate {
+        /// Properties of the new key.
+        template: KeyTemplate,
+        /// Label (at most [`MAX_LABEL_LEN`]).
+        label: &'a [u8],
+    },
+    /// `KeyTemplate, bytes label, bytes material`.
+    Import {
+        /// Properties of the new key.
+        template: KeyTemplate,
+        /// Label.
+        label: &'a [u8],
+        /// Raw key material ([`KeyType::material_len`] bytes).
+        material: &'a [u8],
+    },
+    /// `id unwrapping_key, KeyTemplate, bytes label, bytes wrapped`.
+    Unwrap {
+        /// AES-256 key with UNWRAP usage.
+        unwrapping_key: u32,
+        /// Properties of the new key.
+        template: KeyTemplate,
+        /// Label.
+        label: &'a [u8],
+        /// RFC 5649 wrapped key material.
+        wrapped: &'a [u8],
+    },
+    /// `id wrapping_key, id key`.
+    Wrap {
+        /// AES-256 key with WRAP usage.
+        wrapping_key: u32,
+        /// The exportable key to wrap.
+        key: u32,
+    },
+    /// `id key`.
+    GetPublicKey {
+        /// An ECDSA P-384 or Ed25519 key.
+        key: u32,
+    },
+    /// `id key, bytes message`.
+    Sign {
+        /// Key with SIGN usage.
+        key: u32,
+        /// The message (hashed by the vault where the algorithm hashes).
+        message: &'a [u8],
+    },
+    /// `id key, bytes message, bytes signature`.
+    Verify {
+        /// Key with VERIFY usage.
+        key: u32,
+        /// The message.
+        message: &'a [u8],
+        /// DER (ECDSA), 64 bytes (Ed25519) or 48 bytes (HMAC).
+        signature: &'a [u8],
+    },
+    /// `id key, bytes aad, bytes plaintext`.
+    Encrypt {
+        /// AES-256 key with ENCRYPT usage.
+        key: u32,
+        /// Additional authenticated data.
+        aad: &'a [u8],
+        /// Plaintext.
+        plaintext: &'a [u8],
+    },
+    /// `id key, bytes aad, bytes ciphertext`.
+    Decrypt {
+        /// AES-256 key with DECRYPT usage.
+        key: u32,
+        /// Additional authenticated data.
+        aad: &'a [u8],
+        /// `nonce (12) || ciphertext || tag (16)`, as Encrypt returns it.
+        ciphertext: &'a [u8],
+    },
+    /// `id parent, KeyTemplate, bytes label, bytes salt, bytes info`.
+    Derive {
+        /// AES-256 or HMAC-SHA-384 key with DERIVE usage.
+        parent: u32,
+        /// Properties of the new key.
+        template: KeyTemplate,
+        /// Label.
+        label: &'a [u8],
+        /// HKDF salt.
+        salt: &'a [u8],
+        /// HKDF info.
+        info: &'a [u8],
+    },
+    /// `u32 length`.
+    Random {
+        /// Number of bytes wanted (at most [`MAX_RANDOM_LEN`]).
+        len: u32,
+    },
+    /// `id key`.
+    Delete {
+        /// The key to delete.
+        key: u32,
+    },
+    /// Empty body.
+    List,
+    /// `id key`.
+    GetAttributes {
+        /// The key.
+        key: u32,
+    },
+    /// `u64 from_seq`.
+    ReadAudit {
+        /// Return retained entries whose sequence number is at least this.
+        from_seq: u64,
+    },
+}
+
+/// Largest ciphertext field accepted by Decrypt.
+pub const MAX_CIPHERTEXT_LEN: usize = GCM_NONCE_LEN + MAX_DATA_LEN + GCM_TAG_LEN;
+
+impl<'a> Request<'a> {
+    /// The operation of this request.
+    pub const fn op(&self) -> Op {
+        match self {
+            Self::Generate { .. } => Op::Generate,
+            Self::Import { .. } => Op::Import,
+            Self::Unwrap { .. } => Op::Unwrap,
+            Self::Wrap { .. } => Op::Wrap,
+            Self::GetPublicKey { .. } => Op::GetPublicKey,
+            Self::Sign { .. } => Op::Sign,
+            Self::Verify { .. } => Op::Verify,
+            Self::Encrypt { .. } => Op::Encrypt,
+            Self::Decrypt { .. } => Op::Decrypt,
+            Self::Derive { .. } => Op::Derive,
+            Self::Random { .. } => Op::Random,
+            Self::Delete { .. } => Op::Delete,
+            Self::List => Op::List,
+            Self::GetAttributes { .. } => Op::GetAttributes,
+            Self::ReadAudit { .. } => Op::ReadAudit,
+        }
+    }
+
+    /// Decode a whole request (header and body); returns the header too.
+    pub fn decode(message: &'a [u8]) -> Result<(RequestHeader, Self), WireError> {
+        let header = decode_request_header(message)?;
+        let body = message.get(HEADER_SIZE..).ok_or(WireError::Malformed)?;
+        let op = Op::from_raw(header.op.get()).ok_or(WireError::UnknownOperation)?;
+        Ok((header, Self::decode_body(op, body)?))
+    }
+
+    /// Decode the body of operation `op`.
+    pub fn decode_body(op: Op, body: &'a [u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(body);
+        let request = match op {
+            Op::Generate => Self::Generate {
+                template: r.fixed()?,
+                label: r.bytes(MAX_LABEL_LEN)?,
+            },
+            Op::Import => Self::Import {
+                template: r.fixed()?,
+                label: r.bytes(MAX_LABEL_LEN)?,
+                material: r.bytes(MAX_WRAPPED_LEN)?,
+            },
+            Op::Unwrap => Self::Unwrap {
+                unwrapping_key: r.u32()?,
+                template: r.fixed()?,
+                label: r.bytes(MAX_LABEL_LEN)?,
+                wrapped: r.bytes(MAX_WRAPPED_LEN)?,
+            },
+            Op::Wrap => Self::Wrap {
+                wrapping_key: r.u32()?,
+                key: r.u32()?,
+            },
+            Op::GetPublicKey => Self::GetPublicKey { key: r.u32()? },
+            Op::Sign => Self::Sign {
+                key: r.u32()?,
+                message: r.bytes(MAX_DATA_LEN)?,
+            },
+            Op::Verify => Self::Verify {
+                key: r.u32()?,
+                message: r.bytes(MAX_DATA_LEN)?,
+                signature: r.bytes(MAX_SIGNATURE_LEN)?,
+            },
+            Op::Encrypt => Self::Encrypt {
+                key: r.u32()?,
+                aad: r.bytes(MAX_DATA_LEN)?,
+                plaintext: r.bytes(MAX_DATA_LEN)?,
+            },
+            Op::Decrypt => Self::Decrypt {
+                key: r.u32()?,
+                aad: r.bytes(MAX_DATA_LEN)?,
+                ciphertext: r.bytes(MAX_CIPHERTEXT_LEN)?,
+            },
+            Op::Derive => Self::Derive {
+                parent: r.u32()?,
+                template: r.fixed()?,
+                label: r.bytes(MAX_LABEL_LEN)?,
+                salt: r.bytes(MAX_DERIVE_INPUT_LEN)?,
+                info: r.bytes(MAX_DERIVE_INPUT_LEN)?,
+            },
+            Op::Random => Self::Random { len: r.u32()? },
+            Op::Delete => Self::Delete { key: r.u32()? },
+            Op::List => Self::List,
+            Op::GetAttributes => Self::GetAttributes { key: r.u32()? },
+            Op::ReadAudit => Self::ReadAudit { from_seq: r.u64()? },
+        };
+        r.finish()?;
+        Ok(request)
+    }
+
+    /// Encode the body into `w`.
+    pub fn encode_body(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        match *self {
+            Self::Generate { template, label } => {
+                w.put(template.as_bytes())?;
+                w.bytes(label)
+            }
+            Self::Import {
+                template,
+                label,
+                material,
+            } => {
+                w.put(template.as_bytes())?;
+                w.bytes(label)?;
+                w.bytes(material)
+            }
+            Self::Unwrap {
+                unwrapping_key,
+                template,
+                label,
+                wrapped,
+            } => {
+                w.u32(unwrapping_key)?;
+                w.put(template.as_bytes())?;
+                w.bytes(label)?;
+                w.bytes(wrapped)
+            }
+            Self::Wrap { wrapping_key, key } => {
+                w.u32(wrapping_key)?;
+                w.u32(key)
+            }
+            Self::GetPublicKey { key } | Self::Delete { key } | Self::GetAttributes { key } => {
+                w.u32(key)
+            }
+            Self::Sign { key, message } => {
+                w.u32(key)?;
+                w.bytes(message)
+            }
+            Self::Verify {
+                key,
+                message,
+                signature,
+            } => {
+                w.u32(key)?;
+                w.bytes(message)?;
+                w.bytes(signature)
+            }
+            Self::Encrypt {
+                key,
+                aad,
+                plaintext: data,
+            }
+            | Self::Decrypt {
+                key,
+                aad,
+                ciphertext: data,
+            } => {
+                w.u32(key)?;
+                w.bytes(aad)?;
+                w.bytes(data)
+            }
+            Self::Derive {
+                parent,
+                template,
+                label,
+                salt,
+                info,
+            } => {
+                w.u32(parent)?;
+                w.put(template.as_bytes())?;
+                w.bytes(label)?;
+                w.bytes(salt)?;
+                w.bytes(info)
+            }
+            Self::Random { len } => w.u32(len),
+            Self::List => Ok(()),
+            Self::ReadAudit { from_seq } => w.u64(from_seq),
+        }
+    }
+
+    /// Encode a whole request (header and body) into `out`; returns its length.
+    pub fn encode(&self, request_id: u64, out: &mut [u8]) -> Result<usize, WireError> {
+        let body_len = {
+            let body = out.get_mut(HEADER_SIZE..).ok_or(WireError::TooLarge)?;
+            let mut w = Writer::new(body);
+            self.encode_body(&mut w)?;
+            w.len()
+        };
+        let total = HEADER_SIZE
+            .checked_add(body_len)
+            .ok_or(WireError::TooLarge)?;
+        if total > MAX_REQUEST_SIZE {
+            return Err(WireError::TooLarge);
+        }
+        let header = RequestHeader {
+            version: U16::new(VERSION),
+            op: U16::new(self.op().raw()),
+            flags: U32::new(0),
+            request_id: U64::new(request_id),
+            body_len: U32::new(u32::try_from(body_len).map_err(|_| WireError::TooLarge)?),
+            reserved: U32::new(0),
+        };
+        Writer::new(out).put(header.as_bytes())?;
+        Ok(total)
+    }
+}
+
+/// Parse and check a request header against the whole message's length.
+pub fn decode_request_header(message: &[u8]) -> Result<RequestHeader, WireError> {
+    if message.len() > MAX_REQUEST_SIZE {
+        return Err(WireError::TooLarge);
+    }
+    let (header, body) =
+        RequestHeader::read_from_prefix(message).map_err(|_| WireError::Malformed)?;
+    if header.version.get() != VERSION {
+        return Err(WireError::UnsupportedVersion);
+    }
+    if header.flags.get() != 0 || header.reserved.get() != 0 {
+        return Err(WireError::Malformed);
+    }
+    if usize::try_from(header.body_len.get()).ok() != Some(body.len()) {
+        return Err(WireError::Malformed);
+    }
+    Ok(header)
+}
+
+/// A decoded response: its header and body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Response<'a> {
+    /// The header.
+    pub header: ResponseHeader,
+    /// The body (empty unless the status is Ok).
+    pub body: &'a [u8],
+}
+
+impl<'a> Response<'a> {
+    /// Parse a whole response.
+    pub fn decode(message: &'a [u8]) -> Result<Self, WireError> {
+        let (header, body) =
+            ResponseHeader::read_from_prefix(message).map_err(|_| WireError::Malformed)?;
+        if header.version.get() != VERSION {
+            return Err(WireError::UnsupportedVersion);
+        }
+        if usize::try_from(header.body_len.get()).ok() != Some(body.len()) {
+            return Err(WireError::Malformed);
+        }
+        Ok(Self { header, body })
+    }
+
+    /// The status, if it is a defined one.
+    pub fn status(&self) -> Option<Status> {
+        Status::from_raw(self.header.status.get())
+    }
+
+    /// A body holding one [`KeyAttributes`] (Generate, Import, Unwrap, Derive,
+    /// GetAttributes).
+    pub fn attributes(&self) -> Result<KeyAttributes, WireError> {
+        KeyAttributes::read_from_bytes(self.body).map_err(|_| WireError::Malformed)
+    }
+
+    /// A List body: `u32 count` then `count` [`KeyAttributes`].
+    pub fn key_list(&self) -> Result<&'a [KeyAttributes], WireError> {
+        counted(self.body)
+    }
+
+    /// A ReadAudit body: `u32 count` then `count` [`AuditEntry`].
+    pub fn audit_entries(&self) -> Result<&'a [AuditEntry], WireError> {
+        counted(self.body)
+    }
+}
+
+/// `u32 count` followed by exactly `count` fixed-layout records.
+fn counted<T: FromBytes + KnownLayout + Immutable + Unaligned>(
+    body: &[u8],
+) -> Result<&[T], WireError> {
+    let mut r = Reader::new(body);
+    let count = usize::try_from(r.u32()?).map_err(|_| WireError::Malformed)?;
+    let rest = body.get(LEN_PREFIX..).ok_or(WireError::Malformed)?;
+    let (items, _) =
+        <[T]>::ref_from_prefix_with_elems(rest, count).map_err(|_| WireError::Malformed)?;
+    if core::mem::size_of_val(items) != rest.len() {
+        return Err(WireError::Malformed);
+    }
+    Ok(items)
+}
+
+/// Write a response header for `op`, `request_id`, `status` and a body of `body_len`.
+pub fn response_header(op: u16, request_id: u64, status: Status, body_len: u32) -> ResponseHeader {
+    ResponseHeader {
+        version: U16::new(VERSION),
+        op: U16::new(op),
+        status: U16::new(status.raw()),
+        reserved: U16::new(0),
+        request_id: U64::new(request_id),
+        body_len: U32::new(body_len),
+        reserved2: U32::new(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(req: Request<'_>) {
+        let mut buf = [0u8; 512];
+        let n = req.encode(0x1122_3344_5566_7788, &mut buf).unwrap();
+        let (header, back) = Request::decode(&buf[..n]).unwrap();
+        assert_eq!(back, req);
+        assert_eq!(header.request_id.get(), 0x1122_3344_5566_7788);
+        assert_eq!(
+            usize::try_from(header.body_len.get()).unwrap(),
+            n - HEADER_SIZE
+        );
+        // Every strict prefix of the body is malformed, and so is a trailing byte.
+        for cut in HEADER_SIZE..n {
+            let mut m = buf[..cut].to_vec();
+            m[16..20].copy_from_slice(&u32::try_from(cut - HEADER_SIZE).unwrap().to_le_bytes());
+            assert_eq!(
+                Request::decode(&m),
+                Err(WireError::Malformed),
+                "cut at {cut} of {req:?}"
+            );
+        }
+        let mut m = buf[..=n].to_vec();
+        m[16..20].copy_from_slice(&u32::try_from(n + 1 - HEADER_SIZE).unwrap().to_le_bytes());
+        assert_eq!(Request::decode(&m), Err(WireError::Malformed));
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let t = KeyTemplate::new(KeyType::Aes256, KeyUsage::ENCRYPT, VmplSet::VMPL1, true);
+        for req in [
+            Request::Generate {
+                template: t,
+                label: b"disk",
+            },
+            Request::Import {
+                template: t,
+                label: b"",
+                material: &[7; 32],
+            },
+            Request::Unwrap {
+                unwrapping_key: 3,
+                template: t,
+                label: b"x",
+                wrapped: &[1; 40],
+            },
+            Request::Wrap {
+                wrapping_key: 1,
+                key: 2,
+            },
+            Request::GetPublicKey { key: 9 },
+            Request::Sign {
+                key: 1,
+                message: b"hello",
+            },
+            Request::Verify {
+                key: 1,
+                message: b"hello",
+                signature: &[4; 64],
+            },
+            Request::Encrypt {
+                key: 1,
+                aad: b"a",
+                plaintext: b"p",
+            },
+            Request::Decrypt {
+                key: 1,
+                aad: b"",
+                ciphertext: &[0; 28],
+            },
+            Request::Derive {
+                parent: 5,
+                template: t,
+                label: b"l",
+                salt: b"s",
+                info: b"i",
+            },
+            Request::Random { len: 32 },
+            Request::Delete { key: 4 },
+            Request::List,
+            Request::GetAttributes { key: 4 },
+            Request::ReadAudit { from_seq: 17 },
+        ] {
+            roundtrip(req);
+        }
+    }
+
+    #[test]
+    fn header_checks() {
+        let mut buf = [0u8; 64];
+        let n = Request::List.encode(1, &mut buf).unwrap();
+        assert_eq!(n, HEADER_SIZE);
+        assert_eq!(Request::decode(&buf[..n - 1]), Err(WireError::Malformed));
+        let mut bad = buf;
+        bad[0] = 2;
+        assert_eq!(
+            Request::decode(&bad[..n]),
+            Err(WireError::UnsupportedVersion)
+        );
+        let mut bad = buf;
+        bad[2] = 0xff;
+        assert_eq!(Request::decode(&bad[..n]), Err(WireError::UnknownOperation));
+        let mut bad = buf;
+        bad[4] = 1;
+        assert_eq!(Request::decode(&bad[..n]), Err(WireError::Malformed));
+        let mut bad = buf;
+        bad[20] = 1;
+        assert_eq!(Request::decode(&bad[..n]), Err(WireError::Malformed));
+        assert_eq!(
+            decode_request_header(&[0; MAX_REQUEST_SIZE + 1]),
+            Err(WireError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn length_limits_are_enforced() {
+        let t = KeyTemplate::new(KeyType::Aes256, KeyUsage::ENCRYPT, VmplSet::VMPL1, true);
+        let mut buf = [0u8; 128];
+        let long = [b'x'; MAX_LABEL_LEN + 1];
+        let n = Request::Generate {
+            template: t,
+            label: &long,
+        }
+        .encode(1, &mut buf)
+        .unwrap();
+        assert_eq!(Request::decode(&buf[..n]), Err(WireError::TooLarge));
+        let n = Request::Generate {
+            template: t,
+            label: &long[..MAX_LABEL_LEN],
+        }
+        .encode(1, &mut buf)
+        .unwrap();
+        assert!(Request::decode(&buf[..n]).is_ok());
+        // A length prefix far beyond the message is malformed or too large, never a panic.
+        let n = Request::Sign {
+            key: 1,
+            message: b"",
+        }
+        .encode(1, &mut buf)
+        .unwrap();
+        buf[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Request::decode(&buf[..n]), Err(WireError::TooLarge));
+        // Encoding into a short buffer fails cleanly.
+        assert_eq!(
+            Request::Sign {
+                key: 1,
+                message: &[0; 100]
+            }
+            .encode(1, &mut buf[..64]),
+            Err(WireError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn enums_round_trip_and_reject_unknown() {
+        for &op in Op::ALL {
+            assert_eq!(Op::from_raw(op.raw()), Some(op));
+        }
+        for &s in Status::ALL {
+            assert_eq!(Status::from_raw(s.raw()), Some(s));
+        }
+        assert_eq!(Op::from_raw(0), None);
+        assert_eq!(Op::from_raw(16), None);
+        assert_eq!(Status::from_raw(18), None);
+        assert_eq!(KeyType::from_raw(5), None);
+        assert_eq!(Origin::from_raw(0), None);
+        assert!(VmplSet::VMPL2.contains_vmpl(2));
+        assert!(!VmplSet::VMPL2.contains_vmpl(1));
+        assert!(!VmplSet::all().contains_vmpl(4));
+    }
+
+    #[test]
+    fn response_bodies_decode() {
+        let entry = AuditEntry {
+            seq: U64::new(3),
+            key_id: U32::new(9),
+            op: U16::new(6),
+            ..Default::default()
+        };
+        let mut msg = [0u8; HEADER_SIZE + 4 + 48];
+        let header = response_header(15, 7, Status::Ok, 28);
+        msg[..HEADER_SIZE].copy_from_slice(header.as_bytes());
+        msg[HEADER_SIZE..HEADER_SIZE + 4].copy_from_slice(&1u32.to_le_bytes());
+        msg[HEADER_SIZE + 4..HEADER_SIZE + 28].copy_from_slice(entry.as_bytes());
+        let resp = Response::decode(&msg[..HEADER_SIZE + 28]).unwrap();
+        assert_eq!(resp.status(), Some(Status::Ok));
+        assert_eq!(resp.audit_entries().unwrap(), &[entry]);
+        // A count that disagrees with the body length is malformed.
+        assert_eq!(
+            Response {
+                header,
+                body: &msg[HEADER_SIZE..HEADER_SIZE + 27]
+            }
+            .audit_entries(),
+            Err(WireError::Malformed)
+        );
+        assert_eq!(
+            Response::decode(&msg[..HEADER_SIZE + 27]),
+            Err(WireError::Malformed)
+        );
+    }
+}

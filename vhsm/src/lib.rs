@@ -1,4 +1,150 @@
-//! The Nitride vault (not yet filled: see the issue "The vault: keys, operations,
-//! policy and the vHSM wire protocol").
+//! The Nitride vault: key store, policy, operations, audit log and request dispatcher.
+//!
+//! This crate is the vHSM's heart, linked into the SVSM firmware and tested on the
+//! host. It is `no_std` + `alloc`, contains no unsafe code and knows nothing of SEV-SNP:
+//! everything it needs from the machine comes through the small [`Platform`] trait.
+//!
+//! - [`Vault`] (module [`vault`]): the bounded key store and the typed operations, each
+//!   enforcing the caller's VMPL, the key's usage flags, exportability and the vault's
+//!   [`VaultPolicy`].
+//! - [`Vault::handle`] (module [`dispatch`]): decodes a wire request
+//!   ([`nitride_protocol::vhsm`]), runs it, records it in the audit log and encodes the
+//!   response. Never panics on any input.
+//! - [`key`]: key material (zeroized on drop, `[REDACTED]` in `Debug`) and the
+//!   cryptography on it.
+//! - [`drbg`]: the HMAC-DRBG (SP 800-90A, HMAC-SHA-384) every random byte comes from.
+//! - [`audit`]: the bounded audit ring.
+//!
+//! `docs/vault.md` describes the design; `docs/vhsm-protocol.md` the wire format.
 #![no_std]
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+extern crate alloc;
+
+pub mod audit;
+pub mod dispatch;
+pub mod drbg;
+pub mod key;
+pub mod vault;
+
+#[cfg(test)]
+mod tests;
+
+pub use nitride_protocol::vhsm::{KeyType, KeyUsage, Origin, Status, VmplSet};
+pub use vault::{KeyInfo, KeySpec, Vault};
+
+/// Why the platform could not serve a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlatformError {
+    /// The entropy source failed or is unavailable.
+    EntropyUnavailable,
+}
+
+/// What the vault needs from the machine it runs on; the kernel implements it.
+///
+/// Only entropy for now; attestation reports and derived keys arrive with the
+/// attestation and sealing work.
+pub trait Platform {
+    /// Fill `out` with full-entropy bytes, or fail.
+    fn entropy(&mut self, out: &mut [u8]) -> Result<(), PlatformError>;
+}
+
+/// Vault-wide policy, fixed at construction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VaultPolicy {
+    /// Whether plaintext key material may be imported (`Import`). Off by default:
+    /// keys then enter the vault only generated, derived or wrapped.
+    pub allow_plaintext_import: bool,
+}
+
+/// The identity of a request's sender, as established by the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    vmpl: u8,
+}
+
+impl Caller {
+    /// The SVSM itself (VMPL0).
+    pub const SVSM: Self = Self { vmpl: 0 };
+
+    /// A caller running at `vmpl` (0 to 3); `None` otherwise.
+    pub const fn new(vmpl: u8) -> Option<Self> {
+        if vmpl < 4 {
+            Some(Self { vmpl })
+        } else {
+            None
+        }
+    }
+
+    /// The caller's VMPL.
+    pub const fn vmpl(self) -> u8 {
+        self.vmpl
+    }
+
+    /// The caller's VMPL as a one-element set.
+    pub fn as_set(self) -> VmplSet {
+        VmplSet::from_bits_truncate(1 << self.vmpl)
+    }
+}
+
+/// Why an operation failed. Each maps to one wire [`Status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// A parameter is out of range (type, usage, VMPL set, label, length).
+    InvalidParameter,
+    /// No such key.
+    KeyNotFound,
+    /// The caller's VMPL may not use the key.
+    AccessDenied,
+    /// The key's usage flags do not permit the operation.
+    UsageNotPermitted,
+    /// The key (or, for derivation, its parent) is not exportable.
+    NotExportable,
+    /// The vault policy forbids it (plaintext import, widening access by derivation).
+    PolicyDenied,
+    /// The key store is full or key ids are exhausted.
+    CapacityExceeded,
+    /// The key's type does not support the operation.
+    WrongKeyType,
+    /// Key material of the wrong length or not a valid key.
+    InvalidKeyMaterial,
+    /// A signature or MAC did not verify.
+    SignatureInvalid,
+    /// An AES-GCM tag or RFC 5649 integrity check failed.
+    AuthenticationFailed,
+    /// The key's AES-GCM nonce space is used up.
+    NonceLimitReached,
+    /// The platform could not provide entropy.
+    Entropy,
+    /// The response would exceed its maximum size.
+    TooLarge,
+}
+
+impl Error {
+    /// The status a response carries for this error.
+    pub const fn status(self) -> Status {
+        match self {
+            Self::InvalidParameter => Status::InvalidParameter,
+            Self::KeyNotFound => Status::KeyNotFound,
+            Self::AccessDenied => Status::AccessDenied,
+            Self::UsageNotPermitted => Status::UsageNotPermitted,
+            Self::NotExportable => Status::NotExportable,
+            Self::PolicyDenied => Status::PolicyDenied,
+            Self::CapacityExceeded => Status::CapacityExceeded,
+            Self::WrongKeyType => Status::WrongKeyType,
+            Self::InvalidKeyMaterial => Status::InvalidKeyMaterial,
+            Self::SignatureInvalid => Status::SignatureInvalid,
+            Self::AuthenticationFailed => Status::AuthenticationFailed,
+            Self::NonceLimitReached => Status::NonceLimitReached,
+            Self::Entropy => Status::EntropyFailure,
+            Self::TooLarge => Status::TooLarge,
+        }
+    }
+}
+
+impl From<PlatformError> for Error {
+    fn from(_: PlatformError) -> Self {
+        Self::Entropy
+    }
+}

@@ -1,0 +1,694 @@
+//! Unit tests of the vault's operations and policy through the typed API, with access
+//! to internal state (snapshots, nonce counters). Wire-level tests live in
+//! `tests/dispatch.rs`, interop with other tools in `tests/interop.rs`.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use sha2::{Digest, Sha384};
+
+use crate::vault::{KeyInfo, KeySpec, Label, Vault, DERIVE_INFO_PREFIX, GCM_INVOCATION_LIMIT};
+use crate::{
+    Caller, Error, KeyType, KeyUsage, Origin, Platform, PlatformError, VaultPolicy, VmplSet,
+};
+use nitride_protocol::vhsm::{KEY_CAPACITY, MAX_RANDOM_LEN};
+
+/// Deterministic entropy (SHA-384 of a counter) that can be switched off.
+struct TestPlatform {
+    counter: u64,
+    fail: bool,
+}
+
+impl Platform for TestPlatform {
+    fn entropy(&mut self, out: &mut [u8]) -> Result<(), PlatformError> {
+        if self.fail {
+            return Err(PlatformError::EntropyUnavailable);
+        }
+        for chunk in out.chunks_mut(48) {
+            self.counter += 1;
+            let block = Sha384::digest(self.counter.to_le_bytes());
+            chunk.copy_from_slice(&block[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+const V0: Caller = Caller::SVSM;
+fn v1() -> Caller {
+    Caller::new(1).unwrap()
+}
+fn v2() -> Caller {
+    Caller::new(2).unwrap()
+}
+
+fn vault(allow_import: bool) -> Vault<TestPlatform> {
+    Vault::new(
+        TestPlatform {
+            counter: 0,
+            fail: false,
+        },
+        VaultPolicy {
+            allow_plaintext_import: allow_import,
+        },
+    )
+    .unwrap()
+}
+
+fn spec(kt: KeyType, usage: KeyUsage, exportable: bool) -> KeySpec {
+    KeySpec::new(kt, usage, VmplSet::VMPL0 | VmplSet::VMPL1, exportable)
+}
+
+fn aes_all() -> KeyUsage {
+    KeyType::Aes256.allowed_usage()
+}
+
+/// Run `f`, which must fail with `err`, and check the vault's state did not change.
+fn fails_unchanged<P: Platform, T: core::fmt::Debug>(
+    v: &mut Vault<P>,
+    err: Error,
+    f: impl FnOnce(&mut Vault<P>) -> Result<T, Error>,
+) {
+    let before = v.snapshot();
+    assert_eq!(f(v).unwrap_err(), err);
+    assert_eq!(v.snapshot(), before);
+}
+
+#[test]
+fn caller_vmpl_range() {
+    assert_eq!(Caller::new(3).unwrap().vmpl(), 3);
+    assert!(Caller::new(4).is_none());
+    assert_eq!(Caller::SVSM.as_set(), VmplSet::VMPL0);
+}
+
+#[test]
+fn entropy_failure_at_construction_and_later() {
+    let err = Vault::new(
+        TestPlatform {
+            counter: 0,
+            fail: true,
+        },
+        VaultPolicy::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err, Error::Entropy);
+    let mut v = vault(false);
+    v.platform_mut().fail = true;
+    // Until a reseed is due the DRBG still works ...
+    let mut out = Vec::new();
+    v.random(16, &mut out).unwrap();
+    // ... and when it is due, the platform's failure surfaces as an error.
+    let mut buf = [0u8; 1];
+    let mut result = Ok(());
+    for _ in 0..=crate::drbg::RESEED_INTERVAL {
+        result = v.fill_random(&mut buf);
+        if result.is_err() {
+            break;
+        }
+    }
+    assert_eq!(result, Err(Error::Entropy));
+    fails_unchanged(&mut v, Error::Entropy, |v| {
+        v.generate(V0, &spec(KeyType::Aes256, aes_all(), false))
+    });
+    v.platform_mut().fail = false;
+    assert!(v
+        .generate(V0, &spec(KeyType::Aes256, aes_all(), false))
+        .is_ok());
+}
+
+#[test]
+fn generate_every_type() {
+    let mut v = vault(false);
+    for kt in [
+        KeyType::Aes256,
+        KeyType::EcdsaP384,
+        KeyType::Ed25519,
+        KeyType::HmacSha384,
+    ] {
+        let mut s = spec(kt, kt.allowed_usage(), false);
+        s.label = Label::new(b"label").unwrap();
+        let info = v.generate(v1(), &s).unwrap();
+        assert_eq!(info.key_type, kt);
+        assert_eq!(info.origin, Origin::Generated);
+        assert_eq!(info.label.as_bytes(), b"label");
+        assert_eq!(v.attributes(v1(), info.id).unwrap(), info);
+    }
+    let ids: Vec<u32> = v.list(v1()).map(|i| i.id).collect();
+    assert_eq!(ids, [1, 2, 3, 4]);
+    // Two generated keys differ.
+    let a = v
+        .generate(V0, &spec(KeyType::Ed25519, KeyUsage::SIGN, false))
+        .unwrap();
+    let b = v
+        .generate(V0, &spec(KeyType::Ed25519, KeyUsage::SIGN, false))
+        .unwrap();
+    let (mut pa, mut pb) = (Vec::new(), Vec::new());
+    v.public_key(V0, a.id, &mut pa).unwrap();
+    v.public_key(V0, b.id, &mut pb).unwrap();
+    assert_ne!(pa, pb);
+}
+
+#[test]
+fn spec_validation() {
+    let mut v = vault(true);
+    let bad = [
+        KeySpec::new(KeyType::Aes256, KeyUsage::empty(), VmplSet::VMPL0, false),
+        KeySpec::new(KeyType::Aes256, KeyUsage::SIGN, VmplSet::VMPL0, false),
+        KeySpec::new(KeyType::EcdsaP384, KeyUsage::ENCRYPT, VmplSet::VMPL0, false),
+        KeySpec::new(KeyType::Ed25519, KeyUsage::DERIVE, VmplSet::VMPL0, false),
+        KeySpec::new(KeyType::HmacSha384, KeyUsage::WRAP, VmplSet::VMPL0, false),
+        // The creator must be able to use its key.
+        KeySpec::new(KeyType::Aes256, KeyUsage::ENCRYPT, VmplSet::VMPL1, false),
+        KeySpec::new(KeyType::Aes256, KeyUsage::ENCRYPT, VmplSet::empty(), false),
+    ];
+    for s in &bad {
+        fails_unchanged(&mut v, Error::InvalidParameter, |v| v.generate(V0, s));
+        fails_unchanged(&mut v, Error::InvalidParameter, |v| {
+            v.import(V0, s, &[1; 48][..s.key_type.material_len()])
+        });
+    }
+    assert_eq!(
+        Label::new(&[b'x'; 33]).unwrap_err(),
+        Error::InvalidParameter
+    );
+    assert_eq!(Label::new(&[b'x'; 32]).unwrap().as_bytes().len(), 32);
+}
+
+#[test]
+fn import_needs_policy_and_valid_material() {
+    let mut v = vault(false);
+    let s = spec(KeyType::Aes256, aes_all(), true);
+    fails_unchanged(&mut v, Error::PolicyDenied, |v| v.import(V0, &s, &[7; 32]));
+    let mut v = vault(true);
+    fails_unchanged(&mut v, Error::InvalidKeyMaterial, |v| {
+        v.import(V0, &s, &[7; 31])
+    });
+    let p = spec(KeyType::EcdsaP384, KeyUsage::SIGN, false);
+    fails_unchanged(&mut v, Error::InvalidKeyMaterial, |v| {
+        v.import(V0, &p, &[0; 48])
+    });
+    let info = v.import(V0, &s, &[7; 32]).unwrap();
+    assert_eq!(info.origin, Origin::Imported);
+}
+
+#[test]
+fn capacity_and_id_exhaustion() {
+    let mut v = vault(false);
+    let s = spec(KeyType::HmacSha384, KeyUsage::SIGN, false);
+    for _ in 0..KEY_CAPACITY {
+        v.generate(V0, &s).unwrap();
+    }
+    assert_eq!(v.len(), KEY_CAPACITY);
+    fails_unchanged(&mut v, Error::CapacityExceeded, |v| v.generate(V0, &s));
+    // Deleting makes room; ids are not reused.
+    v.delete(V0, 5).unwrap();
+    let info = v.generate(V0, &s).unwrap();
+    assert_eq!(info.id, u32::try_from(KEY_CAPACITY).unwrap() + 1);
+    assert_eq!(v.attributes(V0, 5).unwrap_err(), Error::KeyNotFound);
+    let mut v = vault(false);
+    v.set_next_id(u32::MAX - 1);
+    assert_eq!(v.generate(V0, &s).unwrap().id, u32::MAX - 1);
+    fails_unchanged(&mut v, Error::CapacityExceeded, |v| v.generate(V0, &s));
+}
+
+#[test]
+fn vmpl_access_rules() {
+    let mut v = vault(false);
+    let only1 = KeySpec::new(
+        KeyType::Ed25519,
+        KeyUsage::SIGN | KeyUsage::VERIFY,
+        VmplSet::VMPL1,
+        false,
+    );
+    let k = v.generate(v1(), &only1).unwrap().id;
+    let mut out = Vec::new();
+    v.sign(v1(), k, b"m", &mut out).unwrap();
+    // Other VMPLs, including VMPL0, cannot use, see or delete it.
+    for c in [V0, v2(), Caller::new(3).unwrap()] {
+        let mut o = Vec::new();
+        assert_eq!(v.sign(c, k, b"m", &mut o).unwrap_err(), Error::AccessDenied);
+        assert_eq!(v.verify(c, k, b"m", &out).unwrap_err(), Error::AccessDenied);
+        assert_eq!(v.public_key(c, k, &mut o).unwrap_err(), Error::AccessDenied);
+        assert_eq!(v.attributes(c, k).unwrap_err(), Error::AccessDenied);
+        fails_unchanged(&mut v, Error::AccessDenied, |v| v.delete(c, k));
+        assert_eq!(v.list(c).count(), 0);
+        assert!(o.is_empty());
+    }
+    assert_eq!(v.list(v1()).count(), 1);
+    assert_eq!(
+        v.sign(v1(), 999, b"m", &mut out).unwrap_err(),
+        Error::KeyNotFound
+    );
+}
+
+#[test]
+fn sign_verify_every_signing_type() {
+    let mut v = vault(false);
+    for kt in [KeyType::EcdsaP384, KeyType::Ed25519, KeyType::HmacSha384] {
+        let k = v
+            .generate(V0, &spec(kt, KeyUsage::SIGN | KeyUsage::VERIFY, false))
+            .unwrap()
+            .id;
+        let mut sig = Vec::new();
+        v.sign(V0, k, b"message", &mut sig).unwrap();
+        match kt {
+            KeyType::Ed25519 => assert_eq!(sig.len(), 64),
+            KeyType::HmacSha384 => assert_eq!(sig.len(), 48),
+            _ => assert_eq!(sig[0], 0x30, "DER SEQUENCE"),
+        }
+        v.verify(V0, k, b"message", &sig).unwrap();
+        assert_eq!(
+            v.verify(V0, k, b"messagf", &sig).unwrap_err(),
+            Error::SignatureInvalid
+        );
+        let mut bad = sig.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            v.verify(V0, k, b"message", &bad).unwrap_err(),
+            Error::SignatureInvalid
+        );
+        assert_eq!(
+            v.verify(V0, k, b"message", &[]).unwrap_err(),
+            Error::SignatureInvalid
+        );
+    }
+}
+
+#[test]
+fn hmac_matches_reference() {
+    let mut v = vault(true);
+    let key = [0x0b; 48];
+    let k = v
+        .import(V0, &spec(KeyType::HmacSha384, KeyUsage::SIGN, false), &key)
+        .unwrap()
+        .id;
+    let mut tag = Vec::new();
+    v.sign(V0, k, b"Hi There", &mut tag).unwrap();
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<Sha384> as hmac::digest::KeyInit>::new_from_slice(&key).unwrap();
+    mac.update(b"Hi There");
+    assert_eq!(tag, mac.finalize().into_bytes().to_vec());
+}
+
+#[test]
+fn usage_flags_enforced_on_every_operation() {
+    let mut v = vault(true);
+    let enc_only = v
+        .generate(V0, &spec(KeyType::Aes256, KeyUsage::ENCRYPT, true))
+        .unwrap()
+        .id;
+    let dec_only = v
+        .generate(V0, &spec(KeyType::Aes256, KeyUsage::DECRYPT, true))
+        .unwrap()
+        .id;
+    let sign_only = v
+        .generate(V0, &spec(KeyType::EcdsaP384, KeyUsage::SIGN, true))
+        .unwrap()
+        .id;
+    let verify_only = v
+        .generate(V0, &spec(KeyType::Ed25519, KeyUsage::VERIFY, true))
+        .unwrap()
+        .id;
+    let t = spec(KeyType::Aes256, KeyUsage::ENCRYPT, true);
+    let mut out = Vec::new();
+    let mut sealed = Vec::new();
+    v.encrypt(V0, enc_only, b"", b"x", &mut sealed).unwrap();
+    let u = Error::UsageNotPermitted;
+    fails_unchanged(&mut v, u, |v| v.encrypt(V0, dec_only, b"", b"x", &mut out));
+    fails_unchanged(&mut v, u, |v| {
+        v.decrypt(V0, enc_only, b"", &sealed, &mut out)
+    });
+    fails_unchanged(&mut v, u, |v| v.sign(V0, verify_only, b"m", &mut out));
+    fails_unchanged(&mut v, u, |v| v.verify(V0, sign_only, b"m", &[0; 64]));
+    fails_unchanged(&mut v, u, |v| v.wrap_key(V0, enc_only, dec_only, &mut out));
+    fails_unchanged(&mut v, u, |v| v.unwrap_key(V0, enc_only, &t, &[0; 40]));
+    fails_unchanged(&mut v, u, |v| v.derive(V0, enc_only, &t, b"", b""));
+    fails_unchanged(&mut v, u, |v| v.sign(V0, enc_only, b"m", &mut out));
+    fails_unchanged(&mut v, u, |v| v.encrypt(V0, sign_only, b"", b"x", &mut out));
+    assert!(out.is_empty());
+    // Public keys exist only for asymmetric keys.
+    fails_unchanged(&mut v, Error::WrongKeyType, |v| {
+        v.public_key(V0, enc_only, &mut out)
+    });
+    v.public_key(V0, verify_only, &mut out).unwrap();
+}
+
+#[test]
+fn encrypt_decrypt_and_nonces() {
+    let mut v = vault(false);
+    let k = v
+        .generate(
+            V0,
+            &spec(
+                KeyType::Aes256,
+                KeyUsage::ENCRYPT | KeyUsage::DECRYPT,
+                false,
+            ),
+        )
+        .unwrap()
+        .id;
+    let mut nonces = Vec::new();
+    for i in 0u32..50 {
+        let mut sealed = Vec::new();
+        v.encrypt(V0, k, b"aad", b"plaintext", &mut sealed).unwrap();
+        assert_eq!(sealed.len(), 12 + 9 + 16);
+        assert_eq!(&sealed[8..12], &i.to_be_bytes(), "invocation counter");
+        nonces.push(sealed[..12].to_vec());
+        let mut plain = Vec::new();
+        v.decrypt(V0, k, b"aad", &sealed, &mut plain).unwrap();
+        assert_eq!(plain, b"plaintext");
+        fails_unchanged(&mut v, Error::AuthenticationFailed, |v| {
+            v.decrypt(V0, k, b"aaX", &sealed, &mut plain)
+        });
+    }
+    nonces.sort();
+    nonces.dedup();
+    assert_eq!(nonces.len(), 50, "no nonce repeats");
+    // A second key gets a different fixed field.
+    let k2 = v
+        .generate(V0, &spec(KeyType::Aes256, KeyUsage::ENCRYPT, false))
+        .unwrap()
+        .id;
+    let mut s2 = Vec::new();
+    v.encrypt(V0, k2, b"", b"", &mut s2).unwrap();
+    assert_ne!(&s2[..8], &nonces[0][..8]);
+    // Short ciphertexts are rejected, not read out of bounds.
+    let mut out = Vec::new();
+    fails_unchanged(&mut v, Error::InvalidParameter, |v| {
+        v.decrypt(V0, k, b"", &[0; 27], &mut out)
+    });
+}
+
+#[test]
+fn gcm_invocation_limit() {
+    let mut v = vault(false);
+    let k = v
+        .generate(V0, &spec(KeyType::Aes256, KeyUsage::ENCRYPT, false))
+        .unwrap()
+        .id;
+    let last = u32::try_from(GCM_INVOCATION_LIMIT - 1).unwrap();
+    v.set_gcm_counter(k, last);
+    let mut out = Vec::new();
+    v.encrypt(V0, k, b"", b"last", &mut out).unwrap();
+    assert_eq!(&out[8..12], &last.to_be_bytes());
+    let mut out2 = Vec::new();
+    fails_unchanged(&mut v, Error::NonceLimitReached, |v| {
+        v.encrypt(V0, k, b"", b"more", &mut out2)
+    });
+    assert!(out2.is_empty());
+}
+
+#[test]
+fn wrap_unwrap_round_trip_every_type() {
+    let mut v = vault(false);
+    let kek = v
+        .generate(
+            V0,
+            &spec(KeyType::Aes256, KeyUsage::WRAP | KeyUsage::UNWRAP, false),
+        )
+        .unwrap()
+        .id;
+    for kt in [
+        KeyType::Aes256,
+        KeyType::EcdsaP384,
+        KeyType::Ed25519,
+        KeyType::HmacSha384,
+    ] {
+        let usage = if kt == KeyType::Aes256 {
+            KeyUsage::ENCRYPT | KeyUsage::DECRYPT
+        } else {
+            KeyUsage::SIGN | KeyUsage::VERIFY
+        };
+        let k = v.generate(V0, &spec(kt, usage, true)).unwrap().id;
+        let mut wrapped = Vec::new();
+        v.wrap_key(V0, kek, k, &mut wrapped).unwrap();
+        assert_eq!(wrapped.len(), kt.material_len().div_ceil(8) * 8 + 8);
+        let copy = v
+            .unwrap_key(V0, kek, &spec(kt, usage, false), &wrapped)
+            .unwrap();
+        assert_eq!(copy.origin, Origin::Unwrapped);
+        assert!(!copy.exportable);
+        // The copy behaves like the original.
+        let mut a = Vec::new();
+        if kt == KeyType::Aes256 {
+            v.encrypt(V0, k, b"", b"hello", &mut a).unwrap();
+            let mut p = Vec::new();
+            v.decrypt(V0, copy.id, b"", &a, &mut p).unwrap();
+            assert_eq!(p, b"hello");
+        } else {
+            v.sign(V0, k, b"hello", &mut a).unwrap();
+            v.verify(V0, copy.id, b"hello", &a).unwrap();
+        }
+        // Unwrapping with the wrong type is a material error; tampering an integrity one.
+        let other = if kt.material_len() == 32 {
+            KeyType::HmacSha384
+        } else {
+            KeyType::Aes256
+        };
+        let ou = other.allowed_usage() & (KeyUsage::SIGN | KeyUsage::ENCRYPT);
+        fails_unchanged(&mut v, Error::InvalidKeyMaterial, |v| {
+            v.unwrap_key(V0, kek, &spec(other, ou, false), &wrapped)
+        });
+        wrapped[3] ^= 0x80;
+        fails_unchanged(&mut v, Error::AuthenticationFailed, |v| {
+            v.unwrap_key(V0, kek, &spec(kt, usage, false), &wrapped)
+        });
+    }
+    // Only AES keys wrap.
+    let ed = v
+        .generate(V0, &spec(KeyType::Ed25519, KeyUsage::SIGN, true))
+        .unwrap()
+        .id;
+    let mut out = Vec::new();
+    fails_unchanged(&mut v, Error::UsageNotPermitted, |v| {
+        v.wrap_key(V0, ed, ed, &mut out)
+    });
+}
+
+/// Non-exportable means never: every path that could move material out is refused.
+#[test]
+fn non_exportable_never_leaves() {
+    let mut v = vault(true);
+    let kek = v
+        .generate(
+            V0,
+            &spec(KeyType::Aes256, KeyUsage::WRAP | KeyUsage::UNWRAP, true),
+        )
+        .unwrap()
+        .id;
+    let secret = v
+        .generate(V0, &spec(KeyType::Aes256, aes_all(), false))
+        .unwrap()
+        .id;
+    let hsecret = v
+        .generate(
+            V0,
+            &spec(
+                KeyType::HmacSha384,
+                KeyUsage::DERIVE | KeyUsage::SIGN,
+                false,
+            ),
+        )
+        .unwrap()
+        .id;
+    let mut out = Vec::new();
+    // Not wrapped under another key, nor under itself.
+    fails_unchanged(&mut v, Error::NotExportable, |v| {
+        v.wrap_key(V0, kek, secret, &mut out)
+    });
+    fails_unchanged(&mut v, Error::NotExportable, |v| {
+        v.wrap_key(V0, secret, secret, &mut out)
+    });
+    fails_unchanged(&mut v, Error::NotExportable, |v| {
+        v.wrap_key(V0, kek, hsecret, &mut out)
+    });
+    // Not by deriving an exportable child (of any type) ...
+    for kt in [
+        KeyType::Aes256,
+        KeyType::HmacSha384,
+        KeyType::Ed25519,
+        KeyType::EcdsaP384,
+    ] {
+        let usage = kt.allowed_usage();
+        for parent in [secret, hsecret] {
+            fails_unchanged(&mut v, Error::NotExportable, |v| {
+                v.derive(V0, parent, &spec(kt, usage, true), b"s", b"i")
+            });
+        }
+    }
+    // ... and a non-exportable child is itself unwrappable-out.
+    let child = v
+        .derive(
+            V0,
+            secret,
+            &spec(KeyType::Aes256, aes_all(), false),
+            b"",
+            b"c",
+        )
+        .unwrap();
+    assert!(!child.exportable);
+    fails_unchanged(&mut v, Error::NotExportable, |v| {
+        v.wrap_key(V0, kek, child.id, &mut out)
+    });
+    // A derived child used as a wrapping key still cannot export its non-exportable parent.
+    fails_unchanged(&mut v, Error::NotExportable, |v| {
+        v.wrap_key(V0, child.id, secret, &mut out)
+    });
+    assert!(out.is_empty());
+    // Exportable keys do leave, and only wrapped.
+    let ok = v
+        .generate(V0, &spec(KeyType::Aes256, KeyUsage::ENCRYPT, true))
+        .unwrap()
+        .id;
+    v.wrap_key(V0, kek, ok, &mut out).unwrap();
+    assert_eq!(out.len(), 40);
+}
+
+#[test]
+fn derive_rules_and_reference() {
+    let mut v = vault(true);
+    let ikm = [0x42u8; 32];
+    let parent_spec = KeySpec::new(
+        KeyType::Aes256,
+        KeyUsage::DERIVE,
+        VmplSet::VMPL0 | VmplSet::VMPL1,
+        true,
+    );
+    let parent = v.import(V0, &parent_spec, &ikm).unwrap().id;
+    let kek = v
+        .generate(V0, &spec(KeyType::Aes256, KeyUsage::WRAP, false))
+        .unwrap()
+        .id;
+    // Derived keys may not widen access beyond the parent's VMPLs.
+    let wide = KeySpec::new(
+        KeyType::Aes256,
+        KeyUsage::ENCRYPT,
+        VmplSet::VMPL0 | VmplSet::VMPL2,
+        true,
+    );
+    fails_unchanged(&mut v, Error::PolicyDenied, |v| {
+        v.derive(V0, parent, &wide, b"", b"")
+    });
+    // Deterministic and matches HKDF-SHA-384 with the documented info layout.
+    for kt in [KeyType::Aes256, KeyType::HmacSha384] {
+        let usage = kt.allowed_usage() & (KeyUsage::ENCRYPT | KeyUsage::SIGN);
+        let a = v
+            .derive(V0, parent, &spec(kt, usage, true), b"salt", b"info")
+            .unwrap();
+        let b = v
+            .derive(V0, parent, &spec(kt, usage, true), b"salt", b"info")
+            .unwrap();
+        assert_eq!(a.origin, Origin::Derived);
+        let (mut wa, mut wb) = (Vec::new(), Vec::new());
+        v.wrap_key(V0, kek, a.id, &mut wa).unwrap();
+        v.wrap_key(V0, kek, b.id, &mut wb).unwrap();
+        assert_eq!(wa, wb);
+        let mut expected = vec![0u8; kt.material_len()];
+        let mut info = DERIVE_INFO_PREFIX.to_vec();
+        info.extend_from_slice(&kt.raw().to_le_bytes());
+        info.extend_from_slice(b"info");
+        hkdf::Hkdf::<Sha384>::new(Some(b"salt"), &ikm)
+            .expand(&info, &mut expected)
+            .unwrap();
+        let mut wrapped_expected = Vec::new();
+        let kek_bytes = v.keys_material_for_test(kek);
+        crate::key::kw_wrap(&kek_bytes, &expected, &mut wrapped_expected).unwrap();
+        assert_eq!(wa, wrapped_expected);
+    }
+    // Asymmetric keys cannot be parents.
+    let ed = v
+        .generate(V0, &spec(KeyType::Ed25519, KeyUsage::SIGN, true))
+        .unwrap()
+        .id;
+    fails_unchanged(&mut v, Error::UsageNotPermitted, |v| {
+        v.derive(
+            V0,
+            ed,
+            &spec(KeyType::Aes256, KeyUsage::ENCRYPT, false),
+            b"",
+            b"",
+        )
+    });
+    // Derived signing keys work.
+    let hparent = v
+        .generate(V0, &spec(KeyType::HmacSha384, KeyUsage::DERIVE, false))
+        .unwrap()
+        .id;
+    let dk = v
+        .derive(
+            V0,
+            hparent,
+            &spec(KeyType::EcdsaP384, KeyUsage::SIGN | KeyUsage::VERIFY, false),
+            b"",
+            b"ec",
+        )
+        .unwrap();
+    let mut sig = Vec::new();
+    v.sign(V0, dk.id, b"m", &mut sig).unwrap();
+    v.verify(V0, dk.id, b"m", &sig).unwrap();
+}
+
+#[test]
+fn delete_and_random() {
+    let mut v = vault(false);
+    let k = v
+        .generate(V0, &spec(KeyType::Aes256, KeyUsage::ENCRYPT, false))
+        .unwrap()
+        .id;
+    v.delete(V0, k).unwrap();
+    assert!(v.is_empty());
+    fails_unchanged(&mut v, Error::KeyNotFound, |v| v.delete(V0, k));
+    let mut out = Vec::new();
+    assert_eq!(
+        v.encrypt(V0, k, b"", b"", &mut out).unwrap_err(),
+        Error::KeyNotFound
+    );
+    v.random(MAX_RANDOM_LEN, &mut out).unwrap();
+    assert_eq!(out.len(), MAX_RANDOM_LEN);
+    let mut again = Vec::new();
+    v.random(MAX_RANDOM_LEN, &mut again).unwrap();
+    assert_ne!(out, again);
+    let mut none = Vec::new();
+    assert_eq!(
+        v.random(MAX_RANDOM_LEN + 1, &mut none).unwrap_err(),
+        Error::InvalidParameter
+    );
+    assert!(none.is_empty());
+}
+
+#[test]
+fn debug_output_has_no_key_bytes() {
+    let mut v = vault(true);
+    v.import(
+        V0,
+        &spec(KeyType::HmacSha384, KeyUsage::SIGN, false),
+        &[0xAB; 48],
+    )
+    .unwrap();
+    let s = alloc::format!("{v:?}");
+    assert!(s.contains("[REDACTED]"), "{s}");
+    assert!(
+        !s.to_lowercase().contains("ab, ab") && !s.contains("171"),
+        "{s}"
+    );
+}
+
+#[test]
+fn key_info_wire_form() {
+    let info = KeyInfo {
+        id: 7,
+        key_type: KeyType::Ed25519,
+        usage: KeyUsage::SIGN,
+        allowed: VmplSet::VMPL1,
+        exportable: true,
+        origin: Origin::Derived,
+        label: Label::new(b"abc").unwrap(),
+    };
+    let w = info.to_wire();
+    assert_eq!(w.key_id.get(), 7);
+    assert_eq!(w.key_type.get(), 3);
+    assert_eq!(w.origin, 4);
+    assert_eq!(w.allowed_vmpls, 2);
+    assert_eq!(w.usage.get(), 4);
+    assert_eq!(w.exportable, 1);
+    assert_eq!(w.label(), b"abc");
+}

@@ -1,0 +1,589 @@
+//! The vault: a bounded key store and the typed operations on it.
+//!
+//! Every operation takes the [`Caller`] and checks, in this order: the key exists, the
+//! caller's VMPL is in the key's allowed set, the key's usage flags permit the
+//! operation, then the operation's own rules (exportability, policy, capacity). All
+//! checks run before anything changes, so a failed operation leaves the key store, the
+//! keys' attributes and their nonce counters exactly as they were (the DRBG may have
+//! advanced; the dispatcher records the failure in the audit log).
+//!
+//! Policy invariants (see `docs/vault.md`):
+//! - a non-exportable key never leaves the vault: there is no plaintext export, `Wrap`
+//!   refuses it, and keys derived from it can never be exportable;
+//! - a derived key is usable by no VMPL its parent is not usable by;
+//! - plaintext import needs [`VaultPolicy::allow_plaintext_import`];
+//! - the store holds at most [`KEY_CAPACITY`] keys; ids are never reused.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use hkdf::Hkdf;
+use nitride_protocol::vhsm::{
+    KeyAttributes, KeyTemplate, GCM_NONCE_LEN, KEY_CAPACITY, MAX_DATA_LEN, MAX_LABEL_LEN,
+    MAX_RANDOM_LEN,
+};
+use sha2::Sha384;
+use zerocopy::little_endian::{U16, U32};
+use zeroize::Zeroizing;
+
+use crate::audit::AuditLog;
+use crate::drbg::{VaultDrbg, MAX_BYTES_PER_REQUEST};
+use crate::key::{gcm_open, gcm_seal, kw_unwrap, kw_wrap, Material};
+use crate::{Caller, Error, KeyType, KeyUsage, Origin, Platform, VaultPolicy, VmplSet};
+
+/// Personalization string of the vault's DRBG.
+const DRBG_PERSONALIZATION: &[u8] = b"nitride-vhsm drbg v1";
+
+/// Prefix of the HKDF info for `Derive`: `prefix || key_type (u16 LE) || caller info`.
+pub const DERIVE_INFO_PREFIX: &[u8] = b"nitride-vhsm derive v1\0";
+
+/// AES-GCM encryptions allowed per key: the 32-bit invocation counter's range.
+pub const GCM_INVOCATION_LIMIT: u64 = u32::MAX as u64;
+
+/// Attempts at drawing a valid P-384 scalar before giving up (each fails with
+/// probability below 2^-190).
+const KEYGEN_ATTEMPTS: usize = 8;
+
+/// A key label: up to [`MAX_LABEL_LEN`] bytes.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Label {
+    bytes: [u8; MAX_LABEL_LEN],
+    len: u8,
+}
+
+impl Label {
+    /// A label from `bytes`, at most [`MAX_LABEL_LEN`] long.
+    pub fn new(bytes: &[u8]) -> Result<Self, Error> {
+        let mut label = Self::default();
+        label
+            .bytes
+            .get_mut(..bytes.len())
+            .ok_or(Error::InvalidParameter)?
+            .copy_from_slice(bytes);
+        label.len = u8::try_from(bytes.len()).map_err(|_| Error::InvalidParameter)?;
+        Ok(label)
+    }
+
+    /// The label's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_bytes().escape_ascii())
+    }
+}
+
+/// The requested properties of a new key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeySpec {
+    /// Type.
+    pub key_type: KeyType,
+    /// Usage flags; must be non-empty and allowed for the type.
+    pub usage: KeyUsage,
+    /// VMPLs that may use the key; must include the creating caller's.
+    pub allowed: VmplSet,
+    /// Whether the key may leave the vault (wrapped).
+    pub exportable: bool,
+    /// Label.
+    pub label: Label,
+}
+
+impl KeySpec {
+    /// A spec without a label.
+    pub fn new(key_type: KeyType, usage: KeyUsage, allowed: VmplSet, exportable: bool) -> Self {
+        Self {
+            key_type,
+            usage,
+            allowed,
+            exportable,
+            label: Label::default(),
+        }
+    }
+
+    /// Parse the wire form, rejecting unknown types and bits.
+    pub fn from_wire(template: &KeyTemplate, label: &[u8]) -> Result<Self, Error> {
+        Ok(Self {
+            key_type: KeyType::from_raw(template.key_type.get()).ok_or(Error::InvalidParameter)?,
+            usage: KeyUsage::from_bits(template.usage.get()).ok_or(Error::InvalidParameter)?,
+            allowed: VmplSet::from_bits(template.allowed_vmpls).ok_or(Error::InvalidParameter)?,
+            exportable: match template.exportable {
+                0 => false,
+                1 => true,
+                _ => return Err(Error::InvalidParameter),
+            },
+            label: Label::new(label)?,
+        })
+    }
+
+    /// Check the spec is coherent and the caller may create such a key.
+    fn check(&self, caller: Caller) -> Result<(), Error> {
+        if self.usage.is_empty() || !self.key_type.allowed_usage().contains(self.usage) {
+            return Err(Error::InvalidParameter);
+        }
+        if !self.allowed.contains(caller.as_set()) {
+            return Err(Error::InvalidParameter);
+        }
+        Ok(())
+    }
+}
+
+/// A key's attributes (everything but its material).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Id: never 0, never reused.
+    pub id: u32,
+    /// Type.
+    pub key_type: KeyType,
+    /// Usage flags.
+    pub usage: KeyUsage,
+    /// VMPLs that may use the key.
+    pub allowed: VmplSet,
+    /// Whether the key may leave the vault (wrapped).
+    pub exportable: bool,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Label.
+    pub label: Label,
+}
+
+impl KeyInfo {
+    /// The wire form.
+    pub fn to_wire(&self) -> KeyAttributes {
+        KeyAttributes {
+            key_id: U32::new(self.id),
+            key_type: U16::new(self.key_type.raw()),
+            origin: self.origin.raw(),
+            allowed_vmpls: self.allowed.bits(),
+            usage: U32::new(self.usage.bits()),
+            exportable: u8::from(self.exportable),
+            label_len: self.label.len,
+            reserved: U16::new(0),
+            label: self.label.bytes,
+        }
+    }
+}
+
+/// Per-key AES-GCM nonce state: `nonce = fixed (8 bytes) || counter (u32 big-endian)`.
+///
+/// `fixed` is drawn from the DRBG when the key enters the vault, `counter` starts at 0
+/// and only grows, so a key never uses a nonce twice; two vault keys that happen to
+/// share material (the same key imported twice) differ in `fixed` except with
+/// probability 2^-64.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct NonceState {
+    fixed: [u8; 8],
+    counter: u32,
+}
+
+/// One stored key.
+#[derive(Debug)]
+struct Key {
+    info: KeyInfo,
+    material: Material,
+    nonce: NonceState,
+}
+
+impl Key {
+    fn permits(&self, usage: KeyUsage) -> Result<(), Error> {
+        if self.info.usage.contains(usage) {
+            Ok(())
+        } else {
+            Err(Error::UsageNotPermitted)
+        }
+    }
+}
+
+/// The vault. `P` provides entropy.
+pub struct Vault<P> {
+    platform: P,
+    policy: VaultPolicy,
+    drbg: VaultDrbg,
+    keys: Vec<Key>,
+    next_id: u32,
+    pub(crate) audit: AuditLog,
+}
+
+impl<P> fmt::Debug for Vault<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault")
+            .field("policy", &self.policy)
+            .field("keys", &self.keys)
+            .field("next_id", &self.next_id)
+            .field("audit_next_seq", &self.audit.next_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Platform> Vault<P> {
+    /// An empty vault, its DRBG seeded from `platform`.
+    pub fn new(mut platform: P, policy: VaultPolicy) -> Result<Self, Error> {
+        let mut seed = Zeroizing::new([0u8; 48 + 24]);
+        platform.entropy(&mut seed[..])?;
+        let (entropy, nonce) = seed.split_at(48);
+        let drbg = VaultDrbg::new(entropy, nonce, DRBG_PERSONALIZATION);
+        Ok(Self {
+            platform,
+            policy,
+            drbg,
+            keys: Vec::with_capacity(KEY_CAPACITY),
+            next_id: 1,
+            audit: AuditLog::new(),
+        })
+    }
+
+    /// The vault's policy.
+    pub fn policy(&self) -> VaultPolicy {
+        self.policy
+    }
+
+    /// Number of keys stored.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is stored.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Fill `out` from the DRBG, reseeding from the platform when due.
+    pub fn fill_random(&mut self, out: &mut [u8]) -> Result<(), Error> {
+        for chunk in out.chunks_mut(MAX_BYTES_PER_REQUEST) {
+            if self.drbg.needs_reseed() {
+                let mut entropy = Zeroizing::new([0u8; 48]);
+                self.platform.entropy(&mut entropy[..])?;
+                self.drbg.reseed(&entropy[..], &[]);
+            }
+            self.drbg.generate(chunk, &[]).map_err(|_| Error::Entropy)?;
+        }
+        Ok(())
+    }
+
+    /// `Random`: `len` bytes (at most [`MAX_RANDOM_LEN`]) appended to `out`.
+    pub fn random(&mut self, len: usize, out: &mut Vec<u8>) -> Result<(), Error> {
+        if len > MAX_RANDOM_LEN {
+            return Err(Error::InvalidParameter);
+        }
+        let start = out.len();
+        out.resize(start.checked_add(len).ok_or(Error::TooLarge)?, 0);
+        let result = match out.get_mut(start..) {
+            Some(dst) => self.fill_random(dst),
+            None => Err(Error::TooLarge),
+        };
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    /// A key the caller may use.
+    fn key(&self, caller: Caller, id: u32) -> Result<&Key, Error> {
+        self.keys
+            .get(self.index(caller, id)?)
+            .ok_or(Error::KeyNotFound)
+    }
+
+    /// The index of a key the caller may use.
+    fn index(&self, caller: Caller, id: u32) -> Result<usize, Error> {
+        let index = self
+            .keys
+            .iter()
+            .position(|k| k.info.id == id)
+            .ok_or(Error::KeyNotFound)?;
+        let key = self.keys.get(index).ok_or(Error::KeyNotFound)?;
+        if key.info.allowed.contains(caller.as_set()) {
+            Ok(index)
+        } else {
+            Err(Error::AccessDenied)
+        }
+    }
+
+    /// A key the caller may use, with `usage`.
+    fn usable(&self, caller: Caller, id: u32, usage: KeyUsage) -> Result<&Key, Error> {
+        let key = self.key(caller, id)?;
+        key.permits(usage)?;
+        Ok(key)
+    }
+
+    /// The id the next key gets, if there is room for one.
+    fn check_room(&self) -> Result<u32, Error> {
+        if self.keys.len() >= KEY_CAPACITY || self.next_id == u32::MAX {
+            return Err(Error::CapacityExceeded);
+        }
+        Ok(self.next_id)
+    }
+
+    /// Store a new key (the last step of every creating operation).
+    fn insert(
+        &mut self,
+        spec: &KeySpec,
+        origin: Origin,
+        material: Material,
+    ) -> Result<KeyInfo, Error> {
+        let id = self.check_room()?;
+        let next_id = id.checked_add(1).ok_or(Error::CapacityExceeded)?;
+        let mut nonce = NonceState::default();
+        if spec.key_type == KeyType::Aes256 {
+            self.fill_random(&mut nonce.fixed)?;
+        }
+        let info = KeyInfo {
+            id,
+            key_type: spec.key_type,
+            usage: spec.usage,
+            allowed: spec.allowed,
+            exportable: spec.exportable,
+            origin,
+            label: spec.label,
+        };
+        self.keys.push(Key {
+            info,
+            material,
+            nonce,
+        });
+        self.next_id = next_id;
+        Ok(info)
+    }
+
+    /// `Generate`: a new key from the DRBG.
+    pub fn generate(&mut self, caller: Caller, spec: &KeySpec) -> Result<KeyInfo, Error> {
+        spec.check(caller)?;
+        self.check_room()?;
+        let mut bytes = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
+        let mut material = Err(Error::InvalidKeyMaterial);
+        for _ in 0..KEYGEN_ATTEMPTS {
+            self.fill_random(&mut bytes)?;
+            material = Material::from_bytes(spec.key_type, &bytes);
+            if material.is_ok() {
+                break;
+            }
+        }
+        self.insert(spec, Origin::Generated, material?)
+    }
+
+    /// `Import`: plaintext key material, if the policy allows it.
+    pub fn import(
+        &mut self,
+        caller: Caller,
+        spec: &KeySpec,
+        material: &[u8],
+    ) -> Result<KeyInfo, Error> {
+        if !self.policy.allow_plaintext_import {
+            return Err(Error::PolicyDenied);
+        }
+        spec.check(caller)?;
+        self.check_room()?;
+        let material = Material::from_bytes(spec.key_type, material)?;
+        self.insert(spec, Origin::Imported, material)
+    }
+
+    /// `Unwrap`: key material wrapped (RFC 5649) under an AES key with UNWRAP usage.
+    pub fn unwrap_key(
+        &mut self,
+        caller: Caller,
+        unwrapping_key: u32,
+        spec: &KeySpec,
+        wrapped: &[u8],
+    ) -> Result<KeyInfo, Error> {
+        let kek = self
+            .usable(caller, unwrapping_key, KeyUsage::UNWRAP)?
+            .material
+            .aes_key()?;
+        spec.check(caller)?;
+        self.check_room()?;
+        let plain = kw_unwrap(kek, wrapped)?;
+        let material = Material::from_bytes(spec.key_type, &plain)?;
+        self.insert(spec, Origin::Unwrapped, material)
+    }
+
+    /// `Wrap`: append an exportable key wrapped (RFC 5649) under an AES key with WRAP
+    /// usage. This is the only way key material leaves the vault.
+    pub fn wrap_key(
+        &self,
+        caller: Caller,
+        wrapping_key: u32,
+        key: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let kek = self
+            .usable(caller, wrapping_key, KeyUsage::WRAP)?
+            .material
+            .aes_key()?;
+        let target = self.key(caller, key)?;
+        if !target.info.exportable {
+            return Err(Error::NotExportable);
+        }
+        kw_wrap(kek, &target.material.to_bytes(), out)
+    }
+
+    /// `GetPublicKey`: append the SPKI DER of an ECDSA or Ed25519 key.
+    pub fn public_key(&self, caller: Caller, key: u32, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.key(caller, key)?.material.public_key_der(out)
+    }
+
+    /// `Sign`: append a signature (DER ECDSA, raw Ed25519, HMAC tag) over `message`.
+    pub fn sign(
+        &self,
+        caller: Caller,
+        key: u32,
+        message: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        self.usable(caller, key, KeyUsage::SIGN)?
+            .material
+            .sign(message, out)
+    }
+
+    /// `Verify`: `Ok` if `signature` is valid for `message`.
+    pub fn verify(
+        &self,
+        caller: Caller,
+        key: u32,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), Error> {
+        self.usable(caller, key, KeyUsage::VERIFY)?
+            .material
+            .verify(message, signature)
+    }
+
+    /// `Encrypt`: append `nonce || ciphertext || tag` (AES-256-GCM, vault-chosen nonce).
+    pub fn encrypt(
+        &mut self,
+        caller: Caller,
+        key: u32,
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        if aad.len() > MAX_DATA_LEN || plaintext.len() > MAX_DATA_LEN {
+            return Err(Error::TooLarge);
+        }
+        let index = self.index(caller, key)?;
+        let key = self.keys.get_mut(index).ok_or(Error::KeyNotFound)?;
+        key.permits(KeyUsage::ENCRYPT)?;
+        let aes = key.material.aes_key()?;
+        let counter = key.nonce.counter;
+        if u64::from(counter) >= GCM_INVOCATION_LIMIT {
+            return Err(Error::NonceLimitReached);
+        }
+        let mut nonce = [0u8; GCM_NONCE_LEN];
+        let (fixed, invocation) = nonce.split_at_mut(8);
+        fixed.copy_from_slice(&key.nonce.fixed);
+        invocation.copy_from_slice(&counter.to_be_bytes());
+        gcm_seal(aes, &nonce, aad, plaintext, out)?;
+        key.nonce.counter = counter.checked_add(1).ok_or(Error::NonceLimitReached)?;
+        Ok(())
+    }
+
+    /// `Decrypt`: open `nonce || ciphertext || tag` and append the plaintext.
+    pub fn decrypt(
+        &self,
+        caller: Caller,
+        key: u32,
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let aes = self
+            .usable(caller, key, KeyUsage::DECRYPT)?
+            .material
+            .aes_key()?;
+        gcm_open(aes, aad, sealed, out)
+    }
+
+    /// `Derive`: HKDF-SHA-384 from an AES or HMAC key with DERIVE usage into a new key.
+    ///
+    /// `OKM = HKDF-SHA-384(salt, IKM = parent material,
+    ///        info = DERIVE_INFO_PREFIX || key_type (u16 LE) || info)`, of the new type's
+    /// material length. The new key may be exportable only if the parent is, and may be
+    /// used only by VMPLs that may use the parent.
+    pub fn derive(
+        &mut self,
+        caller: Caller,
+        parent: u32,
+        spec: &KeySpec,
+        salt: &[u8],
+        info: &[u8],
+    ) -> Result<KeyInfo, Error> {
+        let parent = self.usable(caller, parent, KeyUsage::DERIVE)?;
+        spec.check(caller)?;
+        if spec.exportable && !parent.info.exportable {
+            return Err(Error::NotExportable);
+        }
+        if !parent.info.allowed.contains(spec.allowed) {
+            return Err(Error::PolicyDenied);
+        }
+        self.check_room()?;
+        let hk = Hkdf::<Sha384>::new(Some(salt), parent.material.derive_input()?);
+        let mut okm = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
+        hk.expand_multi_info(
+            &[DERIVE_INFO_PREFIX, &spec.key_type.raw().to_le_bytes(), info],
+            &mut okm,
+        )
+        .map_err(|_| Error::InvalidParameter)?;
+        let material = Material::from_bytes(spec.key_type, &okm)?;
+        self.insert(spec, Origin::Derived, material)
+    }
+
+    /// `Delete`: remove a key; its material is zeroized as it is dropped.
+    pub fn delete(&mut self, caller: Caller, key: u32) -> Result<(), Error> {
+        let index = self.index(caller, key)?;
+        drop(self.keys.remove(index));
+        Ok(())
+    }
+
+    /// `List`: the keys the caller may use, in creation order.
+    pub fn list(&self, caller: Caller) -> impl Iterator<Item = &KeyInfo> + '_ {
+        self.keys
+            .iter()
+            .map(|k| &k.info)
+            .filter(move |i| i.allowed.contains(caller.as_set()))
+    }
+
+    /// `GetAttributes`.
+    pub fn attributes(&self, caller: Caller, key: u32) -> Result<KeyInfo, Error> {
+        Ok(self.key(caller, key)?.info)
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+}
+
+#[cfg(test)]
+impl<P> Vault<P> {
+    /// Everything "unchanged on failure" covers: the keys' attributes and nonce state.
+    pub(crate) fn snapshot(&self) -> Vec<(KeyInfo, [u8; 8], u32)> {
+        self.keys
+            .iter()
+            .map(|k| (k.info, k.nonce.fixed, k.nonce.counter))
+            .collect()
+    }
+
+    /// Move a key's GCM invocation counter (to test the limit).
+    pub(crate) fn set_gcm_counter(&mut self, id: u32, counter: u32) {
+        for k in self.keys.iter_mut().filter(|k| k.info.id == id) {
+            k.nonce.counter = counter;
+        }
+    }
+
+    /// The platform (to make it fail).
+    pub(crate) fn platform_mut(&mut self) -> &mut P {
+        &mut self.platform
+    }
+
+    /// An AES key's bytes (to compute expected values).
+    pub(crate) fn keys_material_for_test(&self, id: u32) -> [u8; 32] {
+        let key = self.keys.iter().find(|k| k.info.id == id).unwrap();
+        *key.material.aes_key().unwrap()
+    }
+
+    /// Move the id counter (to test id exhaustion).
+    pub(crate) fn set_next_id(&mut self, id: u32) {
+        self.next_id = id;
+    }
+}
