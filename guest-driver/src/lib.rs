@@ -3,11 +3,15 @@
 //! - [`call`]: making SVSM calls through a [`call::Transport`] (VMMCALL on the
 //!   emulated platform), and discovering the SVSM from the secrets page.
 //!
+//! - [`vhsm`]: the typed vHSM client over any request transport.
 //! - [`relay`] (std): the host's end of the relay channel to the relay guest.
 //!
 //! The core is `no_std`; the `std` feature adds the command-line tool.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+extern crate alloc;
+
 pub mod call;
 #[cfg(feature = "std")]
 pub mod relay;
+pub mod vhsm;

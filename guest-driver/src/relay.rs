@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nitride_protocol::relay::{
-    RawCallHead, RelayInfo, ResponseHead, INFO_MAGIC, RAW_MAGIC, REQUEST_BUFFER_SIZE,
+    RawCallHead, RelayInfo, ResponseHead, ATTACK_MAGIC, INFO_MAGIC, RAW_MAGIC, REQUEST_BUFFER_SIZE,
     REQUEST_MAGIC, RESPONSE_BUFFER_SIZE, RESPONSE_MAGIC,
 };
 use zerocopy::{FromBytes, IntoBytes};
@@ -143,9 +143,31 @@ impl RelayClient {
         RelayInfo::read_from_bytes(&r.payload).map_err(|_| RelayError::BadFrame("info"))
     }
 
+    /// Tell the relay to touch `gpa` itself (0 read, 1 write, 2 execute): the SVSM
+    /// must stop the VM, so no answer is expected.
+    pub fn attack(&mut self, gpa: u64, kind: u8) -> Result<(), RelayError> {
+        let mut frame = ATTACK_MAGIC.to_vec();
+        frame.extend_from_slice(&gpa.to_le_bytes());
+        frame.push(kind);
+        self.stream.write_all(&frame)?;
+        Ok(())
+    }
+
     /// Write raw bytes to the channel (tests of the relay's resynchronisation).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
         self.stream.write_all(bytes)?;
         Ok(())
+    }
+}
+
+impl crate::vhsm::VhsmTransport for RelayClient {
+    fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, crate::vhsm::VhsmError> {
+        let r = self
+            .request(request)
+            .map_err(|e| crate::vhsm::VhsmError::Transport(e.to_string()))?;
+        if r.rax != 0 {
+            return Err(crate::vhsm::svsm_error(r.rax));
+        }
+        Ok(r.payload)
     }
 }

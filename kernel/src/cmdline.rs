@@ -32,6 +32,9 @@ pub struct Cmdline<'a> {
     pub log: LogLevel,
     /// `nitride.fault=ud|pf|gp|panic`.
     pub fault: Option<Fault>,
+    /// `nitride.plaintext_import=allow`: the vault accepts plaintext key material
+    /// (refused by default).
+    pub plaintext_import: bool,
     /// Everything after ` -- `.
     pub guest: &'a str,
 }
@@ -49,6 +52,7 @@ impl<'a> Cmdline<'a> {
         let mut c = Cmdline {
             log: LogLevel::Info,
             fault: None,
+            plaintext_import: false,
             guest,
         };
         let mut unknown = 0;
@@ -57,6 +61,7 @@ impl<'a> Cmdline<'a> {
                 Some(("nitride.log", "warn")) => c.log = LogLevel::Warn,
                 Some(("nitride.log", "info")) => c.log = LogLevel::Info,
                 Some(("nitride.log", "debug")) => c.log = LogLevel::Debug,
+                Some(("nitride.plaintext_import", "allow")) => c.plaintext_import = true,
                 Some(("nitride.fault", f)) => {
                     c.fault = match f {
                         "ud" => Some(Fault::InvalidOpcode),
@@ -82,7 +87,10 @@ mod tests {
 
     #[test]
     fn splits_svsm_and_guest_parts() {
-        let (c, unknown) = Cmdline::parse("nitride.log=debug nitride.fault=pf -- mode=calls x=1");
+        let (c, unknown) = Cmdline::parse(
+            "nitride.log=debug nitride.fault=pf nitride.plaintext_import=allow -- mode=calls x=1",
+        );
+        assert!(c.plaintext_import);
         assert_eq!(c.log, LogLevel::Debug);
         assert_eq!(c.fault, Some(Fault::PageFault));
         assert_eq!(c.guest, "mode=calls x=1");

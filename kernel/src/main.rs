@@ -11,12 +11,15 @@ mod arch;
 // The memory functions and unwinding symbols the image needs.
 use nitride_rt as _;
 
+use arch::entropy::Sources;
 use arch::{cpu, heap, pvh, serial, svm::Emulated};
 use nitride_kernel::cmdline::Cmdline;
 use nitride_kernel::launch::prepare_guest;
 use nitride_kernel::memory::{GuestMemoryMap, PhysRange};
+use nitride_kernel::svsm::VhsmService;
 use nitride_kernel::svsm::{StopReason, Svsm};
 use nitride_protocol::emulated::{exit, BOOT_INFO_GPA, CAA_GPA, SECRETS_GPA, SVSM_BASE, SVSM_END};
+use nitride_vhsm::{PlatformError, Vault, VaultPolicy};
 
 extern "C" {
     static __svsm_image_end: u8;
@@ -77,7 +80,10 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
     log::info!("guest loaded, entry {entry:#x}; secrets page {SECRETS_GPA:#x}, CAA {CAA_GPA:#x}; entering guest at VMPL1");
     log::info!("heap in use after boot: {} bytes", heap::used());
 
-    let mut svsm = Svsm::new(platform, CAA_GPA);
+    let vault = make_vault(VaultPolicy {
+        allow_plaintext_import: cmd.plaintext_import,
+    });
+    let mut svsm = Svsm::new(platform, vault, CAA_GPA);
     let stop = svsm.run();
     let stats = svsm.stats();
     log::info!(
@@ -110,6 +116,72 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
         }
     };
     cpu::exit_qemu(code)
+}
+
+/// The vault's entropy on the emulated platform.
+struct CpuEntropy(Sources);
+
+impl nitride_vhsm::Platform for CpuEntropy {
+    fn entropy(&mut self, out: &mut [u8]) -> Result<(), PlatformError> {
+        self.0
+            .fill(out)
+            .map_err(|_| PlatformError::EntropyUnavailable)
+    }
+}
+
+/// The vault as the request loop serves it, reporting the heap every
+/// [`HEAP_REPORT_EVERY`] requests so that its high-water mark can be watched.
+struct FirmwareVault {
+    vault: Vault<CpuEntropy>,
+    served: u64,
+}
+
+/// How often the heap is reported.
+const HEAP_REPORT_EVERY: u64 = 1000;
+
+impl VhsmService for FirmwareVault {
+    fn handle(&mut self, vmpl: u8, request: &[u8]) -> alloc::vec::Vec<u8> {
+        let response = VhsmService::handle(&mut self.vault, vmpl, request);
+        self.served += 1;
+        if self.served == 1 || self.served.is_multiple_of(HEAP_REPORT_EVERY) {
+            log::info!(
+                "vhsm: {} request(s) served, {} key(s); heap in use {} bytes, high-water {} bytes",
+                self.served,
+                self.vault.len(),
+                heap::used(),
+                heap::peak()
+            );
+        }
+        response
+    }
+}
+
+fn make_vault(policy: VaultPolicy) -> Option<FirmwareVault> {
+    let sources = Sources::detect();
+    if !sources.any() {
+        log::error!("no entropy source (RDSEED/RDRAND): the vHSM protocol is not offered");
+        return None;
+    }
+    match Vault::new(CpuEntropy(sources), policy) {
+        Ok(vault) => {
+            log::info!(
+                "vHSM ready: protocol {:#x} v{}, entropy {}, plaintext import {}",
+                nitride_protocol::svsm::protocol::VHSM,
+                nitride_protocol::svsm::VHSM_PROTOCOL_VERSION,
+                sources.describe(),
+                if policy.allow_plaintext_import {
+                    "allowed"
+                } else {
+                    "refused"
+                }
+            );
+            Some(FirmwareVault { vault, served: 0 })
+        }
+        Err(e) => {
+            log::error!("vault could not start ({e:?}): the vHSM protocol is not offered");
+            None
+        }
+    }
 }
 
 #[panic_handler]

@@ -10,6 +10,7 @@
 //! | request | `"NRQ1"`, u32 len, len bytes of vHSM request |
 //! | raw call | `"NRW1"`, u64 rcx, u64 rdx, u64 r8, u64 r9, u32 len, len bytes copied to the relay's request buffer first |
 //! | info | `"NIN1"` |
+//! | attack | `"NAT1"`, u64 gpa, u8 kind (0 read, 1 write, 2 execute): the relay touches `gpa` itself (isolation tests; the SVSM must stop it) |
 //!
 //! Relay to host: `"NRS1"`, u64 rax, u64 rcx, u32 len, len bytes. For a request and a
 //! raw call, RAX/RCX are the SVSM's result registers and the bytes are the response
@@ -27,6 +28,8 @@ pub const REQUEST_MAGIC: [u8; 4] = *b"NRQ1";
 pub const RAW_MAGIC: [u8; 4] = *b"NRW1";
 /// Magic of an info frame.
 pub const INFO_MAGIC: [u8; 4] = *b"NIN1";
+/// Magic of an attack frame.
+pub const ATTACK_MAGIC: [u8; 4] = *b"NAT1";
 /// Magic of a response frame.
 pub const RESPONSE_MAGIC: [u8; 4] = *b"NRS1";
 

@@ -109,7 +109,7 @@ pub fn build_images() -> Result<Images, Error> {
             "--bin",
             "nitride-svsm",
             "--features",
-            "fault-injection",
+            "firmware,fault-injection",
         ],
         &dir.join("svsm-fault-injection"),
     )?;

@@ -46,3 +46,26 @@ pub fn expect(out: &RunOutput, cond: bool, what: &str) {
         out.console, out.stderr
     );
 }
+
+pub use nitride_guest_driver::relay::RelayClient;
+pub use nitride_guest_driver::vhsm::{VhsmClient, VhsmError};
+pub use nitride_qemu::RunningVm;
+
+/// Boot the production SVSM with the relay guest in a fresh directory named after
+/// the test, and connect a typed client to it.
+pub fn start_relay(test: &str, svsm_args: &str) -> (RunningVm, VhsmClient<RelayClient>) {
+    let i = images();
+    let dir = nitride_qemu::repo_root()
+        .join("target")
+        .join("e2e")
+        .join(format!("{test}-{}", std::process::id()));
+    let vm = match RunningVm::start(&i.svsm, &i.relay_guest, &dir, svsm_args) {
+        Ok(vm) => vm,
+        Err(e) => panic!("could not start the relay VM: {e}"),
+    };
+    let client = match RelayClient::connect(&vm.socket) {
+        Ok(c) => c,
+        Err(e) => panic!("could not connect to the relay: {e}"),
+    };
+    (vm, VhsmClient::new(client))
+}

@@ -1,13 +1,21 @@
 //! Runtime shared by the bare-metal guests (`test-guest`, `relay-guest`): the entry
 //! stub (own stack, then `guest_main(boot_info_gpa, secrets_gpa)` as the guest
 //! contract passes them in RDI/RSI), console output, the boot-info command line,
-//! SVSM discovery, and the panic handler.
+//! SVSM discovery, a heap, and the panic handler.
 #![no_std]
 
 use core::fmt::Write;
 use nitride_protocol::emulated::{boot_info, exit, ports};
 use nitride_protocol::svsm::SvsmInfo;
 use nitride_rt::uart::Uart;
+
+/// The guest heap (guest-driver's clients allocate).
+#[global_allocator]
+static ALLOCATOR: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+const HEAP_SIZE: usize = 1 << 20;
+static mut HEAP: [core::mem::MaybeUninit<u8>; HEAP_SIZE] =
+    [core::mem::MaybeUninit::uninit(); HEAP_SIZE];
 pub use nitride_rt::{exit_qemu, halt_forever};
 
 core::arch::global_asm!(
@@ -67,6 +75,10 @@ pub fn cmdline(boot_info_gpa: u64) -> &'static str {
 /// Set up the console and find the SVSM (exits with GUEST_FAIL when there is none).
 pub fn start(secrets_gpa: u64) -> SvsmInfo {
     Uart::new(ports::COM1).init();
+    // SAFETY: `start` runs once, first thing, so this is the only reference to HEAP.
+    ALLOCATOR
+        .lock()
+        .init_from_slice(unsafe { &mut *core::ptr::addr_of_mut!(HEAP) });
     match SvsmInfo::from_secrets_page(fixed_page(secrets_gpa)) {
         Ok(i) => i,
         Err(e) => {

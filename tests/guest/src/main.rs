@@ -9,10 +9,12 @@
 #![no_main]
 
 use nitride_guest_driver::call::{CallError, SvsmClient, Transport, VmmcallTransport};
+use nitride_guest_driver::vhsm::{SvsmVhsmTransport, VhsmClient, VhsmError};
 use nitride_protocol::emulated::exit;
 use nitride_protocol::svsm::{
     call_rax, core_call, protocol, query_protocol_arg, CallRegs, ResultCode, SvsmInfo,
 };
+use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet, MAX_REQUEST_SIZE};
 use nitride_test_guest::{cmdline, exit_qemu, say};
 
 /// A page the guest moves its calling area to.
@@ -232,6 +234,168 @@ fn bench(info: &SvsmInfo, at_entry: u64) -> ! {
     })
 }
 
+#[repr(C, align(4096))]
+struct Buffer([u8; MAX_REQUEST_SIZE]);
+
+static mut VHSM_REQUEST: Buffer = Buffer([0; MAX_REQUEST_SIZE]);
+static mut VHSM_RESPONSE: Buffer = Buffer([0; MAX_REQUEST_SIZE]);
+
+/// A typed vHSM client over this guest's own SVSM calls (once per boot).
+fn vhsm_client(info: &SvsmInfo) -> VhsmClient<SvsmVhsmTransport<'static, VmmcallTransport>> {
+    // SAFETY: the CAA from the secrets page is a guest page, identity mapped.
+    let svsm = SvsmClient::new(unsafe { VmmcallTransport::new(info.caa as *mut u8) });
+    // SAFETY: this function runs once and is the only user of the two buffers.
+    let (req, resp) = unsafe {
+        (
+            &mut (*core::ptr::addr_of_mut!(VHSM_REQUEST)).0,
+            &mut (*core::ptr::addr_of_mut!(VHSM_RESPONSE)).0,
+        )
+    };
+    let (req_gpa, resp_gpa) = (req.as_ptr() as u64, resp.as_ptr() as u64);
+    let Some(transport) = SvsmVhsmTransport::new(svsm, req, req_gpa, resp, resp_gpa) else {
+        say!("vhsm buffers too small");
+        exit_qemu(exit::GUEST_FAIL)
+    };
+    VhsmClient::new(transport)
+}
+
+/// `count` mixed requests (cheap operations, with a signature, key churn and an
+/// audit read now and then); the SVSM reports its heap every 1,000 requests.
+fn load(info: &SvsmInfo, count: u32) -> ! {
+    let mut vhsm = vhsm_client(info);
+    let all = VmplSet::all();
+    let keys = (
+        vhsm.generate(
+            KeyTemplate::new(
+                KeyType::HmacSha384,
+                KeyUsage::SIGN | KeyUsage::VERIFY,
+                all,
+                false,
+            ),
+            b"hmac",
+        ),
+        vhsm.generate(
+            KeyTemplate::new(
+                KeyType::Aes256,
+                KeyUsage::ENCRYPT | KeyUsage::DECRYPT,
+                all,
+                false,
+            ),
+            b"aes",
+        ),
+        vhsm.generate(
+            KeyTemplate::new(
+                KeyType::Ed25519,
+                KeyUsage::SIGN | KeyUsage::VERIFY,
+                all,
+                false,
+            ),
+            b"ed",
+        ),
+    );
+    let (Ok(hmac), Ok(aes), Ok(ed)) = keys else {
+        say!("load: key generation failed: {keys:?}");
+        exit_qemu(exit::GUEST_FAIL)
+    };
+    let (hmac, aes, ed) = (hmac.key_id.get(), aes.key_id.get(), ed.key_id.get());
+    let mut failures = 0u32;
+    let data = [0x5Au8; 256];
+    let mut done = 3u32;
+    while done < count {
+        let ok = match done % 10 {
+            0 | 5 => vhsm.random(64).is_ok(),
+            1 | 6 => vhsm.sign(hmac, &data).is_ok(),
+            2 => vhsm
+                .encrypt(aes, b"aad", &data)
+                .and_then(|ct| vhsm.decrypt(aes, b"aad", &ct))
+                .is_ok_and(|pt| pt == data),
+            3 => vhsm.list().is_ok(),
+            4 => vhsm.attributes(aes).is_ok(),
+            7 if done % 1000 == 7 => vhsm.audit(0).is_ok(),
+            7 if done % 500 == 17 => {
+                let t = KeyTemplate::new(KeyType::Aes256, KeyUsage::ENCRYPT, all, false);
+                vhsm.generate(t, b"churn")
+                    .and_then(|k| vhsm.delete(k.key_id.get()))
+                    .is_ok()
+            }
+            8 => vhsm.sign(ed, &data).is_ok(),
+            _ => {
+                vhsm.verify(hmac, &data, &[0u8; 48])
+                    == Err(VhsmError::Status(Status::SignatureInvalid))
+            }
+        };
+        // Encrypt+decrypt and generate+delete are two requests.
+        done += if done % 10 == 2 || (done % 10 == 7 && done % 500 == 17) {
+            2
+        } else {
+            1
+        };
+        if !ok {
+            failures += 1;
+        }
+    }
+    say!("LOAD {done} requests, {failures} failures");
+    exit_qemu(if failures == 0 {
+        exit::GUEST_PASS
+    } else {
+        exit::GUEST_FAIL
+    })
+}
+
+/// The typed vHSM client over this guest's own SVSM calls.
+fn vhsm_sequence(info: &SvsmInfo) -> ! {
+    let mut vhsm = vhsm_client(info);
+    let mut c = Checks {
+        passed: 0,
+        failed: 0,
+    };
+    let r = vhsm.random(32);
+    c.check(
+        "vhsm-random",
+        r.as_ref().is_ok_and(|b| b.len() == 32),
+        format_args!("{:?}", r.as_ref().map(|b| b.len())),
+    );
+    let t = KeyTemplate::new(
+        KeyType::EcdsaP384,
+        KeyUsage::SIGN | KeyUsage::VERIFY,
+        VmplSet::all(),
+        false,
+    );
+    let key = vhsm.generate(t, b"guest-key");
+    c.check(
+        "vhsm-generate",
+        key.is_ok(),
+        format_args!("{:?}", key.as_ref().map(|k| k.key_id.get())),
+    );
+    let id = key.map(|k| k.key_id.get()).unwrap_or(0);
+    let sig = vhsm.sign(id, b"message from VMPL1").unwrap_or_default();
+    c.check(
+        "vhsm-sign",
+        !sig.is_empty(),
+        format_args!("{} signature bytes", sig.len()),
+    );
+    let v = vhsm.verify(id, b"message from VMPL1", &sig);
+    c.check("vhsm-verify", v.is_ok(), format_args!("{v:?}"));
+    let v = vhsm.verify(id, b"another message", &sig);
+    c.check(
+        "vhsm-verify-wrong-message",
+        v == Err(VhsmError::Status(Status::SignatureInvalid)),
+        format_args!("{v:?}"),
+    );
+    let wrap = vhsm.wrap(id, id);
+    c.check(
+        "vhsm-no-export",
+        matches!(wrap, Err(VhsmError::Status(_))),
+        format_args!("{wrap:?}"),
+    );
+    say!("RESULT {} passed, {} failed", c.passed, c.failed);
+    exit_qemu(if c.failed == 0 {
+        exit::GUEST_PASS
+    } else {
+        exit::GUEST_FAIL
+    })
+}
+
 fn isolation(mode: &str, info: &SvsmInfo) -> ! {
     // Aim into the middle of the SVSM region and at its very first byte.
     let target = match mode {
@@ -287,6 +451,13 @@ extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
     match mode {
         "calls" => call_sequence(&info),
         "bench" => bench(&info, at_entry),
+        "vhsm" => vhsm_sequence(&info),
+        "load" => {
+            let count = cmd
+                .split_ascii_whitespace()
+                .find_map(|w| w.strip_prefix("count="));
+            load(&info, count.and_then(|c| c.parse().ok()).unwrap_or(10_000))
+        }
         "idle" => {
             say!("idling without calling the SVSM");
             loop {

@@ -8,7 +8,7 @@
 use nitride_guest_driver::call::{SvsmClient, Transport, VmmcallTransport};
 use nitride_protocol::emulated::ports;
 use nitride_protocol::relay::{
-    RawCallHead, RelayInfo, ResponseHead, INFO_MAGIC, RAW_MAGIC, REQUEST_BUFFER_SIZE,
+    RawCallHead, RelayInfo, ResponseHead, ATTACK_MAGIC, INFO_MAGIC, RAW_MAGIC, REQUEST_BUFFER_SIZE,
     REQUEST_MAGIC, RESPONSE_BUFFER_SIZE, RESPONSE_MAGIC,
 };
 use nitride_protocol::svsm::{call_rax, protocol, vhsm_call, CallRegs, VHSM_PROTOCOL_VERSION};
@@ -97,7 +97,7 @@ impl Relay {
         let mut w = [0u8; 4];
         self.read_exact(&mut w);
         loop {
-            if w == REQUEST_MAGIC || w == RAW_MAGIC || w == INFO_MAGIC {
+            if w == REQUEST_MAGIC || w == RAW_MAGIC || w == INFO_MAGIC || w == ATTACK_MAGIC {
                 return w;
             }
             w.copy_within(1.., 0);
@@ -130,11 +130,47 @@ impl Relay {
                     self.read_payload(head.len);
                     self.call(head.rcx, head.rdx, head.r8, head.r9);
                 }
+                ATTACK_MAGIC => {
+                    let mut g = [0u8; 9];
+                    self.read_exact(&mut g);
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(&g[..8]);
+                    attack(u64::from_le_bytes(a), g[8]);
+                    self.reply(0, 0, &[]);
+                }
                 _ => {
                     let info = self.info;
                     self.reply(0, 0, info.as_bytes());
                 }
             }
+        }
+    }
+}
+
+/// Touch `gpa` as told; returns only if the access was not stopped.
+fn attack(gpa: u64, kind: u8) {
+    say!(
+        "relay: attack: {} at {gpa:#x}",
+        ["read", "write", "execute"]
+            .get(usize::from(kind))
+            .unwrap_or(&"?")
+    );
+    match kind {
+        // SAFETY: deliberately reads memory the host names; the SVSM must stop the
+        // guest when it is SVSM memory.
+        0 => say!("relay: ISOLATION BROKEN: read {:#x}", unsafe {
+            core::ptr::read_volatile(gpa as *const u64)
+        }),
+        1 => {
+            // SAFETY: deliberately writes memory the host names (see above).
+            unsafe { core::ptr::write_volatile(gpa as *mut u64, 0x4141_4141_4141_4141) };
+            say!("relay: ISOLATION BROKEN: write went through");
+        }
+        _ => {
+            // SAFETY: deliberately jumps to memory the host names (see above).
+            let f: extern "C" fn() = unsafe { core::mem::transmute(gpa as usize) };
+            f();
+            say!("relay: ISOLATION BROKEN: executed");
         }
     }
 }

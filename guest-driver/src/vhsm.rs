@@ -1,0 +1,379 @@
+//! A typed vHSM client, one method per operation, over any [`VhsmTransport`].
+//!
+//! The client encodes requests (`nitride_protocol::vhsm`), checks that each response
+//! answers its request (operation and request id echoed, well-formed), and turns a
+//! non-Ok status into [`VhsmError::Status`]. Transports:
+//! - [`SvsmVhsmTransport`]: a guest's own SVSM calls (VMMCALL, or any
+//!   [`crate::call::Transport`]) with request/response buffers in guest memory;
+//! - `RelayClient` (std, [`crate::relay`]): the host's channel to the relay guest.
+#![forbid(unsafe_code)]
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use nitride_protocol::svsm::{self, vhsm_call, ResultCode};
+use nitride_protocol::vhsm::{
+    AuditEntry, KeyAttributes, KeyTemplate, Op, Request, Response, Status, WireError,
+    MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE,
+};
+
+use crate::call::{CallError, SvsmClient, Transport};
+
+/// Why a vHSM operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VhsmError {
+    /// The vault refused the operation.
+    Status(Status),
+    /// The vault answered with a status this client does not know.
+    UnknownStatus(u16),
+    /// The SVSM call failed (bad buffers, framing, protocol not served...).
+    Call(CallError),
+    /// The request could not be encoded (too large).
+    Encode(WireError),
+    /// The response is malformed or answers another request.
+    BadResponse(&'static str),
+    /// The transport failed (std transports: I/O).
+    Transport(alloc::string::String),
+}
+
+impl core::fmt::Display for VhsmError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Status(s) => write!(f, "the vHSM refused: {s:?}"),
+            Self::UnknownStatus(s) => write!(f, "the vHSM answered with unknown status {s}"),
+            Self::Call(e) => write!(f, "SVSM call failed: {e}"),
+            Self::Encode(e) => write!(f, "request cannot be encoded: {e:?}"),
+            Self::BadResponse(what) => write!(f, "malformed vHSM response: {what}"),
+            Self::Transport(e) => write!(f, "transport: {e}"),
+        }
+    }
+}
+
+/// Carries one encoded vHSM request to the vHSM and returns the encoded response.
+pub trait VhsmTransport {
+    /// Exchange one request for one response.
+    fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, VhsmError>;
+}
+
+/// vHSM requests through the guest's own SVSM calls. The buffers are guest memory
+/// the caller names together with their guest-physical addresses (the SVSM reads
+/// and writes them by GPA); a wrong GPA only makes the SVSM refuse or use other
+/// memory of the same guest.
+#[derive(Debug)]
+pub struct SvsmVhsmTransport<'a, T> {
+    svsm: SvsmClient<T>,
+    request: &'a mut [u8],
+    request_gpa: u64,
+    response: &'a mut [u8],
+    response_gpa: u64,
+}
+
+impl<'a, T: Transport> SvsmVhsmTransport<'a, T> {
+    /// A transport over `svsm` using `request` (at `request_gpa`, at least
+    /// `MAX_REQUEST_SIZE` bytes) and `response` (at `response_gpa`, at least
+    /// `MAX_RESPONSE_SIZE` bytes); `None` when a buffer is too small.
+    pub fn new(
+        svsm: SvsmClient<T>,
+        request: &'a mut [u8],
+        request_gpa: u64,
+        response: &'a mut [u8],
+        response_gpa: u64,
+    ) -> Option<Self> {
+        (request.len() >= MAX_REQUEST_SIZE && response.len() >= MAX_RESPONSE_SIZE).then_some(Self {
+            svsm,
+            request,
+            request_gpa,
+            response,
+            response_gpa,
+        })
+    }
+}
+
+impl<T: Transport> VhsmTransport for SvsmVhsmTransport<'_, T> {
+    fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, VhsmError> {
+        let dst = self
+            .request
+            .get_mut(..request.len())
+            .ok_or(VhsmError::Encode(WireError::TooLarge))?;
+        dst.copy_from_slice(request);
+        let out = self
+            .svsm
+            .call(
+                svsm::protocol::VHSM,
+                vhsm_call::REQUEST,
+                [
+                    self.request_gpa,
+                    request.len() as u64,
+                    self.response_gpa,
+                    self.response.len() as u64,
+                ],
+            )
+            .map_err(VhsmError::Call)?;
+        let len = usize::try_from(out.rcx).map_err(|_| VhsmError::BadResponse("length"))?;
+        self.response
+            .get(..len)
+            .map(<[u8]>::to_vec)
+            .ok_or(VhsmError::BadResponse("length"))
+    }
+}
+
+/// The SVSM result code for a raw RAX value, as a [`VhsmError`].
+pub fn svsm_error(rax: u64) -> VhsmError {
+    VhsmError::Call(match ResultCode::from_raw(rax) {
+        Some(code) => CallError::Svsm(code),
+        None => CallError::Other(rax),
+    })
+}
+
+/// A typed client.
+#[derive(Debug)]
+pub struct VhsmClient<T> {
+    transport: T,
+    next_id: u64,
+}
+
+impl<T: VhsmTransport> VhsmClient<T> {
+    /// A client over `transport`.
+    pub fn new(transport: T) -> Self {
+        Self {
+            transport,
+            next_id: 1,
+        }
+    }
+
+    /// The transport.
+    pub fn transport(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// Send `req`, check the response answers it, and return its body.
+    pub fn call(&mut self, req: &Request<'_>) -> Result<Vec<u8>, VhsmError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let mut buf = vec![0u8; MAX_REQUEST_SIZE];
+        let len = req.encode(id, &mut buf).map_err(VhsmError::Encode)?;
+        let raw = self.transport.exchange(&buf[..len])?;
+        let resp = Response::decode(&raw).map_err(|_| VhsmError::BadResponse("undecodable"))?;
+        if resp.header.request_id.get() != id || resp.header.op.get() != req.op().raw() {
+            return Err(VhsmError::BadResponse("answers another request"));
+        }
+        match resp.status() {
+            Some(Status::Ok) => Ok(resp.body.to_vec()),
+            Some(s) => Err(VhsmError::Status(s)),
+            None => Err(VhsmError::UnknownStatus(resp.header.status.get())),
+        }
+    }
+
+    fn attributes_of(&mut self, req: &Request<'_>) -> Result<KeyAttributes, VhsmError> {
+        let body = self.call(req)?;
+        body_response(&body)
+            .attributes()
+            .map_err(|_| VhsmError::BadResponse("attributes"))
+    }
+
+    /// Generate a key.
+    pub fn generate(
+        &mut self,
+        template: KeyTemplate,
+        label: &[u8],
+    ) -> Result<KeyAttributes, VhsmError> {
+        self.attributes_of(&Request::Generate { template, label })
+    }
+
+    /// Import plaintext key material (only when the vault's policy allows it).
+    pub fn import(
+        &mut self,
+        template: KeyTemplate,
+        label: &[u8],
+        material: &[u8],
+    ) -> Result<KeyAttributes, VhsmError> {
+        self.attributes_of(&Request::Import {
+            template,
+            label,
+            material,
+        })
+    }
+
+    /// Import a key wrapped (RFC 5649) under vault key `unwrapping_key`.
+    pub fn unwrap_key(
+        &mut self,
+        unwrapping_key: u32,
+        template: KeyTemplate,
+        label: &[u8],
+        wrapped: &[u8],
+    ) -> Result<KeyAttributes, VhsmError> {
+        self.attributes_of(&Request::Unwrap {
+            unwrapping_key,
+            template,
+            label,
+            wrapped,
+        })
+    }
+
+    /// Wrap exportable `key` under `wrapping_key` (RFC 5649).
+    pub fn wrap(&mut self, wrapping_key: u32, key: u32) -> Result<Vec<u8>, VhsmError> {
+        self.call(&Request::Wrap { wrapping_key, key })
+    }
+
+    /// The public key as SPKI DER.
+    pub fn public_key(&mut self, key: u32) -> Result<Vec<u8>, VhsmError> {
+        self.call(&Request::GetPublicKey { key })
+    }
+
+    /// Sign `message` (ECDSA P-384/SHA-384 DER, Ed25519, or HMAC-SHA-384).
+    pub fn sign(&mut self, key: u32, message: &[u8]) -> Result<Vec<u8>, VhsmError> {
+        self.call(&Request::Sign { key, message })
+    }
+
+    /// Verify `signature` over `message`.
+    pub fn verify(&mut self, key: u32, message: &[u8], signature: &[u8]) -> Result<(), VhsmError> {
+        self.call(&Request::Verify {
+            key,
+            message,
+            signature,
+        })
+        .map(|_| ())
+    }
+
+    /// AES-256-GCM: returns nonce || ciphertext || tag.
+    pub fn encrypt(
+        &mut self,
+        key: u32,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, VhsmError> {
+        self.call(&Request::Encrypt {
+            key,
+            aad,
+            plaintext,
+        })
+    }
+
+    /// Open nonce || ciphertext || tag.
+    pub fn decrypt(
+        &mut self,
+        key: u32,
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, VhsmError> {
+        self.call(&Request::Decrypt {
+            key,
+            aad,
+            ciphertext,
+        })
+    }
+
+    /// HKDF-SHA-384 from `parent` into a new vault key.
+    pub fn derive(
+        &mut self,
+        parent: u32,
+        template: KeyTemplate,
+        label: &[u8],
+        salt: &[u8],
+        info: &[u8],
+    ) -> Result<KeyAttributes, VhsmError> {
+        self.attributes_of(&Request::Derive {
+            parent,
+            template,
+            label,
+            salt,
+            info,
+        })
+    }
+
+    /// Random bytes from the vault's DRBG.
+    pub fn random(&mut self, len: u32) -> Result<Vec<u8>, VhsmError> {
+        self.call(&Request::Random { len })
+    }
+
+    /// Delete a key (its material is zeroized).
+    pub fn delete(&mut self, key: u32) -> Result<(), VhsmError> {
+        self.call(&Request::Delete { key }).map(|_| ())
+    }
+
+    /// The keys the caller may use.
+    pub fn list(&mut self) -> Result<Vec<KeyAttributes>, VhsmError> {
+        let body = self.call(&Request::List)?;
+        let list = body_response(&body)
+            .key_list()
+            .map_err(|_| VhsmError::BadResponse("key list"))?;
+        Ok(list.to_vec())
+    }
+
+    /// One key's attributes.
+    pub fn attributes(&mut self, key: u32) -> Result<KeyAttributes, VhsmError> {
+        self.attributes_of(&Request::GetAttributes { key })
+    }
+
+    /// Audit entries with sequence numbers from `from_seq` on.
+    pub fn audit(&mut self, from_seq: u64) -> Result<Vec<AuditEntry>, VhsmError> {
+        let body = self.call(&Request::ReadAudit { from_seq })?;
+        let entries = body_response(&body)
+            .audit_entries()
+            .map_err(|_| VhsmError::BadResponse("audit entries"))?;
+        Ok(entries.to_vec())
+    }
+}
+
+/// A response carrying `body`, to reuse [`Response`]'s body decoders.
+fn body_response(body: &[u8]) -> Response<'_> {
+    Response {
+        header: nitride_protocol::vhsm::response_header(Op::List.raw(), 0, Status::Ok, 0),
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nitride_protocol::vhsm::{response_header, KeyType, KeyUsage, VmplSet};
+    use zerocopy::IntoBytes;
+
+    /// Answers every request with a scripted status and body, echoing id and op,
+    /// or tampering with them.
+    struct Echo {
+        status: Status,
+        body: Vec<u8>,
+        tamper_id: bool,
+    }
+
+    impl VhsmTransport for Echo {
+        fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, VhsmError> {
+            let (h, _) = Request::decode(request).map_err(|_| VhsmError::BadResponse("test"))?;
+            let id = h.request_id.get() + u64::from(self.tamper_id);
+            let mut out = response_header(h.op.get(), id, self.status, self.body.len() as u32)
+                .as_bytes()
+                .to_vec();
+            out.extend_from_slice(&self.body);
+            Ok(out)
+        }
+    }
+
+    #[test]
+    fn ok_bodies_and_errors_are_typed() {
+        let mut c = VhsmClient::new(Echo {
+            status: Status::Ok,
+            body: vec![7; 16],
+            tamper_id: false,
+        });
+        assert_eq!(c.random(16), Ok(vec![7; 16]));
+        c.transport().status = Status::AccessDenied;
+        assert_eq!(
+            c.sign(1, b"m"),
+            Err(VhsmError::Status(Status::AccessDenied))
+        );
+        c.transport().status = Status::Ok;
+        c.transport().tamper_id = true;
+        assert_eq!(
+            c.random(16),
+            Err(VhsmError::BadResponse("answers another request"))
+        );
+        c.transport().tamper_id = false;
+        c.transport().body = vec![1, 2, 3];
+        let t = KeyTemplate::new(KeyType::EcdsaP384, KeyUsage::SIGN, VmplSet::all(), false);
+        assert_eq!(
+            c.generate(t, b"x"),
+            Err(VhsmError::BadResponse("attributes"))
+        );
+    }
+}
