@@ -575,7 +575,11 @@ fn documented_example_request() {
         hex::encode(&resp[..HEADER_SIZE]),
         expected_header.replace(' ', "")
     );
-    assert_eq!(r.attributes().unwrap().label(), b"disk");
+    let expected_body = format!(
+        "01000000 0100 01 02 02000000 00 04 0000 6469736b{}",
+        "00".repeat(28)
+    );
+    assert_eq!(hex::encode(r.body), expected_body.replace(' ', ""));
 }
 
 /// A cheap in-tree stand-in for fuzzing: mutated valid requests and random bytes never
