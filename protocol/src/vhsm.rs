@@ -20,8 +20,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const VERSION: u16 = 1;
 
 /// Largest request accepted, header included. The firmware copies a request from guest
-/// memory into a private buffer of this size before parsing it.
-pub const MAX_REQUEST_SIZE: usize = 32 * 1024;
+/// memory into a private buffer of this size before parsing it. Large enough for the
+/// largest request (Decrypt with maximal AAD and ciphertext).
+pub const MAX_REQUEST_SIZE: usize = 36 * 1024;
 
 /// Largest response produced, header included.
 pub const MAX_RESPONSE_SIZE: usize = 32 * 1024;
@@ -705,6 +706,12 @@ pub enum Request<'a> {
 
 /// Largest ciphertext field accepted by Decrypt.
 pub const MAX_CIPHERTEXT_LEN: usize = GCM_NONCE_LEN + MAX_DATA_LEN + GCM_TAG_LEN;
+
+// The largest request (Decrypt: id, AAD, ciphertext) fits in MAX_REQUEST_SIZE.
+const _: () = assert!(
+    HEADER_SIZE + 4 + (LEN_PREFIX + MAX_DATA_LEN) + (LEN_PREFIX + MAX_CIPHERTEXT_LEN)
+        <= MAX_REQUEST_SIZE
+);
 
 impl<'a> Request<'a> {
     /// The operation of this request.

@@ -1,0 +1,53 @@
+//! Fuzz the vHSM dispatcher: a vault holding four keys (ids 1-4: exportable AES,
+//! Ed25519, exportable HMAC, non-exportable AES; all usable by every VMPL) receives a
+//! sequence of requests. P-384 keys are left to the input to generate (id 5 onwards),
+//! because a P-384 key costs a scalar multiplication per execution. Input: byte 0 picks the caller's VMPL, then
+//! each request is `u16 LE length || bytes`. The dispatcher must never panic, and every
+//! response must be a well-formed message within `MAX_RESPONSE_SIZE`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nitride_protocol::vhsm::{Response, MAX_RESPONSE_SIZE};
+use nitride_vhsm::{Caller, KeySpec, KeyType, Platform, PlatformError, Vault, VaultPolicy, VmplSet};
+
+/// Deterministic "entropy", so that every finding reproduces.
+struct Counter(u8);
+
+impl Platform for Counter {
+    fn entropy(&mut self, out: &mut [u8]) -> Result<(), PlatformError> {
+        for b in out {
+            self.0 = self.0.wrapping_mul(31).wrapping_add(7);
+            *b = self.0;
+        }
+        Ok(())
+    }
+}
+
+fn vault() -> Vault<Counter> {
+    let mut v = Vault::new(Counter(1), VaultPolicy { allow_plaintext_import: true }).unwrap();
+    let all = VmplSet::all();
+    for (kt, exportable) in [
+        (KeyType::Aes256, true),
+        (KeyType::Ed25519, false),
+        (KeyType::HmacSha384, true),
+        (KeyType::Aes256, false),
+    ] {
+        v.generate(Caller::SVSM, &KeySpec::new(kt, kt.allowed_usage(), all, exportable)).unwrap();
+    }
+    v
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&who, mut rest)) = data.split_first() else { return };
+    let caller = Caller::new(who % 4).unwrap();
+    let mut v = vault();
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+        let end = (2 + len).min(rest.len());
+        let resp = v.handle(caller, &rest[2..end]);
+        assert!(resp.len() <= MAX_RESPONSE_SIZE);
+        let r = Response::decode(&resp).expect("response parses");
+        assert!(r.status().is_some());
+        rest = &rest[end..];
+    }
+});

@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Write a seed corpus for the `dispatch` fuzz target (one valid request of each
+operation, framed as the target expects) into the directory given as argument."""
+import os
+import struct
+import sys
+
+def req(op, body, rid=1):
+    return struct.pack("<HHIQII", 1, op, 0, rid, len(body), 0) + body
+
+def b(x):
+    return struct.pack("<I", len(x)) + x
+
+def tmpl(kt, usage, vmpls=0xF, exportable=1):
+    return struct.pack("<HBBI", kt, vmpls, exportable, usage)
+
+u32 = lambda v: struct.pack("<I", v)
+seeds = {
+    "generate": req(1, tmpl(1, 0x7F & 0x73) + b(b"lbl")),
+    "import": req(2, tmpl(4, 0x4C) + b(b"") + b(bytes(range(48)))),
+    "unwrap": req(3, u32(4) + tmpl(1, 0x1) + b(b"") + b(bytes(40))),
+    "wrap": req(4, u32(4) + u32(1)),
+    "generate_p384": req(1, tmpl(2, 0x0C) + b(b"")),
+    "pubkey": req(5, u32(5)),
+    "sign": req(6, u32(5) + b(b"hello")),
+    "verify": req(7, u32(2) + b(b"hello") + b(bytes(64))),
+    "encrypt": req(8, u32(1) + b(b"aad") + b(b"plaintext")),
+    "decrypt": req(9, u32(1) + b(b"aad") + b(bytes(40))),
+    "derive": req(10, u32(3) + tmpl(1, 0x3, exportable=1) + b(b"") + b(b"salt") + b(b"info")),
+    "random": req(11, u32(32)),
+    "delete": req(12, u32(2)),
+    "list": req(13, b""),
+    "attrs": req(14, u32(5)),
+    "audit": req(15, struct.pack("<Q", 0)),
+}
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+for name, r in seeds.items():
+    with open(os.path.join(out, name), "wb") as f:
+        f.write(b"\x01" + struct.pack("<H", len(r)) + r)
+# Sequences: generate a P-384 key (id 5) and use it; encrypt, wrap, delete, list, audit.
+for name, ops in [("p384", ["generate_p384", "sign", "pubkey", "attrs"]),
+                  ("sequence", ["encrypt", "wrap", "delete", "list", "audit"])]:
+    with open(os.path.join(out, name), "wb") as f:
+        f.write(b"\x00" + b"".join(struct.pack("<H", len(seeds[k])) + seeds[k] for k in ops))
