@@ -2,8 +2,14 @@
 //!
 //! - [`call`]: making SVSM calls through a [`call::Transport`] (VMMCALL on the
 //!   emulated platform), and discovering the SVSM from the secrets page.
+//! - [`verify`]: verifying SEV-SNP attestation reports and their AMD endorsement
+//!   chains, then appraising them against a caller's policy (no_std + alloc).
 //!
 //! The core is `no_std`; the `std` feature adds the command-line tool.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+extern crate alloc;
+
 pub mod call;
+pub mod verify;
+
