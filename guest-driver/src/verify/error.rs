@@ -184,6 +184,29 @@ pub enum VerifyError {
     },
 }
 
+impl VerifyError {
+    /// Short machine-readable name of the failed check.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Self::Report(ReportError::WrongSize { .. }) => "report_size",
+            Self::Report(ReportError::UnsupportedVersion { .. }) => "report_version",
+            Self::SignatureAlgo { .. } => "signature_algo",
+            Self::SigningKeyUnsupported { .. } | Self::SigningKeyMismatch { .. } => "signing_key",
+            Self::CertMalformed { .. } => "certificate",
+            Self::CertAlgorithm { .. } => "certificate_algorithm",
+            Self::CertSignature { .. } => "chain",
+            Self::ArkNotPinned { .. } => "ark_pin",
+            Self::UnknownGeneration { .. } | Self::GenerationMismatch { .. } => "generation",
+            Self::NoTrustAnchor { .. } => "trust_anchor",
+            Self::ReportSignatureMalformed { .. } | Self::ReportSignatureInvalid { .. } => {
+                "report_signature"
+            }
+            Self::TcbMismatch { .. } => "tcb",
+            Self::ChipIdMismatch { .. } | Self::VlekChipIdNotMasked { .. } => "chip_id",
+        }
+    }
+}
+
 impl From<ReportError> for VerifyError {
     fn from(e: ReportError) -> Self {
         Self::Report(e)
@@ -305,6 +328,20 @@ pub enum PolicyError {
     },
 }
 
+impl PolicyError {
+    /// Short machine-readable name of the failed check.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Self::Vmpl { .. } => "policy_vmpl",
+            Self::ReportData { .. } => "policy_report_data",
+            Self::Measurement { .. } => "policy_measurement",
+            Self::Debug { .. } => "policy_debug",
+            Self::TcbTooLow { .. } => "policy_tcb",
+            Self::SigningKey { .. } => "policy_signing_key",
+        }
+    }
+}
+
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -369,6 +406,16 @@ impl From<VerifyError> for Error {
 impl From<PolicyError> for Error {
     fn from(e: PolicyError) -> Self {
         Self::Policy(e)
+    }
+}
+
+impl Error {
+    /// Short machine-readable name of the failed check.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Self::Verify(e) => e.check(),
+            Self::Policy(e) => e.check(),
+        }
     }
 }
 
