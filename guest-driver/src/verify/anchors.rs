@@ -232,10 +232,8 @@ impl TrustAnchors {
             }
         };
         let key = cert.p384_key(role)?;
-        let (inter_role, mut first_err) = match role {
-            CertRole::Vlek => (CertRole::Asvk, None),
-            _ => (CertRole::Ask, None),
-        };
+        let inter_role = if role == CertRole::Vlek { CertRole::Asvk } else { CertRole::Ask };
+        let mut first_err = None;
         for set in self.sets().filter(|s| s.generation == generation) {
             let inter = match inter_role {
                 CertRole::Asvk => set.asvk.as_ref(),
