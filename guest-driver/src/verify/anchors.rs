@@ -232,7 +232,11 @@ impl TrustAnchors {
             }
         };
         let key = cert.p384_key(role)?;
-        let inter_role = if role == CertRole::Vlek { CertRole::Asvk } else { CertRole::Ask };
+        let inter_role = if role == CertRole::Vlek {
+            CertRole::Asvk
+        } else {
+            CertRole::Ask
+        };
         let mut first_err = None;
         for set in self.sets().filter(|s| s.generation == generation) {
             let inter = match inter_role {
