@@ -550,3 +550,52 @@ fn reported_tcb_not_current_tcb_is_bound() {
     let layout = v.tcb_layout();
     assert_ne!(v.report.current_tcb(layout), v.report.reported_tcb(layout));
 }
+
+#[test]
+fn certificate_table_and_pem_endorsements() {
+    use nitride_protocol::snp::certs::{
+        self, CertKind, CertTableEntry, GUID_ARK, GUID_ASK, GUID_VCEK,
+    };
+    use zerocopy::IntoBytes;
+
+    let v = common::load("genoa-v3-routex");
+    let dir = common::roots_dir();
+    let ask = std::fs::read(dir.join("genoa-ask.pem")).unwrap();
+    let ark = std::fs::read(dir.join("genoa-ark.pem")).unwrap();
+    // An extended-request certificate table: VCEK, ASK, ARK, terminator, then the data.
+    let blobs = [(GUID_VCEK, &v.ek), (GUID_ASK, &ask), (GUID_ARK, &ark)];
+    let mut table = vec![0u8; 4 * certs::ENTRY_SIZE];
+    for (i, (guid, blob)) in blobs.iter().enumerate() {
+        let e = CertTableEntry {
+            guid: *guid,
+            offset: (table.len() as u32).into(),
+            length: (blob.len() as u32).into(),
+        };
+        table[i * 24..(i + 1) * 24].copy_from_slice(e.as_bytes());
+        table.extend_from_slice(blob);
+    }
+    let found: Vec<_> = certs::entries(&table).map(|e| e.unwrap()).collect();
+    assert_eq!(found.len(), 3);
+    assert_eq!(found[0], (CertKind::Vcek, &v.ek[..]));
+    assert_eq!(found[2].0, CertKind::Ark);
+    let mut anchors = TrustAnchors::empty();
+    anchors
+        .add_amd(Generation::Genoa, found[2].1, Some(found[1].1), None)
+        .unwrap();
+    assert!(verify(&anchors, &v.report, found[0].1).is_ok());
+
+    // The same VCEK as PEM.
+    let pem = der::Document::try_from(v.ek.as_slice())
+        .unwrap()
+        .to_pem("CERTIFICATE", der::pem::LineEnding::LF)
+        .unwrap();
+    assert!(verify(&builtin(), &v.report, pem.as_bytes()).is_ok());
+    let wrong = pem.replace("CERTIFICATE", "PUBLIC KEY");
+    assert!(matches!(
+        verify(&builtin(), &v.report, wrong.as_bytes()),
+        Err(VerifyError::CertMalformed {
+            role: CertRole::Endorsement,
+            ..
+        })
+    ));
+}
