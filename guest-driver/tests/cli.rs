@@ -1,0 +1,218 @@
+//! The `nitride report` command line, run as a process on the real vectors.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn nitride(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nitride"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn path(v: &common::Vector, f: &str) -> String {
+    v.dir.join(f).to_string_lossy().into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn show_json_matches_expected_fields() {
+    for v in common::all() {
+        let o = nitride(&["report", "show", &path(&v, "report.bin"), "--json"]);
+        assert!(o.status.success(), "{}: {}", v.name, stderr(&o));
+        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        for key in [
+            "version",
+            "guest_svn",
+            "policy",
+            "vmpl",
+            "signature_algo",
+            "signing_key",
+            "mask_chip_key",
+            "author_key_en",
+            "report_data",
+            "measurement",
+            "host_data",
+            "chip_id",
+            "current_tcb",
+            "reported_tcb",
+            "committed_tcb",
+            "launch_tcb",
+            "cpuid_fam_mod_step",
+            "current_version",
+        ] {
+            assert_eq!(got[key], v.expected[key], "{}: {key}", v.name);
+        }
+        // Text form mentions every top-level field too.
+        let o = nitride(&["report", "show", &path(&v, "report.bin")]);
+        let text = String::from_utf8(o.stdout).unwrap();
+        for key in got.as_object().unwrap().keys() {
+            assert!(
+                text.contains(&format!("{key}:")),
+                "{}: text lacks {key}",
+                v.name
+            );
+        }
+    }
+}
+
+#[test]
+fn verify_accepts_every_vector_with_bundled_and_given_roots() {
+    let roots = common::roots_dir().to_string_lossy().into_owned();
+    for v in common::all() {
+        let report = path(&v, "report.bin");
+        let ek = v.ek_path.to_string_lossy().into_owned();
+        let vmpl = v.expected["vmpl"].to_string();
+        let base = [
+            "report",
+            "verify",
+            report.as_str(),
+            "--vcek",
+            ek.as_str(),
+            "--allow-debug",
+        ];
+        let o = nitride(&[&base[..], &["--expect-vmpl", &vmpl, "--json"]].concat());
+        assert!(o.status.success(), "{}: {}", v.name, stderr(&o));
+        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(got["verdict"], "valid");
+        assert_eq!(got["generation"], v.expected["generation"]);
+        let o = nitride(&[&base[..], &["--roots", &roots]].concat());
+        assert!(o.status.success(), "{}: {}", v.name, stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with("verdict: valid"));
+    }
+}
+
+#[test]
+fn verify_rejections_exit_non_zero_with_the_check() {
+    let vlek = common::load("milan-v3-vlek-trustee");
+    let report = path(&vlek, "report.bin");
+    let ek = vlek.ek_path.to_string_lossy().into_owned();
+    let rd = vlek.expected["report_data"].as_str().unwrap().to_string();
+    let m = vlek.expected["measurement"].as_str().unwrap().to_string();
+    let run = |extra: &[&str]| {
+        nitride(
+            &[
+                &["report", "verify", report.as_str(), "--vcek", ek.as_str()][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    // VMPL 1 report never passes a VMPL 0 requirement.
+    let o = run(&["--expect-vmpl", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("VMPL 1, expected VMPL 0"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "--expect-vmpl",
+        "1",
+        "--report-data",
+        &rd,
+        "--measurement",
+        &"00".repeat(48),
+        "--measurement",
+        &m,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["--report-data", &"00".repeat(64)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("policy report_data"), "{}", stderr(&o));
+    let manifest = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(manifest.path(), b"manifest").unwrap();
+    let o = run(&[
+        "--nonce",
+        "0011",
+        "--manifest",
+        &manifest.path().to_string_lossy(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(got["check"], "policy_report_data");
+    let o = run(&["--measurement", &"00".repeat(48)]);
+    assert!(stderr(&o).contains("policy measurement"), "{}", stderr(&o));
+
+    // Debug policy bit refused by default.
+    let dbg = common::load("milan-v2-go-sev-guest");
+    let o = nitride(&[
+        "report",
+        "verify",
+        &path(&dbg, "report.bin"),
+        "--vcek",
+        &dbg.ek_path.to_string_lossy(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("policy debug"), "{}", stderr(&o));
+
+    // Wrong certificate, truncated file, bad roots dir, usage errors.
+    let other = common::load("milan-v3-routex");
+    let o = run(&[]);
+    assert!(o.status.success());
+    let o = nitride(&[
+        "report",
+        "verify",
+        &path(&other, "report.bin"),
+        "--vcek",
+        &ek,
+    ]);
+    assert!(stderr(&o).contains("signing key"), "{}", stderr(&o));
+    let short = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(short.path(), &vlek.report[..100]).unwrap();
+    let o = nitride(&[
+        "report",
+        "verify",
+        &short.path().to_string_lossy(),
+        "--vcek",
+        &ek,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("report size: 100 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    let o = nitride(&["report", "show", &short.path().to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = run(&["--roots", "/nonexistent"]);
+    assert_eq!(o.status.code(), Some(1));
+    for bad in [
+        &["report", "verify", report.as_str()][..],
+        &["report", "frobnicate"],
+        &["nosuchgroup"],
+        &[],
+        &["report", "show", report.as_str(), "--bogus"],
+        &[
+            "report",
+            "verify",
+            report.as_str(),
+            "--vcek",
+            ek.as_str(),
+            "--nonce",
+            "00",
+        ],
+        &[
+            "report",
+            "verify",
+            report.as_str(),
+            "--vcek",
+            ek.as_str(),
+            "--report-data",
+            "zz",
+        ],
+    ] {
+        let o = nitride(bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("usage") || stderr(&o).contains("--"),
+            "{bad:?}"
+        );
+    }
+}
