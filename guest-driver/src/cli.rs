@@ -17,6 +17,8 @@ use nitride_protocol::snp::{AttestationReport, Generation, Tcb, TcbLayout};
 
 use crate::verify::{verify, AppraisalPolicy, Error as RejectError, TrustAnchors, VerifiedReport};
 
+mod vhsm;
+
 /// Why a command did not succeed.
 #[derive(Debug)]
 pub enum CliError {
@@ -26,6 +28,8 @@ pub enum CliError {
     Input(String),
     /// The report was rejected.
     Rejected(RejectError),
+    /// The vHSM refused or could not be reached.
+    Vhsm(String),
 }
 
 impl CliError {
@@ -33,7 +37,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Usage(_) => 2,
-            Self::Input(_) | Self::Rejected(_) => 1,
+            Self::Input(_) | Self::Rejected(_) | Self::Vhsm(_) => 1,
         }
     }
 }
@@ -43,6 +47,7 @@ impl std::fmt::Display for CliError {
         match self {
             Self::Usage(m) | Self::Input(m) => f.write_str(m),
             Self::Rejected(e) => write!(f, "rejected: {e}"),
+            Self::Vhsm(m) => write!(f, "vHSM: {m}"),
         }
     }
 }
@@ -60,6 +65,8 @@ pub struct Command {
     pub value_flags: &'static [&'static str],
     /// Flags without a value.
     pub bool_flags: &'static [&'static str],
+    /// Fewest and most positional arguments.
+    pub positionals: (usize, usize),
     run: CmdFn,
 }
 
@@ -74,44 +81,64 @@ pub struct Group {
     pub commands: &'static [Command],
 }
 
-/// All command groups.
-pub const GROUPS: &[Group] = &[Group {
-    name: "report",
-    about: "decode and verify SEV-SNP attestation reports",
-    commands: &[
-        Command {
-            name: "show",
-            usage: "FILE [--json]",
-            value_flags: &[],
-            bool_flags: &["--json"],
-            run: report_show,
-        },
-        Command {
-            name: "verify",
-            usage: "FILE --vcek CERT [--roots DIR] [--expect-vmpl N] \
+/// All command groups. A group whose only command has an empty name is a
+/// top-level command (`nitride sign ...`).
+pub const GROUPS: &[Group] = &[
+    vhsm::KEY,
+    vhsm::SIGN,
+    vhsm::VERIFY,
+    vhsm::ENCRYPT,
+    vhsm::DECRYPT,
+    vhsm::WRAP,
+    vhsm::UNWRAP,
+    vhsm::DERIVE,
+    vhsm::RANDOM,
+    vhsm::AUDIT,
+    Group {
+        name: "report",
+        about: "decode and verify SEV-SNP attestation reports",
+        commands: &[
+            Command {
+                name: "show",
+                usage: "FILE [--json]",
+                value_flags: &[],
+                bool_flags: &["--json"],
+                positionals: (1, 1),
+                run: report_show,
+            },
+            Command {
+                name: "verify",
+                usage: "FILE --vcek CERT [--roots DIR] [--expect-vmpl N] \
                     [--report-data HEX | --nonce HEX --manifest FILE] [--measurement HEX]... \
                     [--allow-debug] [--json]",
-            value_flags: &[
-                "--vcek",
-                "--roots",
-                "--expect-vmpl",
-                "--report-data",
-                "--nonce",
-                "--manifest",
-                "--measurement",
-            ],
-            bool_flags: &["--allow-debug", "--json"],
-            run: report_verify,
-        },
-    ],
-}];
+                value_flags: &[
+                    "--vcek",
+                    "--roots",
+                    "--expect-vmpl",
+                    "--report-data",
+                    "--nonce",
+                    "--manifest",
+                    "--measurement",
+                ],
+                bool_flags: &["--allow-debug", "--json"],
+                positionals: (1, 1),
+                run: report_verify,
+            },
+        ],
+    },
+];
 
 fn usage() -> String {
     let mut s = String::from("usage: nitride GROUP COMMAND [ARGS]\n");
     for g in GROUPS {
         let _ = writeln!(s, "\n  {} — {}", g.name, g.about);
         for c in g.commands {
-            let _ = writeln!(s, "    nitride {} {} {}", g.name, c.name, c.usage);
+            let line = format!("nitride {} {} {}", g.name, c.name, c.usage);
+            let _ = writeln!(
+                s,
+                "    {}",
+                line.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
         }
     }
     s
@@ -147,9 +174,15 @@ impl Parsed {
                 p.positionals.push(a.clone());
             }
         }
-        if p.positionals.len() != 1 {
+        let (min, max) = cmd.positionals;
+        if !(min..=max).contains(&p.positionals.len()) {
             return Err(bad(format!(
-                "expected one FILE, got {}",
+                "expected {} argument(s), got {}",
+                if min == max {
+                    min.to_string()
+                } else {
+                    format!("{min} to {max}")
+                },
                 p.positionals.len()
             )));
         }
@@ -175,6 +208,10 @@ impl Parsed {
         self.flags.contains(&flag)
     }
 
+    fn positional(&self, i: usize) -> Option<&str> {
+        self.positionals.get(i).map(String::as_str)
+    }
+
     fn file(&self) -> &str {
         self.positionals
             .first()
@@ -193,14 +230,16 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
         .iter()
         .find(|x| x.name == group)
         .ok_or_else(|| CliError::Usage(format!("unknown group {group}\n{}", usage())))?;
-    let (cmd, rest) = match rest {
-        [c, rest @ ..] => (c, rest),
-        [] => return Err(CliError::Usage(usage())),
+    let (c, rest) = match (g.commands, rest) {
+        ([only], _) if only.name.is_empty() => (only, rest),
+        (_, [cmd, rest @ ..]) => {
+            let c = g.commands.iter().find(|x| x.name == cmd).ok_or_else(|| {
+                CliError::Usage(format!("unknown command {group} {cmd}\n{}", usage()))
+            })?;
+            (c, rest)
+        }
+        (_, []) => return Err(CliError::Usage(usage())),
     };
-    let c =
-        g.commands.iter().find(|x| x.name == cmd).ok_or_else(|| {
-            CliError::Usage(format!("unknown command {group} {cmd}\n{}", usage()))
-        })?;
     let parsed = Parsed::parse(c, group, rest)?;
     (c.run)(&parsed, out)
 }

@@ -99,7 +99,14 @@ fn cargo_build(args: &[&str], target_dir: &Path) -> Result<(), Error> {
 pub fn build_images() -> Result<Images, Error> {
     let dir = images_dir();
     cargo_build(
-        &["-p", "nitride-kernel", "--bin", "nitride-svsm"],
+        &[
+            "-p",
+            "nitride-kernel",
+            "--bin",
+            "nitride-svsm",
+            "--features",
+            "firmware",
+        ],
         &dir.join("svsm"),
     )?;
     cargo_build(
