@@ -17,7 +17,12 @@ pub fn vectors_dir() -> PathBuf {
     let dir = std::env::var_os("NITRIDE_SNP_VECTORS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/snp-vectors")
+            // Cargo sets CARGO_MANIFEST_DIR when running tests too; prefer that to the
+            // compile-time value so a relocated build still finds the vectors.
+            let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+            manifest.join("../../shared/snp-vectors")
         });
     assert!(
         dir.join("roots").is_dir(),
