@@ -130,6 +130,8 @@ pub fn svsm_error(rax: u64) -> VhsmError {
 pub struct VhsmClient<T> {
     transport: T,
     next_id: u64,
+    /// Encoding buffer, allocated once.
+    buf: Vec<u8>,
 }
 
 impl<T: VhsmTransport> VhsmClient<T> {
@@ -138,6 +140,7 @@ impl<T: VhsmTransport> VhsmClient<T> {
         Self {
             transport,
             next_id: 1,
+            buf: vec![0u8; MAX_REQUEST_SIZE],
         }
     }
 
@@ -150,9 +153,8 @@ impl<T: VhsmTransport> VhsmClient<T> {
     pub fn call(&mut self, req: &Request<'_>) -> Result<Vec<u8>, VhsmError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let mut buf = vec![0u8; MAX_REQUEST_SIZE];
-        let len = req.encode(id, &mut buf).map_err(VhsmError::Encode)?;
-        let raw = self.transport.exchange(&buf[..len])?;
+        let len = req.encode(id, &mut self.buf).map_err(VhsmError::Encode)?;
+        let raw = self.transport.exchange(&self.buf[..len])?;
         let resp = Response::decode(&raw).map_err(|_| VhsmError::BadResponse("undecodable"))?;
         if resp.header.request_id.get() != id || resp.header.op.get() != req.op().raw() {
             return Err(VhsmError::BadResponse("answers another request"));

@@ -239,22 +239,135 @@ fn demo() -> Result<ExitCode, Error> {
 fn bench() -> Result<ExitCode, Error> {
     ensure_qemu()?;
     let images = build_images()?;
-    let mut boot = Boot::new(&images.svsm, Some(&images.test_guest), "mode=bench");
-    boot.icount = true;
-    let out = boot.run()?;
-    for l in out.guest_lines().filter(|l| l.contains("BENCH")) {
-        println!("{l}");
+    let mut all_ok = true;
+    let mut firmware = Vec::new();
+    for mode in ["mode=bench", "mode=bench-vhsm"] {
+        let mut boot = Boot::new(&images.svsm, Some(&images.test_guest), mode);
+        boot.icount = true;
+        let out = boot.run()?;
+        for l in out.guest_lines().filter(|l| l.contains("BENCH")) {
+            println!("{l}");
+            if let Some((name, n)) = l
+                .split("BENCH vhsm_")
+                .nth(1)
+                .and_then(|r| r.split_once("_insns="))
+            {
+                firmware.push((name.to_string(), n.trim().parse::<u64>().unwrap_or(0)));
+            }
+        }
+        println!(
+            "{mode}: QEMU status {:?}, {:.2} s wall",
+            out.status,
+            out.elapsed.as_secs_f64()
+        );
+        all_ok &= out.outcome() == Outcome::GuestPass;
     }
-    println!(
-        "QEMU status {:?}, {:.2} s wall",
-        out.status,
-        out.elapsed.as_secs_f64()
-    );
-    Ok(if out.outcome() == Outcome::GuestPass {
+    raw_crypto_comparison(&firmware)?;
+    relay_throughput(&images)?;
+    Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Requests per second through the relay guest (wall clock, emulated: TCG).
+fn relay_throughput(images: &Images) -> Result<(), Error> {
+    use nitride_guest_driver::relay::RelayClient;
+    use nitride_guest_driver::vhsm::VhsmClient;
+    use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, VmplSet};
+    let dir = repo_root().join("target").join("bench-relay");
+    let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir, "")?;
+    let relay = RelayClient::connect(&vm.socket).map_err(|e| Error::Build(e.to_string()))?;
+    let mut c = VhsmClient::new(relay);
+    let t = KeyTemplate::new(KeyType::HmacSha384, KeyUsage::SIGN, VmplSet::all(), false);
+    let key = c.generate(t, b"").map_err(|e| Error::Build(e.to_string()))?.key_id.get();
+    println!();
+    for (name, n) in [("random(32)", 500u32), ("hmac sign(64 B)", 500)] {
+        let start = Instant::now();
+        for _ in 0..n {
+            let r = if name.starts_with("random") { c.random(32) } else { c.sign(key, &[0u8; 64]) };
+            r.map_err(|e| Error::Build(e.to_string()))?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!("relay, {name}: {n} requests in {secs:.2} s = {:.0} requests/s (emulated)", f64::from(n) / secs);
+    }
+    Ok(())
+}
+
+/// Operations `raw_icount` implements.
+const RAW_OPS: &[&str] = &[
+    "hmac_sign64",
+    "aes_gcm_encrypt1k",
+    "ed25519_sign64",
+    "ed25519_verify64",
+    "ecdsa_p384_sign64",
+    "ecdsa_p384_verify64",
+];
+
+/// Instructions of one raw-crypto operation on the host: callgrind over
+/// `raw_icount OP n` minus `raw_icount OP 0`, divided by n.
+fn callgrind_per_op(exe: &std::path::Path, op: &str, n: u64) -> Option<u64> {
+    let total = |count: u64| -> Option<u64> {
+        let out = Command::new("valgrind")
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(exe)
+            .args([op, &count.to_string()])
+            .output()
+            .ok()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        err.lines()
+            .find_map(|l| l.split("Collected : ").nth(1))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some(total(n)?.saturating_sub(total(0)?) / n)
+}
+
+/// The firmware's round trip per operation beside the raw crypto's instructions
+/// on the host (same crates, release profile).
+fn raw_crypto_comparison(firmware: &[(String, u64)]) -> Result<(), Error> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        println!(
+            "valgrind not found: skipping the raw-crypto comparison (apt-get install valgrind)"
+        );
+        return Ok(());
+    }
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "nitride-vhsm",
+            "--example",
+            "raw_icount",
+        ])
+        .status()?;
+    if !status.success() {
+        return Err(Error::Build("raw_icount example".into()));
+    }
+    let exe = repo_root().join("target/x86_64-unknown-linux-gnu/release/examples/raw_icount");
+    println!(
+        "\n{:<22} {:>14} {:>14} {:>14} {:>8}",
+        "operation", "firmware", "raw crypto", "calling path", "ratio"
+    );
+    for (op, fw) in firmware {
+        // Operations with no single raw-crypto counterpart: the calling path alone.
+        if !RAW_OPS.contains(&op.as_str()) {
+            println!("{op:<22} {fw:>14} {:>14} {fw:>14} {:>8}", "-", "-");
+            continue;
+        }
+        let n = if op.starts_with("ecdsa") { 10 } else { 100 };
+        let Some(raw) = callgrind_per_op(&exe, op, n).filter(|&r| r > 0) else {
+            continue;
+        };
+        println!(
+            "{op:<22} {fw:>14} {raw:>14} {:>14} {:>8.3}",
+            fw.saturating_sub(raw),
+            *fw as f64 / raw as f64
+        );
+    }
+    Ok(())
 }
 
 /// Where `up` keeps the running VM's socket, console and pid.

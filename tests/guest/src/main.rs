@@ -342,6 +342,51 @@ fn load(info: &SvsmInfo, count: u32) -> ! {
     })
 }
 
+/// Instructions per vHSM round trip for each operation (`-icount shift=0`).
+fn bench_vhsm(info: &SvsmInfo) -> ! {
+    let mut vhsm = vhsm_client(info);
+    let all = VmplSet::all();
+    let mut gen = |t, u| {
+        vhsm.generate(KeyTemplate::new(t, u, all, false), b"")
+            .map(|k| k.key_id.get())
+            .unwrap_or(0)
+    };
+    let ec = gen(KeyType::EcdsaP384, KeyUsage::SIGN | KeyUsage::VERIFY);
+    let ed = gen(KeyType::Ed25519, KeyUsage::SIGN | KeyUsage::VERIFY);
+    let hm = gen(KeyType::HmacSha384, KeyUsage::SIGN | KeyUsage::VERIFY);
+    let aes = gen(KeyType::Aes256, KeyUsage::ENCRYPT | KeyUsage::DECRYPT);
+    let msg = [0x42u8; 64];
+    let kib = [0x17u8; 1024];
+    let ec_sig = vhsm.sign(ec, &msg).unwrap_or_default();
+    let ed_sig = vhsm.sign(ed, &msg).unwrap_or_default();
+    let mut failures = 0u32;
+    let mut run = |name: &str, n: u64, f: &mut dyn FnMut(&mut VhsmClient<_>) -> bool| {
+        let mut ok = true;
+        let per = per_call(n, || ok &= f(&mut vhsm));
+        failures += u32::from(!ok);
+        say!("BENCH vhsm_{name}_insns={per}");
+    };
+    run("get_attributes", 200, &mut |v| v.attributes(aes).is_ok());
+    run("random32", 200, &mut |v| v.random(32).is_ok());
+    run("hmac_sign64", 200, &mut |v| v.sign(hm, &msg).is_ok());
+    run("aes_gcm_encrypt1k", 100, &mut |v| {
+        v.encrypt(aes, b"", &kib).is_ok()
+    });
+    run("ed25519_sign64", 50, &mut |v| v.sign(ed, &msg).is_ok());
+    run("ed25519_verify64", 50, &mut |v| {
+        v.verify(ed, &msg, &ed_sig).is_ok()
+    });
+    run("ecdsa_p384_sign64", 20, &mut |v| v.sign(ec, &msg).is_ok());
+    run("ecdsa_p384_verify64", 20, &mut |v| {
+        v.verify(ec, &msg, &ec_sig).is_ok()
+    });
+    exit_qemu(if failures == 0 {
+        exit::GUEST_PASS
+    } else {
+        exit::GUEST_FAIL
+    })
+}
+
 /// The typed vHSM client over this guest's own SVSM calls.
 fn vhsm_sequence(info: &SvsmInfo) -> ! {
     let mut vhsm = vhsm_client(info);
@@ -452,6 +497,7 @@ extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
         "calls" => call_sequence(&info),
         "bench" => bench(&info, at_entry),
         "vhsm" => vhsm_sequence(&info),
+        "bench-vhsm" => bench_vhsm(&info),
         "load" => {
             let count = cmd
                 .split_ascii_whitespace()
