@@ -200,7 +200,11 @@ pub fn gcm_seal(
 ) -> Result<(), Error> {
     let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| Error::InvalidKeyMaterial)?;
     // One allocation for the whole output, so the tag never forces a reallocation.
-    out.reserve(GCM_NONCE_LEN.saturating_add(plaintext.len()).saturating_add(GCM_TAG_LEN));
+    out.reserve(
+        GCM_NONCE_LEN
+            .saturating_add(plaintext.len())
+            .saturating_add(GCM_TAG_LEN),
+    );
     out.extend_from_slice(nonce);
     let start = out.len();
     out.extend_from_slice(plaintext);
