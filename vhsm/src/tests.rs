@@ -192,13 +192,32 @@ fn import_needs_policy_and_valid_material() {
 
 #[test]
 fn capacity_and_id_exhaustion() {
-    let mut v = vault(false);
+    let mut v = vault(true);
     let s = spec(KeyType::HmacSha384, KeyUsage::SIGN, false);
-    for _ in 0..KEY_CAPACITY {
+    let kek_spec = spec(
+        KeyType::Aes256,
+        KeyUsage::WRAP | KeyUsage::UNWRAP | KeyUsage::DERIVE,
+        true,
+    );
+    let kek = v.generate(V0, &kek_spec).unwrap().id;
+    let mut wrapped = Vec::new();
+    v.wrap_key(V0, kek, kek, &mut wrapped).unwrap();
+    for _ in 1..KEY_CAPACITY {
         v.generate(V0, &s).unwrap();
     }
     assert_eq!(v.len(), KEY_CAPACITY);
+    // Every creating operation is refused when the store is full.
+    let aes = spec(KeyType::Aes256, KeyUsage::ENCRYPT, false);
     fails_unchanged(&mut v, Error::CapacityExceeded, |v| v.generate(V0, &s));
+    fails_unchanged(&mut v, Error::CapacityExceeded, |v| {
+        v.import(V0, &s, &[1; 48])
+    });
+    fails_unchanged(&mut v, Error::CapacityExceeded, |v| {
+        v.unwrap_key(V0, kek, &aes, &wrapped)
+    });
+    fails_unchanged(&mut v, Error::CapacityExceeded, |v| {
+        v.derive(V0, kek, &aes, b"", b"")
+    });
     // Deleting makes room; ids are not reused.
     v.delete(V0, 5).unwrap();
     let info = v.generate(V0, &s).unwrap();
