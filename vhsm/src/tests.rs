@@ -711,3 +711,47 @@ fn key_info_wire_form() {
     assert_eq!(w.exportable, 1);
     assert_eq!(w.label(), b"abc");
 }
+
+#[test]
+fn errors_map_to_distinct_statuses() {
+    let all = [
+        Error::InvalidParameter,
+        Error::KeyNotFound,
+        Error::AccessDenied,
+        Error::UsageNotPermitted,
+        Error::NotExportable,
+        Error::PolicyDenied,
+        Error::CapacityExceeded,
+        Error::WrongKeyType,
+        Error::InvalidKeyMaterial,
+        Error::SignatureInvalid,
+        Error::AuthenticationFailed,
+        Error::NonceLimitReached,
+        Error::Entropy,
+        Error::TooLarge,
+    ];
+    let mut statuses: Vec<u16> = all.iter().map(|e| e.status().raw()).collect();
+    assert!(!statuses.contains(&0));
+    statuses.sort_unstable();
+    statuses.dedup();
+    assert_eq!(statuses.len(), all.len());
+}
+
+/// An entropy failure reaches the guest as a typed status, through the dispatcher.
+#[test]
+fn entropy_failure_on_the_wire() {
+    use nitride_protocol::vhsm::{Request, Response, Status};
+    let mut v = vault(false);
+    v.platform_mut().fail = true;
+    let mut req = [0u8; 64];
+    let n = Request::Random { len: 16 }.encode(5, &mut req).unwrap();
+    let mut last = Status::Ok;
+    for _ in 0..=crate::drbg::RESEED_INTERVAL {
+        let resp = v.handle(V0, &req[..n]);
+        last = Response::decode(&resp).unwrap().status().unwrap();
+        if last != Status::Ok {
+            break;
+        }
+    }
+    assert_eq!(last, Status::EntropyFailure);
+}
