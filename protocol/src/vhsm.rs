@@ -204,10 +204,11 @@ wire_enum! {
         UnsupportedVersion = 2,
         /// The header's operation is not an [`Op`].
         UnknownOperation = 3,
-        /// A field is out of range: unknown key type, usage bits or VMPL bits, label or
-        /// data too long, zero length where data is required.
+        /// A field is out of range: unknown key type, usage or VMPL bits, `exportable`
+        /// not 0/1, usage not allowed for the type, VMPL set without the caller, Random
+        /// length over [`MAX_RANDOM_LEN`], Decrypt input shorter than nonce and tag.
         InvalidParameter = 4,
-        /// No key with this id (or the caller's VMPL may not see it).
+        /// No key with this id.
         KeyNotFound = 5,
         /// The key exists but the caller's VMPL is not in its allowed set.
         AccessDenied = 6,

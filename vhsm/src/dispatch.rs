@@ -8,8 +8,8 @@
 use alloc::vec::Vec;
 
 use nitride_protocol::vhsm::{
-    response_header, KeyAttributes, Request, Status, AUDIT_CAPACITY, GCM_NONCE_LEN, GCM_TAG_LEN,
-    HEADER_SIZE, KEY_CAPACITY, MAX_DATA_LEN, MAX_RANDOM_LEN, MAX_RESPONSE_SIZE,
+    response_header, AuditEntry, KeyAttributes, Request, Status, AUDIT_CAPACITY, GCM_NONCE_LEN,
+    GCM_TAG_LEN, HEADER_SIZE, KEY_CAPACITY, MAX_DATA_LEN, MAX_RANDOM_LEN, MAX_RESPONSE_SIZE,
 };
 use zerocopy::IntoBytes;
 
@@ -23,7 +23,8 @@ const _: () =
 const _: () = assert!(HEADER_SIZE + MAX_RANDOM_LEN <= MAX_RESPONSE_SIZE);
 const _: () =
     assert!(HEADER_SIZE + 4 + KEY_CAPACITY * size_of::<KeyAttributes>() <= MAX_RESPONSE_SIZE);
-const _: () = assert!(HEADER_SIZE + 4 + AUDIT_CAPACITY * 24 <= MAX_RESPONSE_SIZE);
+const _: () =
+    assert!(HEADER_SIZE + 4 + AUDIT_CAPACITY * size_of::<AuditEntry>() <= MAX_RESPONSE_SIZE);
 
 /// Outcome of one operation: the key id for the audit entry, and the result.
 type Outcome = (u32, Result<(), Error>);

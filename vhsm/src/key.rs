@@ -239,7 +239,8 @@ pub fn gcm_open(key: &[u8; 32], aad: &[u8], sealed: &[u8], out: &mut Vec<u8>) ->
     Ok(())
 }
 
-/// RFC 5649 (AES key wrap with padding) under `kek`.
+/// RFC 5649 (AES key wrap with padding) under `kek`, appended to `out` (nothing is
+/// appended on failure).
 pub fn kw_wrap(kek: &[u8; 32], data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
     let kek = aes_kw::KekAes256::from(*kek);
     let len = data
@@ -250,9 +251,16 @@ pub fn kw_wrap(kek: &[u8; 32], data: &[u8], out: &mut Vec<u8>) -> Result<(), Err
         .ok_or(Error::TooLarge)?;
     let start = out.len();
     out.resize(start.checked_add(len).ok_or(Error::TooLarge)?, 0);
-    let dst = out.get_mut(start..).ok_or(Error::TooLarge)?;
-    kek.wrap_with_padding(data, dst)
-        .map_err(|_| Error::InvalidParameter)
+    let result = match out.get_mut(start..) {
+        Some(dst) => kek
+            .wrap_with_padding(data, dst)
+            .map_err(|_| Error::InvalidParameter),
+        None => Err(Error::TooLarge),
+    };
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
 }
 
 /// RFC 5649 unwrap under `kek`; the plaintext is zeroized when dropped.

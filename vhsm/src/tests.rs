@@ -192,13 +192,32 @@ fn import_needs_policy_and_valid_material() {
 
 #[test]
 fn capacity_and_id_exhaustion() {
-    let mut v = vault(false);
+    let mut v = vault(true);
     let s = spec(KeyType::HmacSha384, KeyUsage::SIGN, false);
-    for _ in 0..KEY_CAPACITY {
+    let kek_spec = spec(
+        KeyType::Aes256,
+        KeyUsage::WRAP | KeyUsage::UNWRAP | KeyUsage::DERIVE,
+        true,
+    );
+    let kek = v.generate(V0, &kek_spec).unwrap().id;
+    let mut wrapped = Vec::new();
+    v.wrap_key(V0, kek, kek, &mut wrapped).unwrap();
+    for _ in 1..KEY_CAPACITY {
         v.generate(V0, &s).unwrap();
     }
     assert_eq!(v.len(), KEY_CAPACITY);
+    // Every creating operation is refused when the store is full.
+    let aes = spec(KeyType::Aes256, KeyUsage::ENCRYPT, false);
     fails_unchanged(&mut v, Error::CapacityExceeded, |v| v.generate(V0, &s));
+    fails_unchanged(&mut v, Error::CapacityExceeded, |v| {
+        v.import(V0, &s, &[1; 48])
+    });
+    fails_unchanged(&mut v, Error::CapacityExceeded, |v| {
+        v.unwrap_key(V0, kek, &aes, &wrapped)
+    });
+    fails_unchanged(&mut v, Error::CapacityExceeded, |v| {
+        v.derive(V0, kek, &aes, b"", b"")
+    });
     // Deleting makes room; ids are not reused.
     v.delete(V0, 5).unwrap();
     let info = v.generate(V0, &s).unwrap();
@@ -691,4 +710,48 @@ fn key_info_wire_form() {
     assert_eq!(w.usage.get(), 4);
     assert_eq!(w.exportable, 1);
     assert_eq!(w.label(), b"abc");
+}
+
+#[test]
+fn errors_map_to_distinct_statuses() {
+    let all = [
+        Error::InvalidParameter,
+        Error::KeyNotFound,
+        Error::AccessDenied,
+        Error::UsageNotPermitted,
+        Error::NotExportable,
+        Error::PolicyDenied,
+        Error::CapacityExceeded,
+        Error::WrongKeyType,
+        Error::InvalidKeyMaterial,
+        Error::SignatureInvalid,
+        Error::AuthenticationFailed,
+        Error::NonceLimitReached,
+        Error::Entropy,
+        Error::TooLarge,
+    ];
+    let mut statuses: Vec<u16> = all.iter().map(|e| e.status().raw()).collect();
+    assert!(!statuses.contains(&0));
+    statuses.sort_unstable();
+    statuses.dedup();
+    assert_eq!(statuses.len(), all.len());
+}
+
+/// An entropy failure reaches the guest as a typed status, through the dispatcher.
+#[test]
+fn entropy_failure_on_the_wire() {
+    use nitride_protocol::vhsm::{Request, Response, Status};
+    let mut v = vault(false);
+    v.platform_mut().fail = true;
+    let mut req = [0u8; 64];
+    let n = Request::Random { len: 16 }.encode(5, &mut req).unwrap();
+    let mut last = Status::Ok;
+    for _ in 0..=crate::drbg::RESEED_INTERVAL {
+        let resp = v.handle(V0, &req[..n]);
+        last = Response::decode(&resp).unwrap().status().unwrap();
+        if last != Status::Ok {
+            break;
+        }
+    }
+    assert_eq!(last, Status::EntropyFailure);
 }

@@ -288,12 +288,12 @@ impl<P: Platform> Vault<P> {
 
     /// The index of a key the caller may use.
     fn index(&self, caller: Caller, id: u32) -> Result<usize, Error> {
-        let index = self
+        let (index, key) = self
             .keys
             .iter()
-            .position(|k| k.info.id == id)
+            .enumerate()
+            .find(|(_, k)| k.info.id == id)
             .ok_or(Error::KeyNotFound)?;
-        let key = self.keys.get(index).ok_or(Error::KeyNotFound)?;
         if key.info.allowed.contains(caller.as_set()) {
             Ok(index)
         } else {

@@ -1,14 +1,18 @@
 //! Fuzz the vHSM dispatcher: a vault holding four keys (ids 1-4: exportable AES,
 //! Ed25519, exportable HMAC, non-exportable AES; all usable by every VMPL) receives a
 //! sequence of requests. P-384 keys are left to the input to generate (id 5 onwards),
-//! because a P-384 key costs a scalar multiplication per execution. Input: byte 0 picks the caller's VMPL, then
-//! each request is `u16 LE length || bytes`. The dispatcher must never panic, and every
-//! response must be a well-formed message within `MAX_RESPONSE_SIZE`.
+//! because a P-384 key costs a scalar multiplication per execution.
+//!
+//! Input: byte 0 picks the caller's VMPL, then each request is `u16 LE length || bytes`. The dispatcher must never panic, every
+//! response must be a well-formed message within `MAX_RESPONSE_SIZE`, and a failed
+//! request must leave every key's attributes unchanged.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nitride_protocol::vhsm::{Response, MAX_RESPONSE_SIZE};
-use nitride_vhsm::{Caller, KeySpec, KeyType, Platform, PlatformError, Vault, VaultPolicy, VmplSet};
+use nitride_protocol::vhsm::{Response, Status, MAX_RESPONSE_SIZE};
+use nitride_vhsm::{
+    Caller, KeyInfo, KeySpec, KeyType, Platform, PlatformError, Vault, VaultPolicy, VmplSet,
+};
 
 /// Deterministic "entropy", so that every finding reproduces.
 struct Counter(u8);
@@ -24,7 +28,13 @@ impl Platform for Counter {
 }
 
 fn vault() -> Vault<Counter> {
-    let mut v = Vault::new(Counter(1), VaultPolicy { allow_plaintext_import: true }).unwrap();
+    let mut v = Vault::new(
+        Counter(1),
+        VaultPolicy {
+            allow_plaintext_import: true,
+        },
+    )
+    .unwrap();
     let all = VmplSet::all();
     for (kt, exportable) in [
         (KeyType::Aes256, true),
@@ -32,22 +42,41 @@ fn vault() -> Vault<Counter> {
         (KeyType::HmacSha384, true),
         (KeyType::Aes256, false),
     ] {
-        v.generate(Caller::SVSM, &KeySpec::new(kt, kt.allowed_usage(), all, exportable)).unwrap();
+        v.generate(
+            Caller::SVSM,
+            &KeySpec::new(kt, kt.allowed_usage(), all, exportable),
+        )
+        .unwrap();
     }
     v
 }
 
+/// Every key's attributes, as seen by each VMPL.
+fn keys(v: &Vault<Counter>) -> Vec<KeyInfo> {
+    (0..4)
+        .filter_map(Caller::new)
+        .flat_map(|c| v.list(c).copied().collect::<Vec<_>>())
+        .collect()
+}
+
 fuzz_target!(|data: &[u8]| {
-    let Some((&who, mut rest)) = data.split_first() else { return };
+    let Some((&who, mut rest)) = data.split_first() else {
+        return;
+    };
     let caller = Caller::new(who % 4).unwrap();
     let mut v = vault();
     while rest.len() >= 2 {
         let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
         let end = (2 + len).min(rest.len());
+        let before = keys(&v);
         let resp = v.handle(caller, &rest[2..end]);
         assert!(resp.len() <= MAX_RESPONSE_SIZE);
         let r = Response::decode(&resp).expect("response parses");
-        assert!(r.status().is_some());
+        let status = r.status().expect("defined status");
+        if status != Status::Ok {
+            assert!(r.body.is_empty());
+            assert!(keys(&v) == before, "a failed request changed the key store");
+        }
         rest = &rest[end..];
     }
 });

@@ -55,17 +55,6 @@ impl Client {
         req.encode(self.next_request, &mut self.buf).unwrap()
     }
 
-    /// Send raw request bytes; returns the status and the body.
-    pub fn raw(&mut self, request: &[u8]) -> (Status, Vec<u8>) {
-        let resp = self.vault.handle(self.caller, request);
-        let r = Response::decode(&resp).unwrap();
-        let status = r.status().unwrap();
-        if status != Status::Ok {
-            assert!(r.body.is_empty(), "error responses carry no body");
-        }
-        (status, r.body.to_vec())
-    }
-
     /// Send a request; checks the echoed operation and request id.
     pub fn call(&mut self, req: Request<'_>) -> (Status, Vec<u8>) {
         let n = self.encode(&req);
