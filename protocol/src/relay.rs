@@ -33,10 +33,11 @@ pub const ATTACK_MAGIC: [u8; 4] = *b"NAT1";
 /// Magic of a response frame.
 pub const RESPONSE_MAGIC: [u8; 4] = *b"NRS1";
 
-/// Size of the relay's request buffer: the largest payload a frame may carry.
-pub const REQUEST_BUFFER_SIZE: usize = 32 * 1024;
-/// Size of the relay's response buffer.
-pub const RESPONSE_BUFFER_SIZE: usize = 32 * 1024;
+/// Size of the relay's request buffer: the largest vHSM request, and the largest
+/// payload a frame may carry.
+pub const REQUEST_BUFFER_SIZE: usize = crate::vhsm::MAX_REQUEST_SIZE;
+/// Size of the relay's response buffer: the largest vHSM response.
+pub const RESPONSE_BUFFER_SIZE: usize = crate::vhsm::MAX_RESPONSE_SIZE;
 
 /// Head of a raw-call frame after the magic.
 #[derive(

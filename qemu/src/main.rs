@@ -281,16 +281,27 @@ fn relay_throughput(images: &Images) -> Result<(), Error> {
     let relay = RelayClient::connect(&vm.socket).map_err(|e| Error::Build(e.to_string()))?;
     let mut c = VhsmClient::new(relay);
     let t = KeyTemplate::new(KeyType::HmacSha384, KeyUsage::SIGN, VmplSet::all(), false);
-    let key = c.generate(t, b"").map_err(|e| Error::Build(e.to_string()))?.key_id.get();
+    let key = c
+        .generate(t, b"")
+        .map_err(|e| Error::Build(e.to_string()))?
+        .key_id
+        .get();
     println!();
     for (name, n) in [("random(32)", 500u32), ("hmac sign(64 B)", 500)] {
         let start = Instant::now();
         for _ in 0..n {
-            let r = if name.starts_with("random") { c.random(32) } else { c.sign(key, &[0u8; 64]) };
+            let r = if name.starts_with("random") {
+                c.random(32)
+            } else {
+                c.sign(key, &[0u8; 64])
+            };
             r.map_err(|e| Error::Build(e.to_string()))?;
         }
         let secs = start.elapsed().as_secs_f64();
-        println!("relay, {name}: {n} requests in {secs:.2} s = {:.0} requests/s (emulated)", f64::from(n) / secs);
+        println!(
+            "relay, {name}: {n} requests in {secs:.2} s = {:.0} requests/s (emulated)",
+            f64::from(n) / secs
+        );
     }
     Ok(())
 }
