@@ -16,8 +16,9 @@ use arch::{cpu, heap, pvh, serial, svm::Emulated};
 use nitride_kernel::cmdline::Cmdline;
 use nitride_kernel::launch::prepare_guest;
 use nitride_kernel::memory::{GuestMemoryMap, PhysRange};
+use nitride_kernel::platform::GuestExit;
+use nitride_kernel::svsm::Svsm;
 use nitride_kernel::svsm::VhsmService;
-use nitride_kernel::svsm::{StopReason, Svsm};
 use nitride_protocol::emulated::{exit, BOOT_INFO_GPA, CAA_GPA, SECRETS_GPA, SVSM_BASE, SVSM_END};
 use nitride_vhsm::{PlatformError, Vault, VaultPolicy};
 
@@ -93,7 +94,7 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
         svsm.platform().exits()
     );
     let code = match stop {
-        StopReason::Violation { gpa, rip, access } => {
+        GuestExit::Violation { gpa, rip, access } => {
             let what = if svsm_region.start <= gpa && gpa < svsm_region.end {
                 "SVSM memory"
             } else {
@@ -102,16 +103,20 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
             log::error!("isolation: guest {access} of {what} at GPA {gpa:#x} (RIP {rip:#x}) stopped; page not mapped");
             exit::GUEST_VIOLATION
         }
-        StopReason::Halted { rip } => {
+        GuestExit::Halted { rip } => {
             log::warn!("guest halted with interrupts off at RIP {rip:#x}; stopping");
             exit::GUEST_STOPPED
         }
-        StopReason::Shutdown { rip } => {
+        GuestExit::Shutdown { rip } => {
             log::error!("guest shut down (triple fault) near RIP {rip:#x}; stopping");
             exit::GUEST_STOPPED
         }
-        StopReason::Unexpected { code, info1, info2 } => {
+        GuestExit::Unexpected { code, info1, info2 } => {
             log::error!("unexpected guest exit {code:#x} (info {info1:#x}, {info2:#x}); stopping");
+            exit::GUEST_STOPPED
+        }
+        GuestExit::SvsmCall => {
+            log::error!("request loop ended on an SVSM call; stopping");
             exit::GUEST_STOPPED
         }
     };

@@ -6,7 +6,7 @@
 //! to stop: the guest touched memory it may not, halted for good, or shut down.
 
 use crate::memory::{AddressError, GuestRange, PhysRange, PAGE};
-use crate::platform::{Access, GuestExit, Platform};
+use crate::platform::{GuestExit, Platform};
 use alloc::vec;
 use alloc::vec::Vec;
 use nitride_protocol::svsm::{
@@ -31,39 +31,6 @@ impl<E: nitride_vhsm::Platform> VhsmService for nitride_vhsm::Vault<E> {
             None => Vec::new(),
         }
     }
-}
-
-/// Why the SVSM stopped serving the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// The guest touched SVSM memory or memory outside guest RAM.
-    Violation {
-        /// Guest-physical address.
-        gpa: u64,
-        /// Guest RIP.
-        rip: u64,
-        /// Kind of access.
-        access: Access,
-    },
-    /// The guest halted with nothing to wake it.
-    Halted {
-        /// Guest RIP.
-        rip: u64,
-    },
-    /// The guest shut down (triple fault).
-    Shutdown {
-        /// Guest RIP.
-        rip: u64,
-    },
-    /// An exit the SVSM cannot handle.
-    Unexpected {
-        /// Platform exit code.
-        code: u64,
-        /// Exit information.
-        info1: u64,
-        /// Exit information.
-        info2: u64,
-    },
 }
 
 /// Counters kept by the request loop.
@@ -116,19 +83,13 @@ impl<P: Platform, V: VhsmService> Svsm<P, V> {
         self.stats
     }
 
-    /// Serve the guest until it has to be stopped.
-    pub fn run(&mut self) -> StopReason {
+    /// Serve the guest until it has to be stopped; returns the exit that ended it
+    /// (never [`GuestExit::SvsmCall`]).
+    pub fn run(&mut self) -> GuestExit {
         loop {
             match self.platform.run_guest() {
                 GuestExit::SvsmCall => self.handle_call(),
-                GuestExit::Violation { gpa, rip, access } => {
-                    return StopReason::Violation { gpa, rip, access }
-                }
-                GuestExit::Halted { rip } => return StopReason::Halted { rip },
-                GuestExit::Shutdown { rip } => return StopReason::Shutdown { rip },
-                GuestExit::Unexpected { code, info1, info2 } => {
-                    return StopReason::Unexpected { code, info1, info2 }
-                }
+                stop => return stop,
             }
         }
     }
@@ -287,7 +248,7 @@ fn well_framed(bytes: &[u8]) -> bool {
 pub(crate) mod tests {
     use super::*;
     use crate::memory::{GuestMemoryMap, GuestRange, PhysRange};
-    use crate::platform::GuestMemoryError;
+    use crate::platform::{Access, GuestMemoryError};
     use nitride_protocol::svsm::{call_rax, query_protocol_arg};
     use std::collections::VecDeque;
     use std::vec::Vec;
@@ -401,14 +362,14 @@ pub(crate) mod tests {
         nitride_vhsm::Vault::new(TestEntropy(0), nitride_vhsm::VaultPolicy::default()).unwrap()
     }
 
-    fn run(p: MockPlatform) -> (Svsm<MockPlatform, TestVault>, StopReason) {
+    fn run(p: MockPlatform) -> (Svsm<MockPlatform, TestVault>, GuestExit) {
         run_with(p, None)
     }
 
     fn run_with(
         p: MockPlatform,
         v: Option<TestVault>,
-    ) -> (Svsm<MockPlatform, TestVault>, StopReason) {
+    ) -> (Svsm<MockPlatform, TestVault>, GuestExit) {
         let mut s = Svsm::new(p, v, CAA);
         let stop = s.run();
         (s, stop)
@@ -564,7 +525,7 @@ pub(crate) mod tests {
         p.call(call_rax(0x77, 0), 0, true);
         p.call(call_rax(protocol::CORE, core_call::REMAP_CA), 0x3000, true);
         let (s, stop) = run(p);
-        assert_eq!(stop, StopReason::Halted { rip: 0 });
+        assert_eq!(stop, GuestExit::Halted { rip: 0 });
         let r = &s.platform().results;
         assert_eq!((r[0].rax, r[0].rcx), (0, (1 << 32) | 1));
         assert_eq!((r[1].rax, r[1].rcx), (0, 0));
@@ -641,7 +602,7 @@ pub(crate) mod tests {
         let (_, stop) = run(p);
         assert_eq!(
             stop,
-            StopReason::Violation {
+            GuestExit::Violation {
                 gpa: 0x20_0000,
                 rip: 0x1234,
                 access

@@ -15,10 +15,24 @@ use nitride_protocol::svsm::ResultCode;
 use nitride_protocol::vhsm::{
     KeyTemplate, KeyType, KeyUsage, Origin, Request, Status, VmplSet, HEADER_SIZE, MAX_REQUEST_SIZE,
 };
-use nitride_tests::{boot_guest, expect, start_relay, Outcome, VhsmError};
+use nitride_tests::{boot_guest, expect, start_relay, Outcome, RelayClient, VhsmClient, VhsmError};
 
 fn template(t: KeyType, usage: KeyUsage, exportable: bool) -> KeyTemplate {
     KeyTemplate::new(t, usage, VmplSet::all(), exportable)
+}
+
+/// Generate a key all VMPLs may use; returns its id.
+fn gen(
+    c: &mut VhsmClient<RelayClient>,
+    t: KeyType,
+    usage: KeyUsage,
+    exportable: bool,
+    label: &[u8],
+) -> u32 {
+    c.generate(template(t, usage, exportable), label)
+        .unwrap()
+        .key_id
+        .get()
 }
 
 fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
@@ -101,14 +115,13 @@ fn every_operation_through_the_firmware() {
     );
 
     // Ed25519.
-    let ed = c
-        .generate(
-            template(KeyType::Ed25519, KeyUsage::SIGN | KeyUsage::VERIFY, false),
-            b"ed",
-        )
-        .unwrap()
-        .key_id
-        .get();
+    let ed = gen(
+        &mut c,
+        KeyType::Ed25519,
+        KeyUsage::SIGN | KeyUsage::VERIFY,
+        false,
+        b"ed",
+    );
     std::fs::write(dir.join("ed.der"), c.public_key(ed).unwrap()).unwrap();
     std::fs::write(dir.join("ed.sig"), c.sign(ed, msg).unwrap()).unwrap();
     let (ok, out) = openssl(
@@ -124,36 +137,26 @@ fn every_operation_through_the_firmware() {
     );
 
     // HMAC-SHA-384.
-    let hm = c
-        .generate(
-            template(
-                KeyType::HmacSha384,
-                KeyUsage::SIGN | KeyUsage::VERIFY | KeyUsage::DERIVE,
-                false,
-            ),
-            b"",
-        )
-        .unwrap()
-        .key_id
-        .get();
+    let hm = gen(
+        &mut c,
+        KeyType::HmacSha384,
+        KeyUsage::SIGN | KeyUsage::VERIFY | KeyUsage::DERIVE,
+        false,
+        b"",
+    );
     let tag = c.sign(hm, msg).unwrap();
     assert_eq!(tag.len(), 48);
     c.verify(hm, msg, &tag).unwrap();
     assert!(matches!(c.public_key(hm), Err(VhsmError::Status(_))));
 
     // AES-256-GCM: the vault picks a fresh nonce each time.
-    let aes = c
-        .generate(
-            template(
-                KeyType::Aes256,
-                KeyUsage::ENCRYPT | KeyUsage::DECRYPT,
-                false,
-            ),
-            b"aes",
-        )
-        .unwrap()
-        .key_id
-        .get();
+    let aes = gen(
+        &mut c,
+        KeyType::Aes256,
+        KeyUsage::ENCRYPT | KeyUsage::DECRYPT,
+        false,
+        b"aes",
+    );
     let ct1 = c.encrypt(aes, b"aad", b"secret data").unwrap();
     let ct2 = c.encrypt(aes, b"aad", b"secret data").unwrap();
     assert_ne!(ct1[..12], ct2[..12], "nonces repeat");
@@ -164,22 +167,20 @@ fn every_operation_through_the_firmware() {
     );
 
     // Wrap / unwrap: an exportable key leaves wrapped and comes back as a new key.
-    let kek = c
-        .generate(
-            template(KeyType::Aes256, KeyUsage::WRAP | KeyUsage::UNWRAP, false),
-            b"kek",
-        )
-        .unwrap()
-        .key_id
-        .get();
-    let data_key = c
-        .generate(
-            template(KeyType::Aes256, KeyUsage::ENCRYPT | KeyUsage::DECRYPT, true),
-            b"dk",
-        )
-        .unwrap()
-        .key_id
-        .get();
+    let kek = gen(
+        &mut c,
+        KeyType::Aes256,
+        KeyUsage::WRAP | KeyUsage::UNWRAP,
+        false,
+        b"kek",
+    );
+    let data_key = gen(
+        &mut c,
+        KeyType::Aes256,
+        KeyUsage::ENCRYPT | KeyUsage::DECRYPT,
+        true,
+        b"dk",
+    );
     let wrapped = c.wrap(kek, data_key).unwrap();
     assert_eq!(wrapped.len(), 40);
     let back = c
