@@ -82,7 +82,8 @@ pub fn read(pa: u32) -> Result<BootInfo, PvhError> {
     let mut ram = Vec::new();
     for i in 0..u64::from(entries) {
         let mut e = [0u8; 24];
-        read_phys(memmap + i * 24, &mut e);
+        // An address that overflows reads as absent (read_phys refuses 0).
+        read_phys(memmap.checked_add(i * 24).unwrap_or(0), &mut e);
         if u32_at(&e, 16) != RAM_TYPE {
             continue;
         }
