@@ -15,6 +15,7 @@ use nitride_protocol::svsm::{
 };
 use nitride_protocol::vhsm::{RequestHeader, HEADER_SIZE, MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE};
 use zerocopy::FromBytes;
+use zeroize::Zeroizing;
 
 /// The vHSM behind the vHSM protocol: framed request bytes in, response bytes out
 /// (at most `MAX_RESPONSE_SIZE`). Implemented by the vault.
@@ -208,7 +209,8 @@ impl<P: Platform, V: VhsmService> Svsm<P, V> {
             return result(ResultCode::InvalidAddress);
         };
         // Copy first, then parse: the guest may change its memory meanwhile.
-        let mut bytes = vec![0u8; request.len() as usize];
+        // Requests and responses may carry key material or plaintext: wiped on drop.
+        let mut bytes = Zeroizing::new(vec![0u8; request.len() as usize]);
         if self.platform.read_guest(request, &mut bytes).is_err() {
             return result(ResultCode::InvalidAddress);
         }
@@ -219,7 +221,7 @@ impl<P: Platform, V: VhsmService> Svsm<P, V> {
         let Some(service) = self.vhsm.as_mut() else {
             return result(ResultCode::UnsupportedProtocol);
         };
-        let answer = service.handle(vmpl, &bytes);
+        let answer = Zeroizing::new(service.handle(vmpl, &bytes));
         let Some(out) = response.sub(0, answer.len() as u64) else {
             log::error!(
                 "vHSM produced an empty or oversized response ({} bytes)",
