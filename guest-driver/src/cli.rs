@@ -244,6 +244,17 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
     (c.run)(&parsed, out)
 }
 
+/// Run `nitride ARGS --socket SOCKET` in-process, capturing what it writes: for
+/// tools and tests that drive a running firmware through the command line.
+pub fn run_with_socket(socket: &Path, args: &[&str]) -> (Result<(), CliError>, Vec<u8>) {
+    let mut argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    argv.push("--socket".into());
+    argv.push(socket.display().to_string());
+    let mut out = Vec::new();
+    let result = run(&argv, &mut out);
+    (result, out)
+}
+
 /// Entry point for the binary: runs, prints errors to stderr, returns the exit code.
 pub fn main_with_args(args: &[String]) -> i32 {
     let stdout = std::io::stdout();

@@ -98,28 +98,21 @@ fn cargo_build(args: &[&str], target_dir: &Path) -> Result<(), Error> {
 /// Build every image (release profile).
 pub fn build_images() -> Result<Images, Error> {
     let dir = images_dir();
-    cargo_build(
-        &[
+    // The production image, and one honouring `nitride.fault=` for the tests.
+    for (features, sub) in [
+        ("firmware", "svsm"),
+        ("firmware,fault-injection", "svsm-fault-injection"),
+    ] {
+        let args = [
             "-p",
             "nitride-kernel",
             "--bin",
             "nitride-svsm",
             "--features",
-            "firmware",
-        ],
-        &dir.join("svsm"),
-    )?;
-    cargo_build(
-        &[
-            "-p",
-            "nitride-kernel",
-            "--bin",
-            "nitride-svsm",
-            "--features",
-            "firmware,fault-injection",
-        ],
-        &dir.join("svsm-fault-injection"),
-    )?;
+            features,
+        ];
+        cargo_build(&args, &dir.join(sub))?;
+    }
     cargo_build(
         &["--manifest-path", "tests/guest/Cargo.toml"],
         &dir.join("guest"),

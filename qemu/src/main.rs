@@ -432,10 +432,8 @@ fn down() -> Result<ExitCode, Error> {
 /// its output (binary output summarised); returns (success, stdout).
 fn nitride(socket: &std::path::Path, args: &[&str]) -> (bool, Vec<u8>) {
     println!("  $ nitride {}", args.join(" "));
-    let mut argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    argv.extend(["--socket".to_string(), socket.display().to_string()]);
-    let mut out = Vec::new();
-    let ok = match nitride_guest_driver::cli::run(&argv, &mut out) {
+    let (result, out) = nitride_guest_driver::cli::run_with_socket(socket, args);
+    let ok = match result {
         Ok(()) => true,
         Err(e) => {
             println!("    nitride: {e}");

@@ -12,13 +12,9 @@ use nitride_tests::start_relay;
 
 /// Run `nitride ARGS --socket SOCK`; returns (exit code, stdout, error message).
 fn nitride(sock: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
-    let mut argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    argv.push("--socket".into());
-    argv.push(sock.display().to_string());
-    let mut out = Vec::new();
-    match cli::run(&argv, &mut out) {
-        Ok(()) => (0, out, String::new()),
-        Err(e) => (e.exit_code(), out, e.to_string()),
+    match cli::run_with_socket(sock, args) {
+        (Ok(()), out) => (0, out, String::new()),
+        (Err(e), out) => (e.exit_code(), out, e.to_string()),
     }
 }
 

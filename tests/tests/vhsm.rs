@@ -35,6 +35,24 @@ fn gen(
         .get()
 }
 
+/// `openssl dgst -sha384 -verify` of `msg` in `dir` with the key `ec.der` and `sig`.
+fn openssl_ecdsa_verify(sig: &str, dir: &Path) -> (bool, String) {
+    openssl(
+        &[
+            "dgst",
+            "-sha384",
+            "-verify",
+            "ec.der",
+            "-keyform",
+            "DER",
+            "-signature",
+            sig,
+            "msg",
+        ],
+        dir,
+    )
+}
+
 fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
     let out = Command::new("openssl")
         .args(args)
@@ -74,40 +92,14 @@ fn every_operation_through_the_firmware() {
     let sig = c.sign(ec_id, msg).unwrap();
     std::fs::write(dir.join("ec.der"), &spki).unwrap();
     std::fs::write(dir.join("ec.sig"), &sig).unwrap();
-    let (ok, out) = openssl(
-        &[
-            "dgst",
-            "-sha384",
-            "-verify",
-            "ec.der",
-            "-keyform",
-            "DER",
-            "-signature",
-            "ec.sig",
-            "msg",
-        ],
-        &dir,
-    );
+    let (ok, out) = openssl_ecdsa_verify("ec.sig", &dir);
     assert!(ok && out.contains("Verified OK"), "openssl ECDSA: {out}");
     c.verify(ec_id, msg, &sig).unwrap();
     let mut bad = sig.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
     std::fs::write(dir.join("ec.bad"), &bad).unwrap();
-    let (ok, _) = openssl(
-        &[
-            "dgst",
-            "-sha384",
-            "-verify",
-            "ec.der",
-            "-keyform",
-            "DER",
-            "-signature",
-            "ec.bad",
-            "msg",
-        ],
-        &dir,
-    );
+    let (ok, _) = openssl_ecdsa_verify("ec.bad", &dir);
     assert!(!ok, "openssl accepted a corrupted signature");
     assert_eq!(
         c.verify(ec_id, msg, &bad),
