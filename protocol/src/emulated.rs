@@ -86,3 +86,92 @@ pub mod exit {
         ((value << 1) | 1) as i32
     }
 }
+
+/// The emulated PSP: what the runner hands the firmware (through QEMU's fw_cfg) so
+/// that it can play the part of the AMD Secure Processor, and the fixed values its
+/// reports carry. See `docs/emulated-platform.md`.
+///
+/// The runner generates a development chain once (ARK and ASK: RSA-4096, VCEK:
+/// P-384, certificates signed with RSA-PSS as AMD signs them) and caches it; the
+/// private keys never leave the build directory. The firmware receives the VCEK's
+/// private scalar, a chip secret (the root of KEY_REQ derivations, stable across
+/// boots like the real chip's) and the certificate table it returns to extended
+/// requests.
+pub mod dev_psp {
+    use zerocopy::byteorder::little_endian::U32;
+    use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+    /// The fw_cfg file the blob is passed in.
+    pub const FW_CFG_NAME: &str = "opt/nitride/dev-psp";
+    /// Magic at the start of the blob.
+    pub const MAGIC: [u8; 8] = *b"NDPSP001";
+    /// Largest certificate table accepted.
+    pub const MAX_CERT_TABLE: usize = 16 * 1024;
+
+    /// Head of the blob; the certificate table (`snp::certs` layout) follows.
+    #[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+    #[repr(C)]
+    pub struct BlobHeader {
+        /// [`MAGIC`].
+        pub magic: [u8; 8],
+        /// The development VCEK's private scalar, big-endian.
+        pub vcek_scalar: [u8; 48],
+        /// The chip secret KEY_REQ derivations start from.
+        pub chip_secret: [u8; 32],
+        /// Length of the certificate table that follows.
+        pub cert_table_len: U32,
+        /// Zero.
+        pub reserved: U32,
+    }
+    const _: () = assert!(core::mem::size_of::<BlobHeader>() == 96);
+
+    impl core::fmt::Debug for BlobHeader {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.debug_struct("BlobHeader")
+                .field("cert_table_len", &self.cert_table_len.get())
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// CHIP_ID of the emulated chip: `"NITRIDE-DEV-CHIP"` then zeros (a development
+    /// chip can never collide with a real one, whose CHIP_ID is a fused 64-byte value).
+    pub const CHIP_ID: [u8; 64] = {
+        let mut id = [0u8; 64];
+        let name = *b"NITRIDE-DEV-CHIP";
+        let mut i = 0;
+        while i < name.len() {
+            id[i] = name[i];
+            i += 1;
+        }
+        id
+    };
+
+    /// The emulated chip is a Genoa part: CPUID family, model, stepping in the report.
+    pub const CPUID_FAM_MOD_STEP: [u8; 3] = [0x19, 0x11, 0x01];
+    /// Product name in the development VCEK certificate.
+    pub const PRODUCT_NAME: &str = "Genoa";
+
+    /// TCB (Genoa layout): bootloader, TEE, SNP and microcode SPLs.
+    pub const TCB_BOOTLOADER: u8 = 9;
+    /// TEE SPL.
+    pub const TCB_TEE: u8 = 0;
+    /// SNP SPL.
+    pub const TCB_SNP: u8 = 23;
+    /// Microcode SPL.
+    pub const TCB_MICROCODE: u8 = 72;
+
+    /// The TCB_VERSION every TCB field of the report carries (current, reported,
+    /// committed, launch).
+    pub const TCB_VERSION: u64 =
+        u64::from_le_bytes([TCB_BOOTLOADER, TCB_TEE, 0, 0, 0, 0, TCB_SNP, TCB_MICROCODE]);
+
+    /// Report version the emulated PSP produces.
+    pub const REPORT_VERSION: u32 = 3;
+    /// Guest policy in the report: SMT allowed, reserved bit 17 set, not debug.
+    pub const GUEST_POLICY: u64 = (1 << 16) | (1 << 17);
+    /// PSP firmware version (build, minor, major) in the report.
+    pub const FIRMWARE_VERSION: [u8; 3] = [21, 55, 1];
+
+    /// Domain string of the launch measurement; see `docs/emulated-platform.md`.
+    pub const MEASUREMENT_DOMAIN: &[u8] = b"nitride emulated launch v1\0";
+}

@@ -6,6 +6,8 @@
 //!
 //! - [`svsm`]: the SVSM calling convention, result codes, the calling area (CAA), the
 //!   core protocol and the SVSM fields of the secrets page.
+//! - [`attest`]: the SVSM attestation protocol, the services manifest, the vHSM's
+//!   manifest entry and the AttestKey key binding.
 //! - [`emulated`]: the emulated platform's guest contract (addresses, ports, exit codes).
 //! - [`relay`]: framing between host tools and the relay guest.
 //! - [`snp`]: SEV-SNP attestation report, certificate table and guest-message layouts.
@@ -14,6 +16,10 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+#[cfg(test)]
+extern crate std;
+
+pub mod attest;
 pub mod emulated;
 pub mod relay;
 pub mod snp;

@@ -189,6 +189,9 @@ wire_enum! {
         GetAttributes = 14,
         /// Read the audit log.
         ReadAudit = 15,
+        /// A VMPL0 attestation report binding a key (one with ATTEST usage), its
+        /// attributes and a caller nonce (`attest::KeyBinding`).
+        AttestKey = 16,
     }
 }
 
@@ -234,6 +237,9 @@ wire_enum! {
         EntropyFailure = 16,
         /// The request or the response would exceed its maximum size.
         TooLarge = 17,
+        /// The platform could not produce an attestation report (no PSP, or the PSP
+        /// channel failed and was shut).
+        AttestationUnavailable = 18,
     }
 }
 
@@ -268,11 +274,15 @@ impl KeyType {
                 .union(KeyUsage::DECRYPT)
                 .union(KeyUsage::WRAP)
                 .union(KeyUsage::UNWRAP)
-                .union(KeyUsage::DERIVE),
-            Self::EcdsaP384 | Self::Ed25519 => KeyUsage::SIGN.union(KeyUsage::VERIFY),
+                .union(KeyUsage::DERIVE)
+                .union(KeyUsage::ATTEST),
+            Self::EcdsaP384 | Self::Ed25519 => KeyUsage::SIGN
+                .union(KeyUsage::VERIFY)
+                .union(KeyUsage::ATTEST),
             Self::HmacSha384 => KeyUsage::SIGN
                 .union(KeyUsage::VERIFY)
-                .union(KeyUsage::DERIVE),
+                .union(KeyUsage::DERIVE)
+                .union(KeyUsage::ATTEST),
         }
     }
 }
@@ -309,6 +319,9 @@ bitflags! {
         const UNWRAP = 1 << 5;
         /// Deriving new keys with HKDF.
         const DERIVE = 1 << 6;
+        /// Attestable: listed in the vHSM's attestation manifest and usable with
+        /// AttestKey. Any key type may carry it.
+        const ATTEST = 1 << 7;
     }
 }
 
@@ -703,6 +716,15 @@ pub enum Request<'a> {
         /// Return retained entries whose sequence number is at least this.
         from_seq: u64,
     },
+    /// `id key, bytes nonce`. Response body: `bytes binding, bytes report, bytes
+    /// certificates` (the key binding whose SHA-512 is REPORT_DATA, the 0x4A0-byte
+    /// report, the certificate table or empty).
+    AttestKey {
+        /// A key with ATTEST usage.
+        key: u32,
+        /// The caller's nonce (at most `attest::MAX_KEY_BINDING_NONCE` bytes).
+        nonce: &'a [u8],
+    },
 }
 
 /// Largest ciphertext field accepted by Decrypt.
@@ -733,6 +755,7 @@ impl<'a> Request<'a> {
             Self::List => Op::List,
             Self::GetAttributes { .. } => Op::GetAttributes,
             Self::ReadAudit { .. } => Op::ReadAudit,
+            Self::AttestKey { .. } => Op::AttestKey,
         }
     }
 
@@ -799,6 +822,10 @@ impl<'a> Request<'a> {
             Op::List => Self::List,
             Op::GetAttributes => Self::GetAttributes { key: r.u32()? },
             Op::ReadAudit => Self::ReadAudit { from_seq: r.u64()? },
+            Op::AttestKey => Self::AttestKey {
+                key: r.u32()?,
+                nonce: r.bytes(crate::attest::MAX_KEY_BINDING_NONCE)?,
+            },
         };
         r.finish()?;
         Ok(request)
@@ -881,6 +908,10 @@ impl<'a> Request<'a> {
             Self::Random { len } => w.u32(len),
             Self::List => Ok(()),
             Self::ReadAudit { from_seq } => w.u64(from_seq),
+            Self::AttestKey { key, nonce } => {
+                w.u32(key)?;
+                w.bytes(nonce)
+            }
         }
     }
 
@@ -973,6 +1004,29 @@ impl<'a> Response<'a> {
     pub fn audit_entries(&self) -> Result<&'a [AuditEntry], WireError> {
         counted(self.body)
     }
+
+    /// An AttestKey body: `bytes binding, bytes report, bytes certificates`.
+    pub fn attest_key(&self) -> Result<AttestKeyEvidence<'a>, WireError> {
+        let mut r = Reader::new(self.body);
+        let evidence = AttestKeyEvidence {
+            binding: r.bytes(MAX_RESPONSE_SIZE)?,
+            report: r.bytes(MAX_RESPONSE_SIZE)?,
+            certificates: r.bytes(MAX_RESPONSE_SIZE)?,
+        };
+        r.finish()?;
+        Ok(evidence)
+    }
+}
+
+/// What AttestKey returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttestKeyEvidence<'a> {
+    /// The key binding (`attest::KeyBinding` encoding); SHA-512 of it is REPORT_DATA.
+    pub binding: &'a [u8],
+    /// The attestation report (0x4A0 bytes).
+    pub report: &'a [u8],
+    /// The certificate table (`snp::certs`), empty when the platform has none.
+    pub certificates: &'a [u8],
 }
 
 /// `u32 count` followed by exactly `count` fixed-layout records.
@@ -1087,6 +1141,10 @@ mod tests {
             Request::List,
             Request::GetAttributes { key: 4 },
             Request::ReadAudit { from_seq: 17 },
+            Request::AttestKey {
+                key: 4,
+                nonce: b"nonce",
+            },
         ] {
             roundtrip(req);
         }
@@ -1167,8 +1225,8 @@ mod tests {
             assert_eq!(Status::from_raw(s.raw()), Some(s));
         }
         assert_eq!(Op::from_raw(0), None);
-        assert_eq!(Op::from_raw(16), None);
-        assert_eq!(Status::from_raw(18), None);
+        assert_eq!(Op::from_raw(17), None);
+        assert_eq!(Status::from_raw(19), None);
         assert_eq!(KeyType::from_raw(5), None);
         assert_eq!(Origin::from_raw(0), None);
         assert!(VmplSet::VMPL2.contains_vmpl(2));

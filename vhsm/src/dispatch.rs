@@ -139,6 +139,8 @@ impl<P: Platform> Vault<P> {
                 let entries: Vec<_> = self.audit.since(from_seq).copied().collect();
                 (0, put_counted(out, &entries))
             }
+            // No platform attestation yet.
+            Request::AttestKey { key, .. } => (key, Err(Error::AttestationUnavailable)),
         }
     }
 }

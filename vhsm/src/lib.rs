@@ -119,6 +119,8 @@ pub enum Error {
     Entropy,
     /// The response would exceed its maximum size.
     TooLarge,
+    /// The platform could not produce an attestation report.
+    AttestationUnavailable,
 }
 
 impl Error {
@@ -139,6 +141,7 @@ impl Error {
             Self::NonceLimitReached => Status::NonceLimitReached,
             Self::Entropy => Status::EntropyFailure,
             Self::TooLarge => Status::TooLarge,
+            Self::AttestationUnavailable => Status::AttestationUnavailable,
         }
     }
 }
