@@ -8,6 +8,7 @@
 
 use crate::memory::{GuestMemoryMap, GuestRange};
 use nitride_protocol::svsm::CallRegs;
+pub use nitride_vhsm::{AttestError, Evidence};
 
 /// What kind of access a guest made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,4 +88,11 @@ pub trait Platform {
     fn read_guest(&self, range: GuestRange, out: &mut [u8]) -> Result<(), GuestMemoryError>;
     /// Copy SVSM memory into guest memory; `data.len()` must equal `range.len()`.
     fn write_guest(&mut self, range: GuestRange, data: &[u8]) -> Result<(), GuestMemoryError>;
+    /// Ask the PSP for an attestation report at VMPL 0 carrying `report_data`, with
+    /// the certificate table when `certificates` is set.
+    fn attestation_report(
+        &mut self,
+        report_data: &[u8; 64],
+        certificates: bool,
+    ) -> Result<Evidence, AttestError>;
 }

@@ -333,6 +333,13 @@ pub(crate) mod tests {
             );
             Ok(())
         }
+        fn attestation_report(
+            &mut self,
+            _report_data: &[u8; 64],
+            _certificates: bool,
+        ) -> Result<crate::platform::Evidence, crate::platform::AttestError> {
+            Err(crate::platform::AttestError::Unavailable)
+        }
         fn write_guest(&mut self, range: GuestRange, data: &[u8]) -> Result<(), GuestMemoryError> {
             let at = range.gpa() as usize;
             self.ram

@@ -22,6 +22,8 @@
 
 extern crate alloc;
 
+use alloc::vec::Vec;
+
 pub mod audit;
 pub mod dispatch;
 pub mod drbg;
@@ -48,6 +50,51 @@ pub enum PlatformError {
 pub trait Platform {
     /// Fill `out` with full-entropy bytes, or fail.
     fn entropy(&mut self, out: &mut [u8]) -> Result<(), PlatformError>;
+}
+
+/// Attestation evidence from the platform's PSP.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// The attestation report (0x4A0 bytes, `snp::AttestationReport`).
+    pub report: Vec<u8>,
+    /// The certificate table (`snp::certs` layout), or empty when none was asked
+    /// for or the platform has none.
+    pub certificates: Vec<u8>,
+}
+
+/// Why the platform could not attest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttestError {
+    /// This platform has no PSP (or no channel to it).
+    Unavailable,
+    /// The PSP channel was shut after a failure (the VMPCK was wiped).
+    Disabled,
+    /// The PSP stayed busy.
+    Busy,
+    /// The PSP or the hypervisor returned an error.
+    Failed,
+}
+
+/// Produces VMPL0 attestation reports for the vault. The kernel passes one with
+/// each request, so that the vault never holds the platform.
+pub trait Attester {
+    /// A report at VMPL 0 with `report_data` in REPORT_DATA; with the certificate
+    /// table when `certificates` is set.
+    fn report(
+        &mut self,
+        report_data: &[u8; 64],
+        certificates: bool,
+    ) -> Result<Evidence, AttestError>;
+}
+
+/// An [`Attester`] for platforms without a PSP: every request fails.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoAttester;
+
+impl Attester for NoAttester {
+    fn report(&mut self, _: &[u8; 64], _: bool) -> Result<Evidence, AttestError> {
+        Err(AttestError::Unavailable)
+    }
 }
 
 /// Vault-wide policy, fixed at construction.

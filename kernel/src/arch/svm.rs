@@ -12,7 +12,9 @@ use super::take_once::{phys, TakeOnce};
 use nitride_kernel::memory::GuestMemoryMap;
 use nitride_kernel::memory::GuestRange;
 use nitride_kernel::npt::{self, Table, TablePool};
-use nitride_kernel::platform::{Access, GuestExit, GuestMemoryError, Platform};
+use nitride_kernel::platform::{
+    Access, AttestError, Evidence, GuestExit, GuestMemoryError, Platform,
+};
 use nitride_protocol::emulated::{
     boot_info, ports, GUEST_INITIAL_RSP, GUEST_PAGE_TABLES_GPA, GUEST_VMPL,
 };
@@ -501,6 +503,15 @@ impl Platform for Emulated {
 
     fn write_guest(&mut self, range: GuestRange, data: &[u8]) -> Result<(), GuestMemoryError> {
         guest_mem::write(range, data)
+    }
+
+    fn attestation_report(
+        &mut self,
+        _report_data: &[u8; 64],
+        _certificates: bool,
+    ) -> Result<Evidence, AttestError> {
+        // The emulated PSP is not wired in yet.
+        Err(AttestError::Unavailable)
     }
 }
 
