@@ -88,6 +88,9 @@ pub trait Platform {
     fn read_guest(&self, range: GuestRange, out: &mut [u8]) -> Result<(), GuestMemoryError>;
     /// Copy SVSM memory into guest memory; `data.len()` must equal `range.len()`.
     fn write_guest(&mut self, range: GuestRange, data: &[u8]) -> Result<(), GuestMemoryError>;
+    /// Whether this platform can produce attestation reports (a PSP and a working
+    /// channel to it); the attestation protocol is offered only then.
+    fn attestation_available(&self) -> bool;
     /// Ask the PSP for an attestation report at VMPL 0 carrying `report_data`, with
     /// the certificate table when `certificates` is set.
     fn attestation_report(

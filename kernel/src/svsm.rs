@@ -333,6 +333,9 @@ pub(crate) mod tests {
             );
             Ok(())
         }
+        fn attestation_available(&self) -> bool {
+            false
+        }
         fn attestation_report(
             &mut self,
             _report_data: &[u8; 64],

@@ -505,6 +505,10 @@ impl Platform for Emulated {
         guest_mem::write(range, data)
     }
 
+    fn attestation_available(&self) -> bool {
+        false
+    }
+
     fn attestation_report(
         &mut self,
         _report_data: &[u8; 64],
