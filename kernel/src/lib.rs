@@ -8,6 +8,8 @@
 //! - [`guest_setup`]: the secrets, boot-info and page-table pages given to the guest.
 //! - [`launch`]: loading the guest image and writing the fixed guest pages.
 //! - [`cmdline`]: the SVSM command line.
+//! - [`psp`]: the PSP guest-message client (attestation reports, derived keys).
+//! - [`emulated_psp`]: the emulated AMD Secure Processor the emulated platform talks to.
 //!
 //! The firmware binary (`src/main.rs` and `src/arch/`) adds boot, the CPU tables,
 //! the console and the emulated platform; all unsafe code lives there.
@@ -18,9 +20,11 @@ extern crate alloc;
 
 pub mod cmdline;
 pub mod elf;
+pub mod emulated_psp;
 pub mod guest_setup;
 pub mod launch;
 pub mod memory;
 pub mod npt;
 pub mod platform;
+pub mod psp;
 pub mod svsm;
