@@ -261,6 +261,11 @@ impl EmulatedPsp {
         }
     }
 
+    /// The next sequence number expected on VMPCK `n` (0 for `n` above 3).
+    pub fn expected_seqno(&self, n: usize) -> u64 {
+        self.expected.get(n).copied().unwrap_or(0)
+    }
+
     /// The configuration (certificates, VCEK public key).
     pub fn config(&self) -> &DevPspConfig {
         &self.config
@@ -541,5 +546,509 @@ impl PspChannel for EmulatedPspChannel {
         certificates: Option<&mut [u8]>,
     ) -> Result<(), ChannelError> {
         self.0.handle(request, response, certificates)
+    }
+}
+
+/// Fixtures shared by the tests of this module and of [`crate::psp`].
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use nitride_protocol::snp::certs::{CertTableEntry, ENTRY_SIZE, GUID_ARK, GUID_ASK, GUID_VCEK};
+
+    /// The development VCEK scalar of the tests (big-endian, below the order).
+    pub const SCALAR: [u8; 48] = [0x11; 48];
+    /// The chip secret of the tests.
+    pub const CHIP_SECRET: [u8; 32] = [0xC5; 32];
+
+    /// A certificate table: VCEK, ASK and ARK of `cert_len` bytes each (filled with
+    /// 0xA1, 0xA2, 0xA3), then the terminator.
+    pub fn cert_table(cert_len: usize) -> Vec<u8> {
+        let head = 4 * ENTRY_SIZE;
+        let mut t = vec![0u8; head + 3 * cert_len];
+        for (i, guid) in [GUID_VCEK, GUID_ASK, GUID_ARK].into_iter().enumerate() {
+            let offset = head + i * cert_len;
+            let e = CertTableEntry {
+                guid,
+                offset: U32::new(offset as u32),
+                length: U32::new(cert_len as u32),
+            };
+            t[i * ENTRY_SIZE..(i + 1) * ENTRY_SIZE].copy_from_slice(e.as_bytes());
+            t[offset..offset + cert_len].fill(0xA1 + i as u8);
+        }
+        t
+    }
+
+    /// A dev-PSP blob with `scalar` and `table`.
+    pub fn blob_with(scalar: [u8; 48], table: &[u8]) -> Vec<u8> {
+        let header = BlobHeader {
+            magic: dev_psp::MAGIC,
+            vcek_scalar: scalar,
+            chip_secret: CHIP_SECRET,
+            cert_table_len: U32::new(table.len() as u32),
+            reserved: U32::new(0),
+        };
+        let mut b = header.as_bytes().to_vec();
+        b.extend_from_slice(table);
+        b
+    }
+
+    /// The launch of the tests.
+    pub fn launch() -> LaunchInfo {
+        LaunchInfo {
+            measurement: [0x4D; 48],
+            host_data: [0x48; 32],
+            report_id: [0x52; 32],
+        }
+    }
+
+    /// VMPCKn of the tests: 32 bytes of `0x70 + n`.
+    pub fn vmpck(n: u8) -> [u8; 32] {
+        [0x70 + n; 32]
+    }
+
+    /// An emulated PSP with a table of three `cert_len`-byte certificates.
+    pub fn psp_with(cert_len: usize, launch: LaunchInfo) -> EmulatedPsp {
+        let config = DevPspConfig::parse(&blob_with(SCALAR, &cert_table(cert_len)));
+        EmulatedPsp::new(
+            config.unwrap(),
+            launch,
+            core::array::from_fn(|n| Zeroizing::new(vmpck(n as u8))),
+        )
+    }
+
+    /// The emulated PSP most tests use.
+    pub fn psp() -> EmulatedPsp {
+        psp_with(100, launch())
+    }
+
+    /// A request page as a guest would build it (no checks: tests tamper with it).
+    pub fn seal(key: &[u8; 32], header: MsgHeader, body: &[u8]) -> Box<[u8; PSP_PAGE]> {
+        let mut page = Box::new([0u8; PSP_PAGE]);
+        page[..HEADER_SIZE].copy_from_slice(header.as_bytes());
+        let (head, rest) = page.split_at_mut(HEADER_SIZE);
+        let out = &mut rest[..body.len()];
+        out.copy_from_slice(body);
+        let tag = Aes256Gcm::new(key.into())
+            .encrypt_in_place_detached(&nonce(header.msg_seqno.get()), &head[AAD_RANGE], out)
+            .unwrap();
+        head[..16].copy_from_slice(&tag);
+        page
+    }
+
+    /// A well-formed request header.
+    pub fn header(vmpck: u8, seqno: u64, ty: u8, body_len: usize) -> MsgHeader {
+        MsgHeader {
+            msg_seqno: U64::new(seqno),
+            algo: AEAD_AES_256_GCM,
+            hdr_version: HDR_VERSION,
+            hdr_sz: U16::new(HEADER_SIZE as u16),
+            msg_type: ty,
+            msg_version: MSG_VERSION,
+            msg_sz: U16::new(body_len as u16),
+            msg_vmpck: vmpck,
+            ..MsgHeader::new_zeroed()
+        }
+    }
+
+    /// Decrypt a page sealed under `key`: its header and body.
+    pub fn open(key: &[u8; 32], page: &[u8; PSP_PAGE]) -> (MsgHeader, Vec<u8>) {
+        let header = MsgHeader::read_from_bytes(&page[..HEADER_SIZE]).unwrap();
+        let mut body = page[HEADER_SIZE..HEADER_SIZE + usize::from(header.msg_sz.get())].to_vec();
+        Aes256Gcm::new(key.into())
+            .decrypt_in_place_detached(
+                &nonce(header.msg_seqno.get()),
+                &page[AAD_RANGE],
+                &mut body,
+                &tag_of(&header),
+            )
+            .unwrap();
+        (header, body)
+    }
+
+    /// Decrypt `page`, let `change` edit the header, and seal it again (a valid tag).
+    pub fn reseal(key: &[u8; 32], page: &mut [u8; PSP_PAGE], change: impl FnOnce(&mut MsgHeader)) {
+        let (mut header, body) = open(key, page);
+        change(&mut header);
+        *page = *seal(key, header, &body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use crate::psp::{PspClient, PspError};
+    use nitride_guest_driver::verify::verify_report_signature;
+    use nitride_guest_driver::verify::CertRole;
+    use nitride_protocol::snp::certs::ENTRY_SIZE;
+    use p384::ecdsa::signature::Verifier;
+
+    fn client(psp: EmulatedPsp, n: u8) -> PspClient<EmulatedPspChannel> {
+        PspClient::new(EmulatedPspChannel::new(psp), Zeroizing::new(vmpck(n)), n)
+    }
+
+    fn report_req(vmpl: u32, key_sel: u32) -> ReportReq {
+        let mut r = ReportReq::new_zeroed();
+        r.user_data = [0x55; 64];
+        r.vmpl = U32::new(vmpl);
+        r.key_sel = U32::new(key_sel);
+        r
+    }
+
+    /// Send a raw body on VMPCK `n` with `seqno`; the decrypted response body.
+    fn raw(
+        psp: &mut EmulatedPsp,
+        n: u8,
+        seqno: u64,
+        ty: u8,
+        body: &[u8],
+    ) -> Result<Vec<u8>, ChannelError> {
+        let req = seal(&vmpck(n), header(n, seqno, ty, body.len()), body);
+        let mut rsp = Box::new([0u8; PSP_PAGE]);
+        psp.handle(&req, &mut rsp, None)?;
+        let (h, body) = open(&vmpck(n), &rsp);
+        assert_eq!(
+            (h.msg_seqno.get(), h.msg_type, h.msg_vmpck),
+            (seqno + 1, ty + 1, n)
+        );
+        Ok(body)
+    }
+
+    #[test]
+    fn parse_accepts_a_good_blob_and_redacts() {
+        let table = cert_table(10);
+        let config = DevPspConfig::parse(&blob_with(SCALAR, &table)).unwrap();
+        assert_eq!(config.cert_table(), &table[..]);
+        let expected = SigningKey::from_slice(&SCALAR).unwrap();
+        assert_eq!(config.vcek_public(), *expected.verifying_key());
+        let dbg = format!("{config:?}");
+        assert!(dbg.contains("REDACTED") && !dbg.contains("197"), "{dbg}");
+    }
+
+    #[test]
+    fn parse_rejects_bad_blobs() {
+        let table = cert_table(10);
+        let good = blob_with(SCALAR, &table);
+        let parse = |b: &[u8]| DevPspConfig::parse(b).map(|_| ());
+        assert_eq!(parse(&good[..95]), Err(DevPspError::TooShort { len: 95 }));
+        let mut b = good.clone();
+        b[0] ^= 1;
+        assert_eq!(parse(&b), Err(DevPspError::BadMagic));
+        let mut b = good.clone();
+        b[92] = 1;
+        assert_eq!(parse(&b), Err(DevPspError::ReservedNotZero));
+        let mut b = good.clone();
+        b.push(0);
+        assert_eq!(
+            parse(&b),
+            Err(DevPspError::LengthMismatch {
+                len: good.len() + 1,
+                expected: good.len()
+            })
+        );
+        assert!(matches!(
+            parse(&good[..good.len() - 1]),
+            Err(DevPspError::LengthMismatch { .. })
+        ));
+        let big = vec![0u8; dev_psp::MAX_CERT_TABLE + 1];
+        assert_eq!(
+            parse(&blob_with(SCALAR, &big)),
+            Err(DevPspError::TableTooLarge { len: big.len() })
+        );
+        assert_eq!(
+            parse(&blob_with([0; 48], &table)),
+            Err(DevPspError::BadScalar)
+        );
+        assert_eq!(
+            parse(&blob_with([0xFF; 48], &table)),
+            Err(DevPspError::BadScalar)
+        );
+        // No terminator: one entry (pointing at itself) and nothing after it.
+        let mut t = table[..ENTRY_SIZE].to_vec();
+        t[16..24].copy_from_slice(&[0, 0, 0, 0, 24, 0, 0, 0]);
+        assert!(matches!(
+            parse(&blob_with(SCALAR, &t)),
+            Err(DevPspError::BadTable(
+                CertTableError::MissingTerminator { .. }
+            ))
+        ));
+        let mut t = table.clone();
+        t[16..20].copy_from_slice(&5000u32.to_le_bytes());
+        assert!(matches!(
+            parse(&blob_with(SCALAR, &t)),
+            Err(DevPspError::BadTable(
+                CertTableError::EntryOutOfBounds { .. }
+            ))
+        ));
+    }
+
+    #[test]
+    fn report_fields_and_signature() {
+        let mut c = client(psp(), 0);
+        let ev = c.report(&[0x5A; 64], 0, false).unwrap();
+        assert!(ev.certificates.is_empty());
+        let r = AttestationReport::read_from_bytes(&ev.report).unwrap();
+        assert_eq!(r.version.get(), 3);
+        assert_eq!(r.guest_svn.get(), 0);
+        assert_eq!(r.policy.get(), dev_psp::GUEST_POLICY);
+        assert_eq!(r.vmpl.get(), 0);
+        assert_eq!(r.signature_algo.get(), 1);
+        for tcb in [r.current_tcb, r.reported_tcb, r.committed_tcb, r.launch_tcb] {
+            assert_eq!(tcb.get(), dev_psp::TCB_VERSION);
+        }
+        assert_eq!((r.platform_info.get(), r.signer_info.get()), (0, 0));
+        assert_eq!(r.report_data, [0x5A; 64]);
+        assert_eq!(r.measurement, launch().measurement);
+        assert_eq!(r.host_data, launch().host_data);
+        assert_eq!(r.report_id, launch().report_id);
+        assert_eq!(r.report_id_ma, [0xFF; 32]);
+        assert_eq!(
+            [r.cpuid_fam_id, r.cpuid_mod_id, r.cpuid_step],
+            dev_psp::CPUID_FAM_MOD_STEP
+        );
+        assert_eq!(r.chip_id, dev_psp::CHIP_ID);
+        assert_eq!(
+            [r.current_build, r.current_minor, r.current_major],
+            dev_psp::FIRMWARE_VERSION
+        );
+        assert_eq!(
+            [r.committed_build, r.committed_minor, r.committed_major],
+            dev_psp::FIRMWARE_VERSION
+        );
+        assert_eq!((r.family_id, r.image_id), ([0; 16], [0; 16]));
+        assert_eq!(r.id_key_digest, [0; 48]);
+        assert!(r.signature.r[48..].iter().all(|&b| b == 0));
+        assert!(r.signature.s[48..].iter().all(|&b| b == 0));
+
+        // The signature, checked independently: r and s little-endian.
+        let be = |le: &[u8]| {
+            let mut b = [0u8; 48];
+            b.iter_mut()
+                .zip(le[..48].iter().rev())
+                .for_each(|(d, s)| *d = *s);
+            p384::FieldBytes::from(b)
+        };
+        let sig = Signature::from_scalars(be(&r.signature.r), be(&r.signature.s)).unwrap();
+        let vk = c.channel().psp().config().vcek_public();
+        vk.verify(&ev.report[..SIGNED_LEN], &sig).unwrap();
+        // ... and by the guest driver's verifier.
+        verify_report_signature(&r, &vk, CertRole::Vcek).unwrap();
+        let mut forged = r;
+        forged.report_data[0] ^= 1;
+        assert!(verify_report_signature(&forged, &vk, CertRole::Vcek).is_err());
+        assert!(vk.verify(forged.signed_bytes(), &sig).is_err());
+    }
+
+    #[test]
+    fn report_vmpl_and_key_selection() {
+        // VMPCK1 belongs to VMPL1: it may ask for VMPL 1..3 only.
+        let mut c = client(psp(), 1);
+        assert_eq!(c.report(&[0; 64], 0, false), Err(PspError::Status(0x16)));
+        let ev = c.report(&[0; 64], 2, false).unwrap();
+        let r = AttestationReport::read_from_bytes(&ev.report).unwrap();
+        assert_eq!(r.vmpl.get(), 2);
+        assert_eq!(c.report(&[0; 64], 4, false), Err(PspError::Status(0x16)));
+        assert!(!c.is_disabled());
+
+        let mut p = psp();
+        let status = |b: &[u8]| u32::from_le_bytes(b[..4].try_into().unwrap());
+        let size = |b: &[u8]| u32::from_le_bytes(b[4..8].try_into().unwrap());
+        let ty = msg_type::REPORT_REQ;
+        let b = raw(&mut p, 0, 1, ty, report_req(0, 1).as_bytes()).unwrap();
+        assert_eq!((status(&b), size(&b)), (0, 0x4A0));
+        let b = raw(&mut p, 0, 3, ty, report_req(0, 2).as_bytes()).unwrap();
+        assert_eq!((status(&b), size(&b)), (0x27, 0));
+        assert!(b[0x20..].iter().all(|&x| x == 0));
+        let b = raw(&mut p, 0, 5, ty, report_req(0, 3).as_bytes()).unwrap();
+        assert_eq!(status(&b), 0x16);
+        let b = raw(&mut p, 0, 7, ty, report_req(0, 0).as_bytes()).unwrap();
+        assert_eq!(status(&b), 0);
+    }
+
+    #[test]
+    fn certificates_too_small_is_not_processed() {
+        let mut p = psp_with(2000, launch()); // 96 + 6000 bytes: two pages
+        let body = report_req(0, 0);
+        let req = seal(&vmpck(0), header(0, 1, 5, 0x60), body.as_bytes());
+        let mut rsp = Box::new([0u8; PSP_PAGE]);
+        let mut small = vec![0u8; PSP_PAGE];
+        assert_eq!(
+            p.handle(&req, &mut rsp, Some(&mut small)),
+            Err(ChannelError::CertificatesTooSmall { pages: 2 })
+        );
+        assert!(rsp.iter().all(|&b| b == 0));
+        // Seqno 1 is still expected; the table arrives with a large enough buffer.
+        let mut big = vec![0xEEu8; 2 * PSP_PAGE];
+        p.handle(&req, &mut rsp, Some(&mut big)).unwrap();
+        let table = cert_table(2000);
+        assert_eq!(&big[..table.len()], &table[..]);
+        assert!(big[table.len()..].iter().all(|&b| b == 0));
+        assert_eq!(open(&vmpck(0), &rsp).0.msg_seqno.get(), 2);
+    }
+
+    #[test]
+    fn bad_requests_fail_without_advancing() {
+        let mut p = psp();
+        let body = report_req(0, 0);
+        let body = body.as_bytes();
+        let key = vmpck(0);
+        let mut rsp = Box::new([0u8; PSP_PAGE]);
+        let good = header(0, 1, msg_type::REPORT_REQ, body.len());
+        let mut cases: Vec<(MsgHeader, u32)> = Vec::new();
+        let mut h = good;
+        h.algo = 2;
+        cases.push((h, 0x16));
+        let mut h = good;
+        h.hdr_version = 2;
+        cases.push((h, 0x16));
+        let mut h = good;
+        h.hdr_sz = U16::new(0x40);
+        cases.push((h, 0x16));
+        let mut h = good;
+        h.msg_version = 2;
+        cases.push((h, 0x16));
+        let mut h = good;
+        h.msg_type = 7;
+        cases.push((h, 0x16));
+        let mut h = good;
+        h.msg_type = msg_type::REPORT_RSP;
+        cases.push((h, 0x16));
+        let mut h = good;
+        h.msg_sz = U16::new(0x61);
+        cases.push((h, 0x16));
+        let mut h = good;
+        h.msg_vmpck = 4;
+        cases.push((h, 0x16));
+        let mut h = good;
+        h.msg_seqno = U64::new(3); // not the expected 1
+        cases.push((h, 0x18));
+        let mut h = good;
+        h.msg_seqno = U64::new(u64::MAX);
+        cases.push((h, 0x1D));
+        for (h, code) in cases {
+            let req = seal(&key, h, body);
+            assert_eq!(
+                p.handle(&req, &mut rsp, None),
+                Err(ChannelError::Firmware(code)),
+                "{h:?}"
+            );
+        }
+        // A bad tag, and a message sealed with VMPCK0 but naming VMPCK1.
+        let mut req = seal(&key, good, body);
+        req[HEADER_SIZE] ^= 1;
+        assert_eq!(
+            p.handle(&req, &mut rsp, None),
+            Err(ChannelError::Firmware(0x18))
+        );
+        let mut h = good;
+        h.msg_vmpck = 1;
+        let req = seal(&key, h, body);
+        assert_eq!(
+            p.handle(&req, &mut rsp, None),
+            Err(ChannelError::Firmware(0x18))
+        );
+        assert_eq!(p.expected, [1; 4]);
+        // The good request is still accepted, once: a replay fails.
+        let req = seal(&key, good, body);
+        p.handle(&req, &mut rsp, None).unwrap();
+        assert_eq!(p.expected, [3, 1, 1, 1]);
+        assert_eq!(
+            p.handle(&req, &mut rsp, None),
+            Err(ChannelError::Firmware(0x18))
+        );
+    }
+
+    fn key_req(select: u64, vmpl: u32) -> KeyReq {
+        KeyReq {
+            guest_field_select: U64::new(select),
+            vmpl: U32::new(vmpl),
+            ..KeyReq::default()
+        }
+    }
+
+    #[test]
+    fn derived_keys_are_deterministic_and_separated() {
+        use guest_field::*;
+        let sel = POLICY | MEASUREMENT;
+        let k1 = client(psp(), 0).derive_key(&key_req(sel, 0)).unwrap();
+        // A new boot (a new PSP instance) gives the same key, at any seqno.
+        let mut c = client(psp(), 0);
+        c.report(&[0; 64], 0, false).unwrap();
+        assert_eq!(*c.derive_key(&key_req(sel, 0)).unwrap(), *k1);
+        assert_ne!(*k1, [0; 32]);
+        // The VMPL, the selection and (when selected) the measurement separate keys.
+        assert_ne!(*c.derive_key(&key_req(sel, 1)).unwrap(), *k1);
+        assert_ne!(*c.derive_key(&key_req(POLICY, 0)).unwrap(), *k1);
+        let mut other = launch();
+        other.measurement[47] ^= 1;
+        let mut c2 = client(psp_with(100, other), 0);
+        assert_ne!(*c2.derive_key(&key_req(sel, 0)).unwrap(), *k1);
+        assert_eq!(
+            *c2.derive_key(&key_req(POLICY, 0)).unwrap(),
+            *c.derive_key(&key_req(POLICY, 0)).unwrap()
+        );
+        // VMPCK1 derives VMPL 1 keys like VMPCK0 does; VMPL 0 keys are out of reach.
+        let mut c1 = client(psp(), 1);
+        assert_eq!(
+            *c1.derive_key(&key_req(sel, 1)).unwrap(),
+            *c.derive_key(&key_req(sel, 1)).unwrap()
+        );
+        assert_eq!(c1.derive_key(&key_req(sel, 0)), Err(PspError::Status(0x16)));
+    }
+
+    #[test]
+    fn derived_key_matches_the_documented_encoding() {
+        use guest_field::*;
+        let mut req = key_req(
+            POLICY | IMAGE_ID | FAMILY_ID | MEASUREMENT | GUEST_SVN | TCB_VERSION,
+            2,
+        );
+        req.tcb_version = U64::new(dev_psp::TCB_VERSION);
+        let got = client(psp(), 0).derive_key(&req).unwrap();
+        let mut info = KEY_DOMAIN.to_vec();
+        info.extend_from_slice(&2u32.to_le_bytes());
+        info.extend_from_slice(&0x3Fu64.to_le_bytes());
+        info.extend_from_slice(&dev_psp::GUEST_POLICY.to_le_bytes());
+        info.extend_from_slice(&[0; 32]);
+        info.extend_from_slice(&launch().measurement);
+        info.extend_from_slice(&0u32.to_le_bytes());
+        info.extend_from_slice(&dev_psp::TCB_VERSION.to_le_bytes());
+        let mut want = [0u8; 32];
+        Hkdf::<Sha384>::new(None, &CHIP_SECRET)
+            .expand(&info, &mut want)
+            .unwrap();
+        assert_eq!(*got, want);
+    }
+
+    #[test]
+    fn key_requests_with_bad_parameters() {
+        use guest_field::*;
+        let mut c = client(psp(), 0);
+        let mut vmrk = key_req(0, 0);
+        vmrk.root_key_select = U32::new(1);
+        let mut svn = key_req(GUEST_SVN, 0);
+        svn.guest_svn = U32::new(1);
+        let mut tcb = key_req(TCB_VERSION, 0);
+        tcb.tcb_version = U64::new(dev_psp::TCB_VERSION + (1 << 56)); // microcode + 1
+        for req in [vmrk, svn, tcb, key_req(LAUNCH_MIT_VECTOR, 0), key_req(0, 4)] {
+            assert_eq!(c.derive_key(&req), Err(PspError::Status(0x16)), "{req:?}");
+        }
+        // Not selected: the values do not matter.
+        let mut tcb_unselected = key_req(0, 0);
+        tcb_unselected.tcb_version = U64::new(u64::MAX);
+        assert_eq!(
+            *c.derive_key(&tcb_unselected).unwrap(),
+            *c.derive_key(&key_req(0, 0)).unwrap()
+        );
+        // A lower TCB is allowed and gives another key.
+        let mut lower = key_req(TCB_VERSION, 0);
+        lower.tcb_version = U64::new(dev_psp::TCB_VERSION - 1);
+        let mut same = key_req(TCB_VERSION, 0);
+        same.tcb_version = U64::new(dev_psp::TCB_VERSION);
+        assert_ne!(
+            *c.derive_key(&lower).unwrap(),
+            *c.derive_key(&same).unwrap()
+        );
+        assert!(!c.is_disabled());
     }
 }

@@ -528,3 +528,338 @@ fn trim_cert_table(mut buf: Vec<u8>) -> Result<Vec<u8>, PspError> {
     buf.truncate(end);
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulated_psp::testing::{self, open, psp, psp_with, reseal, vmpck};
+    use crate::emulated_psp::EmulatedPsp;
+    use nitride_protocol::snp::msg::guest_field;
+
+    type HeaderEdit = Box<dyn FnOnce(&mut MsgHeader)>;
+
+    /// The emulated PSP behind a channel that records and can misbehave.
+    struct Tamper {
+        psp: EmulatedPsp,
+        /// Every call: the request's seqno and whether it was an extended request.
+        calls: Vec<(u64, bool)>,
+        /// Answer BUSY this many times (without reaching the PSP).
+        busy: u32,
+        /// Fail the next call with this error (without reaching the PSP).
+        fail: Option<ChannelError>,
+        /// Edit the next response's header and seal it again (valid tag).
+        edit: Option<HeaderEdit>,
+        /// Flip a byte of the next response's tag.
+        corrupt_tag: bool,
+        /// Answer the next call with this page instead (a replay).
+        replay: Option<Box<[u8; PSP_PAGE]>>,
+        /// The last response delivered.
+        last: Option<Box<[u8; PSP_PAGE]>>,
+    }
+
+    impl Tamper {
+        fn new(psp: EmulatedPsp) -> Self {
+            Self {
+                psp,
+                calls: Vec::new(),
+                busy: 0,
+                fail: None,
+                edit: None,
+                corrupt_tag: false,
+                replay: None,
+                last: None,
+            }
+        }
+    }
+
+    impl PspChannel for Tamper {
+        fn guest_request(
+            &mut self,
+            request: &[u8; PSP_PAGE],
+            response: &mut [u8; PSP_PAGE],
+            certificates: Option<&mut [u8]>,
+        ) -> Result<(), ChannelError> {
+            let header = MsgHeader::read_from_bytes(&request[..HEADER_SIZE]).unwrap();
+            self.calls
+                .push((header.msg_seqno.get(), certificates.is_some()));
+            if self.busy > 0 {
+                self.busy -= 1;
+                return Err(ChannelError::Busy);
+            }
+            if let Some(e) = self.fail.take() {
+                return Err(e);
+            }
+            if let Some(page) = self.replay.take() {
+                *response = *page;
+                return Ok(());
+            }
+            self.psp.handle(request, response, certificates)?;
+            if let Some(edit) = self.edit.take() {
+                reseal(&vmpck(0), response, edit);
+            }
+            if core::mem::take(&mut self.corrupt_tag) {
+                response[3] ^= 0x80;
+            }
+            self.last = Some(Box::new(*response));
+            Ok(())
+        }
+    }
+
+    fn client() -> PspClient<Tamper> {
+        PspClient::new(Tamper::new(psp()), Zeroizing::new(vmpck(0)), 0)
+    }
+
+    fn seqnos(c: &PspClient<Tamper>) -> Vec<u64> {
+        c.channel().calls.iter().map(|c| c.0).collect()
+    }
+
+    /// After a failure: the VMPCK is wiped, and nothing more reaches the channel.
+    fn assert_shut(c: &mut PspClient<Tamper>) {
+        assert!(c.is_disabled());
+        assert_eq!(*c.vmpck, [0; 32]);
+        let calls = c.channel().calls.len();
+        assert_eq!(c.report(&[0; 64], 0, false), Err(PspError::Disabled));
+        assert_eq!(
+            c.derive_key(&KeyReq::default()).map(|_| ()),
+            Err(PspError::Disabled)
+        );
+        assert_eq!(c.channel().calls.len(), calls);
+    }
+
+    #[test]
+    fn sequence_numbers_advance_by_two() {
+        let mut c = client();
+        let a = c.report(&[1; 64], 0, false).unwrap();
+        c.derive_key(&KeyReq::default()).unwrap();
+        let b = c.report(&[1; 64], 0, false).unwrap();
+        assert_eq!(seqnos(&c), [1, 3, 5]);
+        assert_eq!(c.channel().psp.expected_seqno(0), 7);
+        assert_eq!(c.counter, 6);
+        // Same input, same (deterministically signed) report.
+        assert_eq!(a, b);
+        // The request on the wire is encrypted.
+        let mut c = client();
+        c.report(&[0xAB; 64], 0, false).unwrap();
+        let last = c.channel().last.as_ref().unwrap();
+        assert!(!last[HEADER_SIZE..].windows(64).any(|w| w == [0xAB; 64]));
+        assert_eq!(open(&vmpck(0), last).0.msg_type, msg_type::REPORT_RSP);
+    }
+
+    fn expect_rejected(edit: impl FnOnce(&mut MsgHeader) + 'static, why: &'static str) {
+        let mut c = client();
+        c.report(&[0; 64], 0, false).unwrap();
+        c.channel_mut().edit = Some(Box::new(edit));
+        assert_eq!(
+            c.report(&[0; 64], 0, false),
+            Err(PspError::BadResponse(why)).map(|()| unreachable!())
+        );
+        assert_shut(&mut c);
+    }
+
+    #[test]
+    fn responses_that_do_not_match_the_request_shut_the_channel() {
+        expect_rejected(
+            |h| h.msg_seqno = U64::new(h.msg_seqno.get() + 2),
+            "msg_seqno is not request + 1",
+        );
+        expect_rejected(
+            |h| h.msg_seqno = U64::new(h.msg_seqno.get() - 1),
+            "msg_seqno is not request + 1",
+        );
+        expect_rejected(|h| h.msg_type += 2, "msg_type is not request + 1");
+        expect_rejected(
+            |h| h.msg_version = 2,
+            "msg_version differs from the request",
+        );
+        expect_rejected(|h| h.msg_vmpck = 1, "msg_vmpck differs from the request");
+        expect_rejected(|h| h.algo = 2, "algo is not AES-256-GCM");
+        expect_rejected(|h| h.hdr_version = 2, "hdr_version");
+        expect_rejected(|h| h.hdr_sz = U16::new(0x20), "hdr_sz");
+        expect_rejected(|h| h.msg_sz = U16::new(0), "msg_sz");
+    }
+
+    #[test]
+    fn a_bad_tag_shuts_the_channel() {
+        let mut c = client();
+        c.channel_mut().corrupt_tag = true;
+        assert_eq!(
+            c.derive_key(&KeyReq::default()).map(|_| ()),
+            Err(PspError::BadResponse("authentication tag"))
+        );
+        assert_shut(&mut c);
+    }
+
+    #[test]
+    fn a_replayed_response_is_refused() {
+        let mut c = client();
+        c.report(&[0; 64], 0, false).unwrap();
+        let old = c.channel().last.clone();
+        c.channel_mut().replay = old;
+        assert_eq!(
+            c.report(&[0; 64], 0, false),
+            Err(PspError::BadResponse("msg_seqno is not request + 1")).map(|()| unreachable!())
+        );
+        assert_shut(&mut c);
+    }
+
+    #[test]
+    fn busy_is_retried_with_the_same_message() {
+        let mut c = client();
+        c.channel_mut().busy = 3;
+        c.report(&[0; 64], 0, false).unwrap();
+        assert_eq!(seqnos(&c), [1, 1, 1, 1]);
+        c.report(&[0; 64], 0, false).unwrap();
+        assert_eq!(seqnos(&c), [1, 1, 1, 1, 3]);
+        assert!(!c.is_disabled());
+    }
+
+    #[test]
+    fn busy_forever_gives_up_and_shuts_the_channel() {
+        let mut c = client();
+        c.channel_mut().busy = u32::MAX;
+        assert_eq!(
+            c.report(&[0; 64], 0, false).map(|_| ()),
+            Err(PspError::Busy)
+        );
+        assert_eq!(c.channel().calls.len(), MAX_BUSY_RETRIES as usize + 1);
+        assert_eq!(AttestError::from(PspError::Busy), AttestError::Busy);
+        assert_shut(&mut c);
+    }
+
+    #[test]
+    fn transport_errors_shut_the_channel() {
+        for e in [ChannelError::Firmware(0x18), ChannelError::Hypervisor(7)] {
+            let mut c = client();
+            c.channel_mut().fail = Some(e);
+            assert_eq!(
+                c.report(&[0; 64], 0, true).map(|_| ()),
+                Err(PspError::Channel(e))
+            );
+            assert_shut(&mut c);
+        }
+        // The emulated PSP's own refusal (here: a VMPCK the PSP does not share).
+        let mut c = PspClient::new(Tamper::new(psp()), Zeroizing::new([9; 32]), 0);
+        assert_eq!(
+            c.report(&[0; 64], 0, false).map(|_| ()),
+            Err(PspError::Channel(ChannelError::Firmware(0x18)))
+        );
+        assert_shut(&mut c);
+    }
+
+    #[test]
+    fn status_errors_keep_the_channel() {
+        let mut c = PspClient::new(Tamper::new(psp()), Zeroizing::new(vmpck(1)), 1);
+        assert_eq!(
+            c.report(&[0; 64], 0, false).map(|_| ()),
+            Err(PspError::Status(0x16))
+        );
+        let vmrk = KeyReq {
+            root_key_select: U32::new(1),
+            vmpl: U32::new(1),
+            ..KeyReq::default()
+        };
+        assert_eq!(c.derive_key(&vmrk).map(|_| ()), Err(PspError::Status(0x16)));
+        assert_eq!(
+            AttestError::from(PspError::Status(0x16)),
+            AttestError::Failed
+        );
+        assert!(!c.is_disabled());
+        c.report(&[0; 64], 1, false).unwrap();
+        assert_eq!(seqnos(&c), [1, 3, 5]);
+    }
+
+    #[test]
+    fn extended_request_returns_the_trimmed_table() {
+        let mut c = client();
+        let ev = c.report(&[7; 64], 0, true).unwrap();
+        assert_eq!(ev.certificates, testing::cert_table(100));
+        assert_eq!(ev.report.len(), 0x4A0);
+        assert_eq!(c.channel().calls, [(1, true)]);
+    }
+
+    #[test]
+    fn too_small_certificate_buffer_keeps_seqnos_in_step() {
+        // Three 2000-byte certificates: two pages; the client starts with one.
+        let mut c = PspClient::new(
+            Tamper::new(psp_with(2000, testing::launch())),
+            Zeroizing::new(vmpck(0)),
+            0,
+        )
+        .with_cert_pages(1);
+        let ev = c.report(&[7; 64], 0, true).unwrap();
+        assert_eq!(ev.certificates, testing::cert_table(2000));
+        // Extended (too small), the same message plain, a fresh extended request.
+        assert_eq!(c.channel().calls, [(1, true), (1, false), (3, true)]);
+        c.report(&[7; 64], 0, false).unwrap();
+        assert_eq!(c.channel().calls.last(), Some(&(5, false)));
+        assert!(!c.is_disabled());
+    }
+
+    #[test]
+    fn too_many_certificate_pages_are_refused_in_step() {
+        let mut c = client();
+        c.channel_mut().fail = Some(ChannelError::CertificatesTooSmall {
+            pages: MAX_CERT_PAGES + 1,
+        });
+        assert_eq!(
+            c.report(&[0; 64], 0, true).map(|_| ()),
+            Err(PspError::CertificatesTooLarge {
+                pages: MAX_CERT_PAGES + 1
+            })
+        );
+        assert!(!c.is_disabled());
+        c.report(&[0; 64], 0, true).unwrap();
+        assert_eq!(c.channel().calls, [(1, true), (1, false), (3, true)]);
+    }
+
+    #[test]
+    fn certificates_too_small_on_a_plain_request_shuts_the_channel() {
+        let mut c = client();
+        let e = ChannelError::CertificatesTooSmall { pages: 2 };
+        c.channel_mut().fail = Some(e);
+        assert_eq!(
+            c.report(&[0; 64], 0, false).map(|_| ()),
+            Err(PspError::Channel(e))
+        );
+        assert_shut(&mut c);
+    }
+
+    #[test]
+    fn empty_certificate_table_gives_no_certificates() {
+        assert_eq!(trim_cert_table(vec![0; PSP_PAGE]), Ok(Vec::new()));
+        let mut t = testing::cert_table(10);
+        let len = t.len();
+        t.resize(PSP_PAGE, 0);
+        assert_eq!(trim_cert_table(t.clone()).map(|t| t.len()), Ok(len));
+        t[16..20].fill(0xFF); // first entry's offset beyond the buffer
+        assert_eq!(
+            trim_cert_table(t),
+            Err(PspError::BadBody("malformed certificate table"))
+        );
+    }
+
+    #[test]
+    fn keys_come_back_and_debug_redacts() {
+        let mut c = client();
+        let req = KeyReq {
+            guest_field_select: U64::new(guest_field::MEASUREMENT),
+            ..KeyReq::default()
+        };
+        let k = c.derive_key(&req).unwrap();
+        assert_ne!(*k, [0; 32]);
+        let dbg = format!("{c:?}");
+        assert!(dbg.contains("REDACTED") && !dbg.contains("112"), "{dbg}");
+    }
+
+    #[test]
+    fn exhausted_sequence_numbers_shut_the_channel() {
+        let mut c = client();
+        c.counter = u64::MAX - 1;
+        assert_eq!(
+            c.report(&[0; 64], 0, false).map(|_| ()),
+            Err(PspError::SequenceExhausted)
+        );
+        assert!(c.channel().calls.is_empty());
+        assert_shut(&mut c);
+    }
+}
