@@ -3,6 +3,7 @@
 //! - [`memory`]: guest RAM and the checked constructor for guest ranges.
 //! - [`platform`]: the [`platform::Platform`] trait, the seam to the hardware.
 //! - [`svsm`]: the request loop and the core protocol.
+//! - [`attest`]: the SVSM attestation protocol (protocol 1).
 //! - [`npt`]: nested page-table construction (which guest addresses exist).
 //! - [`elf`]: parsing the guest image.
 //! - [`guest_setup`]: the secrets, boot-info and page-table pages given to the guest.
@@ -18,6 +19,7 @@
 
 extern crate alloc;
 
+pub mod attest;
 pub mod cmdline;
 pub mod elf;
 pub mod emulated_psp;

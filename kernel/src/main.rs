@@ -145,8 +145,13 @@ struct FirmwareVault {
 const HEAP_REPORT_EVERY: u64 = 1000;
 
 impl VhsmService for FirmwareVault {
-    fn handle(&mut self, vmpl: u8, request: &[u8]) -> alloc::vec::Vec<u8> {
-        let response = VhsmService::handle(&mut self.vault, vmpl, request);
+    fn handle(
+        &mut self,
+        vmpl: u8,
+        request: &[u8],
+        attester: &mut dyn nitride_vhsm::Attester,
+    ) -> alloc::vec::Vec<u8> {
+        let response = VhsmService::handle(&mut self.vault, vmpl, request, attester);
         self.served += 1;
         if self.served == 1 || self.served.is_multiple_of(HEAP_REPORT_EVERY) {
             log::info!(
@@ -158,6 +163,10 @@ impl VhsmService for FirmwareVault {
             );
         }
         response
+    }
+
+    fn manifest(&self) -> alloc::vec::Vec<u8> {
+        self.vault.manifest()
     }
 }
 

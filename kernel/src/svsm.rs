@@ -4,33 +4,46 @@
 //! current calling area, serves only calls that set it, clears it, dispatches on the
 //! protocol number and writes the result registers back. Any other exit is a reason
 //! to stop: the guest touched memory it may not, halted for good, or shut down.
+//!
+//! Protocols served: core (0), attestation (1, only when the platform can attest;
+//! see [`crate::attest`]) and the vHSM (when the vault could be created).
 
+use crate::attest::{self, PlatformAttester, Services};
 use crate::memory::{AddressError, GuestRange, PhysRange, PAGE};
 use crate::platform::{GuestExit, Platform};
 use alloc::vec;
 use alloc::vec::Vec;
+use nitride_protocol::attest::ATTEST_PROTOCOL_VERSION;
 use nitride_protocol::svsm::{
     caa, core_call, protocol, query_protocol_result, split_rax, vhsm_call, CallRegs, ResultCode,
     CORE_PROTOCOL_VERSION, VHSM_PROTOCOL_VERSION,
 };
 use nitride_protocol::vhsm::{RequestHeader, HEADER_SIZE, MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE};
+use nitride_vhsm::Attester;
 use zerocopy::FromBytes;
 use zeroize::Zeroizing;
 
 /// The vHSM behind the vHSM protocol: framed request bytes in, response bytes out
 /// (at most `MAX_RESPONSE_SIZE`). Implemented by the vault.
 pub trait VhsmService {
-    /// Serve one request from a caller at `vmpl`.
-    fn handle(&mut self, vmpl: u8, request: &[u8]) -> Vec<u8>;
+    /// Serve one request from a caller at `vmpl`; `attester` produces the reports
+    /// AttestKey returns (the request loop lends it the platform's PSP).
+    fn handle(&mut self, vmpl: u8, request: &[u8], attester: &mut dyn Attester) -> Vec<u8>;
+    /// The vHSM's service manifest, as the attestation protocol reports it.
+    fn manifest(&self) -> Vec<u8>;
 }
 
 impl<E: nitride_vhsm::Platform> VhsmService for nitride_vhsm::Vault<E> {
-    fn handle(&mut self, vmpl: u8, request: &[u8]) -> Vec<u8> {
+    fn handle(&mut self, vmpl: u8, request: &[u8], attester: &mut dyn Attester) -> Vec<u8> {
         match nitride_vhsm::Caller::new(vmpl) {
-            Some(caller) => nitride_vhsm::Vault::handle(self, caller, request),
+            Some(caller) => self.handle_with(caller, request, attester),
             // A platform never reports a VMPL above 3; refuse rather than guess.
             None => Vec::new(),
         }
+    }
+
+    fn manifest(&self) -> Vec<u8> {
+        nitride_vhsm::Vault::manifest(self)
     }
 }
 
@@ -125,6 +138,13 @@ impl<P: Platform, V: VhsmService> Svsm<P, V> {
         let (proto, call) = split_rax(regs.rax);
         regs.rax = match proto {
             protocol::CORE => self.core(call, &mut regs),
+            protocol::ATTESTATION if self.platform.attestation_available() => {
+                let manifest = self.vhsm.as_ref().map(VhsmService::manifest);
+                let services = Services {
+                    vhsm: manifest.as_deref(),
+                };
+                attest::serve(&mut self.platform, self.caa_gpa, call, &mut regs, &services)
+            }
             protocol::VHSM if self.vhsm.is_some() => self.vhsm(call, &mut regs),
             _ => result(ResultCode::UnsupportedProtocol),
         };
@@ -166,6 +186,9 @@ impl<P: Platform, V: VhsmService> Svsm<P, V> {
     pub fn supported_versions(&self, proto: u32) -> Option<(u32, u32)> {
         match proto {
             protocol::CORE => Some((CORE_PROTOCOL_VERSION, CORE_PROTOCOL_VERSION)),
+            protocol::ATTESTATION if self.platform.attestation_available() => {
+                Some((ATTEST_PROTOCOL_VERSION, ATTEST_PROTOCOL_VERSION))
+            }
             protocol::VHSM if self.vhsm.is_some() => {
                 Some((VHSM_PROTOCOL_VERSION, VHSM_PROTOCOL_VERSION))
             }
@@ -221,7 +244,9 @@ impl<P: Platform, V: VhsmService> Svsm<P, V> {
         let Some(service) = self.vhsm.as_mut() else {
             return result(ResultCode::UnsupportedProtocol);
         };
-        let answer = Zeroizing::new(service.handle(vmpl, &bytes));
+        // Disjoint fields: the vault gets the platform's PSP for this request only.
+        let mut attester = PlatformAttester(&mut self.platform);
+        let answer = Zeroizing::new(service.handle(vmpl, &bytes, &mut attester));
         let Some(out) = response.sub(0, answer.len() as u64) else {
             log::error!(
                 "vHSM produced an empty or oversized response ({} bytes)",
@@ -262,6 +287,22 @@ pub(crate) mod tests {
         pub exits: VecDeque<(GuestExit, Option<CallRegs>)>,
         pub regs: CallRegs,
         pub results: Vec<CallRegs>,
+        /// Whether the fake PSP is there.
+        pub attest: bool,
+        /// Make the fake PSP fail.
+        pub attest_fail: Option<crate::platform::AttestError>,
+        /// What the fake PSP was asked: REPORT_DATA, with certificates.
+        pub asked: Vec<([u8; 64], bool)>,
+    }
+
+    /// The fake PSP's certificate table length.
+    pub(crate) const FAKE_CERTS_LEN: usize = 0x380;
+
+    /// The fake PSP's report: 0xA5 everywhere but REPORT_DATA (0x50..0x90).
+    pub(crate) fn fake_report(report_data: &[u8; 64]) -> Vec<u8> {
+        let mut report = vec![0xA5u8; nitride_protocol::snp::report::REPORT_SIZE];
+        report[0x50..0x90].copy_from_slice(report_data);
+        report
     }
 
     impl MockPlatform {
@@ -275,6 +316,9 @@ pub(crate) mod tests {
                 exits: VecDeque::new(),
                 regs: CallRegs::default(),
                 results: Vec::new(),
+                attest: false,
+                attest_fail: None,
+                asked: Vec::new(),
             }
         }
 
@@ -334,14 +378,29 @@ pub(crate) mod tests {
             Ok(())
         }
         fn attestation_available(&self) -> bool {
-            false
+            self.attest
         }
         fn attestation_report(
             &mut self,
-            _report_data: &[u8; 64],
-            _certificates: bool,
+            report_data: &[u8; 64],
+            certificates: bool,
         ) -> Result<crate::platform::Evidence, crate::platform::AttestError> {
-            Err(crate::platform::AttestError::Unavailable)
+            if !self.attest {
+                return Err(crate::platform::AttestError::Unavailable);
+            }
+            self.asked.push((*report_data, certificates));
+            if let Some(e) = self.attest_fail {
+                return Err(e);
+            }
+            let certificates = if certificates {
+                (0..FAKE_CERTS_LEN).map(|i| i as u8).collect()
+            } else {
+                Vec::new()
+            };
+            Ok(crate::platform::Evidence {
+                report: fake_report(report_data),
+                certificates,
+            })
         }
         fn write_guest(&mut self, range: GuestRange, data: &[u8]) -> Result<(), GuestMemoryError> {
             let at = range.gpa() as usize;
@@ -620,5 +679,509 @@ pub(crate) mod tests {
                 access
             }
         );
+    }
+
+    // ---- Attestation protocol (protocol 1) ----
+
+    use nitride_protocol::attest::{
+        attest_call, GuestBuffer, ManifestTable, ServicesRequest, SingleServiceRequest,
+        VhsmManifest, MAX_NONCE_SIZE, VHSM_SERVICE_GUID, VTPM_SERVICE_GUID,
+    };
+    use nitride_protocol::snp::report::REPORT_SIZE;
+    use nitride_vhsm::{Caller, KeySpec, KeyType, KeyUsage, VmplSet};
+    use sha2::{Digest, Sha512};
+    use zerocopy::little_endian::{U32 as LeU32, U64 as LeU64};
+    use zerocopy::IntoBytes;
+
+    const AREQ: u64 = 0x5000;
+    const NONCE: u64 = 0x6000;
+    const REPORT: u64 = 0x8000;
+    const MANIFEST: u64 = 0x9000;
+    const CERTS: u64 = 0xD000;
+    const FILL: u8 = 0x77;
+
+    fn buf(gpa: u64, size: u32) -> GuestBuffer {
+        GuestBuffer {
+            gpa: LeU64::new(gpa),
+            size: LeU32::new(size),
+            reserved: LeU32::new(0),
+        }
+    }
+
+    /// A services request with the standard buffers; `certs` = certificate size.
+    fn services(certs: u32) -> ServicesRequest {
+        ServicesRequest {
+            report: buf(REPORT, 0x1000),
+            nonce: buf(NONCE, 64),
+            manifest: buf(MANIFEST, 0x4000),
+            certificates: buf(CERTS, certs),
+        }
+    }
+
+    fn single(base: ServicesRequest, guid: [u8; 16], version: u32) -> SingleServiceRequest {
+        SingleServiceRequest {
+            base,
+            service_guid: guid,
+            manifest_version: LeU32::new(version),
+            reserved: LeU32::new(0),
+        }
+    }
+
+    /// A platform with the fake PSP, a nonce and filled output buffers.
+    fn attest_platform() -> MockPlatform {
+        let mut p = MockPlatform::new();
+        p.attest = true;
+        for (i, b) in p.ram[NONCE as usize..][..64].iter_mut().enumerate() {
+            *b = 0x40 + i as u8;
+        }
+        p.ram[REPORT as usize..0x1_0000].fill(FILL);
+        p
+    }
+
+    fn nonce_of(p: &MockPlatform) -> Vec<u8> {
+        p.ram[NONCE as usize..][..64].to_vec()
+    }
+
+    fn put(p: &mut MockPlatform, at: u64, bytes: &[u8]) {
+        p.ram[at as usize..][..bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn attest_rax(call: u32) -> u64 {
+        call_rax(protocol::ATTESTATION, call)
+    }
+
+    /// A vault holding one attestable P-384 key and one that is not attestable.
+    fn attest_vault() -> TestVault {
+        let mut v = vault();
+        for usage in [KeyUsage::SIGN | KeyUsage::ATTEST, KeyUsage::SIGN] {
+            v.generate(
+                Caller::SVSM,
+                &KeySpec::new(KeyType::EcdsaP384, usage, VmplSet::all(), false),
+            )
+            .unwrap();
+        }
+        v
+    }
+
+    fn untouched(ram: &[u8], at: u64, len: usize) -> bool {
+        ram[at as usize..][..len].iter().all(|&b| b == FILL)
+    }
+
+    #[test]
+    fn attestation_protocol_is_advertised_only_when_the_platform_can_attest() {
+        for attest in [false, true] {
+            let mut p = attest_platform();
+            p.attest = attest;
+            put(&mut p, AREQ, services(0).as_bytes());
+            let q = call_rax(protocol::CORE, core_call::QUERY_PROTOCOL);
+            p.call(q, query_protocol_arg(protocol::ATTESTATION, 1), true);
+            p.call(q, query_protocol_arg(protocol::ATTESTATION, 2), true);
+            p.call(attest_rax(attest_call::SERVICES), AREQ, true);
+            let (s, _) = run_with(p, Some(vault()));
+            let r = &s.platform().results;
+            if attest {
+                assert_eq!(r[0].rcx, (1 << 32) | 1);
+                assert_eq!(r[2].rax, 0);
+            } else {
+                assert_eq!(r[0].rcx, 0);
+                assert_eq!(r[2].rax, ResultCode::UnsupportedProtocol.raw());
+                assert!(untouched(&s.platform().ram, REPORT, 0x8000));
+            }
+            assert_eq!(r[1].rcx, 0, "version 2 is not served");
+        }
+    }
+
+    #[test]
+    fn attest_services_binds_nonce_and_manifest() {
+        let mut p = attest_platform();
+        put(&mut p, AREQ, services(0x1000).as_bytes());
+        p.call(attest_rax(attest_call::SERVICES), AREQ, true);
+        let v = attest_vault();
+        let vhsm_manifest = v.manifest();
+        let (s, _) = run_with(p, Some(v));
+        let p = s.platform();
+        let r = p.results[0];
+        assert_eq!(r.rax, ResultCode::Success.raw());
+        let (mlen, clen) = (r.rcx as usize, r.rdx as usize);
+        assert_eq!(clen, FAKE_CERTS_LEN);
+        assert_eq!(r.r8, REPORT_SIZE as u64);
+        // The manifest table holds the vHSM's manifest, which lists the one
+        // attestable key.
+        let table_bytes = &p.ram[MANIFEST as usize..][..mlen];
+        let table = ManifestTable::parse(table_bytes).unwrap();
+        assert_eq!(table.entries().count(), 1);
+        let m = table.find(&VHSM_SERVICE_GUID).unwrap();
+        assert_eq!(m, &vhsm_manifest[..]);
+        let parsed = VhsmManifest::parse(m).unwrap();
+        assert_eq!(parsed.keys().count(), 1);
+        assert_eq!(
+            parsed.identity,
+            s.vhsm.as_ref().unwrap().identity_public_key()
+        );
+        // REPORT_DATA = SHA-512(nonce || manifest), asked with certificates.
+        let mut h = Sha512::new();
+        h.update(nonce_of(p));
+        h.update(table_bytes);
+        let rd: [u8; 64] = h.finalize().into();
+        assert_eq!(p.asked, [(rd, true)]);
+        assert_eq!(
+            &p.ram[REPORT as usize..][..REPORT_SIZE],
+            &fake_report(&rd)[..]
+        );
+        let certs: Vec<u8> = (0..FAKE_CERTS_LEN).map(|i| i as u8).collect();
+        assert_eq!(&p.ram[CERTS as usize..][..clen], &certs[..]);
+        // Nothing beyond what was reported.
+        assert!(untouched(
+            &p.ram,
+            REPORT + REPORT_SIZE as u64,
+            0x1000 - REPORT_SIZE
+        ));
+        assert!(untouched(&p.ram, MANIFEST + mlen as u64, 0x4000 - mlen));
+        assert!(untouched(&p.ram, CERTS + clen as u64, 0x1000 - clen));
+    }
+
+    #[test]
+    fn attest_services_without_certificates_or_vhsm() {
+        let mut p = attest_platform();
+        put(&mut p, AREQ, services(0).as_bytes());
+        p.call(attest_rax(attest_call::SERVICES), AREQ, true);
+        let (s, _) = run_with(p, None);
+        let p = s.platform();
+        let r = p.results[0];
+        assert_eq!((r.rax, r.rdx, r.r8), (0, 0, REPORT_SIZE as u64));
+        let table_bytes = &p.ram[MANIFEST as usize..][..r.rcx as usize];
+        assert_eq!(
+            ManifestTable::parse(table_bytes).unwrap().entries().count(),
+            0
+        );
+        let rd: [u8; 64] = Sha512::digest([&nonce_of(p)[..], table_bytes].concat()).into();
+        assert_eq!(p.asked, [(rd, false)]);
+        assert!(untouched(&p.ram, CERTS, 0x1000));
+    }
+
+    #[test]
+    fn attest_single_service() {
+        let mut p = attest_platform();
+        let requests = [
+            single(services(0), VHSM_SERVICE_GUID, 0),
+            single(services(0x1000), VHSM_SERVICE_GUID, 1),
+            single(services(0), VHSM_SERVICE_GUID, 2),
+            single(services(0), VTPM_SERVICE_GUID, 0),
+            single(services(0), [0; 16], 0),
+        ];
+        for (i, req) in requests.iter().enumerate() {
+            let at = AREQ + 0x100 * i as u64;
+            put(&mut p, at, req.as_bytes());
+            p.call(attest_rax(attest_call::SINGLE_SERVICE), at, true);
+        }
+        let v = attest_vault();
+        let m = v.manifest();
+        let (s, _) = run_with(p, Some(v));
+        let p = s.platform();
+        let r = &p.results;
+        let rd: [u8; 64] = Sha512::digest([&nonce_of(p)[..], &m[..]].concat()).into();
+        assert_eq!(p.asked, [(rd, false), (rd, true)]);
+        assert_eq!((r[0].rax, r[0].rcx, r[0].rdx), (0, m.len() as u64, 0));
+        assert_eq!(
+            (r[1].rax, r[1].rcx, r[1].rdx),
+            (0, m.len() as u64, FAKE_CERTS_LEN as u64)
+        );
+        assert_eq!(&p.ram[MANIFEST as usize..][..m.len()], &m[..]);
+        assert_eq!(
+            &p.ram[REPORT as usize..][..REPORT_SIZE],
+            &fake_report(&rd)[..]
+        );
+        assert_eq!(r[2].rax, ResultCode::InvalidParameter.raw());
+        assert_eq!(r[3].rax, ResultCode::UnsupportedProtocol.raw());
+        assert_eq!(r[4].rax, ResultCode::UnsupportedProtocol.raw());
+        for r in &r[2..] {
+            assert_eq!((r.rcx, r.rdx, r.r8), (0, 0, 0), "no sizes on errors");
+        }
+    }
+
+    #[test]
+    fn single_service_vhsm_without_a_vault_is_unsupported() {
+        let mut p = attest_platform();
+        put(
+            &mut p,
+            AREQ,
+            single(services(0), VHSM_SERVICE_GUID, 0).as_bytes(),
+        );
+        p.call(attest_rax(attest_call::SINGLE_SERVICE), AREQ, true);
+        let (s, _) = run_with(p, None);
+        assert_eq!(
+            s.platform().results[0].rax,
+            ResultCode::UnsupportedProtocol.raw()
+        );
+        assert!(s.platform().asked.is_empty());
+    }
+
+    #[test]
+    fn size_negotiation_reports_every_size_and_writes_nothing() {
+        let mut p = attest_platform();
+        let m_len = {
+            let v = attest_vault();
+            v.manifest().len() as u32
+        };
+        let cert_len = FAKE_CERTS_LEN as u32;
+        let mut cases = Vec::new();
+        // (request, whether the PSP is asked).
+        let mut r = services(0);
+        r.report.size = LeU32::new(REPORT_SIZE as u32 - 1);
+        cases.push((single(r, VHSM_SERVICE_GUID, 0), false, 0));
+        let mut r = services(0);
+        r.manifest.size = LeU32::new(m_len - 1);
+        cases.push((single(r, VHSM_SERVICE_GUID, 0), false, 0));
+        let mut r = services(0);
+        r.manifest.size = LeU32::new(0);
+        cases.push((single(r, VHSM_SERVICE_GUID, 0), false, 0));
+        let mut r = services(cert_len - 1);
+        r.report.size = LeU32::new(0);
+        cases.push((single(r, VHSM_SERVICE_GUID, 0), true, cert_len));
+        cases.push((
+            single(services(cert_len - 1), VHSM_SERVICE_GUID, 0),
+            true,
+            cert_len,
+        ));
+        // Exactly the sizes returned: served.
+        let mut r = services(cert_len);
+        r.report.size = LeU32::new(REPORT_SIZE as u32);
+        r.manifest.size = LeU32::new(m_len);
+        cases.push((single(r, VHSM_SERVICE_GUID, 0), true, cert_len));
+        for (i, (req, _, _)) in cases.iter().enumerate() {
+            let at = AREQ + 0x100 * i as u64;
+            put(&mut p, at, req.as_bytes());
+            p.call(attest_rax(attest_call::SINGLE_SERVICE), at, true);
+        }
+        let (s, _) = run_with(p, Some(attest_vault()));
+        let p = s.platform();
+        let last = cases.len() - 1;
+        for (i, (_, _, certs)) in cases.iter().enumerate() {
+            let r = p.results[i];
+            let expected = if i == last {
+                ResultCode::Success
+            } else {
+                ResultCode::InvalidParameter
+            };
+            assert_eq!(r.rax, expected.raw(), "case {i}");
+            assert_eq!(
+                (r.rcx, r.rdx, r.r8),
+                (u64::from(m_len), u64::from(*certs), REPORT_SIZE as u64),
+                "case {i}"
+            );
+        }
+        let asked: Vec<bool> = p.asked.iter().map(|a| a.1).collect();
+        assert_eq!(
+            asked,
+            [true, true, true],
+            "the PSP is asked only for the certificate length"
+        );
+        // Only the last call wrote anything.
+        assert!(untouched(
+            &p.ram,
+            REPORT + REPORT_SIZE as u64,
+            0x1000 - REPORT_SIZE
+        ));
+        assert!(untouched(&p.ram, MANIFEST + u64::from(m_len), 0x1000));
+    }
+
+    #[test]
+    fn size_negotiation_writes_nothing_when_refused() {
+        let mut p = attest_platform();
+        let mut r = services(0x1000);
+        r.manifest.size = LeU32::new(30);
+        put(&mut p, AREQ, r.as_bytes());
+        p.call(attest_rax(attest_call::SERVICES), AREQ, true);
+        let (s, _) = run_with(p, Some(attest_vault()));
+        let p = s.platform();
+        assert_eq!(p.results[0].rax, ResultCode::InvalidParameter.raw());
+        assert!(untouched(&p.ram, REPORT, 0x8000));
+    }
+
+    #[test]
+    fn attestation_buffers_are_checked() {
+        let svsm = 0x20_0000u64;
+        let mut p = attest_platform();
+        let ok = services(0x1000);
+        let with = |f: &dyn Fn(&mut ServicesRequest)| {
+            let mut r = ok;
+            f(&mut r);
+            r
+        };
+        // (request GPA, request, expected).
+        let mut cases: Vec<(u64, ServicesRequest, ResultCode)> = vec![
+            (svsm, ok, ResultCode::InvalidAddress), // request in SVSM memory
+            (svsm - 0x20, ok, ResultCode::InvalidAddress), // request runs into it
+            (u64::MAX - 0x10, ok, ResultCode::InvalidAddress), // wraps
+            (0x50_0000, ok, ResultCode::InvalidAddress), // outside RAM
+            (
+                AREQ,
+                with(&|r| r.nonce.gpa = LeU64::new(svsm)),
+                ResultCode::InvalidAddress,
+            ),
+            (
+                AREQ,
+                with(&|r| r.nonce.size = LeU32::new(MAX_NONCE_SIZE + 1)),
+                ResultCode::InvalidParameter,
+            ),
+            (
+                AREQ,
+                with(&|r| r.report.gpa = LeU64::new(svsm - 0x800)),
+                ResultCode::InvalidAddress,
+            ),
+            (
+                AREQ,
+                with(&|r| r.manifest.gpa = LeU64::new(u64::MAX - 0x100)),
+                ResultCode::InvalidAddress,
+            ),
+            (
+                AREQ,
+                with(&|r| r.certificates.gpa = LeU64::new(0x50_0000)),
+                ResultCode::InvalidAddress,
+            ),
+            (
+                AREQ,
+                with(&|r| r.report.gpa = LeU64::new(CAA)),
+                ResultCode::InvalidAddress,
+            ), // output over the calling area
+            (
+                AREQ,
+                with(&|r| r.certificates.gpa = LeU64::new(MANIFEST + 0x3000)),
+                ResultCode::InvalidAddress,
+            ), // outputs overlap
+            (
+                AREQ,
+                with(&|r| r.manifest.reserved = LeU32::new(1)),
+                ResultCode::InvalidParameter,
+            ),
+        ];
+        // The declared extent counts, not just the bytes that would be written.
+        cases.push((
+            AREQ,
+            with(&|r| {
+                r.certificates.gpa = LeU64::new(svsm - 0x8000);
+                r.certificates.size = LeU32::new(0x10_0000);
+            }),
+            ResultCode::InvalidAddress,
+        ));
+        for (i, (gpa, req, _)) in cases.iter().enumerate() {
+            let at = if *gpa == AREQ {
+                AREQ + 0x100 * i as u64
+            } else {
+                *gpa
+            };
+            if at.checked_add(0x40).is_some_and(|end| end <= svsm) {
+                put(&mut p, at, req.as_bytes());
+            }
+            p.call(attest_rax(attest_call::SERVICES), at, true);
+        }
+        // An unknown call.
+        put(&mut p, AREQ, ok.as_bytes());
+        p.call(attest_rax(2), AREQ, true);
+        let (s, _) = run_with(p, Some(attest_vault()));
+        let p = s.platform();
+        for (i, (.., code)) in cases.iter().enumerate() {
+            let r = p.results[i];
+            assert_eq!(r.rax, code.raw(), "case {i}");
+            assert_eq!((r.rcx, r.rdx, r.r8), (0, 0, 0), "case {i}");
+        }
+        assert_eq!(
+            p.results[cases.len()].rax,
+            ResultCode::UnsupportedCall.raw()
+        );
+        assert!(p.asked.is_empty(), "refused before the PSP was asked");
+        assert!(untouched(&p.ram, REPORT, 0x8000));
+    }
+
+    #[test]
+    fn attest_request_in_the_calling_area_and_at_linux_offsets() {
+        // Built by hand at the offsets Linux's `struct svsm_attest_call` uses, in the
+        // CAA's buffer (CAA + 8) as Linux places it.
+        let mut raw = [0u8; 0x58];
+        let mut put_u64 = |o: usize, v: u64| raw[o..o + 8].copy_from_slice(&v.to_le_bytes());
+        put_u64(0x00, REPORT);
+        put_u64(0x10, NONCE);
+        put_u64(0x20, MANIFEST);
+        put_u64(0x30, CERTS);
+        let mut put_u32 = |o: usize, v: u32| raw[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        put_u32(0x08, 0x1000);
+        put_u32(0x18, 64);
+        put_u32(0x28, 0x4000);
+        put_u32(0x38, 0x1000);
+        put_u32(0x50, 0);
+        raw[0x40..0x50].copy_from_slice(&[
+            0xbe, 0x3f, 0x3b, 0x2c, 0x8b, 0x40, 0x1e, 0x43, 0xb9, 0x2e, 0x91, 0xd3, 0x61, 0x9d,
+            0x16, 0x58,
+        ]);
+        let mut p = attest_platform();
+        let at = CAA + nitride_protocol::svsm::caa::BUFFER;
+        put(&mut p, at, &raw);
+        p.call(attest_rax(attest_call::SINGLE_SERVICE), at, true);
+        put(&mut p, at + 0x100, &raw[..0x40]);
+        p.call(attest_rax(attest_call::SERVICES), at + 0x100, true);
+        let v = attest_vault();
+        let m = v.manifest();
+        let (s, _) = run_with(p, Some(v));
+        let p = s.platform();
+        assert_eq!(p.results[0].rax, 0);
+        assert_eq!(p.results[0].rcx, m.len() as u64);
+        assert_eq!(p.results[0].rdx, FAKE_CERTS_LEN as u64);
+        let rd: [u8; 64] = Sha512::digest([&nonce_of(p)[..], &m[..]].concat()).into();
+        assert_eq!(p.asked[0], (rd, true));
+        assert_eq!(p.results[1].rax, 0);
+        let table = &p.ram[MANIFEST as usize..][..p.results[1].rcx as usize];
+        assert_eq!(
+            ManifestTable::parse(table)
+                .unwrap()
+                .find(&VHSM_SERVICE_GUID),
+            Some(&m[..])
+        );
+    }
+
+    #[test]
+    fn psp_failures_map_to_result_codes() {
+        use crate::platform::AttestError;
+        for (e, code) in [
+            (AttestError::Busy, ResultCode::Busy),
+            (AttestError::Failed, ResultCode::InvalidRequest),
+            (AttestError::Disabled, ResultCode::UnsupportedProtocol),
+        ] {
+            let mut p = attest_platform();
+            p.attest_fail = Some(e);
+            put(&mut p, AREQ, services(0x1000).as_bytes());
+            p.call(attest_rax(attest_call::SERVICES), AREQ, true);
+            let (s, _) = run_with(p, Some(attest_vault()));
+            let p = s.platform();
+            let r = p.results[0];
+            assert_eq!((r.rax, r.rcx, r.rdx, r.r8), (code.raw(), 0, 0, 0), "{e:?}");
+            assert!(untouched(&p.ram, REPORT, 0x8000));
+        }
+    }
+
+    #[test]
+    fn attest_key_reaches_the_platform_psp() {
+        use nitride_protocol::attest::KeyBinding;
+        use nitride_protocol::vhsm::{Request, Response, Status};
+        let mut p = attest_platform();
+        let mut req = vec![0u8; 256];
+        let n = Request::AttestKey {
+            key: 1,
+            nonce: b"fresh",
+        }
+        .encode(3, &mut req)
+        .unwrap();
+        put(&mut p, REQ, &req[..n]);
+        vhsm_call(&mut p, REQ, n as u64, 0x2_0000, RESP_SIZE);
+        let (s, _) = run_with(p, Some(attest_vault()));
+        let p = s.platform();
+        assert_eq!(p.results[0].rax, 0);
+        let resp = Response::decode(&p.ram[0x2_0000..][..p.results[0].rcx as usize]).unwrap();
+        assert_eq!(resp.status(), Some(Status::Ok));
+        let ev = resp.attest_key().unwrap();
+        let rd: [u8; 64] = Sha512::digest(ev.binding).into();
+        assert_eq!(p.asked, [(rd, true)]);
+        assert_eq!(ev.report, &fake_report(&rd)[..]);
+        assert_eq!(ev.certificates.len(), FAKE_CERTS_LEN);
+        assert_eq!(KeyBinding::parse(ev.binding).unwrap().nonce, b"fresh");
     }
 }

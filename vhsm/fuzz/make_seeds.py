@@ -32,6 +32,7 @@ seeds = {
     "list": req(13, b""),
     "attrs": req(14, u32(5)),
     "audit": req(15, struct.pack("<Q", 0)),
+    "attest": req(16, u32(2) + b(bytes(64))),
 }
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
@@ -40,6 +41,7 @@ for name, r in seeds.items():
         f.write(b"\x01" + struct.pack("<H", len(r)) + r)
 # Sequences: generate a P-384 key (id 5) and use it; encrypt, wrap, delete, list, audit.
 for name, ops in [("p384", ["generate_p384", "sign", "pubkey", "attrs"]),
-                  ("sequence", ["encrypt", "wrap", "delete", "list", "audit"])]:
+                  ("sequence", ["encrypt", "wrap", "delete", "list", "audit"]),
+                  ("attest_sequence", ["attest", "delete", "attest", "generate_p384", "list"])]:
     with open(os.path.join(out, name), "wb") as f:
         f.write(b"\x00" + b"".join(struct.pack("<H", len(seeds[k])) + seeds[k] for k in ops))

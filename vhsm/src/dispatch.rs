@@ -14,7 +14,7 @@ use nitride_protocol::vhsm::{
 use zerocopy::IntoBytes;
 
 use crate::vault::{KeyInfo, KeySpec, Vault};
-use crate::{Caller, Error, Platform};
+use crate::{Attester, Caller, Error, NoAttester, Platform};
 
 // Every successful response fits in MAX_RESPONSE_SIZE, so a response is never cut
 // after the vault changed.
@@ -34,13 +34,27 @@ impl<P: Platform> Vault<P> {
     ///
     /// The response echoes the request's operation and id (zeros if the header was
     /// unreadable); its body is empty unless the status is [`Status::Ok`].
+    ///
+    /// No attestation is available here: AttestKey fails with
+    /// [`Status::AttestationUnavailable`]. See [`Vault::handle_with`].
     pub fn handle(&mut self, caller: Caller, request: &[u8]) -> Vec<u8> {
+        self.handle_with(caller, request, &mut NoAttester)
+    }
+
+    /// [`Vault::handle`], with `attester` producing the reports AttestKey returns.
+    /// The kernel passes one per request, so the vault never holds the platform.
+    pub fn handle_with(
+        &mut self,
+        caller: Caller,
+        request: &[u8],
+        attester: &mut dyn Attester,
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_SIZE + 64);
         out.resize(HEADER_SIZE, 0);
         let (op, request_id) = peek_header(request);
         let (key_id, status) = match Request::decode(request) {
             Err(e) => (0, e.status()),
-            Ok((_, req)) => match self.execute(caller, &req, &mut out) {
+            Ok((_, req)) => match self.execute(caller, &req, attester, &mut out) {
                 (key_id, Ok(())) if out.len() <= MAX_RESPONSE_SIZE => (key_id, Status::Ok),
                 (key_id, Ok(())) => (key_id, Status::TooLarge),
                 (key_id, Err(e)) => (key_id, e.status()),
@@ -59,7 +73,13 @@ impl<P: Platform> Vault<P> {
     }
 
     /// Run a decoded request, appending the response body to `out`.
-    fn execute(&mut self, caller: Caller, req: &Request<'_>, out: &mut Vec<u8>) -> Outcome {
+    fn execute(
+        &mut self,
+        caller: Caller,
+        req: &Request<'_>,
+        attester: &mut dyn Attester,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         match *req {
             Request::Generate { template, label } => created(
                 0,
@@ -139,8 +159,9 @@ impl<P: Platform> Vault<P> {
                 let entries: Vec<_> = self.audit.since(from_seq).copied().collect();
                 (0, put_counted(out, &entries))
             }
-            // No platform attestation yet.
-            Request::AttestKey { key, .. } => (key, Err(Error::AttestationUnavailable)),
+            Request::AttestKey { key, nonce } => {
+                (key, self.attest_key(caller, key, nonce, attester, out))
+            }
         }
     }
 }

@@ -7,9 +7,12 @@
 //! - [`Vault`] (module [`vault`]): the bounded key store and the typed operations, each
 //!   enforcing the caller's VMPL, the key's usage flags, exportability and the vault's
 //!   [`VaultPolicy`].
-//! - [`Vault::handle`] (module [`dispatch`]): decodes a wire request
-//!   ([`nitride_protocol::vhsm`]), runs it, records it in the audit log and encodes the
-//!   response. Never panics on any input.
+//! - [`Vault::handle`] / [`Vault::handle_with`] (module [`dispatch`]): decodes a wire
+//!   request ([`nitride_protocol::vhsm`]), runs it, records it in the audit log and
+//!   encodes the response. Never panics on any input. AttestKey reports come from an
+//!   [`Attester`] the kernel passes with each request.
+//! - [`Vault::manifest`]: the vHSM's attestation manifest (the vault identity key and
+//!   every attestable key), which the SVSM attestation protocol binds into a report.
 //! - [`key`]: key material (zeroized on drop, `[REDACTED]` in `Debug`) and the
 //!   cryptography on it.
 //! - [`drbg`]: the HMAC-DRBG (SP 800-90A, HMAC-SHA-384) every random byte comes from.

@@ -5,13 +5,19 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use sha2::{Digest, Sha384};
+use sha2::{Digest, Sha384, Sha512};
 
 use crate::vault::{KeyInfo, KeySpec, Label, Vault, DERIVE_INFO_PREFIX, GCM_INVOCATION_LIMIT};
 use crate::{
-    Caller, Error, KeyType, KeyUsage, Origin, Platform, PlatformError, VaultPolicy, VmplSet,
+    AttestError, Attester, Caller, Error, Evidence, KeyType, KeyUsage, Origin, Platform,
+    PlatformError, VaultPolicy, VmplSet,
 };
-use nitride_protocol::vhsm::{KEY_CAPACITY, MAX_RANDOM_LEN};
+use nitride_protocol::attest::{KeyBinding, VhsmManifest, MAX_KEY_BINDING_NONCE};
+use nitride_protocol::snp::report::REPORT_SIZE;
+use nitride_protocol::vhsm::{
+    Request, Response, Status, KEY_CAPACITY, MAX_RANDOM_LEN, MAX_RESPONSE_SIZE,
+};
+use p384::pkcs8::DecodePublicKey;
 
 /// Deterministic entropy (SHA-384 of a counter) that can be switched off.
 struct TestPlatform {
@@ -729,6 +735,7 @@ fn errors_map_to_distinct_statuses() {
         Error::NonceLimitReached,
         Error::Entropy,
         Error::TooLarge,
+        Error::AttestationUnavailable,
     ];
     let mut statuses: Vec<u16> = all.iter().map(|e| e.status().raw()).collect();
     assert!(!statuses.contains(&0));
@@ -740,7 +747,6 @@ fn errors_map_to_distinct_statuses() {
 /// An entropy failure reaches the guest as a typed status, through the dispatcher.
 #[test]
 fn entropy_failure_on_the_wire() {
-    use nitride_protocol::vhsm::{Request, Response, Status};
     let mut v = vault(false);
     v.platform_mut().fail = true;
     let mut req = [0u8; 64];
@@ -754,4 +760,277 @@ fn entropy_failure_on_the_wire() {
         }
     }
     assert_eq!(last, Status::EntropyFailure);
+}
+
+/// An attester that records what it was asked and returns a recognisable report.
+#[derive(Default)]
+struct FakeAttester {
+    asked: Vec<([u8; 64], bool)>,
+    fail: Option<AttestError>,
+    cert_len: usize,
+}
+
+impl Attester for FakeAttester {
+    fn report(
+        &mut self,
+        report_data: &[u8; 64],
+        certificates: bool,
+    ) -> Result<Evidence, AttestError> {
+        self.asked.push((*report_data, certificates));
+        if let Some(e) = self.fail {
+            return Err(e);
+        }
+        let mut report = vec![0xEEu8; REPORT_SIZE];
+        report[0x50..0x90].copy_from_slice(report_data);
+        let certificates = if certificates {
+            vec![0xCC; self.cert_len]
+        } else {
+            Vec::new()
+        };
+        Ok(Evidence {
+            report,
+            certificates,
+        })
+    }
+}
+
+fn attest_request(key: u32, nonce: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 1024];
+    let n = Request::AttestKey { key, nonce }
+        .encode(9, &mut buf)
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn attest_status(resp: &[u8]) -> Status {
+    Response::decode(resp).unwrap().status().unwrap()
+}
+
+#[test]
+fn identity_key_is_p384_and_stable() {
+    let v = vault(false);
+    let id = v.identity_public_key().to_vec();
+    let vk = p384::ecdsa::VerifyingKey::from_public_key_der(&id).unwrap();
+    assert_eq!(vk.to_encoded_point(false).len(), 97);
+    assert_eq!(v.identity_public_key(), &id[..]);
+    // Two vaults (different entropy) have different identities.
+    let other = Vault::new(
+        TestPlatform {
+            counter: 1000,
+            fail: false,
+        },
+        VaultPolicy::default(),
+    )
+    .unwrap();
+    assert_ne!(other.identity_public_key(), &id[..]);
+    // The identity key is not in the key table.
+    assert!(v.is_empty());
+    assert_eq!(v.list(V0).count(), 0);
+}
+
+#[test]
+fn attest_key_binds_key_nonce_and_attributes() {
+    let mut v = vault(false);
+    let ec = v
+        .generate(
+            V0,
+            &spec(KeyType::EcdsaP384, KeyUsage::SIGN | KeyUsage::ATTEST, false),
+        )
+        .unwrap();
+    let mut att = FakeAttester {
+        cert_len: 0x600,
+        ..FakeAttester::default()
+    };
+    let nonce = [0x5Au8; 64];
+    let resp = v.handle_with(v1(), &attest_request(ec.id, &nonce), &mut att);
+    let r = Response::decode(&resp).unwrap();
+    assert_eq!(r.status(), Some(Status::Ok));
+    let ev = r.attest_key().unwrap();
+    let binding = KeyBinding::parse(ev.binding).unwrap();
+    assert_eq!(binding.attributes, ec.to_wire());
+    assert_eq!(binding.nonce, nonce);
+    let mut spki = Vec::new();
+    v.public_key(v1(), ec.id, &mut spki).unwrap();
+    assert_eq!(binding.spki, &spki[..]);
+    // REPORT_DATA = SHA-512(binding), asked with certificates.
+    let rd: [u8; 64] = Sha512::digest(ev.binding).into();
+    assert_eq!(att.asked, [(rd, true)]);
+    assert_eq!(ev.report.len(), REPORT_SIZE);
+    assert_eq!(&ev.report[0x50..0x90], &rd[..]);
+    assert_eq!(ev.certificates, &[0xCC; 0x600][..]);
+    // Recorded in the audit log like any operation.
+    let last = v.audit_log().since(0).last().copied().unwrap();
+    assert_eq!(last.op.get(), nitride_protocol::vhsm::Op::AttestKey as u16);
+    assert_eq!(last.key_id.get(), ec.id);
+    assert_eq!(last.status.get(), Status::Ok.raw());
+
+    // A symmetric key: the binding carries an empty SPKI; an empty nonce is fine.
+    let hmac = v
+        .generate(
+            V0,
+            &spec(
+                KeyType::HmacSha384,
+                KeyUsage::SIGN | KeyUsage::ATTEST,
+                false,
+            ),
+        )
+        .unwrap();
+    let resp = v.handle_with(V0, &attest_request(hmac.id, &[]), &mut att);
+    let r = Response::decode(&resp).unwrap();
+    let ev = r.attest_key().unwrap();
+    let binding = KeyBinding::parse(ev.binding).unwrap();
+    assert_eq!((binding.spki, binding.nonce), (&[][..], &[][..]));
+    assert_eq!(binding.attributes.key_id.get(), hmac.id);
+}
+
+#[test]
+fn attest_key_checks_and_failures() {
+    let mut v = vault(false);
+    let plain = v
+        .generate(V0, &spec(KeyType::Ed25519, KeyUsage::SIGN, false))
+        .unwrap();
+    let only_v0 = v
+        .generate(
+            V0,
+            &KeySpec::new(KeyType::Ed25519, KeyUsage::ATTEST, VmplSet::VMPL0, false),
+        )
+        .unwrap();
+    let good = v
+        .generate(
+            V0,
+            &spec(KeyType::Aes256, KeyUsage::ENCRYPT | KeyUsage::ATTEST, false),
+        )
+        .unwrap();
+    let mut att = FakeAttester::default();
+    let cases = [
+        (V0, 999, Status::KeyNotFound),
+        (v1(), only_v0.id, Status::AccessDenied),
+        (V0, plain.id, Status::UsageNotPermitted),
+    ];
+    for (caller, key, status) in cases {
+        let resp = v.handle_with(caller, &attest_request(key, b"n"), &mut att);
+        assert_eq!(attest_status(&resp), status, "key {key}");
+        assert!(Response::decode(&resp).unwrap().body.is_empty());
+    }
+    assert!(
+        att.asked.is_empty(),
+        "refused before the attester was asked"
+    );
+    // Without a platform attester (Vault::handle) or when it fails.
+    let resp = v.handle(v1(), &attest_request(good.id, b"n"));
+    assert_eq!(attest_status(&resp), Status::AttestationUnavailable);
+    for e in [
+        AttestError::Busy,
+        AttestError::Disabled,
+        AttestError::Failed,
+    ] {
+        att.fail = Some(e);
+        let resp = v.handle_with(v1(), &attest_request(good.id, b"n"), &mut att);
+        assert_eq!(attest_status(&resp), Status::AttestationUnavailable);
+    }
+    // The typed API checks the nonce length the decoder also enforces.
+    att.fail = None;
+    let mut out = Vec::new();
+    assert_eq!(
+        v.attest_key(
+            V0,
+            good.id,
+            &[0; MAX_KEY_BINDING_NONCE + 1],
+            &mut att,
+            &mut out
+        ),
+        Err(Error::InvalidParameter)
+    );
+    assert!(v
+        .attest_key(V0, good.id, &[0; MAX_KEY_BINDING_NONCE], &mut att, &mut out)
+        .is_ok());
+    // Certificates that would overflow the response: TooLarge, nothing appended.
+    att.cert_len = MAX_RESPONSE_SIZE;
+    let mut out = Vec::new();
+    assert_eq!(
+        v.attest_key(V0, good.id, b"n", &mut att, &mut out),
+        Err(Error::TooLarge)
+    );
+    assert!(out.is_empty());
+    let resp = v.handle_with(V0, &attest_request(good.id, b"n"), &mut att);
+    assert_eq!(attest_status(&resp), Status::TooLarge);
+}
+
+#[test]
+fn manifest_lists_exactly_the_attestable_keys() {
+    let mut v = vault(false);
+    let empty = v.manifest();
+    let m = VhsmManifest::parse(&empty).unwrap();
+    assert_eq!(m.header.key_count.get(), 0);
+    assert_eq!(m.header.manifest_version.get(), 1);
+    assert_eq!(
+        m.header.protocol_version.get(),
+        nitride_protocol::svsm::VHSM_PROTOCOL_VERSION
+    );
+    assert_eq!(m.header.wire_version.get(), nitride_protocol::vhsm::VERSION);
+    assert_eq!(m.identity, v.identity_public_key());
+
+    let a = v
+        .generate(
+            V0,
+            &spec(KeyType::EcdsaP384, KeyUsage::SIGN | KeyUsage::ATTEST, false),
+        )
+        .unwrap();
+    let _not = v
+        .generate(V0, &spec(KeyType::EcdsaP384, KeyUsage::SIGN, false))
+        .unwrap();
+    let b = v
+        .generate(
+            V0,
+            &spec(KeyType::Aes256, KeyUsage::ATTEST | KeyUsage::ENCRYPT, true),
+        )
+        .unwrap();
+    let c = v
+        .generate(
+            V0,
+            &KeySpec::new(KeyType::Ed25519, KeyUsage::ATTEST, VmplSet::VMPL0, false),
+        )
+        .unwrap();
+    let bytes = v.manifest();
+    let m = VhsmManifest::parse(&bytes).unwrap();
+    let keys: Vec<_> = m.keys().map(|(attr, spki)| (attr, spki.to_vec())).collect();
+    let spki_of = |id| {
+        let mut out = Vec::new();
+        v.public_key(V0, id, &mut out).unwrap();
+        out
+    };
+    assert_eq!(
+        keys,
+        [
+            (a.to_wire(), spki_of(a.id)),
+            (b.to_wire(), Vec::new()),
+            (c.to_wire(), spki_of(c.id)),
+        ]
+    );
+    // Deleted keys disappear.
+    v.delete(V0, a.id).unwrap();
+    let bytes = v.manifest();
+    let m = VhsmManifest::parse(&bytes).unwrap();
+    let ids: Vec<u32> = m.keys().map(|(attr, _)| attr.key_id.get()).collect();
+    assert_eq!(ids, [b.id, c.id]);
+}
+
+#[test]
+fn manifest_of_a_full_vault_stays_small() {
+    let mut v = vault(false);
+    for _ in 0..KEY_CAPACITY {
+        v.generate(V0, &spec(KeyType::Ed25519, KeyUsage::ATTEST, false))
+            .unwrap();
+    }
+    let bytes = v.manifest();
+    assert_eq!(
+        VhsmManifest::parse(&bytes).unwrap().keys().count(),
+        KEY_CAPACITY
+    );
+    assert!(
+        bytes.len() < 32 + 120 + KEY_CAPACITY * (52 + 120),
+        "{}",
+        bytes.len()
+    );
 }

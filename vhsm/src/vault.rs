@@ -18,18 +18,25 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use hkdf::Hkdf;
+use nitride_protocol::attest::{
+    KeyBinding, ManifestKeyHead, VhsmManifestHeader, MAX_KEY_BINDING_NONCE, VHSM_MANIFEST_MAGIC,
+    VHSM_MANIFEST_VERSION,
+};
+use nitride_protocol::svsm::VHSM_PROTOCOL_VERSION;
 use nitride_protocol::vhsm::{
     KeyAttributes, KeyTemplate, GCM_NONCE_LEN, KEY_CAPACITY, MAX_DATA_LEN, MAX_LABEL_LEN,
     MAX_RANDOM_LEN,
 };
-use sha2::Sha384;
+use nitride_protocol::vhsm::{MAX_RESPONSE_SIZE, VERSION as WIRE_VERSION};
+use sha2::{Digest, Sha384, Sha512};
 use zerocopy::little_endian::{U16, U32};
+use zerocopy::IntoBytes;
 use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
 use crate::drbg::{VaultDrbg, MAX_BYTES_PER_REQUEST};
 use crate::key::{gcm_open, gcm_seal, kw_unwrap, kw_wrap, Material};
-use crate::{Caller, Error, KeyType, KeyUsage, Origin, Platform, VaultPolicy, VmplSet};
+use crate::{Attester, Caller, Error, KeyType, KeyUsage, Origin, Platform, VaultPolicy, VmplSet};
 
 /// Personalization string of the vault's DRBG.
 const DRBG_PERSONALIZATION: &[u8] = b"nitride-vhsm drbg v1";
@@ -39,6 +46,19 @@ pub const DERIVE_INFO_PREFIX: &[u8] = b"nitride-vhsm derive v1\0";
 
 /// AES-GCM encryptions allowed per key: the 32-bit invocation counter's range.
 pub const GCM_INVOCATION_LIMIT: u64 = u32::MAX as u64;
+
+/// Draw the vault identity key (P-384) from a freshly seeded DRBG.
+fn identity_key(drbg: &mut VaultDrbg) -> Result<Material, Error> {
+    let mut bytes = Zeroizing::new([0u8; 48]);
+    for _ in 0..KEYGEN_ATTEMPTS {
+        drbg.generate(&mut bytes[..], b"identity")
+            .map_err(|_| Error::Entropy)?;
+        if let Ok(key) = Material::from_bytes(KeyType::EcdsaP384, &bytes[..]) {
+            return Ok(key);
+        }
+    }
+    Err(Error::InvalidKeyMaterial)
+}
 
 /// Attempts at drawing a valid P-384 scalar before giving up (each fails with
 /// probability below 2^-190).
@@ -201,6 +221,14 @@ pub struct Vault<P> {
     platform: P,
     policy: VaultPolicy,
     drbg: VaultDrbg,
+    /// The vault identity key (P-384), drawn from the DRBG at creation; never in the
+    /// key table, never exported. Zeroizes its scalar on drop. Only its public half
+    /// is used so far; secret provisioning (a KBS wrapping secrets to it) will use
+    /// the private half.
+    #[allow(dead_code)]
+    identity: Material,
+    /// Its public key, SPKI DER.
+    identity_spki: Vec<u8>,
     keys: Vec<Key>,
     next_id: u32,
     pub(crate) audit: AuditLog,
@@ -223,15 +251,27 @@ impl<P: Platform> Vault<P> {
         let mut seed = Zeroizing::new([0u8; 48 + 24]);
         platform.entropy(&mut seed[..])?;
         let (entropy, nonce) = seed.split_at(48);
-        let drbg = VaultDrbg::new(entropy, nonce, DRBG_PERSONALIZATION);
+        let mut drbg = VaultDrbg::new(entropy, nonce, DRBG_PERSONALIZATION);
+        let identity = identity_key(&mut drbg)?;
+        let mut identity_spki = Vec::new();
+        identity.public_key_der(&mut identity_spki)?;
         Ok(Self {
             platform,
             policy,
             drbg,
+            identity,
+            identity_spki,
             keys: Vec::with_capacity(KEY_CAPACITY),
             next_id: 1,
             audit: AuditLog::new(),
         })
+    }
+
+    /// The vault identity public key (P-384, SPKI DER). The private half never
+    /// leaves the vault; the vHSM manifest carries this key, so an attestation report
+    /// over the manifest binds it to the SVSM.
+    pub fn identity_public_key(&self) -> &[u8] {
+        &self.identity_spki
     }
 
     /// The vault's policy.
@@ -546,6 +586,101 @@ impl<P: Platform> Vault<P> {
     /// `GetAttributes`.
     pub fn attributes(&self, caller: Caller, key: u32) -> Result<KeyInfo, Error> {
         Ok(self.key(caller, key)?.info)
+    }
+
+    /// The vHSM's service manifest (`nitride_protocol::attest::VhsmManifest`
+    /// layout): the header, the vault identity key, then every key with
+    /// [`KeyUsage::ATTEST`] in id order, each as its attributes and SPKI DER (empty
+    /// for AES and HMAC keys). It lists every attestable key whatever VMPLs may use
+    /// it: attestable keys are public knowledge by design.
+    pub fn manifest(&self) -> Vec<u8> {
+        let attestable = || {
+            self.keys
+                .iter()
+                .filter(|k| k.info.usage.contains(KeyUsage::ATTEST))
+        };
+        let mut keys = Vec::new();
+        let mut count = 0u32;
+        for key in attestable() {
+            let mut spki = Vec::new();
+            // Symmetric keys have no public half: an empty SPKI.
+            if key.material.public_key_der(&mut spki).is_err() {
+                spki.clear();
+            }
+            let head = ManifestKeyHead {
+                attributes: key.info.to_wire(),
+                spki_len: U32::new(u32::try_from(spki.len()).unwrap_or(0)),
+            };
+            keys.extend_from_slice(head.as_bytes());
+            keys.extend_from_slice(&spki);
+            count = count.saturating_add(1);
+        }
+        let header = VhsmManifestHeader {
+            magic: VHSM_MANIFEST_MAGIC,
+            manifest_version: U32::new(VHSM_MANIFEST_VERSION),
+            protocol_version: U32::new(VHSM_PROTOCOL_VERSION),
+            wire_version: U16::new(WIRE_VERSION),
+            reserved: U16::new(0),
+            key_count: U32::new(count),
+            identity_len: U32::new(u32::try_from(self.identity_spki.len()).unwrap_or(0)),
+            reserved2: U32::new(0),
+        };
+        let mut out = Vec::with_capacity(
+            size_of::<VhsmManifestHeader>() + self.identity_spki.len() + keys.len(),
+        );
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&self.identity_spki);
+        out.extend_from_slice(&keys);
+        out
+    }
+
+    /// `AttestKey`: a VMPL0 attestation report binding a key with ATTEST usage, its
+    /// attributes and `nonce` (at most [`MAX_KEY_BINDING_NONCE`] bytes). Appends
+    /// `bytes binding, bytes report, bytes certificates` to `out`, where `binding` is
+    /// the [`KeyBinding`] encoding and REPORT_DATA = SHA-512(binding).
+    pub fn attest_key(
+        &self,
+        caller: Caller,
+        key: u32,
+        nonce: &[u8],
+        attester: &mut dyn Attester,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let key = self.usable(caller, key, KeyUsage::ATTEST)?;
+        if nonce.len() > MAX_KEY_BINDING_NONCE {
+            return Err(Error::InvalidParameter);
+        }
+        let mut spki = Vec::new();
+        if key.material.public_key_der(&mut spki).is_err() {
+            spki.clear();
+        }
+        let binding = KeyBinding {
+            attributes: key.info.to_wire(),
+            nonce,
+            spki: &spki,
+        };
+        let mut encoded = alloc::vec![0u8; binding.encoded_len()];
+        binding
+            .write(&mut encoded)
+            .map_err(|_| Error::InvalidParameter)?;
+        let mut report_data = [0u8; 64];
+        report_data.copy_from_slice(&Sha512::digest(&encoded));
+        let evidence = attester
+            .report(&report_data, true)
+            .map_err(|_| Error::AttestationUnavailable)?;
+        let body_len = [&encoded, &evidence.report, &evidence.certificates]
+            .iter()
+            .try_fold(0usize, |acc, b| acc.checked_add(4)?.checked_add(b.len()))
+            .ok_or(Error::TooLarge)?;
+        if out.len().checked_add(body_len).ok_or(Error::TooLarge)? > MAX_RESPONSE_SIZE {
+            return Err(Error::TooLarge);
+        }
+        for part in [&encoded, &evidence.report, &evidence.certificates] {
+            let len = u32::try_from(part.len()).map_err(|_| Error::TooLarge)?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(part);
+        }
+        Ok(())
     }
 
     /// The audit log.
