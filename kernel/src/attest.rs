@@ -215,6 +215,7 @@ fn attest<P: Platform>(
     request_gpa: u64,
     services: &Services<'_>,
 ) -> Result<Sizes, Failure> {
+    let started = platform.cycles();
     // 1. The request: copied, then parsed.
     let len = match call {
         attest_call::SERVICES => size_of::<ServicesRequest>(),
@@ -243,10 +244,12 @@ fn attest<P: Platform>(
     };
 
     // 2. The manifest.
+    let manifest_started = platform.cycles();
     let manifest = match single {
         Some((guid, version)) => services.single(&guid, version)?,
         None => services.table()?,
     };
+    let manifest_cycles = platform.cycles().wrapping_sub(manifest_started);
 
     // 3. The nonce (copied) and the output buffers (checked).
     if base.nonce.reserved.get() != 0 {
@@ -285,11 +288,13 @@ fn attest<P: Platform>(
     }
 
     // 4. REPORT_DATA binds the nonce and the manifest.
+    let hash_started = platform.cycles();
     let mut hash = Sha512::new();
     hash.update(&nonce);
     hash.update(&manifest);
     let mut report_data = [0u8; 64];
     report_data.copy_from_slice(&hash.finalize());
+    let hash_cycles = platform.cycles().wrapping_sub(hash_started);
     let want_certs = certs.size != 0;
     let mut sizes = Sizes {
         manifest: manifest.len() as u64,
@@ -303,9 +308,11 @@ fn attest<P: Platform>(
     if !want_certs && !fits(&sizes) {
         return Err(Failure::TooSmall(sizes));
     }
+    let psp_started = platform.cycles();
     let evidence = platform
         .attestation_report(&report_data, want_certs)
         .map_err(psp_failure)?;
+    let psp_cycles = platform.cycles().wrapping_sub(psp_started);
     if evidence.report.len() != REPORT_SIZE {
         log::error!(
             "attestation: the PSP returned a {}-byte report",
@@ -335,5 +342,13 @@ fn attest<P: Platform>(
                 .map_err(|_| ResultCode::InvalidAddress)?;
         }
     }
+    log::info!(
+        "attestation: {} cycles: manifest {} ({} bytes), SHA-512 {}, PSP {}",
+        platform.cycles().wrapping_sub(started),
+        manifest_cycles,
+        manifest.len(),
+        hash_cycles,
+        psp_cycles
+    );
     Ok(sizes)
 }

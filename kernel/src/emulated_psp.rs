@@ -222,6 +222,20 @@ pub struct LaunchInfo {
     pub report_id: [u8; 32],
 }
 
+/// A monotonic counter read around the emulated PSP's work (the TSC in the
+/// firmware: under QEMU's `-icount shift=0` it counts instructions).
+pub type Clock = fn() -> u64;
+
+/// Where the emulated PSP's last request spent its time, in [`Clock`] ticks (zero
+/// without a clock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PspTiming {
+    /// The whole request: checks, decryption, the answer, encryption.
+    pub handled: u64,
+    /// Of that, signing the report.
+    pub signing: u64,
+}
+
 /// The emulated PSP of one guest.
 pub struct EmulatedPsp {
     config: DevPspConfig,
@@ -229,6 +243,8 @@ pub struct EmulatedPsp {
     vmpcks: [Zeroizing<[u8; 32]>; 4],
     /// The next request sequence number expected on each VMPCK.
     expected: [u64; 4],
+    clock: Option<Clock>,
+    timing: core::cell::Cell<PspTiming>,
 }
 
 impl fmt::Debug for EmulatedPsp {
@@ -258,7 +274,24 @@ impl EmulatedPsp {
             launch,
             vmpcks,
             expected: [1; 4],
+            clock: None,
+            timing: core::cell::Cell::new(PspTiming::default()),
         }
+    }
+
+    /// Time requests with `clock` (see [`Self::last_timing`]).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Where the last request spent its time.
+    pub fn last_timing(&self) -> PspTiming {
+        self.timing.get()
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.map_or(0, |c| c())
     }
 
     /// The next sequence number expected on VMPCK `n` (0 for `n` above 3).
@@ -279,6 +312,8 @@ impl EmulatedPsp {
         response: &mut [u8; PSP_PAGE],
         certificates: Option<&mut [u8]>,
     ) -> Result<(), ChannelError> {
+        let start = self.now();
+        self.timing.set(PspTiming::default());
         if let Some(buf) = certificates {
             let table = &self.config.cert_table;
             let Some(dst) = buf.get_mut(..table.len()) else {
@@ -298,6 +333,9 @@ impl EmulatedPsp {
         };
         self.seal(&opened, &body, response)?;
         self.expected[opened.vmpck] = opened.seqno + 2;
+        let mut timing = self.timing.get();
+        timing.handled = self.now().wrapping_sub(start);
+        self.timing.set(timing);
         Ok(())
     }
 
@@ -441,7 +479,11 @@ impl EmulatedPsp {
         (r.current_build, r.current_minor, r.current_major) = (build, minor, major);
         (r.committed_build, r.committed_minor, r.committed_major) = (build, minor, major);
         r.launch_tcb = tcb;
+        let start = self.now();
         let sig: Signature = self.config.vcek.sign(&r.as_bytes()[..SIGNED_LEN]);
+        let mut timing = self.timing.get();
+        timing.signing = self.now().wrapping_sub(start);
+        self.timing.set(timing);
         let (sr, ss) = sig.split_bytes();
         for (dst, src) in r.signature.r.iter_mut().zip(sr.iter().rev()) {
             *dst = *src;

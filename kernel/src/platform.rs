@@ -88,6 +88,9 @@ pub trait Platform {
     fn read_guest(&self, range: GuestRange, out: &mut [u8]) -> Result<(), GuestMemoryError>;
     /// Copy SVSM memory into guest memory; `data.len()` must equal `range.len()`.
     fn write_guest(&mut self, range: GuestRange, data: &[u8]) -> Result<(), GuestMemoryError>;
+    /// A monotonic counter for measurements: the TSC on x86 (under QEMU's
+    /// `-icount shift=0` an instruction count); 0 where there is none.
+    fn cycles(&self) -> u64;
     /// Whether this platform can produce attestation reports (a PSP and a working
     /// channel to it); the attestation protocol is offered only then.
     fn attestation_available(&self) -> bool;

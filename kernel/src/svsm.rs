@@ -377,6 +377,9 @@ pub(crate) mod tests {
             );
             Ok(())
         }
+        fn cycles(&self) -> u64 {
+            0
+        }
         fn attestation_available(&self) -> bool {
             self.attest
         }

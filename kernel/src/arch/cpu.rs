@@ -249,6 +249,13 @@ nitride_isr_table:
 
 pub use nitride_rt::exit_qemu;
 
+/// The time-stamp counter (under QEMU's `-icount shift=0`, an instruction count).
+pub fn tsc() -> u64 {
+    // SAFETY: RDTSC reads a counter; it has no memory effects. CR4.TSD is clear, so
+    // it is allowed at CPL0 (where the SVSM runs) anyway.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
 /// Report a fatal SVSM error and stop the VM.
 pub fn fatal(args: core::fmt::Arguments<'_>) -> ! {
     let mut out = serial::Emergency::new();

@@ -7,8 +7,8 @@
 //! vol. 2, appendix B); the only unsafe code is the world switch itself and the MSR
 //! writes that turn SVM on.
 
-use super::guest_mem;
 use super::take_once::{phys, TakeOnce};
+use super::{cpu, guest_mem};
 pub use nitride_kernel::emulated_psp::EmulatedPspChannel;
 use nitride_kernel::memory::GuestMemoryMap;
 use nitride_kernel::memory::GuestRange;
@@ -521,10 +521,23 @@ impl Platform for Emulated {
         certificates: bool,
     ) -> Result<Evidence, AttestError> {
         let psp = self.psp.as_mut().ok_or(AttestError::Unavailable)?;
-        psp.report(report_data, 0, certificates).map_err(|e| {
+        let start = cpu::tsc();
+        let evidence = psp.report(report_data, 0, certificates).map_err(|e| {
             log::warn!("attestation report failed: {e}");
             AttestError::from(e)
-        })
+        })?;
+        let timing = psp.channel().psp().last_timing();
+        log::info!(
+            "PSP round trip: {} cycles (emulated PSP {}, of which signing {})",
+            cpu::tsc().wrapping_sub(start),
+            timing.handled,
+            timing.signing
+        );
+        Ok(evidence)
+    }
+
+    fn cycles(&self) -> u64 {
+        cpu::tsc()
     }
 }
 
