@@ -8,6 +8,7 @@
 //! - [`guest_setup`]: the secrets, boot-info and page-table pages given to the guest.
 //! - [`launch`]: loading the guest image and writing the fixed guest pages.
 //! - [`cmdline`]: the SVSM command line.
+//! - [`measure`]: the launch measurement (SVSM and guest image digests).
 //!
 //! The firmware binary (`src/main.rs` and `src/arch/`) adds boot, the CPU tables,
 //! the console and the emulated platform; all unsafe code lives there.
@@ -20,6 +21,7 @@ pub mod cmdline;
 pub mod elf;
 pub mod guest_setup;
 pub mod launch;
+pub mod measure;
 pub mod memory;
 pub mod npt;
 pub mod platform;

@@ -12,14 +12,18 @@ mod arch;
 use nitride_rt as _;
 
 use arch::entropy::Sources;
-use arch::{cpu, heap, pvh, serial, svm::Emulated};
+use arch::{cpu, fw_cfg, heap, image, pvh, serial, svm::Emulated};
 use nitride_kernel::cmdline::Cmdline;
+use nitride_kernel::guest_setup::Vmpcks;
 use nitride_kernel::launch::prepare_guest;
+use nitride_kernel::measure;
 use nitride_kernel::memory::{GuestMemoryMap, PhysRange};
 use nitride_kernel::platform::GuestExit;
 use nitride_kernel::svsm::Svsm;
 use nitride_kernel::svsm::VhsmService;
-use nitride_protocol::emulated::{exit, BOOT_INFO_GPA, CAA_GPA, SECRETS_GPA, SVSM_BASE, SVSM_END};
+use nitride_protocol::emulated::{
+    dev_psp, exit, BOOT_INFO_GPA, CAA_GPA, SECRETS_GPA, SVSM_BASE, SVSM_END,
+};
 use nitride_vhsm::{PlatformError, Vault, VaultPolicy};
 
 extern "C" {
@@ -75,8 +79,30 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
     }
     let mut platform = Emulated::new(map, BOOT_INFO_GPA, SECRETS_GPA)
         .unwrap_or_else(|e| cpu::fatal(format_args!("SVM: {e:?}")));
-    let entry = prepare_guest(&mut platform, boot.module, cmd.guest.as_bytes())
+    let svsm_digest =
+        image::svsm_digest().unwrap_or_else(|e| cpu::fatal(format_args!("SVSM image: {e:?}")));
+    let blob = match fw_cfg::read_file(dev_psp::FW_CFG_NAME) {
+        Ok(b) => Some(zeroize::Zeroizing::new(b)),
+        Err(e) => {
+            log::warn!(
+                "no dev-PSP blob in fw_cfg ({e:?}): the platform has no PSP, attestation is not offered"
+            );
+            None
+        }
+    };
+    let vmpcks: Vmpcks = core::array::from_fn(|_| zeroize::Zeroizing::new([0u8; 32]));
+    let launched = prepare_guest(&mut platform, boot.module, cmd.guest.as_bytes(), &vmpcks)
         .unwrap_or_else(|e| cpu::fatal(format_args!("guest image: {e:?}")));
+    let measurement = measure::launch_measurement(&svsm_digest, &launched.image_digest);
+    log::info!("launch measurement {}", measure::hex(&measurement));
+    log::debug!(
+        "measured: SVSM code+rodata {}, guest image {} bytes {}",
+        measure::hex(&svsm_digest),
+        boot.module.map_or(0, |m| m.len()),
+        measure::hex(&launched.image_digest)
+    );
+    let _ = blob;
+    let entry = launched.entry;
     platform.start_at(entry);
     log::info!("guest loaded, entry {entry:#x}; secrets page {SECRETS_GPA:#x}, CAA {CAA_GPA:#x}; entering guest at VMPL1");
     log::info!("heap in use after boot: {} bytes", heap::used());
