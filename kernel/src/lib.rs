@@ -9,6 +9,8 @@
 //! - [`launch`]: loading the guest image and writing the fixed guest pages.
 //! - [`cmdline`]: the SVSM command line.
 //! - [`measure`]: the launch measurement (SVSM and guest image digests).
+//! - [`psp`]: the PSP guest-message client (attestation reports, derived keys).
+//! - [`emulated_psp`]: the emulated AMD Secure Processor the emulated platform talks to.
 //!
 //! The firmware binary (`src/main.rs` and `src/arch/`) adds boot, the CPU tables,
 //! the console and the emulated platform; all unsafe code lives there.
@@ -19,10 +21,12 @@ extern crate alloc;
 
 pub mod cmdline;
 pub mod elf;
+pub mod emulated_psp;
 pub mod guest_setup;
 pub mod launch;
 pub mod measure;
 pub mod memory;
 pub mod npt;
 pub mod platform;
+pub mod psp;
 pub mod svsm;

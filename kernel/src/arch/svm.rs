@@ -9,12 +9,14 @@
 
 use super::guest_mem;
 use super::take_once::{phys, TakeOnce};
+pub use nitride_kernel::emulated_psp::EmulatedPspChannel;
 use nitride_kernel::memory::GuestMemoryMap;
 use nitride_kernel::memory::GuestRange;
 use nitride_kernel::npt::{self, Table, TablePool};
 use nitride_kernel::platform::{
     Access, AttestError, Evidence, GuestExit, GuestMemoryError, Platform,
 };
+use nitride_kernel::psp::PspClient;
 use nitride_protocol::emulated::{
     boot_info, ports, GUEST_INITIAL_RSP, GUEST_PAGE_TABLES_GPA, GUEST_VMPL,
 };
@@ -277,12 +279,15 @@ pub struct Emulated {
     gprs: GuestGprs,
     map: GuestMemoryMap,
     exits: u64,
+    /// The client of the emulated PSP (VMPCK0), once attached.
+    psp: Option<PspClient<EmulatedPspChannel>>,
 }
 
 impl core::fmt::Debug for Emulated {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Emulated")
             .field("exits", &self.exits)
+            .field("psp", &self.psp)
             .finish_non_exhaustive()
     }
 }
@@ -399,6 +404,7 @@ impl Emulated {
             gprs,
             map,
             exits: 0,
+            psp: None,
         })
     }
 
@@ -506,20 +512,33 @@ impl Platform for Emulated {
     }
 
     fn attestation_available(&self) -> bool {
-        false
+        self.psp.as_ref().is_some_and(|psp| !psp.is_disabled())
     }
 
     fn attestation_report(
         &mut self,
-        _report_data: &[u8; 64],
-        _certificates: bool,
+        report_data: &[u8; 64],
+        certificates: bool,
     ) -> Result<Evidence, AttestError> {
-        // The emulated PSP is not wired in yet.
-        Err(AttestError::Unavailable)
+        let psp = self.psp.as_mut().ok_or(AttestError::Unavailable)?;
+        psp.report(report_data, 0, certificates).map_err(|e| {
+            log::warn!("attestation report failed: {e}");
+            AttestError::from(e)
+        })
     }
 }
 
 impl Emulated {
+    /// Give the platform its PSP client (VMPCK0 to the emulated PSP); attestation is
+    /// offered from then on.
+    #[allow(
+        dead_code,
+        reason = "called by main.rs once it reads the dev-PSP blob (issue 6, host side)"
+    )]
+    pub fn attach_psp(&mut self, psp: PspClient<EmulatedPspChannel>) {
+        self.psp = Some(psp);
+    }
+
     /// Start the guest at `entry` on the next run.
     pub fn start_at(&mut self, entry: u64) {
         put64(&mut self.pages.vmcb, save::RIP, entry);
