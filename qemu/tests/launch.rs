@@ -1,6 +1,7 @@
 //! The launch measurement the firmware logs at boot equals the one the host
-//! computes from the files (`nitride_qemu::launch_measurement`), and a boot without
-//! the dev-PSP blob runs without a PSP. Boots QEMU.
+//! computes from the files (`nitride_qemu::launch_measurement`); the firmware starts
+//! the emulated PSP from the dev-PSP blob passed through fw_cfg, and a boot without
+//! the blob, or with a malformed one, runs without a PSP. Boots QEMU.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::OnceLock;
@@ -39,6 +40,12 @@ fn firmware_logs_the_measurement_the_host_predicts() {
             "{}",
             out.console
         );
+        let ready = format!("emulated PSP ready: measurement {want}, chip NITRIDE-DEV-CHIP");
+        assert!(
+            out.svsm_lines().any(|l| l.contains(&ready)),
+            "{}",
+            out.console
+        );
     }
     // Different images, different measurements.
     assert_ne!(
@@ -65,6 +72,36 @@ fn boot_without_the_blob_has_no_psp() {
         "{}",
         out.console
     );
+    assert!(
+        !out.console.contains("emulated PSP ready"),
+        "{}",
+        out.console
+    );
     // The measurement is still logged.
     assert!(logged_measurement(&out.console).is_some());
+}
+
+#[test]
+fn malformed_blob_means_no_psp() {
+    let i = images();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("dev-psp.bin");
+    // A valid blob with one byte of its magic changed.
+    let mut blob = std::fs::read(nitride_qemu::ensure_dev_chain().unwrap().blob).unwrap();
+    blob[0] ^= 0x20;
+    std::fs::write(&bad, &blob).unwrap();
+    let mut boot = Boot::new(&i.svsm, Some(&i.test_guest), "mode=calls");
+    boot.dev_psp = Some(bad);
+    let out = boot.run().unwrap();
+    assert_eq!(out.outcome(), Outcome::GuestPass, "{}", out.console);
+    assert!(
+        out.svsm_lines().any(|l| l.contains("dev-PSP blob refused")),
+        "{}",
+        out.console
+    );
+    assert!(
+        !out.console.contains("emulated PSP ready"),
+        "{}",
+        out.console
+    );
 }
