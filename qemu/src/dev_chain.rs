@@ -140,9 +140,27 @@ impl Paths {
 }
 
 /// Make sure the development chain exists in [`dev_chain_dir`] and is consistent;
-/// generate it (openssl) otherwise. Says on stderr which it did.
+/// generate it (openssl) otherwise. Says on stderr which it did. The full check runs
+/// once per process; later calls only check that the files are still there.
 pub fn ensure_dev_chain() -> Result<DevChain, Error> {
-    ensure_dev_chain_in(&dev_chain_dir())
+    static CHECKED: std::sync::Mutex<Option<DevChain>> = std::sync::Mutex::new(None);
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(chain) = checked.as_ref() {
+        let p = Paths::new(&chain.dir);
+        if [&p.ark_pem, &p.ask_pem, &p.vcek_pem, &p.vcek_der, &p.blob]
+            .iter()
+            .all(|f| f.exists())
+        {
+            return Ok(DevChain {
+                generated: false,
+                blob_written: false,
+                ..chain.clone()
+            });
+        }
+    }
+    let chain = ensure_dev_chain_in(&dev_chain_dir())?;
+    *checked = Some(chain.clone());
+    Ok(chain)
 }
 
 /// [`ensure_dev_chain`] in `dir`. Concurrent callers (parallel tests) serialise on
