@@ -8,6 +8,7 @@ use crate::memory::PhysRange;
 use nitride_protocol::emulated::{boot_info, GUEST_VMPL};
 use nitride_protocol::svsm::{secrets, SecretsSvsmFields, CORE_PROTOCOL_VERSION};
 use zerocopy::IntoBytes;
+use zeroize::Zeroizing;
 
 /// A page of bytes.
 pub type Page = [u8; 4096];
@@ -16,10 +17,17 @@ pub type Page = [u8; 4096];
 /// SVSM fields).
 pub const SECRETS_VERSION: u32 = 3;
 
-/// The guest's secrets page: version, SVSM fields, and zeroed VMPCKs (the guest
-/// never gets a key that would let it talk to the PSP as VMPL0).
-pub fn secrets_page(svsm: PhysRange, caa_gpa: u64) -> Page {
-    let mut page = [0u8; 4096];
+/// The VM's four VM-platform communication keys (VMPCK0..3), 32 bytes each.
+pub type Vmpcks = [Zeroizing<[u8; 32]>; 4];
+
+/// The guest's secrets page: version, VMPCK1..3 (all zero on a platform without a
+/// PSP), VMPCK0 zeroed — the guest never gets the key that lets the SVSM talk to
+/// the PSP as VMPL0 — and the SVSM fields.
+pub fn secrets_page(svsm: PhysRange, caa_gpa: u64, vmpcks: &Vmpcks) -> Zeroizing<Page> {
+    let mut page = Zeroizing::new([0u8; 4096]);
+    for (i, key) in vmpcks.iter().enumerate().skip(1) {
+        page[secrets::VMPCK[i]..secrets::VMPCK[i] + 32].copy_from_slice(&key[..]);
+    }
     page[secrets::VERSION..secrets::VERSION + 4].copy_from_slice(&SECRETS_VERSION.to_le_bytes());
     let fields = SecretsSvsmFields {
         svsm_base: svsm.start,
@@ -89,6 +97,10 @@ mod tests {
     use super::*;
     use nitride_protocol::svsm::SvsmInfo;
 
+    fn keys() -> Vmpcks {
+        [0x10, 0x11, 0x12, 0x13].map(|b| Zeroizing::new([b; 32]))
+    }
+
     #[test]
     fn secrets_page_is_discoverable() {
         let page = secrets_page(
@@ -97,11 +109,30 @@ mod tests {
                 end: 0x200_0000,
             },
             0x10_1000,
+            &keys(),
         );
-        let info = SvsmInfo::from_secrets_page(&page).unwrap();
+        let info = SvsmInfo::from_secrets_page(&page[..]).unwrap();
         assert_eq!(
             (info.base, info.size, info.caa, info.guest_vmpl),
             (0x100_0000, 0x100_0000, 0x10_1000, 1)
+        );
+        assert!(page[0x20..0x40].iter().all(|&b| b == 0), "VMPCK0 is zero");
+        assert!(page[0x40..0x60].iter().all(|&b| b == 0x11), "VMPCK1");
+        assert!(page[0x60..0x80].iter().all(|&b| b == 0x12), "VMPCK2");
+        assert!(page[0x80..0xA0].iter().all(|&b| b == 0x13), "VMPCK3");
+        assert!(
+            !page.windows(32).any(|w| w == [0x10; 32]),
+            "no VMPCK0 anywhere"
+        );
+        // Without a PSP every key is zero.
+        let none = [0; 4].map(|_| Zeroizing::new([0u8; 32]));
+        let page = secrets_page(
+            PhysRange {
+                start: 0,
+                end: 0x1000,
+            },
+            0,
+            &none,
         );
         assert!(page[0x20..0xA0].iter().all(|&b| b == 0), "VMPCKs are zero");
     }

@@ -2,9 +2,11 @@
 //! PVH module) into SVSM memory, check it, load its segments into guest RAM, and
 //! write the fixed pages of the guest contract (secrets, CAA, boot info, page
 //! tables). Everything goes through [`Platform`]'s checked guest-memory accessors.
+//! The image is hashed as read (for the launch measurement, [`crate::measure`]).
 
 use crate::elf::{self, ElfError};
-use crate::guest_setup::{boot_info_page, guest_page_table, secrets_page};
+use crate::guest_setup::{boot_info_page, guest_page_table, secrets_page, Vmpcks};
+use crate::measure::{self, Digest384};
 use crate::memory::{AddressError, PhysRange, PAGE};
 use crate::platform::{GuestMemoryError, Platform};
 use alloc::vec;
@@ -51,13 +53,23 @@ pub const FIXED_PAGES: PhysRange = PhysRange {
     end: FIXED_PAGES_END,
 };
 
+/// The prepared guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launched {
+    /// The guest's entry point.
+    pub entry: u64,
+    /// SHA-384 of the guest image exactly as found (before loading).
+    pub image_digest: Digest384,
+}
+
 /// Load the guest image found at `image` (guest-physical) and write the fixed
-/// pages; returns the guest's entry point.
+/// pages, the secrets page carrying VMPCK1..3 of `vmpcks` (VMPCK0 zeroed).
 pub fn prepare_guest<P: Platform>(
     p: &mut P,
     image: Option<PhysRange>,
     guest_cmdline: &[u8],
-) -> Result<u64, LaunchError> {
+    vmpcks: &Vmpcks,
+) -> Result<Launched, LaunchError> {
     let image = image.ok_or(LaunchError::NoImage)?;
     if image.len() > MAX_IMAGE {
         return Err(LaunchError::ImageTooLarge(image.len()));
@@ -68,6 +80,7 @@ pub fn prepare_guest<P: Platform>(
         .map_err(LaunchError::ImageNotInGuestRam)?;
     let mut file = vec![0u8; image.len() as usize];
     p.read_guest(src, &mut file)?;
+    let image_digest = measure::guest_digest(&file);
     let parsed = elf::parse(&file).map_err(LaunchError::Elf)?;
 
     for seg in &parsed.segments {
@@ -113,7 +126,10 @@ pub fn prepare_guest<P: Platform>(
 
     let map = p.memory().clone();
     let page = |gpa: u64| map.page(gpa).map_err(LaunchError::FixedPage);
-    p.write_guest(page(SECRETS_GPA)?, &secrets_page(map.svsm(), CAA_GPA))?;
+    p.write_guest(
+        page(SECRETS_GPA)?,
+        &secrets_page(map.svsm(), CAA_GPA, vmpcks)[..],
+    )?;
     p.write_guest(page(CAA_GPA)?, &[0u8; PAGE as usize])?;
     p.write_guest(
         page(BOOT_INFO_GPA)?,
@@ -123,13 +139,21 @@ pub fn prepare_guest<P: Platform>(
         let gpa = GUEST_PAGE_TABLES_GPA + i * PAGE;
         p.write_guest(page(gpa)?, &guest_page_table(GUEST_PAGE_TABLES_GPA, i))?;
     }
-    Ok(parsed.entry)
+    Ok(Launched {
+        entry: parsed.entry,
+        image_digest,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::svsm::tests::MockPlatform;
+    use zeroize::Zeroizing;
+
+    fn keys() -> Vmpcks {
+        [0xA0, 0xA1, 0xA2, 0xA3].map(|b| Zeroizing::new([b; 32]))
+    }
 
     fn elf_at(paddr: u64, code: &[u8], entry: u64) -> std::vec::Vec<u8> {
         let mut f = vec![0u8; 0x100];
@@ -168,8 +192,10 @@ mod tests {
             0x18_0000,
             &elf_at(0x14_0000, b"\x90\x90\xF4", 0x14_0001),
         );
-        let entry = prepare_guest(&mut p, Some(img), b"mode=calls").unwrap();
-        assert_eq!(entry, 0x14_0001);
+        let file = elf_at(0x14_0000, b"\x90\x90\xF4", 0x14_0001);
+        let launched = prepare_guest(&mut p, Some(img), b"mode=calls", &keys()).unwrap();
+        assert_eq!(launched.entry, 0x14_0001);
+        assert_eq!(launched.image_digest, measure::guest_digest(&file));
         assert_eq!(&p.ram[0x14_0000..0x14_0003], b"\x90\x90\xF4");
         assert!(p.ram[0x14_0003..0x14_2000].iter().all(|&b| b == 0));
         assert_eq!(
@@ -179,15 +205,26 @@ mod tests {
         let secrets = &p.ram[SECRETS_GPA as usize..][..4096];
         let info = nitride_protocol::svsm::SvsmInfo::from_secrets_page(secrets).unwrap();
         assert_eq!(info.caa, CAA_GPA);
+        assert!(
+            secrets[0x20..0x40].iter().all(|&b| b == 0),
+            "VMPCK0 withheld"
+        );
+        assert!(
+            secrets[0x40..0x60].iter().all(|&b| b == 0xA1),
+            "VMPCK1 given"
+        );
     }
 
     #[test]
     fn refuses_bad_placements() {
         let mut p = MockPlatform::new();
-        assert_eq!(prepare_guest(&mut p, None, b""), Err(LaunchError::NoImage));
+        assert_eq!(
+            prepare_guest(&mut p, None, b"", &keys()),
+            Err(LaunchError::NoImage)
+        );
         let img = with_image(&mut p, 0x18_0000, &elf_at(0x20_0000, b"\x90", 0x20_0000));
         assert!(matches!(
-            prepare_guest(&mut p, Some(img), b""),
+            prepare_guest(&mut p, Some(img), b"", &keys()),
             Err(LaunchError::SegmentNotInGuestRam {
                 error: AddressError::SvsmMemory,
                 ..
@@ -195,22 +232,22 @@ mod tests {
         ));
         let img = with_image(&mut p, 0x18_0000, &elf_at(0x10_2000, b"\x90", 0x10_2000));
         assert_eq!(
-            prepare_guest(&mut p, Some(img), b""),
+            prepare_guest(&mut p, Some(img), b"", &keys()),
             Err(LaunchError::SegmentOverlaps { paddr: 0x10_2000 })
         );
         let img = with_image(&mut p, 0x18_0000, &elf_at(0x17_F000, b"\x90", 0x17_F000));
         assert_eq!(
-            prepare_guest(&mut p, Some(img), b""),
+            prepare_guest(&mut p, Some(img), b"", &keys()),
             Err(LaunchError::SegmentOverlaps { paddr: 0x17_F000 })
         );
         let img = with_image(&mut p, 0x18_0000, &elf_at(0x14_0000, b"\x90", 0x15_0000));
         assert_eq!(
-            prepare_guest(&mut p, Some(img), b""),
+            prepare_guest(&mut p, Some(img), b"", &keys()),
             Err(LaunchError::EntryOutside(0x15_0000))
         );
         let img = with_image(&mut p, 0x18_0000, b"not an elf at all, just text....");
         assert!(matches!(
-            prepare_guest(&mut p, Some(img), b""),
+            prepare_guest(&mut p, Some(img), b"", &keys()),
             Err(LaunchError::Elf(_))
         ));
     }

@@ -9,6 +9,7 @@
 //! - [`guest_setup`]: the secrets, boot-info and page-table pages given to the guest.
 //! - [`launch`]: loading the guest image and writing the fixed guest pages.
 //! - [`cmdline`]: the SVSM command line.
+//! - [`measure`]: the launch measurement (SVSM and guest image digests).
 //! - [`psp`]: the PSP guest-message client (attestation reports, derived keys).
 //! - [`emulated_psp`]: the emulated AMD Secure Processor the emulated platform talks to.
 //!
@@ -25,6 +26,7 @@ pub mod elf;
 pub mod emulated_psp;
 pub mod guest_setup;
 pub mod launch;
+pub mod measure;
 pub mod memory;
 pub mod npt;
 pub mod platform;

@@ -12,15 +12,22 @@ mod arch;
 use nitride_rt as _;
 
 use arch::entropy::Sources;
-use arch::{cpu, heap, pvh, serial, svm::Emulated};
+use arch::{cpu, fw_cfg, heap, image, pvh, serial, svm::Emulated};
 use nitride_kernel::cmdline::Cmdline;
+use nitride_kernel::emulated_psp::{DevPspConfig, EmulatedPsp, EmulatedPspChannel, LaunchInfo};
+use nitride_kernel::guest_setup::Vmpcks;
 use nitride_kernel::launch::prepare_guest;
+use nitride_kernel::measure;
 use nitride_kernel::memory::{GuestMemoryMap, PhysRange};
 use nitride_kernel::platform::GuestExit;
+use nitride_kernel::psp::PspClient;
 use nitride_kernel::svsm::Svsm;
 use nitride_kernel::svsm::VhsmService;
-use nitride_protocol::emulated::{exit, BOOT_INFO_GPA, CAA_GPA, SECRETS_GPA, SVSM_BASE, SVSM_END};
+use nitride_protocol::emulated::{
+    dev_psp, exit, BOOT_INFO_GPA, CAA_GPA, SECRETS_GPA, SVSM_BASE, SVSM_END,
+};
 use nitride_vhsm::{PlatformError, Vault, VaultPolicy};
+use zeroize::Zeroizing;
 
 extern "C" {
     static __svsm_image_end: u8;
@@ -75,8 +82,25 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
     }
     let mut platform = Emulated::new(map, BOOT_INFO_GPA, SECRETS_GPA)
         .unwrap_or_else(|e| cpu::fatal(format_args!("SVM: {e:?}")));
-    let entry = prepare_guest(&mut platform, boot.module, cmd.guest.as_bytes())
+    let svsm_digest =
+        image::svsm_digest().unwrap_or_else(|e| cpu::fatal(format_args!("SVSM image: {e:?}")));
+    let psp_setup = psp_inputs();
+    let no_keys: Vmpcks = core::array::from_fn(|_| Zeroizing::new([0u8; 32]));
+    let guest_keys = psp_setup.as_ref().map_or(&no_keys, |s| &s.vmpcks);
+    let launched = prepare_guest(&mut platform, boot.module, cmd.guest.as_bytes(), guest_keys)
         .unwrap_or_else(|e| cpu::fatal(format_args!("guest image: {e:?}")));
+    let measurement = measure::launch_measurement(&svsm_digest, &launched.image_digest);
+    log::info!("launch measurement {}", measure::hex(&measurement));
+    log::debug!(
+        "measured: SVSM code+rodata {}, guest image {} bytes {}",
+        measure::hex(&svsm_digest),
+        boot.module.map_or(0, |m| m.len()),
+        measure::hex(&launched.image_digest)
+    );
+    if let Some(setup) = psp_setup {
+        attach_emulated_psp(&mut platform, setup, measurement);
+    }
+    let entry = launched.entry;
     platform.start_at(entry);
     log::info!("guest loaded, entry {entry:#x}; secrets page {SECRETS_GPA:#x}, CAA {CAA_GPA:#x}; entering guest at VMPL1");
     log::info!("heap in use after boot: {} bytes", heap::used());
@@ -121,6 +145,83 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
         }
     };
     cpu::exit_qemu(code)
+}
+
+/// What the emulated PSP needs before the guest is loaded: the chip (from the
+/// dev-PSP blob), the VM's VMPCKs and its report ID.
+struct PspSetup {
+    config: DevPspConfig,
+    vmpcks: Vmpcks,
+    report_id: [u8; 32],
+}
+
+/// Read the dev-PSP blob from fw_cfg and draw the VMPCKs and the report ID. `None`
+/// (with a warning) means the platform has no PSP: no blob, a malformed blob, or no
+/// entropy for the keys (fail closed).
+fn psp_inputs() -> Option<PspSetup> {
+    let no_psp = "the platform has no PSP, attestation is not offered";
+    let blob = match fw_cfg::read_file(dev_psp::FW_CFG_NAME) {
+        Ok(b) => Zeroizing::new(b),
+        Err(e) => {
+            log::warn!("no dev-PSP blob in fw_cfg ({e:?}): {no_psp}");
+            return None;
+        }
+    };
+    let config = match DevPspConfig::parse(&blob) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("dev-PSP blob refused ({e}): {no_psp}");
+            return None;
+        }
+    };
+    let sources = Sources::detect();
+    let mut vmpcks: Vmpcks = core::array::from_fn(|_| Zeroizing::new([0u8; 32]));
+    let mut report_id = [0u8; 32];
+    let drawn = vmpcks
+        .iter_mut()
+        .try_for_each(|k| sources.fill(&mut k[..]))
+        .and_then(|()| sources.fill(&mut report_id));
+    if let Err(e) = drawn {
+        log::warn!("no entropy for the VMPCKs ({e:?}): {no_psp}");
+        return None;
+    }
+    Some(PspSetup {
+        config,
+        vmpcks,
+        report_id,
+    })
+}
+
+/// Start the emulated PSP for the launched guest and give the platform its client
+/// on VMPCK0.
+fn attach_emulated_psp(platform: &mut Emulated, setup: PspSetup, measurement: [u8; 48]) {
+    let PspSetup {
+        config,
+        vmpcks,
+        report_id,
+    } = setup;
+    let vmpck0 = Zeroizing::new(*vmpcks[0]);
+    let launch = LaunchInfo {
+        measurement,
+        // The emulated platform's host supplies no HOST_DATA.
+        host_data: [0; 32],
+        report_id,
+    };
+    let certs = config.cert_table().len();
+    let psp = EmulatedPsp::new(config, launch, vmpcks);
+    platform.attach_psp(PspClient::new(EmulatedPspChannel::new(psp), vmpck0, 0));
+    let chip = &dev_psp::CHIP_ID;
+    let name_len = chip.iter().position(|&b| b == 0).unwrap_or(chip.len());
+    log::info!(
+        "emulated PSP ready: measurement {}, chip {} ({} TCB bl {} tee {} snp {} ucode {}), VCEK chain from fw_cfg ({certs}-byte certificate table)",
+        measure::hex(&measurement),
+        core::str::from_utf8(&chip[..name_len]).unwrap_or("?"),
+        dev_psp::PRODUCT_NAME,
+        dev_psp::TCB_BOOTLOADER,
+        dev_psp::TCB_TEE,
+        dev_psp::TCB_SNP,
+        dev_psp::TCB_MICROCODE,
+    );
 }
 
 /// The vault's entropy on the emulated platform.

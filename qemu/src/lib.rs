@@ -2,14 +2,23 @@
 //! installed, and boots the emulated platform with the devices the guest contract
 //! names (COM1 console, `isa-debug-exit`), capturing the console and the exit status.
 //!
+//! Every boot also hands the firmware the development PSP blob through fw_cfg
+//! ([`dev_chain`]); [`measure`] computes the launch measurement the firmware reports.
+//!
 //! Used by `cargo xtask` (src/main.rs) and by the end-to-end tests in `tests/`.
+
+pub mod dev_chain;
+pub mod measure;
+
+pub use dev_chain::{dev_psp_blob_path, ensure_dev_chain, DevChain};
+pub use measure::launch_measurement;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nitride_protocol::emulated::{exit, ports};
+use nitride_protocol::emulated::{dev_psp, exit, ports};
 
 /// QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -26,6 +35,8 @@ pub enum Error {
     NoQemu(String),
     /// Starting or talking to QEMU failed.
     Io(std::io::Error),
+    /// The development chain could not be generated or read.
+    DevChain(String),
 }
 
 impl std::fmt::Display for Error {
@@ -34,6 +45,7 @@ impl std::fmt::Display for Error {
             Self::Build(s) => write!(f, "build failed: {s}"),
             Self::NoQemu(s) => write!(f, "{s}"),
             Self::Io(e) => write!(f, "I/O: {e}"),
+            Self::DevChain(s) => write!(f, "development chain: {s}"),
         }
     }
 }
@@ -205,6 +217,10 @@ pub struct Boot {
     pub console_file: Option<PathBuf>,
     /// Serve COM2 (the relay channel) on this Unix socket.
     pub relay_socket: Option<PathBuf>,
+    /// The emulated PSP's blob, passed as fw_cfg file `opt/nitride/dev-psp`
+    /// (default: the cached development chain's, generated on first boot; `None`
+    /// boots a platform without a PSP).
+    pub dev_psp: Option<PathBuf>,
 }
 
 impl Boot {
@@ -221,7 +237,19 @@ impl Boot {
             timeout: Duration::from_secs(60),
             console_file: None,
             relay_socket: None,
+            dev_psp: Some(dev_psp_blob_path()),
         }
+    }
+
+    /// Create what the boot reads that may not exist yet: the development chain,
+    /// when [`Boot::dev_psp`] is its default blob. [`Boot::run`] and
+    /// [`RunningVm::start`] call this; callers using [`Boot::qemu_args`] directly
+    /// must too.
+    pub fn ensure_inputs(&self) -> Result<(), Error> {
+        if self.dev_psp.as_deref() == Some(dev_psp_blob_path().as_path()) {
+            ensure_dev_chain()?;
+        }
+        Ok(())
     }
 
     /// The full QEMU argument list.
@@ -270,6 +298,14 @@ impl Boot {
             a.push("-append".into());
             a.push(append.trim().to_string());
         }
+        if let Some(blob) = &self.dev_psp {
+            a.push("-fw_cfg".into());
+            a.push(format!(
+                "name={},file={}",
+                dev_psp::FW_CFG_NAME,
+                blob.display()
+            ));
+        }
         if self.icount {
             a.push("-icount".into());
             a.push("shift=0".into());
@@ -281,6 +317,7 @@ impl Boot {
     /// Boot, wait for QEMU to exit (or kill it at the timeout), and return what
     /// happened.
     pub fn run(&self) -> Result<RunOutput, Error> {
+        self.ensure_inputs()?;
         let start = Instant::now();
         let mut child = Command::new(QEMU)
             .args(self.qemu_args())
@@ -434,6 +471,7 @@ impl RunningVm {
         boot.svsm_args = svsm_args.to_string();
         boot.console_file = Some(console.clone());
         boot.relay_socket = Some(socket.clone());
+        boot.ensure_inputs()?;
         let child = Command::new(QEMU)
             .args(boot.qemu_args())
             .stdin(Stdio::null())

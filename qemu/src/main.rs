@@ -9,17 +9,22 @@
 //! - `bench`: instruction counts in QEMU with `-icount shift=0`.
 //! - `up` / `down`: start the firmware with the relay guest in the background (for
 //!   the `nitride` command line) / stop it.
+//! - `dev-chain [--force]`: create (or show) the development ARK/ASK/VCEK chain and the
+//!   emulated PSP's blob under `target/dev-chain/`.
+//! - `measure [--guest relay|test|ELF] [--svsm ELF]`: print the launch measurement
+//!   the firmware will report for that boot.
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use nitride_qemu::{
-    build_images, ensure_qemu, repo_root, Boot, Error, Images, Outcome, RunningVm, QEMU,
+    build_images, dev_chain, ensure_dev_chain, ensure_qemu, launch_measurement, measure, repo_root,
+    Boot, Error, Images, Outcome, RunningVm, QEMU,
 };
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <build | run [--guest ELF] [--svsm ELF] [--guest-args ARGS] [--svsm-args ARGS] [--icount] [-- QEMU ARGS] | test | demo | bench | up | down>"
+        "usage: cargo xtask <build | run [--guest ELF] [--svsm ELF] [--guest-args ARGS] [--svsm-args ARGS] [--icount] [-- QEMU ARGS] | test | demo | bench | up | down | dev-chain [--force] | measure [--guest relay|test|ELF] [--svsm ELF]>"
     );
     ExitCode::from(2)
 }
@@ -34,6 +39,8 @@ fn main() -> ExitCode {
         Some("bench") => bench(),
         Some("up") => up(),
         Some("down") => down(),
+        Some("dev-chain") => show_dev_chain(&args[1..]),
+        Some("measure") => measure_cmd(&args[1..]),
         _ => return usage(),
     };
     match result {
@@ -85,6 +92,7 @@ fn run(args: &[String]) -> Result<ExitCode, Error> {
             other => return Err(Error::Build(format!("unknown run option {other}"))),
         }
     }
+    boot.ensure_inputs()?;
     let status = Command::new(QEMU).args(boot.qemu_args()).status()?;
     println!("\nQEMU exited with status {:?}", status.code());
     Ok(ExitCode::from(
@@ -555,4 +563,74 @@ fn vhsm_story(images: &Images) -> Result<bool, Error> {
         println!("\n  SVSM console: {}", l.trim());
     }
     Ok(ok)
+}
+
+fn show_dev_chain(args: &[String]) -> Result<ExitCode, Error> {
+    match args {
+        [] => {}
+        [f] if f == "--force" => {
+            let dir = dev_chain::dev_chain_dir();
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+        }
+        _ => {
+            return Err(Error::Build(format!(
+                "unknown dev-chain option(s) {args:?}"
+            )))
+        }
+    }
+    let chain = ensure_dev_chain()?;
+    println!(
+        "development chain ({}) in {}",
+        if chain.generated {
+            "generated now"
+        } else {
+            "reused"
+        },
+        chain.dir.display()
+    );
+    for (name, path) in [
+        ("ARK", &chain.ark_pem),
+        ("ASK", &chain.ask_pem),
+        ("VCEK", &chain.vcek_pem),
+        ("VCEK (DER)", &chain.vcek_der),
+        ("dev-PSP blob (fw_cfg)", &chain.blob),
+    ] {
+        println!("  {name:22} {}", path.display());
+    }
+    println!(
+        "  private keys           {}",
+        chain.dir.join("private").display()
+    );
+    println!("  ARK SHA-256            {}", chain.ark_fingerprint()?);
+    println!("NOT AMD's chain: verifiers accept it only when told to trust this ARK.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn measure_cmd(args: &[String]) -> Result<ExitCode, Error> {
+    let (mut guest, mut svsm) = (None::<String>, None::<String>);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it
+            .next()
+            .cloned()
+            .ok_or_else(|| Error::Build(format!("{a} needs a value")))?;
+        match a.as_str() {
+            "--guest" => guest = Some(v),
+            "--svsm" => svsm = Some(v),
+            other => return Err(Error::Build(format!("unknown measure option {other}"))),
+        }
+    }
+    let images = build_images()?;
+    let guest = match guest.as_deref() {
+        None | Some("test") => images.test_guest.clone(),
+        Some("relay") => images.relay_guest.clone(),
+        Some(path) => path.into(),
+    };
+    let svsm = svsm.map(Into::into).unwrap_or(images.svsm.clone());
+    let m = launch_measurement(&svsm, &guest)?;
+    println!("{}", measure::hex(&m));
+    eprintln!("  SVSM  {}\n  guest {}", svsm.display(), guest.display());
+    Ok(ExitCode::SUCCESS)
 }

@@ -88,12 +88,14 @@ pvh_start32:
     hlt
     jmp 3b
 
+    /* Read-only and measured (launch measurement): the descriptors come with their
+       accessed bit already set, so the CPU never writes it when loading them. */
     .section .rodata.boot, "a"
     .p2align 3
 boot_gdt:
     .quad 0
-    .quad 0x00AF9A000000FFFF    /* 0x08: 64-bit code */
-    .quad 0x00CF92000000FFFF    /* 0x10: data */
+    .quad 0x00AF9B000000FFFF    /* 0x08: 64-bit code */
+    .quad 0x00CF93000000FFFF    /* 0x10: data */
 boot_gdt_ptr:
     .word boot_gdt_ptr - boot_gdt - 1
     .long boot_gdt
