@@ -544,10 +544,6 @@ impl Platform for Emulated {
 impl Emulated {
     /// Give the platform its PSP client (VMPCK0 to the emulated PSP); attestation is
     /// offered from then on.
-    #[allow(
-        dead_code,
-        reason = "called by main.rs once it reads the dev-PSP blob (issue 6, host side)"
-    )]
     pub fn attach_psp(&mut self, psp: PspClient<EmulatedPspChannel>) {
         self.psp = Some(psp);
     }
