@@ -208,7 +208,7 @@ fn attach_emulated_psp(platform: &mut Emulated, setup: PspSetup, measurement: [u
         report_id,
     };
     let certs = config.cert_table().len();
-    let psp = EmulatedPsp::new(config, launch, vmpcks);
+    let psp = EmulatedPsp::new(config, launch, vmpcks).with_clock(cpu::tsc);
     platform.attach_psp(PspClient::new(EmulatedPspChannel::new(psp), vmpck0, 0));
     let chip = &dev_psp::CHIP_ID;
     let name_len = chip.iter().position(|&b| b == 0).unwrap_or(chip.len());
