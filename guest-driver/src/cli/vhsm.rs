@@ -149,14 +149,14 @@ pub const AUDIT: Group = top!(
     audit
 );
 
-fn socket(p: &Parsed) -> PathBuf {
+pub(super) fn socket(p: &Parsed) -> PathBuf {
     p.value("--socket")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("NITRIDE_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
-fn connect(p: &Parsed) -> Result<VhsmClient<RelayClient>, CliError> {
+pub(super) fn connect(p: &Parsed) -> Result<VhsmClient<RelayClient>, CliError> {
     let path = socket(p);
     RelayClient::connect(&path)
         .map(VhsmClient::new)
@@ -168,11 +168,11 @@ fn connect(p: &Parsed) -> Result<VhsmClient<RelayClient>, CliError> {
         })
 }
 
-fn vhsm(e: VhsmError) -> CliError {
+pub(super) fn vhsm(e: VhsmError) -> CliError {
     CliError::Vhsm(e.to_string())
 }
 
-fn key_id(p: &Parsed, i: usize) -> Result<u32, CliError> {
+pub(super) fn key_id(p: &Parsed, i: usize) -> Result<u32, CliError> {
     let s = p.positional(i).unwrap_or_default();
     s.parse()
         .map_err(|_| CliError::Usage(format!("key id must be a number, got {s:?}")))
