@@ -215,6 +215,7 @@ const USAGES: &[(&str, KeyUsage)] = &[
     ("wrap", KeyUsage::WRAP),
     ("unwrap", KeyUsage::UNWRAP),
     ("derive", KeyUsage::DERIVE),
+    ("attest", KeyUsage::ATTEST),
 ];
 
 fn type_name(raw: u16) -> &'static str {

@@ -7,7 +7,7 @@
 //! checked (there is no trusted clock here, and AMD's VLEKs are short-lived); a
 //! caller with a clock can check them on [`Cert::certificate`].
 
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use nitride_protocol::snp::Generation;
