@@ -82,6 +82,12 @@ impl RelayClient {
         Ok(Self { stream })
     }
 
+    /// A client over an already connected stream (tests, or a socket from elsewhere).
+    pub fn from_stream(stream: UnixStream) -> Result<Self, RelayError> {
+        stream.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
+        Ok(Self { stream })
+    }
+
     fn read_response(&mut self) -> Result<CallResult, RelayError> {
         self.read_response_max(RESPONSE_BUFFER_SIZE)
     }
@@ -379,5 +385,112 @@ impl crate::vhsm::VhsmTransport for RelayClient {
             return Err(crate::vhsm::svsm_error(r.rax));
         }
         Ok(r.payload)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use nitride_protocol::svsm::ResultCode;
+
+    /// Plays the relay for `answers.len()` attest frames: checks each frame, records
+    /// its head, answers (rax, rcx, rdx, r8, body).
+    fn fake_relay(
+        answers: Vec<(u64, u64, u64, u64, Vec<u8>)>,
+    ) -> (RelayClient, std::thread::JoinHandle<Vec<AttestHead>>) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut s = theirs;
+            let mut heads = Vec::new();
+            for (rax, rcx, rdx, r8, body) in answers {
+                let mut magic = [0u8; 4];
+                s.read_exact(&mut magic).unwrap();
+                assert_eq!(magic, ATTEST_MAGIC);
+                let mut h = [0u8; core::mem::size_of::<AttestHead>()];
+                s.read_exact(&mut h).unwrap();
+                let head = AttestHead::read_from_bytes(&h).unwrap();
+                let mut nonce = vec![0u8; head.nonce_len as usize];
+                s.read_exact(&mut nonce).unwrap();
+                heads.push(head);
+                let mut payload = AttestResultHead { rdx, r8 }.as_bytes().to_vec();
+                payload.extend_from_slice(&body);
+                let resp = ResponseHead {
+                    rax,
+                    rcx,
+                    len: payload.len() as u32,
+                };
+                s.write_all(&RESPONSE_MAGIC).unwrap();
+                s.write_all(resp.as_bytes()).unwrap();
+                s.write_all(&payload).unwrap();
+            }
+            heads
+        });
+        (RelayClient::from_stream(ours).unwrap(), handle)
+    }
+
+    #[test]
+    fn attest_retries_once_with_the_sizes_asked_for() {
+        let inval = ResultCode::InvalidParameter.raw();
+        let mut body = vec![1u8; 0x4A0];
+        body.extend_from_slice(&[2u8; 100]);
+        body.extend_from_slice(&[3u8; 10]);
+        let (mut c, relay) = fake_relay(vec![
+            (inval, 100, 10, 0x4A0, Vec::new()),
+            (0, 100, 10, 0x4A0, body),
+        ]);
+        let mut p = AttestParams::new(Target::Services, b"nonce");
+        p.manifest_size = 16;
+        p.cert_size = 4;
+        let ev = c.attest(&p).unwrap();
+        assert!(ev.retried);
+        assert_eq!(ev.report, vec![1u8; 0x4A0]);
+        assert_eq!(ev.manifest, vec![2u8; 100]);
+        assert_eq!(ev.certificates, vec![3u8; 10]);
+        let heads = relay.join().unwrap();
+        let (m0, c0, m1, c1) = (
+            heads[0].manifest_size,
+            heads[0].cert_size,
+            heads[1].manifest_size,
+            heads[1].cert_size,
+        );
+        assert_eq!((m0, c0), (16, 4));
+        assert_eq!((m1, c1), (100, 10));
+        let (nonce_len, want) = (heads[1].nonce_len, heads[1].want_certificates);
+        assert_eq!((nonce_len, want), (5, 1));
+    }
+
+    #[test]
+    fn attest_errors_are_typed() {
+        let inval = ResultCode::InvalidParameter.raw();
+        let unsupported = ResultCode::UnsupportedProtocol.raw();
+        let (mut c, relay) = fake_relay(vec![
+            // Still too small after the retry: the second answer is the error.
+            (inval, 100, 0, 0x4A0, Vec::new()),
+            (inval, 200, 0, 0x4A0, Vec::new()),
+            (unsupported, 0, 0, 0, Vec::new()),
+            // Success whose lengths do not match the payload.
+            (0, 5, 0, 0x4A0, vec![0u8; 10]),
+        ]);
+        let mut p = AttestParams::new(Target::Services, b"n");
+        p.manifest_size = 16;
+        assert!(matches!(
+            c.attest(&p),
+            Err(RelayError::Attest(AttestError::BuffersTooSmall {
+                manifest: 200,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            c.attest(&p),
+            Err(RelayError::Attest(AttestError::Call(
+                crate::call::CallError::Svsm(ResultCode::UnsupportedProtocol)
+            )))
+        ));
+        assert!(matches!(
+            c.attest(&AttestParams::new(Target::Services, b"n")),
+            Err(RelayError::BadFrame(_))
+        ));
+        relay.join().unwrap();
     }
 }

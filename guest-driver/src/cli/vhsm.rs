@@ -248,7 +248,7 @@ fn vmpl_list(bits: u8) -> Vec<u8> {
 }
 
 /// The template from `--type`, `--usage` (default: what the type can do, less
-/// wrap/unwrap/derive), `--vmpls` (default: all) and `--exportable`.
+/// wrap/unwrap/derive/attest: listing a key in the attestation manifest is opt-in), `--vmpls` (default: all) and `--exportable`.
 fn template(p: &Parsed) -> Result<KeyTemplate, CliError> {
     let t = p
         .value("--type")
@@ -259,7 +259,10 @@ fn template(p: &Parsed) -> Result<KeyTemplate, CliError> {
         ))
     })?;
     let usage = match p.value("--usage") {
-        None => key_type.allowed_usage() - (KeyUsage::WRAP | KeyUsage::UNWRAP | KeyUsage::DERIVE),
+        None => {
+            key_type.allowed_usage()
+                - (KeyUsage::WRAP | KeyUsage::UNWRAP | KeyUsage::DERIVE | KeyUsage::ATTEST)
+        }
         Some(list) => list.split(',').try_fold(KeyUsage::empty(), |acc, u| {
             USAGES
                 .iter()

@@ -278,3 +278,34 @@ fn key_binding_policy() {
         })
     );
 }
+
+#[test]
+fn table_certs_prefers_the_vcek() {
+    use nitride_protocol::snp::certs::{CertTableEntry, GUID_ARK, GUID_VCEK, GUID_VLEK};
+    use zerocopy::IntoBytes;
+    let build = |blobs: &[(nitride_protocol::snp::Guid, &[u8])]| {
+        let mut t = alloc::vec![0u8; (blobs.len() + 1) * 24];
+        for (i, (g, b)) in blobs.iter().enumerate() {
+            let e = CertTableEntry {
+                guid: *g,
+                offset: U32::new(t.len() as u32),
+                length: U32::new(b.len() as u32),
+            };
+            t[i * 24..(i + 1) * 24].copy_from_slice(e.as_bytes());
+            t.extend_from_slice(b);
+        }
+        t
+    };
+    let t = build(&[
+        (GUID_VLEK, b"vlek"),
+        (GUID_VCEK, b"vcek"),
+        (GUID_ARK, b"ark"),
+    ]);
+    let c = table_certs(&t).unwrap();
+    assert_eq!(c.endorsement, Some(&b"vcek"[..]));
+    assert_eq!((c.ask, c.ark), (None, Some(&b"ark"[..])));
+    let t = build(&[(GUID_VLEK, b"vlek")]);
+    assert_eq!(table_certs(&t).unwrap().endorsement, Some(&b"vlek"[..]));
+    assert!(table_certs(&t[..30]).is_err());
+    assert_eq!(table_certs(&[0u8; 24]).unwrap(), TableCerts::default());
+}
