@@ -276,6 +276,11 @@ fn guest_secrets_page_holds_no_vmpck0() {
         vmpck0.iter().all(|&b| b == 0),
         "the guest can see VMPCK0: {vmpck0:02x?}"
     );
+    // The guest's own keys are there (the PSP is present; VMPCK1..3 are the guest's).
+    for slot in 1..4 {
+        let k = &page[secrets::VMPCK[slot]..][..32];
+        assert!(k.iter().any(|&b| b != 0), "VMPCK{slot} missing");
+    }
 }
 
 /// Run `nitride ARGS` (with `--socket` when given); returns (exit code, stdout, error).
