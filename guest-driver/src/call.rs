@@ -83,6 +83,23 @@ impl<T: Transport> SvsmClient<T> {
         call_id: u32,
         args: [u64; 4],
     ) -> Result<CallRegs, CallError> {
+        let out = self.call_regs(protocol, call_id, args)?;
+        match ResultCode::from_raw(out.rax) {
+            Some(ResultCode::Success) => Ok(out),
+            Some(code) => Err(CallError::Svsm(code)),
+            None => Err(CallError::Other(out.rax)),
+        }
+    }
+
+    /// Like [`Self::call`], but an answered call returns its registers whatever the
+    /// result code (for calls whose errors carry data, such as the attestation
+    /// protocol's needed sizes). `ERR_INCOMPLETE` / `ERR_BUSY` are still retried.
+    pub fn call_regs(
+        &mut self,
+        protocol: u32,
+        call_id: u32,
+        args: [u64; 4],
+    ) -> Result<CallRegs, CallError> {
         let regs = CallRegs {
             rax: call_rax(protocol, call_id),
             rcx: args[0],
@@ -96,10 +113,8 @@ impl<T: Transport> SvsmClient<T> {
                 return Err(CallError::NotServed);
             }
             match ResultCode::from_raw(out.regs.rax) {
-                Some(ResultCode::Success) => return Ok(out.regs),
                 Some(ResultCode::Incomplete | ResultCode::Busy) => continue,
-                Some(code) => return Err(CallError::Svsm(code)),
-                None => return Err(CallError::Other(out.regs.rax)),
+                _ => return Ok(out.regs),
             }
         }
         Err(CallError::GaveUp)

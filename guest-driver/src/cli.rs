@@ -15,9 +15,15 @@ use serde_json::{json, Value};
 
 use nitride_protocol::snp::{AttestationReport, Generation, Tcb, TcbLayout};
 
-use crate::verify::{verify, AppraisalPolicy, Error as RejectError, TrustAnchors, VerifiedReport};
+use crate::verify::{
+    verify, AppraisalPolicy, Error as RejectError, RootUsed, TrustAnchors, VerifiedReport,
+    VerifyError,
+};
 
+mod attest;
 mod vhsm;
+
+pub use attest::{guid_string, parse_guid};
 
 /// Why a command did not succeed.
 #[derive(Debug)]
@@ -94,6 +100,7 @@ pub const GROUPS: &[Group] = &[
     vhsm::DERIVE,
     vhsm::RANDOM,
     vhsm::AUDIT,
+    attest::ATTEST,
     Group {
         name: "report",
         about: "decode and verify SEV-SNP attestation reports",
@@ -108,20 +115,27 @@ pub const GROUPS: &[Group] = &[
             },
             Command {
                 name: "verify",
-                usage: "FILE --vcek CERT [--roots DIR] [--expect-vmpl N] \
-                    [--report-data HEX | --nonce HEX --manifest FILE] [--measurement HEX]... \
-                    [--allow-debug] [--json]",
+                usage: "[FILE] (--vcek CERT | --certs TABLE | -d DIR) [--roots DIR] \
+                    [--trust-dev-root DIR] [--expect-vmpl N] \
+                    [--report-data HEX | --nonce HEX --manifest FILE | --key-binding FILE [--nonce HEX]] \
+                    [--measurement HEX]... [--allow-debug] [--json]",
                 value_flags: &[
                     "--vcek",
+                    "--certs",
+                    "-d",
+                    "--dir",
                     "--roots",
+                    "--trust-dev-root",
                     "--expect-vmpl",
+                    "--vmpl",
                     "--report-data",
                     "--nonce",
                     "--manifest",
+                    "--key-binding",
                     "--measurement",
                 ],
                 bool_flags: &["--allow-debug", "--json"],
-                positionals: (1, 1),
+                positionals: (0, 1),
                 run: report_verify,
             },
         ],
@@ -417,40 +431,200 @@ fn anchors_from_dir(dir: &Path) -> Result<TrustAnchors, CliError> {
     Ok(a)
 }
 
+/// The VMPL required: `--expect-vmpl`/`--vmpl`, else 0 when the report must bind
+/// SVSM evidence (`--manifest` or `--key-binding`: the SVSM asks for those reports at
+/// VMPL 0, and a report the guest OS asked for must not pass), else none.
+fn expected_vmpl(p: &Parsed) -> Result<Option<u32>, CliError> {
+    let given = p.value("--expect-vmpl").or_else(|| p.value("--vmpl"));
+    match given {
+        Some(v) => v
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|e| CliError::Usage(format!("--expect-vmpl {v}: {e}"))),
+        None if p.value("--manifest").is_some() || p.value("--key-binding").is_some() => {
+            Ok(Some(0))
+        }
+        None => Ok(None),
+    }
+}
+
 fn policy_from(p: &Parsed) -> Result<AppraisalPolicy, CliError> {
     let mut policy = AppraisalPolicy::new().allow_debug(p.flag("--allow-debug"));
-    if let Some(v) = p.value("--expect-vmpl") {
-        let n = v
-            .parse::<u32>()
-            .map_err(|e| CliError::Usage(format!("--expect-vmpl {v}: {e}")))?;
+    if let Some(n) = expected_vmpl(p)? {
         policy = policy.expect_vmpl(n);
+    }
+    let nonce = p
+        .value("--nonce")
+        .map(|n| hex::decode(n.trim()).map_err(|e| CliError::Usage(format!("--nonce: {e}"))))
+        .transpose()?;
+    let exclusive = [
+        p.value("--report-data").is_some(),
+        p.value("--manifest").is_some(),
+        p.value("--key-binding").is_some(),
+    ];
+    if exclusive.iter().filter(|x| **x).count() > 1 {
+        return Err(CliError::Usage(
+            "--report-data, --manifest and --key-binding are exclusive".into(),
+        ));
     }
     match (
         p.value("--report-data"),
-        p.value("--nonce"),
         p.value("--manifest"),
+        p.value("--key-binding"),
+        nonce,
     ) {
-        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+        (Some(_), _, _, Some(_)) => {
             return Err(CliError::Usage(
-                "--report-data and --nonce/--manifest are exclusive".into(),
+                "--report-data and --nonce are exclusive".into(),
             ))
         }
-        (Some(h), None, None) => policy = policy.expect_report_data(parse_hex("--report-data", h)?),
-        (None, Some(n), Some(m)) => {
-            let nonce =
-                hex::decode(n.trim()).map_err(|e| CliError::Usage(format!("--nonce: {e}")))?;
+        (Some(h), _, _, None) => policy = policy.expect_report_data(parse_hex("--report-data", h)?),
+        (None, Some(m), _, Some(nonce)) => {
             let manifest = read(Path::new(m), "manifest")?;
             policy = policy.expect_nonce_manifest(&nonce, &manifest);
         }
-        (None, Some(_), None) | (None, None, Some(_)) => {
-            return Err(CliError::Usage("--nonce and --manifest go together".into()))
+        (None, Some(_), _, None) => return Err(CliError::Usage("--manifest needs --nonce".into())),
+        (None, None, Some(b), nonce) => {
+            let binding = read(Path::new(b), "key binding")?;
+            policy = policy.expect_key_binding(&binding);
+            if let Some(n) = nonce {
+                policy = policy.expect_binding_nonce(&n);
+            }
         }
-        (None, None, None) => {}
+        (None, None, None, Some(_)) => {
+            return Err(CliError::Usage(
+                "--nonce goes with --manifest or --key-binding".into(),
+            ))
+        }
+        (None, None, None, None) => {}
     }
     for m in p.all("--measurement") {
         policy = policy.allow_measurement(parse_hex("--measurement", m)?);
     }
     Ok(policy)
+}
+
+/// The inputs of `report verify`: the report and the endorsement key, from FILE,
+/// `--vcek`, `--certs` (a certificate table) or `-d DIR` (an `attest` output
+/// directory: report.bin, then vcek.der, vlek.der or certs.bin); plus whatever ARK
+/// and ASK came along (table or directory), used only to name a development root.
+struct Inputs {
+    report: Vec<u8>,
+    ek: Vec<u8>,
+    ark: Option<Vec<u8>>,
+    ask: Option<Vec<u8>>,
+}
+
+fn inputs(p: &Parsed) -> Result<Inputs, CliError> {
+    let dir = p
+        .value("-d")
+        .or_else(|| p.value("--dir"))
+        .map(PathBuf::from);
+    let report_path = match (p.positional(0), &dir) {
+        (Some(f), _) => PathBuf::from(f),
+        (None, Some(d)) => d.join("report.bin"),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "report verify needs a report FILE or -d/--dir DIR".into(),
+            ))
+        }
+    };
+    let report = read(&report_path, "report")?;
+    let from_table = |path: &Path| -> Result<Inputs, CliError> {
+        let table = read(path, "certificate table")?;
+        let found = crate::verify::table_certs(&table)
+            .map_err(|e| CliError::Input(format!("{}: {e}", path.display())))?;
+        let ek = found.endorsement.ok_or_else(|| {
+            CliError::Input(format!(
+                "{}: the certificate table holds no VCEK or VLEK",
+                path.display()
+            ))
+        })?;
+        Ok(Inputs {
+            report: Vec::new(),
+            ek: ek.to_vec(),
+            ark: found.ark.map(<[u8]>::to_vec),
+            ask: found.ask.map(<[u8]>::to_vec),
+        })
+    };
+    let mut got = match (p.value("--vcek"), p.value("--certs"), &dir) {
+        (Some(_), Some(_), _) => {
+            return Err(CliError::Usage("--vcek and --certs are exclusive".into()))
+        }
+        (Some(v), None, _) => Inputs {
+            report: Vec::new(),
+            ek: read(Path::new(v), "certificate")?,
+            ark: None,
+            ask: None,
+        },
+        (None, Some(t), _) => from_table(Path::new(t))?,
+        (None, None, Some(d)) => {
+            let ek = ["vcek.der", "vlek.der"]
+                .iter()
+                .map(|n| d.join(n))
+                .find(|f| f.is_file());
+            match ek {
+                Some(f) => Inputs {
+                    report: Vec::new(),
+                    ek: read(&f, "certificate")?,
+                    ark: None,
+                    ask: None,
+                },
+                None => from_table(&d.join("certs.bin"))?,
+            }
+        }
+        (None, None, None) => {
+            return Err(CliError::Usage(
+                "report verify needs --vcek CERT, --certs TABLE or -d DIR".into(),
+            ))
+        }
+    };
+    if let Some(d) = &dir {
+        let opt = |n: &str| std::fs::read(d.join(n)).ok();
+        got.ark = got.ark.or_else(|| opt("ark.der"));
+        got.ask = got.ask.or_else(|| opt("ask.der"));
+    }
+    got.report = report;
+    Ok(got)
+}
+
+/// Where the development chain lives when `cargo xtask` made it.
+pub const DEFAULT_DEV_CHAIN_DIR: &str = "target/dev-chain";
+
+/// After a chain failure: does the endorsement chain to a development root? Tried:
+/// the ARK/ASK that came with the evidence (when not AMD's), then
+/// [`DEFAULT_DEV_CHAIN_DIR`]; failing that, whether the certificate's issuer calls
+/// itself a development chain. Never accepts anything: it only names the reason.
+fn development_root(inputs: &Inputs) -> Option<String> {
+    let chains = |ark: &[u8], ask: &[u8]| {
+        let mut a = TrustAnchors::empty();
+        a.add_dev_root(ark, ask).is_ok() && verify(&a, &inputs.report, &inputs.ek).is_ok()
+    };
+    if let (Some(ark), Some(ask)) = (&inputs.ark, &inputs.ask) {
+        if chains(ark, ask) {
+            return Some(
+                "its VCEK chains to the non-AMD ARK shipped with the evidence".to_string(),
+            );
+        }
+    }
+    let dir = Path::new(DEFAULT_DEV_CHAIN_DIR);
+    if let (Ok(ark), Ok(ask)) = (
+        std::fs::read(dir.join("ark.pem")),
+        std::fs::read(dir.join("ask.pem")),
+    ) {
+        if chains(&ark, &ask) {
+            return Some(format!(
+                "its VCEK chains to the development ARK in {DEFAULT_DEV_CHAIN_DIR}"
+            ));
+        }
+    }
+    let cert =
+        crate::verify::Cert::from_pem_or_der(crate::verify::CertRole::Endorsement, &inputs.ek)
+            .ok()?;
+    let issuer = cert.certificate().tbs_certificate.issuer.to_string();
+    let upper = issuer.to_ascii_uppercase();
+    (upper.contains("DEVELOPMENT") || upper.contains("NOT AMD"))
+        .then(|| format!("its VCEK's issuer is \"{issuer}\""))
 }
 
 fn verdict_json(v: &VerifiedReport, p: &Parsed) -> Value {
@@ -460,7 +634,7 @@ fn verdict_json(v: &VerifiedReport, p: &Parsed) -> Value {
         "generation": v.generation.name(),
         "signing_key": v.signing_key.name(),
         "vmpl": v.report.vmpl.get(),
-        "vmpl_checked": p.value("--expect-vmpl").is_some(),
+        "vmpl_checked": expected_vmpl(p).ok().flatten().is_some(),
         "chip_id_checked": v.chip_id_checked,
         "reported_tcb": tcb_json(&v.reported_tcb()),
         "measurement": hex::encode(v.report.measurement),
@@ -470,18 +644,29 @@ fn verdict_json(v: &VerifiedReport, p: &Parsed) -> Value {
 
 fn report_verify(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
     let json_out = p.flag("--json");
-    let vcek = p.value("--vcek").ok_or_else(|| {
-        CliError::Usage("report verify needs --vcek CERT (VCEK or VLEK, PEM or DER)".into())
-    })?;
     let policy = policy_from(p)?;
-    let anchors = match p.value("--roots") {
+    let mut anchors = match p.value("--roots") {
         Some(dir) => anchors_from_dir(Path::new(dir))?,
         None => TrustAnchors::amd_builtin()
             .map_err(|e| CliError::Input(format!("bundled roots: {e}")))?,
     };
-    let report = read(Path::new(p.file()), "report")?;
-    let ek = read(Path::new(vcek), "certificate")?;
-    let result = verify(&anchors, &report, &ek)
+    if let Some(dir) = p.value("--trust-dev-root") {
+        anchors
+            .add_dev_root_dir(Path::new(dir))
+            .map_err(|e| CliError::Input(format!("--trust-dev-root {dir}: {e}")))?;
+    }
+    let inputs = inputs(p)?;
+    let genuine = verify(&anchors, &inputs.report, &inputs.ek).map_err(|e| {
+        let chain_failure = matches!(
+            e,
+            VerifyError::CertSignature { .. } | VerifyError::NoTrustAnchor { .. }
+        );
+        match chain_failure.then(|| development_root(&inputs)).flatten() {
+            Some(evidence) => VerifyError::DevelopmentRoot { evidence },
+            None => e,
+        }
+    });
+    let result = genuine
         .map_err(RejectError::from)
         .and_then(|v| policy.appraise(&v).map(|()| v).map_err(RejectError::from));
     match result {
@@ -490,11 +675,18 @@ fn report_verify(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
                 writeln!(out, "{:#}", verdict_json(&v, p)).map_err(io)?;
             } else {
                 write_text(&verdict_json(&v, p), out, 0)?;
-                if p.value("--expect-vmpl").is_none() {
+                if expected_vmpl(p)?.is_none() {
                     writeln!(
                         out,
                         "note: VMPL {} was not checked (use --expect-vmpl)",
                         v.report.vmpl.get()
+                    )
+                    .map_err(io)?;
+                }
+                if let RootUsed::Extra { label, .. } = &v.root {
+                    writeln!(
+                        out,
+                        "note: trusted through the explicitly added root '{label}', NOT an AMD root"
                     )
                     .map_err(io)?;
                 }

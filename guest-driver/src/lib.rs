@@ -1,5 +1,6 @@
 //! The guest side of Nitride.
 //!
+//! - [`attest`]: the SVSM attestation protocol (protocol 1) client for guest kernels.
 //! - [`call`]: making SVSM calls through a [`call::Transport`] (VMMCALL on the
 //!   emulated platform), and discovering the SVSM from the secrets page.
 //! - [`verify`]: verifying SEV-SNP attestation reports and their AMD endorsement
@@ -13,6 +14,7 @@
 
 extern crate alloc;
 
+pub mod attest;
 pub mod call;
 #[cfg(feature = "std")]
 pub mod cli;

@@ -307,6 +307,20 @@ impl<T: VhsmTransport> VhsmClient<T> {
         self.attributes_of(&Request::GetAttributes { key })
     }
 
+    /// AttestKey: a VMPL0 attestation report binding `key` (ATTEST usage), its
+    /// attributes and `nonce` (at most `attest::MAX_KEY_BINDING_NONCE` bytes).
+    pub fn attest_key(&mut self, key: u32, nonce: &[u8]) -> Result<AttestedKey, VhsmError> {
+        let body = self.call(&Request::AttestKey { key, nonce })?;
+        let ev = body_response(&body)
+            .attest_key()
+            .map_err(|_| VhsmError::BadResponse("attest-key evidence"))?;
+        Ok(AttestedKey {
+            binding: ev.binding.to_vec(),
+            report: ev.report.to_vec(),
+            certificates: ev.certificates.to_vec(),
+        })
+    }
+
     /// Audit entries with sequence numbers from `from_seq` on.
     pub fn audit(&mut self, from_seq: u64) -> Result<Vec<AuditEntry>, VhsmError> {
         let body = self.call(&Request::ReadAudit { from_seq })?;
@@ -315,6 +329,17 @@ impl<T: VhsmTransport> VhsmClient<T> {
             .map_err(|_| VhsmError::BadResponse("audit entries"))?;
         Ok(entries.to_vec())
     }
+}
+
+/// What AttestKey returned, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttestedKey {
+    /// The key binding (`attest::KeyBinding`); SHA-512 of it is the report's REPORT_DATA.
+    pub binding: Vec<u8>,
+    /// The attestation report.
+    pub report: Vec<u8>,
+    /// The certificate table (`snp::certs`), empty when the platform has none.
+    pub certificates: Vec<u8>,
 }
 
 /// A response carrying `body`, to reuse [`Response`]'s body decoders.
@@ -376,6 +401,22 @@ mod tests {
         assert_eq!(
             c.generate(t, b"x"),
             Err(VhsmError::BadResponse("attributes"))
+        );
+        // AttestKey: three length-prefixed byte strings.
+        let mut body = Vec::new();
+        for part in [&b"bind"[..], &[7u8; 0x4A0][..], &b""[..]] {
+            body.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            body.extend_from_slice(part);
+        }
+        c.transport().body = body;
+        let got = c.attest_key(3, b"nonce").unwrap();
+        assert_eq!(got.binding, b"bind");
+        assert_eq!(got.report, vec![7u8; 0x4A0]);
+        assert!(got.certificates.is_empty());
+        c.transport().body = vec![1, 0, 0];
+        assert_eq!(
+            c.attest_key(3, b"nonce"),
+            Err(VhsmError::BadResponse("attest-key evidence"))
         );
     }
 }

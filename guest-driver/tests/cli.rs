@@ -136,7 +136,43 @@ fn verify_rejections_exit_non_zero_with_the_check() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // SVSM evidence (--manifest / --key-binding) implies VMPL 0: this VMPL 1 report,
+    // one a guest OS asked for, is refused for that before REPORT_DATA is compared.
+    assert_eq!(got["check"], "policy_vmpl", "{got}");
+    let o = run(&[
+        "--nonce",
+        "0011",
+        "--manifest",
+        &manifest.path().to_string_lossy(),
+        "--expect-vmpl",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(got["check"], "policy_report_data");
+    // The same for a key binding; a binding that does not parse is named as such.
+    let o = run(&[
+        "--key-binding",
+        &manifest.path().to_string_lossy(),
+        "--vmpl",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(got["check"], "policy_key_binding", "{got}");
+    assert!(
+        got["error"].as_str().unwrap().contains("malformed"),
+        "{got}"
+    );
+    let o = run(&[
+        "--key-binding",
+        &manifest.path().to_string_lossy(),
+        "--json",
+    ]);
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(got["check"], "policy_vmpl", "{got}");
     let o = run(&["--measurement", &"00".repeat(48)]);
     assert!(stderr(&o).contains("policy measurement"), "{}", stderr(&o));
 
@@ -207,6 +243,42 @@ fn verify_rejections_exit_non_zero_with_the_check() {
             "--report-data",
             "zz",
         ],
+        &[
+            "report",
+            "verify",
+            report.as_str(),
+            "--vcek",
+            ek.as_str(),
+            "--manifest",
+            report.as_str(),
+            "--key-binding",
+            report.as_str(),
+            "--nonce",
+            "00",
+        ],
+        &[
+            "report",
+            "verify",
+            report.as_str(),
+            "--vcek",
+            ek.as_str(),
+            "--certs",
+            ek.as_str(),
+        ],
+        &["report", "verify", "--vcek", ek.as_str()],
+        &["report", "verify", report.as_str()],
+        &["attest", "services", "-o", "/tmp/x"],
+        &["attest", "key", "1", "--nonce", "00"],
+        &[
+            "attest",
+            "services",
+            "--nonce",
+            "00",
+            "--service",
+            "nope",
+            "-o",
+            "/tmp/x",
+        ],
     ] {
         let o = nitride(bad);
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
@@ -215,4 +287,59 @@ fn verify_rejections_exit_non_zero_with_the_check() {
             "{bad:?}"
         );
     }
+}
+
+/// A certificate table VCEK, ASK, ARK (as an extended guest request or the SVSM
+/// returns it) for a vector of `generation`.
+fn cert_table(ek: &[u8], ask: &[u8], ark: &[u8]) -> Vec<u8> {
+    use nitride_protocol::snp::certs::{self, CertTableEntry, GUID_ARK, GUID_ASK, GUID_VCEK};
+    use zerocopy::IntoBytes;
+    let blobs = [(GUID_VCEK, ek), (GUID_ASK, ask), (GUID_ARK, ark)];
+    let mut table = vec![0u8; 4 * certs::ENTRY_SIZE];
+    for (i, (guid, blob)) in blobs.iter().enumerate() {
+        let e = CertTableEntry {
+            guid: *guid,
+            offset: (table.len() as u32).into(),
+            length: (blob.len() as u32).into(),
+        };
+        table[i * 24..(i + 1) * 24].copy_from_slice(e.as_bytes());
+        table.extend_from_slice(blob);
+    }
+    table
+}
+
+#[test]
+fn verify_from_certificate_table_and_attest_dir() {
+    let v = common::load("genoa-v3-routex");
+    let roots = common::roots_dir();
+    let ask = std::fs::read(roots.join("genoa-ask.pem")).unwrap();
+    let ark = std::fs::read(roots.join("genoa-ark.pem")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("report.bin"), &v.report).unwrap();
+    std::fs::write(d.join("certs.bin"), cert_table(&v.ek, &ask, &ark)).unwrap();
+    let certs = d.join("certs.bin").to_string_lossy().into_owned();
+    let report = d.join("report.bin").to_string_lossy().into_owned();
+    let o = nitride(&["report", "verify", &report, "--certs", &certs, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(got["root"], "AMD ARK (genoa, pinned)");
+    // -d DIR: report.bin and, without vcek.der, certs.bin.
+    let ds = d.to_string_lossy().into_owned();
+    let vmpl = v.expected["vmpl"].to_string();
+    let other = (v.expected["vmpl"].as_u64().unwrap() + 1).to_string();
+    let o = nitride(&["report", "verify", "-d", &ds, "--expect-vmpl", &other]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("policy vmpl"), "{}", stderr(&o));
+    let o = nitride(&["report", "verify", "-d", &ds, "--vmpl", &vmpl]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A table without an endorsement key is an input error.
+    let no_ek = cert_table(&[], &ask, &ark);
+    std::fs::write(d.join("certs.bin"), &no_ek[24..]).unwrap();
+    let o = nitride(&["report", "verify", &report, "--certs", &certs]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // vcek.der in the directory wins over certs.bin.
+    std::fs::write(d.join("vcek.der"), &v.ek).unwrap();
+    let o = nitride(&["report", "verify", "-d", &ds]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

@@ -69,3 +69,37 @@ pub fn start_relay(test: &str, svsm_args: &str) -> (RunningVm, VhsmClient<RelayC
     };
     (vm, VhsmClient::new(client))
 }
+
+/// Where the runner keeps the development endorsement chain of the emulated PSP
+/// (`ark.pem`, `ask.pem`, `vcek.pem`, `vcek.der`): the directory a verifier passes to
+/// `--trust-dev-root` / `TrustAnchors::add_dev_root_dir`. Created by the runner when
+/// it starts a VM with the emulated PSP.
+pub fn dev_chain_dir() -> std::path::PathBuf {
+    nitride_qemu::repo_root().join("target").join("dev-chain")
+}
+
+/// Trust anchors for reports of the emulated platform: the bundled AMD roots plus,
+/// explicitly, the development root in [`dev_chain_dir`].
+pub fn dev_anchors() -> nitride_guest_driver::verify::TrustAnchors {
+    let mut a = match nitride_guest_driver::verify::TrustAnchors::amd_builtin() {
+        Ok(a) => a,
+        Err(e) => panic!("bundled AMD roots: {e}"),
+    };
+    if let Err(e) = a.add_dev_root_dir(&dev_chain_dir()) {
+        panic!("development root: {e}");
+    }
+    a
+}
+
+/// The endorsement key for evidence with certificate table `table`: its VCEK (or
+/// VLEK), else the development VCEK in [`dev_chain_dir`].
+pub fn endorsement_key(table: &[u8]) -> Vec<u8> {
+    match nitride_guest_driver::verify::table_certs(table) {
+        Ok(c) if c.endorsement.is_some() => c.endorsement.unwrap_or_default().to_vec(),
+        Ok(_) => match std::fs::read(dev_chain_dir().join("vcek.der")) {
+            Ok(v) => v,
+            Err(e) => panic!("no VCEK in the certificate table nor in the dev chain: {e}"),
+        },
+        Err(e) => panic!("certificate table: {e}"),
+    }
+}

@@ -149,14 +149,14 @@ pub const AUDIT: Group = top!(
     audit
 );
 
-fn socket(p: &Parsed) -> PathBuf {
+pub(super) fn socket(p: &Parsed) -> PathBuf {
     p.value("--socket")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("NITRIDE_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
-fn connect(p: &Parsed) -> Result<VhsmClient<RelayClient>, CliError> {
+pub(super) fn connect(p: &Parsed) -> Result<VhsmClient<RelayClient>, CliError> {
     let path = socket(p);
     RelayClient::connect(&path)
         .map(VhsmClient::new)
@@ -168,11 +168,11 @@ fn connect(p: &Parsed) -> Result<VhsmClient<RelayClient>, CliError> {
         })
 }
 
-fn vhsm(e: VhsmError) -> CliError {
+pub(super) fn vhsm(e: VhsmError) -> CliError {
     CliError::Vhsm(e.to_string())
 }
 
-fn key_id(p: &Parsed, i: usize) -> Result<u32, CliError> {
+pub(super) fn key_id(p: &Parsed, i: usize) -> Result<u32, CliError> {
     let s = p.positional(i).unwrap_or_default();
     s.parse()
         .map_err(|_| CliError::Usage(format!("key id must be a number, got {s:?}")))
@@ -215,6 +215,7 @@ const USAGES: &[(&str, KeyUsage)] = &[
     ("wrap", KeyUsage::WRAP),
     ("unwrap", KeyUsage::UNWRAP),
     ("derive", KeyUsage::DERIVE),
+    ("attest", KeyUsage::ATTEST),
 ];
 
 fn type_name(raw: u16) -> &'static str {
@@ -247,7 +248,7 @@ fn vmpl_list(bits: u8) -> Vec<u8> {
 }
 
 /// The template from `--type`, `--usage` (default: what the type can do, less
-/// wrap/unwrap/derive), `--vmpls` (default: all) and `--exportable`.
+/// wrap/unwrap/derive/attest: listing a key in the attestation manifest is opt-in), `--vmpls` (default: all) and `--exportable`.
 fn template(p: &Parsed) -> Result<KeyTemplate, CliError> {
     let t = p
         .value("--type")
@@ -258,7 +259,10 @@ fn template(p: &Parsed) -> Result<KeyTemplate, CliError> {
         ))
     })?;
     let usage = match p.value("--usage") {
-        None => key_type.allowed_usage() - (KeyUsage::WRAP | KeyUsage::UNWRAP | KeyUsage::DERIVE),
+        None => {
+            key_type.allowed_usage()
+                - (KeyUsage::WRAP | KeyUsage::UNWRAP | KeyUsage::DERIVE | KeyUsage::ATTEST)
+        }
         Some(list) => list.split(',').try_fold(KeyUsage::empty(), |acc, u| {
             USAGES
                 .iter()

@@ -7,7 +7,7 @@
 //! checked (there is no trusted clock here, and AMD's VLEKs are short-lived); a
 //! caller with a clock can check them on [`Cert::certificate`].
 
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use nitride_protocol::snp::Generation;
@@ -82,6 +82,80 @@ pub const BUNDLED_PEMS: [(Generation, &str, &str, &str); 3] = [
         include_str!("../../certs/turin-asvk.pem"),
     ),
 ];
+
+/// The label of a development root added by [`TrustAnchors::add_dev_root`].
+pub const DEV_ROOT_LABEL: &str = "development";
+
+/// The generation a certificate's subject names (`Milan`, `Genoa`, `Turin`).
+pub fn generation_from_subject(cert: &Cert) -> Option<Generation> {
+    let subject = cert.certificate().tbs_certificate.subject.to_string();
+    Generation::ALL
+        .into_iter()
+        .find(|g| subject.contains(g.name()) || subject.contains(generation_title(*g)))
+}
+
+fn generation_title(g: Generation) -> &'static str {
+    match g {
+        Generation::Milan => "Milan",
+        Generation::Genoa => "Genoa",
+        Generation::Turin => "Turin",
+    }
+}
+
+/// Why a development root directory could not be loaded.
+#[cfg(feature = "std")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DevRootError {
+    /// A file could not be read.
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        error: String,
+    },
+    /// A certificate is not usable.
+    Cert(VerifyError),
+}
+
+#[cfg(feature = "std")]
+impl core::fmt::Display for DevRootError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Io { path, error } => write!(f, "development root: {path}: {error}"),
+            Self::Cert(e) => write!(f, "development root: {e}"),
+        }
+    }
+}
+
+/// The certificates found in a certificate table (`snp::certs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableCerts<'a> {
+    /// The VCEK, or else the VLEK.
+    pub endorsement: Option<&'a [u8]>,
+    /// The ASK (or ASVK).
+    pub ask: Option<&'a [u8]>,
+    /// The ARK.
+    pub ark: Option<&'a [u8]>,
+}
+
+/// Pick the endorsement key (VCEK, else VLEK), ASK and ARK out of a certificate table.
+pub fn table_certs(table: &[u8]) -> Result<TableCerts<'_>, nitride_protocol::snp::CertTableError> {
+    use nitride_protocol::snp::CertKind;
+    let mut out = TableCerts::default();
+    let mut vlek = None;
+    for entry in nitride_protocol::snp::certs::entries(table) {
+        let (kind, bytes) = entry?;
+        match kind {
+            CertKind::Vcek => out.endorsement = out.endorsement.or(Some(bytes)),
+            CertKind::Vlek => vlek = vlek.or(Some(bytes)),
+            CertKind::Ask => out.ask = out.ask.or(Some(bytes)),
+            CertKind::Ark => out.ark = out.ark.or(Some(bytes)),
+            CertKind::Other(_) => {}
+        }
+    }
+    out.endorsement = out.endorsement.or(vlek);
+    Ok(out)
+}
 
 /// One root with its intermediates.
 #[derive(Clone, Debug)]
@@ -188,6 +262,44 @@ impl TrustAnchors {
             asvk: parse_opt(CertRole::Asvk, asvk)?,
         });
         Ok(())
+    }
+
+    /// Explicitly trust a *development* root (the emulated platform's dev ARK and ASK,
+    /// PEM or DER) under the label [`DEV_ROOT_LABEL`]. Its generation comes from the
+    /// ARK's or ASK's subject (a name containing `Milan`, `Genoa` or `Turin`, as AMD's
+    /// `SEV-Genoa` / `ARK-Genoa` do), else Genoa, the generation the emulated PSP
+    /// plays. Refuses an ARK that is a pinned AMD ARK (that is no development root).
+    pub fn add_dev_root(&mut self, ark: &[u8], ask: &[u8]) -> Result<Generation, VerifyError> {
+        let ark_cert = Cert::from_pem_or_der(CertRole::Ark, ark)?;
+        let ask_cert = Cert::from_pem_or_der(CertRole::Ask, ask)?;
+        if let Some((g, _)) = PINNED_ARKS.iter().find(|(_, fp)| *fp == ark_cert.sha256()) {
+            return Err(VerifyError::CertMalformed {
+                role: CertRole::Ark,
+                reason: alloc::format!(
+                    "offered as a development root, but it is the pinned AMD ARK of {g}"
+                ),
+            });
+        }
+        let generation = generation_from_subject(&ark_cert)
+            .or_else(|| generation_from_subject(&ask_cert))
+            .unwrap_or(Generation::Genoa);
+        self.add_extra_root(DEV_ROOT_LABEL, generation, ark, Some(ask), None)?;
+        Ok(generation)
+    }
+
+    /// [`Self::add_dev_root`] from a directory holding `ark.pem` and `ask.pem` (the
+    /// layout of `target/dev-chain/`).
+    #[cfg(feature = "std")]
+    pub fn add_dev_root_dir(&mut self, dir: &std::path::Path) -> Result<Generation, DevRootError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|e| DevRootError::Io {
+                path: path.display().to_string(),
+                error: e.to_string(),
+            })
+        };
+        let (ark, ask) = (read("ark.pem")?, read("ask.pem")?);
+        self.add_dev_root(&ark, &ask).map_err(DevRootError::Cert)
     }
 
     /// The root sets, AMD ones first.

@@ -6,6 +6,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use nitride_protocol::attest::ManifestError;
 use nitride_protocol::snp::{Generation, ReportError, SigningKey};
 
 /// Lower-case hex of a byte string, for messages.
@@ -182,6 +183,13 @@ pub enum VerifyError {
         /// CHIP_ID seen.
         report: Vec<u8>,
     },
+    /// The endorsement chains to a *development* root (the emulated platform's), not
+    /// to AMD, and the caller did not opt into trusting it.
+    DevelopmentRoot {
+        /// How this was established (which development root it chains to, or what
+        /// the certificate claims).
+        evidence: String,
+    },
 }
 
 impl VerifyError {
@@ -203,6 +211,7 @@ impl VerifyError {
             }
             Self::TcbMismatch { .. } => "tcb",
             Self::ChipIdMismatch { .. } | Self::VlekChipIdNotMasked { .. } => "chip_id",
+            Self::DevelopmentRoot { .. } => "development_root",
         }
     }
 }
@@ -277,6 +286,13 @@ impl fmt::Display for VerifyError {
                 "chip id: a VLEK-signed report must carry a zero CHIP_ID, saw {}",
                 Hex(report)
             ),
+            Self::DevelopmentRoot { evidence } => write!(
+                f,
+                "chain: the report is signed by a *development* root, not by AMD ({evidence}); \
+                 it proves nothing about real hardware. To accept it anyway, trust that root \
+                 explicitly: --trust-dev-root DIR (a directory holding its ark.pem and ask.pem, \
+                 e.g. target/dev-chain)"
+            ),
         }
     }
 }
@@ -326,6 +342,27 @@ pub enum PolicyError {
         /// Keys accepted.
         allowed: Vec<SigningKey>,
     },
+    /// The key binding given does not parse.
+    KeyBindingMalformed {
+        /// Why.
+        reason: ManifestError,
+    },
+    /// The key binding's nonce is not the one expected.
+    KeyBindingNonce {
+        /// Nonce in the binding.
+        seen: Vec<u8>,
+        /// Nonce required.
+        expected: Vec<u8>,
+    },
+    /// REPORT_DATA is not SHA-512 of the key binding given.
+    KeyBindingReportData {
+        /// REPORT_DATA in the report.
+        seen: Box<[u8; 64]>,
+        /// SHA-512 of the binding.
+        expected: Box<[u8; 64]>,
+    },
+    /// A binding nonce is required but no key binding was given.
+    KeyBindingMissing,
 }
 
 impl PolicyError {
@@ -338,6 +375,10 @@ impl PolicyError {
             Self::Debug { .. } => "policy_debug",
             Self::TcbTooLow { .. } => "policy_tcb",
             Self::SigningKey { .. } => "policy_signing_key",
+            Self::KeyBindingMalformed { .. }
+            | Self::KeyBindingNonce { .. }
+            | Self::KeyBindingReportData { .. }
+            | Self::KeyBindingMissing => "policy_key_binding",
         }
     }
 }
@@ -384,6 +425,24 @@ impl fmt::Display for PolicyError {
                 }
                 f.write_str("]")
             }
+            Self::KeyBindingMalformed { reason } => {
+                write!(f, "policy key binding: malformed ({reason:?})")
+            }
+            Self::KeyBindingNonce { seen, expected } => write!(
+                f,
+                "policy key binding: nonce {}, expected {}",
+                Hex(seen),
+                Hex(expected)
+            ),
+            Self::KeyBindingReportData { seen, expected } => write!(
+                f,
+                "policy key binding: REPORT_DATA {}, expected SHA-512(binding) {}",
+                Hex(&seen[..]),
+                Hex(&expected[..])
+            ),
+            Self::KeyBindingMissing => f.write_str(
+                "policy key binding: a binding nonce is required but no key binding was given",
+            ),
         }
     }
 }

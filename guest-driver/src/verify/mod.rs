@@ -29,7 +29,12 @@ use sha2::{Digest, Sha384};
 use nitride_protocol::snp::report::{SIG_ALGO_ECDSA_P384_SHA384, SIG_COMPONENT_LEN};
 use nitride_protocol::snp::{AttestationReport, Generation, SigningKey, Tcb, TcbLayout};
 
-pub use anchors::{pinned_ark, Endorsement, RootSet, TrustAnchors, BUNDLED_PEMS, PINNED_ARKS};
+#[cfg(feature = "std")]
+pub use anchors::DevRootError;
+pub use anchors::{
+    generation_from_subject, pinned_ark, table_certs, Endorsement, RootSet, TableCerts,
+    TrustAnchors, BUNDLED_PEMS, DEV_ROOT_LABEL, PINNED_ARKS,
+};
 pub use cert::{oid, Cert, EkExtensions};
 pub use error::{CertRole, Error, Hex, PolicyError, RootUsed, VerifyError};
 pub use policy::AppraisalPolicy;

@@ -1,11 +1,13 @@
 //! The caller's requirements on a genuine report, as a builder.
 //!
 //! Checks run in this order and stop at the first failure: signing key, VMPL,
-//! debug bit, REPORT_DATA, measurement, minimum TCB (against REPORTED_TCB, the TCB
-//! the signing key is bound to).
+//! debug bit, REPORT_DATA, key binding (parses, nonce, REPORT_DATA = SHA-512 of it),
+//! measurement, minimum TCB (against REPORTED_TCB, the TCB the signing key is bound
+//! to).
 
 use alloc::vec::Vec;
 
+use nitride_protocol::attest::KeyBinding;
 use nitride_protocol::snp::{SigningKey, Tcb};
 use sha2::{Digest, Sha512};
 
@@ -22,6 +24,8 @@ pub struct AppraisalPolicy {
     allow_debug: bool,
     min_tcb: Option<Tcb>,
     signing_keys: Vec<SigningKey>,
+    key_binding: Option<Vec<u8>>,
+    binding_nonce: Option<Vec<u8>>,
 }
 
 impl Default for AppraisalPolicy {
@@ -40,6 +44,8 @@ impl AppraisalPolicy {
             allow_debug: false,
             min_tcb: None,
             signing_keys: alloc::vec![SigningKey::Vcek, SigningKey::Vlek],
+            key_binding: None,
+            binding_nonce: None,
         }
     }
 
@@ -62,6 +68,21 @@ impl AppraisalPolicy {
         h.update(nonce);
         h.update(manifest);
         self.expect_report_data(h.finalize().into())
+    }
+
+    /// Require the report to bind `binding`, the key binding of the vHSM's AttestKey
+    /// (`attest::KeyBinding`): it must parse, and REPORT_DATA must equal
+    /// SHA-512(binding). With [`Self::expect_binding_nonce`], its nonce must match too.
+    pub fn expect_key_binding(mut self, binding: &[u8]) -> Self {
+        self.key_binding = Some(binding.to_vec());
+        self
+    }
+
+    /// Require the key binding's nonce to equal `nonce` (with
+    /// [`Self::expect_key_binding`]; on its own it refuses every report).
+    pub fn expect_binding_nonce(mut self, nonce: &[u8]) -> Self {
+        self.binding_nonce = Some(nonce.to_vec());
+        self
     }
 
     /// Add a measurement to the allow-list (an empty list allows any).
@@ -116,6 +137,7 @@ impl AppraisalPolicy {
                 });
             }
         }
+        self.check_key_binding(&r.report_data)?;
         if !self.measurements.is_empty() && !self.measurements.contains(&r.measurement) {
             return Err(PolicyError::Measurement {
                 seen: r.measurement,
@@ -145,6 +167,33 @@ impl AppraisalPolicy {
                     });
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn check_key_binding(&self, report_data: &[u8; 64]) -> Result<(), PolicyError> {
+        let Some(bytes) = &self.key_binding else {
+            return match &self.binding_nonce {
+                Some(_) => Err(PolicyError::KeyBindingMissing),
+                None => Ok(()),
+            };
+        };
+        let binding = KeyBinding::parse(bytes)
+            .map_err(|reason| PolicyError::KeyBindingMalformed { reason })?;
+        if let Some(expected) = &self.binding_nonce {
+            if binding.nonce != expected.as_slice() {
+                return Err(PolicyError::KeyBindingNonce {
+                    seen: binding.nonce.to_vec(),
+                    expected: expected.clone(),
+                });
+            }
+        }
+        let expected: [u8; 64] = Sha512::digest(bytes).into();
+        if *report_data != expected {
+            return Err(PolicyError::KeyBindingReportData {
+                seen: alloc::boxed::Box::new(*report_data),
+                expected: alloc::boxed::Box::new(expected),
+            });
         }
         Ok(())
     }

@@ -188,3 +188,124 @@ fn nonce_manifest_binding() {
 }
 
 use sha2::Sha512;
+
+fn binding_bytes(nonce: &[u8], spki: &[u8]) -> alloc::vec::Vec<u8> {
+    use nitride_protocol::attest::KeyBinding;
+    let attributes = nitride_protocol::vhsm::KeyAttributes {
+        key_id: U32::new(4),
+        ..Default::default()
+    };
+    let b = KeyBinding {
+        attributes,
+        nonce,
+        spki,
+    };
+    let mut out = alloc::vec![0u8; b.encoded_len()];
+    b.write(&mut out).unwrap();
+    out
+}
+
+fn verified_with_data(report_data: [u8; 64], vmpl: u32) -> VerifiedReport {
+    let mut report = AttestationReport::new_zeroed();
+    report.report_data = report_data;
+    report.vmpl = U32::new(vmpl);
+    report.policy = U64::new(0x30000);
+    VerifiedReport {
+        report,
+        generation: Generation::Genoa,
+        signing_key: SigningKey::Vcek,
+        root: RootUsed::Amd(Generation::Genoa),
+        chip_id_checked: true,
+    }
+}
+
+#[test]
+fn key_binding_policy() {
+    let binding = binding_bytes(b"nonce-1", b"spki");
+    let v = verified_with_data(Sha512::digest(&binding).into(), 0);
+    let p = AppraisalPolicy::new().expect_vmpl(0);
+    assert_eq!(p.clone().expect_key_binding(&binding).appraise(&v), Ok(()));
+    assert_eq!(
+        p.clone()
+            .expect_key_binding(&binding)
+            .expect_binding_nonce(b"nonce-1")
+            .appraise(&v),
+        Ok(())
+    );
+    // Another nonce in the expectation: named with both values.
+    let e = p
+        .clone()
+        .expect_key_binding(&binding)
+        .expect_binding_nonce(b"nonce-2")
+        .appraise(&v)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        PolicyError::KeyBindingNonce {
+            seen: b"nonce-1".to_vec(),
+            expected: b"nonce-2".to_vec()
+        }
+    );
+    assert_eq!(e.check(), "policy_key_binding");
+    assert!(e.to_string().contains("6e6f6e63652d31"), "{e}");
+    // A binding that parses but is not the one the report binds (other SPKI).
+    let other = binding_bytes(b"nonce-1", b"spkj");
+    assert!(matches!(
+        p.clone().expect_key_binding(&other).appraise(&v),
+        Err(PolicyError::KeyBindingReportData { .. })
+    ));
+    // Truncated binding: malformed, before any hash is compared.
+    assert_eq!(
+        p.clone()
+            .expect_key_binding(&binding[..binding.len() - 1])
+            .appraise(&v),
+        Err(PolicyError::KeyBindingMalformed {
+            reason: nitride_protocol::attest::ManifestError::Truncated
+        })
+    );
+    // A nonce expectation without a binding refuses.
+    assert_eq!(
+        p.clone().expect_binding_nonce(b"nonce-1").appraise(&v),
+        Err(PolicyError::KeyBindingMissing)
+    );
+    // The same binding in a report requested at VMPL 1 fails the VMPL check first.
+    let v1 = verified_with_data(Sha512::digest(&binding).into(), 1);
+    assert_eq!(
+        p.expect_key_binding(&binding).appraise(&v1),
+        Err(PolicyError::Vmpl {
+            seen: 1,
+            expected: 0
+        })
+    );
+}
+
+#[test]
+fn table_certs_prefers_the_vcek() {
+    use nitride_protocol::snp::certs::{CertTableEntry, GUID_ARK, GUID_VCEK, GUID_VLEK};
+    use zerocopy::IntoBytes;
+    let build = |blobs: &[(nitride_protocol::snp::Guid, &[u8])]| {
+        let mut t = alloc::vec![0u8; (blobs.len() + 1) * 24];
+        for (i, (g, b)) in blobs.iter().enumerate() {
+            let e = CertTableEntry {
+                guid: *g,
+                offset: U32::new(t.len() as u32),
+                length: U32::new(b.len() as u32),
+            };
+            t[i * 24..(i + 1) * 24].copy_from_slice(e.as_bytes());
+            t.extend_from_slice(b);
+        }
+        t
+    };
+    let t = build(&[
+        (GUID_VLEK, b"vlek"),
+        (GUID_VCEK, b"vcek"),
+        (GUID_ARK, b"ark"),
+    ]);
+    let c = table_certs(&t).unwrap();
+    assert_eq!(c.endorsement, Some(&b"vcek"[..]));
+    assert_eq!((c.ask, c.ark), (None, Some(&b"ark"[..])));
+    let t = build(&[(GUID_VLEK, b"vlek")]);
+    assert_eq!(table_certs(&t).unwrap().endorsement, Some(&b"vlek"[..]));
+    assert!(table_certs(&t[..30]).is_err());
+    assert_eq!(table_certs(&[0u8; 24]).unwrap(), TableCerts::default());
+}

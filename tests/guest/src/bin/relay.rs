@@ -1,15 +1,20 @@
 //! The relay guest: plays the guest OS for the host-side tools. It reads frames
 //! (`nitride_protocol::relay`) from COM2, turns each into a real SVSM call of the
-//! vHSM protocol with buffers in its own memory, and writes the result back. It
-//! holds no keys; the bytes it forwards are the vHSM's requests and responses.
+//! vHSM protocol (or, for attest frames, of the attestation protocol) with buffers in
+//! its own memory, and writes the result back. It holds no keys; the bytes it
+//! forwards are the vHSM's requests and responses and the SVSM's evidence.
 #![no_std]
 #![no_main]
 
+use nitride_guest_driver::attest::{encode_request, Region, Regions, Target};
 use nitride_guest_driver::call::{SvsmClient, Transport, VmmcallTransport};
+use nitride_protocol::attest::{attest_call, ATTEST_PROTOCOL_VERSION};
 use nitride_protocol::emulated::ports;
 use nitride_protocol::relay::{
-    RawCallHead, RelayInfo, ResponseHead, ATTACK_MAGIC, INFO_MAGIC, RAW_MAGIC, REQUEST_BUFFER_SIZE,
-    REQUEST_MAGIC, RESPONSE_BUFFER_SIZE, RESPONSE_MAGIC,
+    AttestHead, AttestResultHead, RawCallHead, RelayInfo, ResponseHead, ATTACK_MAGIC,
+    ATTEST_CERT_BUFFER_SIZE, ATTEST_MAGIC, ATTEST_MANIFEST_BUFFER_SIZE, ATTEST_NONCE_BUFFER_SIZE,
+    ATTEST_REPORT_BUFFER_SIZE, INFO_MAGIC, RAW_MAGIC, REQUEST_BUFFER_SIZE, REQUEST_MAGIC,
+    RESPONSE_BUFFER_SIZE, RESPONSE_MAGIC, SECRETS_MAGIC,
 };
 use nitride_protocol::svsm::{call_rax, protocol, vhsm_call, CallRegs, VHSM_PROTOCOL_VERSION};
 use nitride_rt::uart::Uart;
@@ -25,11 +30,34 @@ struct ResponseBuffer([u8; RESPONSE_BUFFER_SIZE]);
 static mut REQUEST: RequestBuffer = RequestBuffer([0; REQUEST_BUFFER_SIZE]);
 static mut RESPONSE: ResponseBuffer = ResponseBuffer([0; RESPONSE_BUFFER_SIZE]);
 
+/// A page-aligned buffer of `N` bytes for the attestation protocol.
+#[repr(C, align(4096))]
+struct Page<const N: usize>([u8; N]);
+
+/// The attestation buffers: request page, nonce, report, manifest, certificates.
+struct AttestMemory {
+    request: Page<4096>,
+    nonce: Page<ATTEST_NONCE_BUFFER_SIZE>,
+    report: Page<ATTEST_REPORT_BUFFER_SIZE>,
+    manifest: Page<ATTEST_MANIFEST_BUFFER_SIZE>,
+    certificates: Page<ATTEST_CERT_BUFFER_SIZE>,
+}
+
+static mut ATTEST: AttestMemory = AttestMemory {
+    request: Page([0; 4096]),
+    nonce: Page([0; ATTEST_NONCE_BUFFER_SIZE]),
+    report: Page([0; ATTEST_REPORT_BUFFER_SIZE]),
+    manifest: Page([0; ATTEST_MANIFEST_BUFFER_SIZE]),
+    certificates: Page([0; ATTEST_CERT_BUFFER_SIZE]),
+};
+
 struct Relay {
     com2: Uart,
     svsm: SvsmClient<VmmcallTransport>,
     request: &'static mut [u8; REQUEST_BUFFER_SIZE],
     response: &'static mut [u8; RESPONSE_BUFFER_SIZE],
+    attest: &'static mut AttestMemory,
+    secrets_gpa: u64,
     info: RelayInfo,
 }
 
@@ -61,13 +89,108 @@ impl Relay {
     }
 
     fn reply(&self, rax: u64, rcx: u64, payload: &[u8]) {
+        self.reply_parts(rax, rcx, &[payload]);
+    }
+
+    /// Answer with a payload made of `parts`, in order.
+    fn reply_parts(&self, rax: u64, rcx: u64, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         let head = ResponseHead {
             rax,
             rcx,
-            len: payload.len() as u32,
+            len: len as u32,
         };
-        for b in RESPONSE_MAGIC.iter().chain(head.as_bytes()).chain(payload) {
+        for b in RESPONSE_MAGIC.iter().chain(head.as_bytes()) {
             self.com2.put(*b);
+        }
+        for b in parts.iter().flat_map(|p| p.iter()) {
+            self.com2.put(*b);
+        }
+    }
+
+    /// Serve an attest frame: one call of protocol 1 with the relay's own buffers.
+    fn attest(&mut self) {
+        let mut h = [0u8; core::mem::size_of::<AttestHead>()];
+        self.read_exact(&mut h);
+        let Ok(head) = AttestHead::read_from_bytes(&h) else {
+            return;
+        };
+        let nonce_len = head.nonce_len;
+        for i in 0..nonce_len as usize {
+            let b = self.com2.get();
+            if let Some(slot) = self.attest.nonce.0.get_mut(i) {
+                *slot = b;
+            }
+        }
+        let m = &mut *self.attest;
+        let gpa = |p: &[u8]| p.as_ptr() as u64;
+        let clamp = |want: u32, max: usize| want.min(max as u32);
+        let target = if head.call == attest_call::SERVICES {
+            Target::Services
+        } else {
+            Target::SingleService {
+                guid: head.service_guid,
+                manifest_version: head.manifest_version,
+            }
+        };
+        let regions = Regions {
+            report: Region {
+                gpa: gpa(&m.report.0),
+                size: clamp(head.report_size, ATTEST_REPORT_BUFFER_SIZE),
+            },
+            nonce: Region {
+                gpa: gpa(&m.nonce.0),
+                size: nonce_len,
+            },
+            manifest: Region {
+                gpa: gpa(&m.manifest.0),
+                size: clamp(head.manifest_size, ATTEST_MANIFEST_BUFFER_SIZE),
+            },
+            certificates: Region {
+                gpa: if head.want_certificates != 0 {
+                    gpa(&m.certificates.0)
+                } else {
+                    0
+                },
+                size: if head.want_certificates != 0 {
+                    clamp(head.cert_size, ATTEST_CERT_BUFFER_SIZE)
+                } else {
+                    0
+                },
+            },
+        };
+        if encode_request(target, &regions, &mut m.request.0).is_err() {
+            return;
+        }
+        let regs = CallRegs {
+            // Any call number the host names goes through, so the SVSM's own
+            // check of unknown calls can be exercised.
+            rax: call_rax(protocol::ATTESTATION, head.call),
+            rcx: gpa(&m.request.0),
+            rdx: 0,
+            r8: 0,
+            r9: 0,
+        };
+        let out = self.svsm.transport().call(regs);
+        if out.still_pending {
+            say!("relay: the SVSM did not serve the attestation call");
+        }
+        let r = out.regs;
+        let result = AttestResultHead {
+            rdx: r.rdx,
+            r8: r.r8,
+        };
+        let m = &*self.attest;
+        if r.rax == 0 {
+            fn part(b: &[u8], n: u64, offered: u32) -> &[u8] {
+                &b[..(n as usize).min(offered as usize).min(b.len())]
+            }
+            let report = part(&m.report.0, r.r8, regions.report.size);
+            let manifest = part(&m.manifest.0, r.rcx, regions.manifest.size);
+            let certs = part(&m.certificates.0, r.rdx, regions.certificates.size);
+            self.reply_parts(r.rax, r.rcx, &[result.as_bytes(), report, manifest, certs]);
+        } else {
+            self.reply_parts(r.rax, r.rcx, &[result.as_bytes()]);
         }
     }
 
@@ -97,7 +220,16 @@ impl Relay {
         let mut w = [0u8; 4];
         self.read_exact(&mut w);
         loop {
-            if w == REQUEST_MAGIC || w == RAW_MAGIC || w == INFO_MAGIC || w == ATTACK_MAGIC {
+            if [
+                REQUEST_MAGIC,
+                RAW_MAGIC,
+                INFO_MAGIC,
+                ATTACK_MAGIC,
+                ATTEST_MAGIC,
+                SECRETS_MAGIC,
+            ]
+            .contains(&w)
+            {
                 return w;
             }
             w.copy_within(1.., 0);
@@ -137,6 +269,11 @@ impl Relay {
                     a.copy_from_slice(&g[..8]);
                     attack(u64::from_le_bytes(a), g[8]);
                     self.reply(0, 0, &[]);
+                }
+                ATTEST_MAGIC => self.attest(),
+                SECRETS_MAGIC => {
+                    let page = nitride_test_guest::fixed_page(self.secrets_gpa);
+                    self.reply(0, 0, page);
                 }
                 _ => {
                     let info = self.info;
@@ -186,11 +323,16 @@ extern "C" fn guest_main(_boot_info_gpa: u64, secrets_gpa: u64) -> ! {
         Ok(Some((max, min))) => say!("relay: vHSM protocol versions {min}..{max} served"),
         other => say!("relay: vHSM protocol not served ({other:?}); requests will fail"),
     }
-    // SAFETY: guest_main runs once and is the only user of the two buffers.
-    let (request, response) = unsafe {
+    match svsm.query_protocol(protocol::ATTESTATION, ATTEST_PROTOCOL_VERSION) {
+        Ok(Some((max, min))) => say!("relay: attestation protocol versions {min}..{max} served"),
+        other => say!("relay: attestation protocol not served ({other:?})"),
+    }
+    // SAFETY: guest_main runs once and is the only user of the buffers.
+    let (request, response, attest) = unsafe {
         (
             &mut *core::ptr::addr_of_mut!(REQUEST),
             &mut *core::ptr::addr_of_mut!(RESPONSE),
+            &mut *core::ptr::addr_of_mut!(ATTEST),
         )
     };
     let relay_info = RelayInfo {
@@ -213,6 +355,8 @@ extern "C" fn guest_main(_boot_info_gpa: u64, secrets_gpa: u64) -> ! {
         svsm,
         request: &mut request.0,
         response: &mut response.0,
+        attest,
+        secrets_gpa,
         info: relay_info,
     }
     .serve()

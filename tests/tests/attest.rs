@@ -1,0 +1,441 @@
+//! Attestation from the firmware, driven through the relay guest: the SVSM
+//! attestation protocol (services and single service, size negotiation) and the
+//! vHSM's AttestKey, each report checked with the guest-side verifier against the
+//! development root of the emulated PSP (VMPL 0, REPORT_DATA binding, launch
+//! measurement), and refused without that root; then the same through the `nitride`
+//! command line.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use std::path::Path;
+
+use nitride_guest_driver::attest::{AttestError, Target};
+use nitride_guest_driver::cli;
+use nitride_guest_driver::relay::AttestParams;
+use nitride_guest_driver::verify::{
+    verify, AppraisalPolicy, PolicyError, RootUsed, TrustAnchors, VerifiedReport, DEV_ROOT_LABEL,
+};
+use nitride_protocol::attest::{
+    KeyBinding, ManifestTable, VhsmManifest, MANIFEST_TABLE_GUID, VHSM_SERVICE_GUID,
+};
+use nitride_protocol::snp::Generation;
+use nitride_protocol::svsm::{secrets, ResultCode};
+use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet};
+use nitride_tests::{
+    dev_anchors, dev_chain_dir, endorsement_key, images, start_relay, RelayClient, VhsmClient,
+    VhsmError,
+};
+
+/// The launch measurement of the production SVSM with the relay guest, as the
+/// runner computes it (what every report of these VMs must carry).
+fn expected_measurement() -> [u8; 48] {
+    let i = images();
+    nitride_qemu::launch_measurement(&i.svsm, &i.relay_guest).unwrap()
+}
+
+fn p384(c: &mut VhsmClient<RelayClient>, usage: KeyUsage, label: &[u8]) -> u32 {
+    c.generate(
+        KeyTemplate::new(KeyType::EcdsaP384, usage, VmplSet::all(), false),
+        label,
+    )
+    .unwrap()
+    .key_id
+    .get()
+}
+
+/// Verify `report` (with the endorsement from `table`) against the development
+/// root, requiring VMPL 0 and the launch measurement.
+fn genuine(report: &[u8], table: &[u8]) -> VerifiedReport {
+    let v = verify(&dev_anchors(), report, &endorsement_key(table)).unwrap();
+    assert_eq!(
+        v.root,
+        RootUsed::Extra {
+            label: DEV_ROOT_LABEL.into(),
+            generation: Generation::Genoa
+        }
+    );
+    AppraisalPolicy::new()
+        .expect_vmpl(0)
+        .allow_measurement(expected_measurement())
+        .appraise(&v)
+        .unwrap();
+    v
+}
+
+#[test]
+fn services_attestation_binds_nonce_manifest_and_keys() {
+    let (_vm, mut c) = start_relay("attest-services", "");
+    let attested = p384(
+        &mut c,
+        KeyUsage::SIGN | KeyUsage::VERIFY | KeyUsage::ATTEST,
+        b"attested",
+    );
+    let hidden = p384(&mut c, KeyUsage::SIGN | KeyUsage::VERIFY, b"not attested");
+    let attested_spki = c.public_key(attested).unwrap();
+    let attested_attrs = c.attributes(attested).unwrap();
+    let nonce = c.random(64).unwrap();
+
+    let ev = c
+        .transport()
+        .attest(&AttestParams::new(Target::Services, &nonce))
+        .unwrap();
+    assert!(!ev.retried);
+    let v = genuine(&ev.report, &ev.certificates);
+    let policy = AppraisalPolicy::new().expect_vmpl(0);
+    assert_eq!(
+        policy
+            .clone()
+            .expect_nonce_manifest(&nonce, &ev.manifest)
+            .appraise(&v),
+        Ok(())
+    );
+
+    // The manifest: a services table listing the vHSM, whose entry holds the vault
+    // identity key and exactly the ATTEST keys.
+    assert_eq!(&ev.manifest[..16], &MANIFEST_TABLE_GUID);
+    let table = ManifestTable::parse(&ev.manifest).unwrap();
+    let vhsm_bytes = table.find(&VHSM_SERVICE_GUID).unwrap();
+    let m = VhsmManifest::parse(vhsm_bytes).unwrap();
+    assert!(!m.identity.is_empty());
+    let keys: Vec<_> = m.keys().collect();
+    assert!(
+        keys.iter()
+            .any(|(a, spki)| *a == attested_attrs && *spki == attested_spki.as_slice()),
+        "the ATTEST key is listed with its attributes and SPKI"
+    );
+    assert!(
+        keys.iter().all(|(a, _)| a.key_id.get() != hidden),
+        "a key without ATTEST is not listed"
+    );
+
+    // A changed manifest, a changed nonce: refused.
+    let mut other_manifest = ev.manifest.clone();
+    *other_manifest.last_mut().unwrap() ^= 1;
+    assert!(matches!(
+        policy
+            .clone()
+            .expect_nonce_manifest(&nonce, &other_manifest)
+            .appraise(&v),
+        Err(PolicyError::ReportData { .. })
+    ));
+    let mut other_nonce = nonce.clone();
+    other_nonce[0] ^= 1;
+    assert!(matches!(
+        policy
+            .clone()
+            .expect_nonce_manifest(&other_nonce, &ev.manifest)
+            .appraise(&v),
+        Err(PolicyError::ReportData { .. })
+    ));
+    // Without the development root the report is not genuine.
+    let amd = TrustAnchors::amd_builtin().unwrap();
+    let e = verify(&amd, &ev.report, &endorsement_key(&ev.certificates)).unwrap_err();
+    assert!(matches!(e.check(), "chain" | "trust_anchor"), "{e}");
+
+    // One service: the vHSM's manifest alone, bound the same way; no certificates
+    // when none are asked for.
+    let mut single = AttestParams::new(
+        Target::SingleService {
+            guid: VHSM_SERVICE_GUID,
+            manifest_version: 0,
+        },
+        &nonce,
+    );
+    single.want_certificates = false;
+    let one = c.transport().attest(&single).unwrap();
+    assert!(one.certificates.is_empty());
+    assert_eq!(one.manifest, vhsm_bytes);
+    let v1 = genuine(&one.report, &ev.certificates);
+    assert_eq!(
+        policy
+            .expect_nonce_manifest(&nonce, &one.manifest)
+            .appraise(&v1),
+        Ok(())
+    );
+}
+
+#[test]
+fn attest_key_binds_the_public_key_and_attributes() {
+    let (_vm, mut c) = start_relay("attest-key", "");
+    let key = p384(
+        &mut c,
+        KeyUsage::SIGN | KeyUsage::VERIFY | KeyUsage::ATTEST,
+        b"tls key",
+    );
+    let nonce = b"relying party challenge 0001".to_vec();
+    let ak = c.attest_key(key, &nonce).unwrap();
+    let b = KeyBinding::parse(&ak.binding).unwrap();
+    assert_eq!(b.spki, c.public_key(key).unwrap().as_slice());
+    assert_eq!(b.attributes, c.attributes(key).unwrap());
+    assert_eq!(b.nonce, nonce.as_slice());
+    let v = genuine(&ak.report, &ak.certificates);
+    let policy = AppraisalPolicy::new().expect_vmpl(0);
+    assert_eq!(
+        policy
+            .clone()
+            .expect_key_binding(&ak.binding)
+            .expect_binding_nonce(&nonce)
+            .appraise(&v),
+        Ok(())
+    );
+    // Another nonce expected, a binding with another key: refused.
+    assert!(matches!(
+        policy
+            .clone()
+            .expect_key_binding(&ak.binding)
+            .expect_binding_nonce(b"another challenge")
+            .appraise(&v),
+        Err(PolicyError::KeyBindingNonce { .. })
+    ));
+    let mut other = ak.binding.clone();
+    *other.last_mut().unwrap() ^= 1;
+    assert!(matches!(
+        policy.expect_key_binding(&other).appraise(&v),
+        Err(PolicyError::KeyBindingReportData { .. })
+    ));
+
+    // A key without ATTEST usage is refused.
+    let plain = p384(&mut c, KeyUsage::SIGN | KeyUsage::VERIFY, b"plain");
+    assert_eq!(
+        c.attest_key(plain, &nonce),
+        Err(VhsmError::Status(Status::UsageNotPermitted))
+    );
+}
+
+#[test]
+fn buffer_sizes_are_negotiated_through_the_relay() {
+    let (_vm, mut c) = start_relay("attest-sizes", "");
+    let nonce = [0x42u8; 64];
+    let mut small = AttestParams::new(Target::Services, &nonce);
+    small.manifest_size = 16;
+    let first = c.transport().attest_call(&small).unwrap();
+    assert_eq!(first.rax, ResultCode::InvalidParameter.raw());
+    let Err(AttestError::BuffersTooSmall {
+        manifest, report, ..
+    }) = first.decode(&small)
+    else {
+        panic!("expected BuffersTooSmall, got {first:?}");
+    };
+    assert!(manifest > 16, "needed manifest size {manifest}");
+    assert_eq!(report, 0x4A0);
+    // The client retries once with the sizes asked for, and gets the evidence.
+    let ev = c.transport().attest(&small).unwrap();
+    assert!(ev.retried);
+    assert_eq!(ev.manifest.len() as u64, manifest);
+    let v = genuine(&ev.report, &ev.certificates);
+    assert_eq!(
+        AppraisalPolicy::new()
+            .expect_nonce_manifest(&nonce, &ev.manifest)
+            .appraise(&v),
+        Ok(())
+    );
+    // A report buffer below 0x4A0 bytes, a certificate buffer too small: the same.
+    let mut tiny_report = AttestParams::new(Target::Services, &nonce);
+    tiny_report.report_size = 0x100;
+    let r = c.transport().attest_call(&tiny_report).unwrap();
+    assert!(
+        matches!(
+            r.decode(&tiny_report),
+            Err(AttestError::BuffersTooSmall { report: 0x4A0, .. })
+        ),
+        "{r:?}"
+    );
+    let mut tiny_certs = AttestParams::new(Target::Services, &nonce);
+    tiny_certs.cert_size = 8;
+    let r = c.transport().attest_call(&tiny_certs).unwrap();
+    assert!(
+        matches!(
+            r.decode(&tiny_certs),
+            Err(AttestError::BuffersTooSmall { certificates, .. }) if certificates > 8
+        ),
+        "{r:?}"
+    );
+    // An oversized nonce is refused by the SVSM (the relay passes its length on).
+    let big = vec![0u8; nitride_protocol::attest::MAX_NONCE_SIZE as usize + 1];
+    let r = c
+        .transport()
+        .attest_call(&AttestParams::new(Target::Services, &big))
+        .unwrap();
+    assert_eq!(r.rax, ResultCode::InvalidParameter.raw(), "{r:?}");
+    // The channel still serves vHSM requests afterwards.
+    assert_eq!(c.random(8).unwrap().len(), 8);
+}
+
+#[test]
+fn guest_secrets_page_holds_no_vmpck0() {
+    let (_vm, mut c) = start_relay("attest-secrets", "");
+    let page = c.transport().secrets_page().unwrap();
+    let info = c.transport().info().unwrap();
+    // It is the real secrets page: the SVSM fields match what the relay reported.
+    let base = u64::from_le_bytes(page[secrets::SVSM_BASE..][..8].try_into().unwrap());
+    assert_eq!(base, info.svsm_base);
+    let vmpck0 = &page[secrets::VMPCK[0]..][..32];
+    assert!(
+        vmpck0.iter().all(|&b| b == 0),
+        "the guest can see VMPCK0: {vmpck0:02x?}"
+    );
+    // The guest's own keys are there (the PSP is present; VMPCK1..3 are the guest's).
+    for slot in 1..4 {
+        let k = &page[secrets::VMPCK[slot]..][..32];
+        assert!(k.iter().any(|&b| b != 0), "VMPCK{slot} missing");
+    }
+}
+
+/// Run `nitride ARGS` (with `--socket` when given); returns (exit code, stdout, error).
+fn nitride(sock: Option<&Path>, args: &[&str]) -> (i32, String, String) {
+    let (result, out) = match sock {
+        Some(s) => cli::run_with_socket(s, args),
+        None => {
+            let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let mut out = Vec::new();
+            let r = cli::run(&argv, &mut out);
+            (r, out)
+        }
+    };
+    let out = String::from_utf8_lossy(&out).into_owned();
+    match result {
+        Ok(()) => (0, out, String::new()),
+        Err(e) => (e.exit_code(), out, e.to_string()),
+    }
+}
+
+#[test]
+fn cli_attest_then_verify() {
+    let (vm, client) = start_relay("attest-cli", "");
+    // QEMU serves one connection at a time: each command connects anew.
+    drop(client);
+    let s = vm.socket.clone();
+    let sock = Some(s.as_path());
+    let dir = vm.dir.join("services");
+    let d = dir.display().to_string();
+    let dev = dev_chain_dir().display().to_string();
+    let m = hex::encode(expected_measurement());
+    let nonce = "00112233445566778899aabbccddeeff".repeat(4);
+
+    let (code, out, err) = nitride(
+        sock,
+        &["attest", "services", "--nonce", &nonce, "-o", &d, "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["report"]["vmpl"], 0, "{summary}");
+    for f in ["report.bin", "manifest.bin", "certs.bin", "vcek.der"] {
+        assert!(dir.join(f).is_file(), "{f} missing: {summary}");
+    }
+    let manifest = dir.join("manifest.bin").display().to_string();
+    let verify_args = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "report",
+            "verify",
+            "-d",
+            &d,
+            "--nonce",
+            &nonce,
+            "--manifest",
+            &manifest,
+            "--measurement",
+            &m,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    // Without the development root: refused, saying it is a development root.
+    let args = verify_args(&[]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = nitride(None, &argv);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("*development* root") && err.contains("--trust-dev-root"),
+        "{err}"
+    );
+    // With it: valid, VMPL 0 checked (implied by --manifest).
+    let mut args = verify_args(&["--json"]);
+    args.extend(["--trust-dev-root".to_string(), dev.clone()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = nitride(None, &argv);
+    assert_eq!(code, 0, "{err}");
+    let verdict: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(verdict["verdict"], "valid");
+    assert_eq!(verdict["vmpl"], 0);
+    assert_eq!(verdict["vmpl_checked"], true);
+    // Another nonce: refused.
+    let other = "ff".repeat(64);
+    let args: Vec<String> = argv
+        .iter()
+        .map(|a| {
+            if *a == nonce {
+                other.clone()
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
+    let argv2: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = nitride(None, &argv2);
+    assert_eq!(code, 1);
+    assert!(err.contains("policy report_data"), "{err}");
+
+    // AttestKey through the CLI.
+    let (code, out, err) = nitride(
+        sock,
+        &[
+            "key",
+            "generate",
+            "--type",
+            "ecdsa-p384",
+            "--usage",
+            "sign,verify,attest",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"].to_string();
+    let kdir = vm.dir.join("key");
+    let kd = kdir.display().to_string();
+    let (code, _, err) = nitride(
+        sock,
+        &["attest", "key", &id, "--nonce", "c0ffee", "-o", &kd],
+    );
+    assert_eq!(code, 0, "{err}");
+    let kb = kdir.join("key-binding.bin").display().to_string();
+    let (code, _, err) = nitride(
+        None,
+        &[
+            "report",
+            "verify",
+            "-d",
+            &kd,
+            "--key-binding",
+            &kb,
+            "--nonce",
+            "c0ffee",
+            "--trust-dev-root",
+            &dev,
+            "--measurement",
+            &m,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = nitride(
+        None,
+        &[
+            "report",
+            "verify",
+            "-d",
+            &kd,
+            "--key-binding",
+            &kb,
+            "--nonce",
+            "c0ffef",
+            "--trust-dev-root",
+            &dev,
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("policy key binding: nonce"), "{err}");
+}
