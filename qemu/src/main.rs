@@ -232,7 +232,7 @@ fn demo() -> Result<ExitCode, Error> {
     println!(
         "\n{}",
         if all_ok {
-            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0."
+            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified."
         } else {
             "Demo found problems (see above)."
         }
@@ -440,7 +440,14 @@ fn down() -> Result<ExitCode, Error> {
 /// its output (binary output summarised); returns (success, stdout).
 fn nitride(socket: &std::path::Path, args: &[&str]) -> (bool, Vec<u8>) {
     println!("  $ nitride {}", args.join(" "));
-    let (result, out) = nitride_guest_driver::cli::run_with_socket(socket, args);
+    // `report` works on files only and takes no socket.
+    let (result, out) = if args.first() == Some(&"report") {
+        let argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut out = Vec::new();
+        (nitride_guest_driver::cli::run(&argv, &mut out), out)
+    } else {
+        nitride_guest_driver::cli::run_with_socket(socket, args)
+    };
     let ok = match result {
         Ok(()) => true,
         Err(e) => {
@@ -562,6 +569,122 @@ fn vhsm_story(images: &Images) -> Result<bool, Error> {
     if let Some(l) = console.lines().find(|l| l.contains("vHSM ready")) {
         println!("\n  SVSM console: {}", l.trim());
     }
+    ok &= attestation_story(&s, images)?;
+    let console = vm.console_text();
+    println!();
+    for l in console.lines().filter(|l| {
+        l.contains("emulated PSP ready")
+            || l.contains("attestation:")
+            || l.contains("PSP round trip")
+    }) {
+        println!("  SVSM console: {}", l.trim());
+    }
+    Ok(ok)
+}
+
+/// Part 5 of the demo, on the running relay VM: VMPL0 evidence for the services and
+/// for one key, checked by the guest-side verifier against the development root.
+fn attestation_story(s: &std::path::Path, images: &Images) -> Result<bool, Error> {
+    println!("\n== 5. Attestation: the SVSM asks the (emulated) PSP for VMPL0 reports; the verifier checks them\n");
+    let mut random = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
+    let nonce = measure::hex(&random);
+    let chain = ensure_dev_chain()?;
+    let root = chain.dir.display().to_string();
+    let expected = measure::hex(&launch_measurement(&images.svsm, &images.relay_guest)?);
+    println!("  measurement the runner expects (SHA-384 over the SVSM's code and the guest image): {expected}");
+    let mut ok = true;
+    ok &= nitride(
+        s,
+        &[
+            "key",
+            "generate",
+            "--type",
+            "ecdsa-p384",
+            "--usage",
+            "sign,verify,attest",
+            "--label",
+            "attested-signer",
+        ],
+    )
+    .0;
+    ok &= nitride(
+        s,
+        &["attest", "services", "--nonce", &nonce, "-o", "evidence"],
+    )
+    .0;
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "report",
+            "verify",
+            "-d",
+            "evidence",
+            "--nonce",
+            &nonce,
+            "--manifest",
+            "evidence/manifest.bin",
+            "--measurement",
+            &expected,
+        ];
+        args.extend_from_slice(extra);
+        nitride(s, &args).0
+    };
+    println!("  (without trusting the development root: refused)");
+    ok &= !verify(&[]);
+    ok &= verify(&["--trust-dev-root", &root]);
+    println!("  (a changed manifest no longer matches REPORT_DATA)");
+    let mut manifest = std::fs::read("evidence/manifest.bin")?;
+    if let Some(b) = manifest.last_mut() {
+        *b ^= 1;
+    }
+    std::fs::write("evidence/manifest.bin", &manifest)?;
+    ok &= !verify(&["--trust-dev-root", &root]);
+    let key_nonce = &nonce[..32];
+    ok &= nitride(
+        s,
+        &[
+            "attest",
+            "key",
+            "4",
+            "--nonce",
+            key_nonce,
+            "-o",
+            "key-evidence",
+        ],
+    )
+    .0;
+    ok &= nitride(
+        s,
+        &[
+            "report",
+            "verify",
+            "-d",
+            "key-evidence",
+            "--key-binding",
+            "key-evidence/key-binding.bin",
+            "--nonce",
+            key_nonce,
+            "--measurement",
+            &expected,
+            "--trust-dev-root",
+            &root,
+        ],
+    )
+    .0;
+    println!("  (key 1 was not generated attestable)");
+    ok &= !nitride(
+        s,
+        &[
+            "attest",
+            "key",
+            "1",
+            "--nonce",
+            key_nonce,
+            "-o",
+            "key-evidence",
+        ],
+    )
+    .0;
     Ok(ok)
 }
 
