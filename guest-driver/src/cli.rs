@@ -36,6 +36,8 @@ pub enum CliError {
     Rejected(RejectError),
     /// The vHSM refused or could not be reached.
     Vhsm(String),
+    /// The SVSM refused a non-vHSM request (attestation) or could not be reached.
+    Svsm(String),
 }
 
 impl CliError {
@@ -43,7 +45,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Usage(_) => 2,
-            Self::Input(_) | Self::Rejected(_) | Self::Vhsm(_) => 1,
+            Self::Input(_) | Self::Rejected(_) | Self::Vhsm(_) | Self::Svsm(_) => 1,
         }
     }
 }
@@ -54,6 +56,7 @@ impl std::fmt::Display for CliError {
             Self::Usage(m) | Self::Input(m) => f.write_str(m),
             Self::Rejected(e) => write!(f, "rejected: {e}"),
             Self::Vhsm(m) => write!(f, "vHSM: {m}"),
+            Self::Svsm(m) => write!(f, "SVSM: {m}"),
         }
     }
 }

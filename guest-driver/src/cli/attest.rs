@@ -237,7 +237,7 @@ fn attest_services(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
     let dir = out_dir(p)?;
     let path = socket(p);
     let mut relay = RelayClient::connect(&path).map_err(|e| {
-        CliError::Vhsm(format!(
+        CliError::Svsm(format!(
             "cannot reach the firmware at {}: {e} (is it running? `cargo xtask up`)",
             path.display()
         ))
@@ -246,7 +246,7 @@ fn attest_services(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
     params.want_certificates = !p.flag("--no-certs");
     let ev = relay
         .attest(&params)
-        .map_err(|e| CliError::Vhsm(format!("attestation: {e}")))?;
+        .map_err(|e| CliError::Svsm(format!("attestation: {e}")))?;
     write_file(&dir, "report.bin", &ev.report)?;
     write_file(&dir, "manifest.bin", &ev.manifest)?;
     let mut files = vec!["report.bin".to_string(), "manifest.bin".to_string()];
