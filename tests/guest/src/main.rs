@@ -517,7 +517,11 @@ fn bench_attest(info: &SvsmInfo) -> ! {
                         r
                     };
                     per_call(ATTEST_CALLS, || match call() {
-                        Ok(e) if e.report_len == REPORT_SIZE => {
+                        Ok(e)
+                            if e.report_len == REPORT_SIZE
+                                && e.manifest_len != 0
+                                && (e.certificates_len != 0) == certs =>
+                        {
                             lens = (e.report_len, e.manifest_len, e.certificates_len)
                         }
                         _ => ok = false,
