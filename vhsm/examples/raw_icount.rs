@@ -3,7 +3,9 @@
 //! difference): the baseline the firmware's per-operation counts are compared with.
 //!
 //! Usage: `raw_icount OP N`, OP one of hmac_sign64, aes_gcm_encrypt1k,
-//! ed25519_sign64, ed25519_verify64, ecdsa_p384_sign64, ecdsa_p384_verify64.
+//! ed25519_sign64, ed25519_verify64, ecdsa_p384_sign64, ecdsa_p384_verify64,
+//! ecdsa_p384_sign_report (what the emulated PSP does per report: sign the 0x2A0
+//! signed bytes of an attestation report, raw r||s).
 #![allow(
     clippy::unwrap_used,
     reason = "a measurement tool: failing loudly is right"
@@ -21,6 +23,7 @@ fn main() {
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
     let msg = [0x42u8; 64];
     let kib = [0x17u8; 1024];
+    let report = [0x5Au8; 0x2A0];
     let ec = p384::ecdsa::SigningKey::from_slice(&[0x11u8; 48]).unwrap();
     let ec_sig: p384::ecdsa::Signature = ec.sign(&msg);
     let ed = ed25519_dalek::SigningKey::from_bytes(&[0x22u8; 32]);
@@ -53,6 +56,10 @@ fn main() {
             "ecdsa_p384_sign64" => {
                 let s: p384::ecdsa::Signature = ec.sign(black_box(&msg));
                 black_box(s.to_der());
+            }
+            "ecdsa_p384_sign_report" => {
+                let s: p384::ecdsa::Signature = ec.sign(black_box(&report));
+                black_box(s.split_bytes());
             }
             "ecdsa_p384_verify64" => {
                 ec.verifying_key().verify(black_box(&msg), &ec_sig).unwrap();

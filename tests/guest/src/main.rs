@@ -8,8 +8,10 @@
 #![no_std]
 #![no_main]
 
+use nitride_guest_driver::attest::{attest, AttestBuffers, GuestBuf, Target, REPORT_SIZE};
 use nitride_guest_driver::call::{CallError, SvsmClient, Transport, VmmcallTransport};
 use nitride_guest_driver::vhsm::{SvsmVhsmTransport, VhsmClient, VhsmError};
+use nitride_protocol::attest::{ATTEST_PROTOCOL_VERSION, VHSM_SERVICE_GUID};
 use nitride_protocol::emulated::exit;
 use nitride_protocol::svsm::{
     call_rax, core_call, protocol, query_protocol_arg, CallRegs, ResultCode, SvsmInfo,
@@ -387,6 +389,169 @@ fn bench_vhsm(info: &SvsmInfo) -> ! {
     })
 }
 
+/// A page-aligned guest buffer of `N` bytes.
+#[repr(C, align(4096))]
+struct Pages<const N: usize>([u8; N]);
+
+/// The buffers of the attestation bench: request, nonce, report, manifest,
+/// certificates.
+struct AttestMemory {
+    request: Pages<4096>,
+    nonce: Pages<4096>,
+    report: Pages<4096>,
+    manifest: Pages<{ 16 * 1024 }>,
+    certificates: Pages<{ 16 * 1024 }>,
+}
+
+static mut ATTEST_MEMORY: AttestMemory = AttestMemory {
+    request: Pages([0; 4096]),
+    nonce: Pages([0; 4096]),
+    report: Pages([0; 4096]),
+    manifest: Pages([0; 16 * 1024]),
+    certificates: Pages([0; 16 * 1024]),
+};
+
+/// Attestation calls measured per request kind (each is millions of instructions).
+const ATTEST_CALLS: u64 = 5;
+
+/// Instructions per attestation request (`-icount shift=0`): the attestation
+/// protocol's ATTEST_SERVICES with and without certificates and
+/// ATTEST_SINGLE_SERVICE of the vHSM, and the vHSM's AttestKey of a P-384 key;
+/// first with one attestable key, then with 17 (a larger manifest to hash).
+///
+/// Before each measured batch the guest prints `ATTEST-BEGIN <name>` so the
+/// runner can put the SVSM's per-request log lines (its own split of the cost)
+/// beside the guest's `BENCH attest_<name>_insns=N`.
+fn bench_attest(info: &SvsmInfo) -> ! {
+    let mut vhsm = vhsm_client(info);
+    // SAFETY: the CAA from the secrets page is a guest page, identity mapped; this
+    // client and the vHSM client's share it but never call at the same time (one
+    // thread, each call completes before the next).
+    let mut svsm = SvsmClient::new(unsafe { VmmcallTransport::new(info.caa as *mut u8) });
+    let served = svsm.query_protocol(protocol::ATTESTATION, ATTEST_PROTOCOL_VERSION);
+    say!("attestation protocol: {served:?}");
+    if !matches!(served, Ok(Some((max, min))) if min <= ATTEST_PROTOCOL_VERSION && ATTEST_PROTOCOL_VERSION <= max)
+    {
+        say!("attestation protocol {ATTEST_PROTOCOL_VERSION} not served");
+        exit_qemu(exit::GUEST_FAIL)
+    }
+    // SAFETY: this function runs once and is the only user of ATTEST_MEMORY.
+    let m = unsafe { &mut *core::ptr::addr_of_mut!(ATTEST_MEMORY) };
+    let gpa = |b: &[u8]| b.as_ptr() as u64;
+    let (request_gpa, nonce_gpa, report_gpa, manifest_gpa, certs_gpa) = (
+        gpa(&m.request.0),
+        gpa(&m.nonce.0),
+        gpa(&m.report.0),
+        gpa(&m.manifest.0),
+        gpa(&m.certificates.0),
+    );
+    let mut bufs = AttestBuffers {
+        request: GuestBuf {
+            bytes: &mut m.request.0,
+            gpa: request_gpa,
+        },
+        nonce: GuestBuf {
+            bytes: &mut m.nonce.0,
+            gpa: nonce_gpa,
+        },
+        report: GuestBuf {
+            bytes: &mut m.report.0,
+            gpa: report_gpa,
+        },
+        manifest: GuestBuf {
+            bytes: &mut m.manifest.0,
+            gpa: manifest_gpa,
+        },
+        certificates: None,
+    };
+    // Lent to `bufs` for the requests that ask for certificates.
+    let mut cert_buf = Some(GuestBuf {
+        bytes: &mut m.certificates.0,
+        gpa: certs_gpa,
+    });
+    let nonce = [0x6Eu8; 64];
+    let attestable = KeyTemplate::new(
+        KeyType::EcdsaP384,
+        KeyUsage::SIGN | KeyUsage::VERIFY | KeyUsage::ATTEST,
+        VmplSet::all(),
+        false,
+    );
+    let mut failures = 0u32;
+    let Ok(key) = vhsm.generate(attestable, b"attested") else {
+        say!("bench-attest: key generation failed");
+        exit_qemu(exit::GUEST_FAIL)
+    };
+    let key = key.key_id.get();
+    let single = Target::SingleService {
+        guid: VHSM_SERVICE_GUID,
+        manifest_version: 0,
+    };
+    let mut attestable_keys = 1;
+    for keys in [1u32, 17] {
+        // Attestable keys beyond the first: each adds its entry to the vHSM manifest.
+        for _ in attestable_keys..keys {
+            failures += u32::from(vhsm.generate(attestable, b"more").is_err());
+        }
+        attestable_keys = keys;
+        let kinds: [(&str, Option<Target>, bool); 4] = [
+            ("services_certs", Some(Target::Services), true),
+            ("services", Some(Target::Services), false),
+            ("single_vhsm", Some(single), false),
+            ("attest_key", None, true),
+        ];
+        for (kind, target, certs) in kinds {
+            let name = format_args!("{kind}_keys{keys}");
+            let mut lens = (0, 0, 0);
+            let mut ok = true;
+            say!("ATTEST-BEGIN {name}");
+            let per = match target {
+                Some(target) => {
+                    let mut call = || {
+                        if certs {
+                            bufs.certificates = cert_buf.take();
+                        }
+                        let r = attest(&mut svsm, target, &nonce, &mut bufs);
+                        if certs {
+                            cert_buf = bufs.certificates.take();
+                        }
+                        r
+                    };
+                    per_call(ATTEST_CALLS, || match call() {
+                        Ok(e)
+                            if e.report_len == REPORT_SIZE
+                                && e.manifest_len != 0
+                                && (e.certificates_len != 0) == certs =>
+                        {
+                            lens = (e.report_len, e.manifest_len, e.certificates_len)
+                        }
+                        _ => ok = false,
+                    })
+                }
+                None => per_call(ATTEST_CALLS, || match vhsm.attest_key(key, &nonce) {
+                    Ok(e) if e.report.len() == REPORT_SIZE && !e.certificates.is_empty() => {
+                        lens = (e.report.len(), e.binding.len(), e.certificates.len())
+                    }
+                    _ => ok = false,
+                }),
+            };
+            failures += u32::from(!ok);
+            say!(
+                "BENCH attest_{name}_insns={per} (report {}, manifest/binding {}, certificates {} bytes{})",
+                lens.0,
+                lens.1,
+                lens.2,
+                if ok { "" } else { ", FAILED" }
+            );
+        }
+    }
+    say!("bench-attest: {failures} failures");
+    exit_qemu(if failures == 0 {
+        exit::GUEST_PASS
+    } else {
+        exit::GUEST_FAIL
+    })
+}
+
 /// The typed vHSM client over this guest's own SVSM calls.
 fn vhsm_sequence(info: &SvsmInfo) -> ! {
     let mut vhsm = vhsm_client(info);
@@ -498,6 +663,7 @@ extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
         "bench" => bench(&info, at_entry),
         "vhsm" => vhsm_sequence(&info),
         "bench-vhsm" => bench_vhsm(&info),
+        "bench-attest" => bench_attest(&info),
         "load" => {
             let count = cmd
                 .split_ascii_whitespace()
