@@ -147,6 +147,15 @@ impl Material {
         Ok(())
     }
 
+    /// Append what attestation shows of the key: the SPKI DER of an asymmetric key,
+    /// nothing for an AES or HMAC key (which has no public half).
+    pub fn public_part(&self, out: &mut Vec<u8>) -> Result<(), Error> {
+        match self {
+            Self::Aes256(_) | Self::HmacSha384(_) => Ok(()),
+            Self::EcdsaP384(_) | Self::Ed25519(_) => self.public_key_der(out),
+        }
+    }
+
     /// Append a signature over `message`: DER ECDSA-with-SHA-384, 64-byte Ed25519, or
     /// the 48-byte HMAC-SHA-384 tag.
     pub fn sign(&self, message: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {

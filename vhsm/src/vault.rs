@@ -603,8 +603,10 @@ impl<P: Platform> Vault<P> {
         let mut count = 0u32;
         for key in attestable() {
             let mut spki = Vec::new();
-            // Symmetric keys have no public half: an empty SPKI.
-            if key.material.public_key_der(&mut spki).is_err() {
+            // Symmetric keys have no public half: an empty SPKI. Keys in the vault
+            // always encode; should one not, it is listed without its SPKI rather
+            // than dropped from the manifest.
+            if key.material.public_part(&mut spki).is_err() {
                 spki.clear();
             }
             let head = ManifestKeyHead {
@@ -651,9 +653,7 @@ impl<P: Platform> Vault<P> {
             return Err(Error::InvalidParameter);
         }
         let mut spki = Vec::new();
-        if key.material.public_key_der(&mut spki).is_err() {
-            spki.clear();
-        }
+        key.material.public_part(&mut spki)?;
         let binding = KeyBinding {
             attributes: key.info.to_wire(),
             nonce,
