@@ -16,15 +16,14 @@
 
 use std::sync::OnceLock;
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit};
 use libfuzzer_sys::fuzz_target;
 use nitride_kernel::emulated_psp::{DevPspConfig, EmulatedPsp, LaunchInfo};
-use nitride_kernel::psp::{nonce, tag_of, ChannelError, HEADER_SIZE, MAX_PAYLOAD, PSP_PAGE};
+use nitride_kernel::psp::{ChannelError, HEADER_SIZE, PSP_PAGE};
+use nitride_kernel_fuzz::{open, seal, Script};
 use nitride_protocol::emulated::dev_psp::{self, BlobHeader};
 use nitride_protocol::snp::certs;
 use nitride_protocol::snp::msg::{
-    msg_type, KeyReq, MsgHeader, ReportReq, AAD_RANGE, AEAD_AES_256_GCM, HDR_VERSION,
+    msg_type, KeyReq, MsgHeader, ReportReq, AEAD_AES_256_GCM, HDR_VERSION,
 };
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
@@ -86,45 +85,9 @@ fn check_blob(b: &[u8]) {
     let _ = config.vcek_public();
 }
 
-struct Script<'a>(&'a [u8]);
-
-impl Script<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
-    }
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let (a, b) = self.0.split_at(n.min(self.0.len()));
-        self.0 = b;
-        a
-    }
-}
-
 /// Whether `page` authenticates under VMPCK `n`.
 fn authentic(page: &[u8; PSP_PAGE], n: usize) -> Option<(MsgHeader, Vec<u8>)> {
-    let header = MsgHeader::read_from_bytes(&page[..HEADER_SIZE]).ok()?;
-    let len = usize::from(header.msg_sz.get());
-    if len > MAX_PAYLOAD {
-        return None;
-    }
-    let mut body = page[HEADER_SIZE..HEADER_SIZE + len].to_vec();
-    Aes256Gcm::new((&vmpck(n)).into())
-        .decrypt_in_place_detached(
-            &nonce(header.msg_seqno.get()),
-            &page[AAD_RANGE],
-            &mut body,
-            &tag_of(&header),
-        )
-        .ok()?;
-    Some((header, body))
+    open(&vmpck(n), page)
 }
 
 fn request_page(psp: &EmulatedPsp, s: &mut Script<'_>) -> Box<[u8; PSP_PAGE]> {
@@ -185,19 +148,12 @@ fn request_page(psp: &EmulatedPsp, s: &mut Script<'_>) -> Box<[u8; PSP_PAGE]> {
     if edits & 16 != 0 {
         h.msg_sz = U16::new(s.u32() as u16);
     }
-    page[..HEADER_SIZE].copy_from_slice(h.as_bytes());
-    let (head, rest) = page.split_at_mut(HEADER_SIZE);
-    let out = &mut rest[..body.len()];
-    out.copy_from_slice(&body);
     let key = if edits & 32 != 0 {
         vmpck(usize::from(s.byte() & 3))
     } else {
         vmpck(vmpck_n)
     };
-    let tag = Aes256Gcm::new((&key).into())
-        .encrypt_in_place_detached(&nonce(h.msg_seqno.get()), &head[AAD_RANGE], out)
-        .expect("seal");
-    head[..16].copy_from_slice(&tag);
+    seal(&key, &mut h, &body, &mut page);
     if edits & 64 != 0 {
         let i = usize::from(s.byte()) % PSP_PAGE;
         page[i] ^= 1 | s.byte();

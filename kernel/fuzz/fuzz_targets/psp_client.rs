@@ -20,75 +20,27 @@
 
 use std::collections::HashMap;
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit};
 use libfuzzer_sys::fuzz_target;
 use nitride_kernel::psp::{
-    nonce, tag_of, ChannelError, PspChannel, PspClient, PspError, HEADER_SIZE, MAX_PAYLOAD,
-    PSP_PAGE,
+    ChannelError, PspChannel, PspClient, PspError, HEADER_SIZE, MAX_PAYLOAD, PSP_PAGE,
 };
+use nitride_kernel_fuzz::{open, seal, Script};
 use nitride_protocol::snp::certs;
-use nitride_protocol::snp::msg::{msg_type, KeyReq, KeyRsp, MsgHeader, ReportRsp, AAD_RANGE};
+use nitride_protocol::snp::msg::{msg_type, KeyReq, KeyRsp, MsgHeader, ReportRsp};
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 use zeroize::Zeroizing;
 
 const VMPCK: [u8; 32] = [0x70; 32];
 
-/// Reads the script; zeros once it runs out.
-struct Script<'a>(&'a [u8]);
-
-impl Script<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
-    }
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let (a, b) = self.0.split_at(n.min(self.0.len()));
-        self.0 = b;
-        a
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-fn seal(header: &mut MsgHeader, body: &[u8], page: &mut [u8; PSP_PAGE]) {
-    page.fill(0);
-    page[..HEADER_SIZE].copy_from_slice(header.as_bytes());
-    let (head, rest) = page.split_at_mut(HEADER_SIZE);
-    let out = &mut rest[..body.len()];
-    out.copy_from_slice(body);
-    let tag = Aes256Gcm::new((&VMPCK).into())
-        .encrypt_in_place_detached(&nonce(header.msg_seqno.get()), &head[AAD_RANGE], out)
-        .expect("seal");
-    head[..16].copy_from_slice(&tag);
-    header.authtag[..16].copy_from_slice(&tag);
-}
-
 /// Check a request page: it authenticates under the VMPCK; returns its header.
 fn open_request(page: &[u8; PSP_PAGE]) -> MsgHeader {
     let header = MsgHeader::read_from_bytes(&page[..HEADER_SIZE]).expect("header");
     let len = usize::from(header.msg_sz.get());
     assert!(len <= MAX_PAYLOAD, "request msg_sz {len}");
-    let mut body = page[HEADER_SIZE..HEADER_SIZE + len].to_vec();
-    Aes256Gcm::new((&VMPCK).into())
-        .decrypt_in_place_detached(
-            &nonce(header.msg_seqno.get()),
-            &page[AAD_RANGE],
-            &mut body,
-            &tag_of(&header),
-        )
-        .expect("every request authenticates under the VMPCK");
-    header
+    open(&VMPCK, page)
+        .expect("every request authenticates under the VMPCK")
+        .0
 }
 
 struct FuzzChannel<'a> {
@@ -182,7 +134,7 @@ impl PspChannel for FuzzChannel<'_> {
                 if edits & 32 != 0 {
                     h.msg_sz = U16::new(s.u32() as u16);
                 }
-                seal(&mut h, &body, response);
+                seal(&VMPCK, &mut h, &body, response);
                 if edits & 64 != 0 {
                     let i = usize::from(s.byte()) % PSP_PAGE;
                     response[i] ^= 1 | s.byte();
