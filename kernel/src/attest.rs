@@ -56,17 +56,27 @@ impl<P: Platform> Attester for PlatformAttester<'_, P> {
 }
 
 /// The services the attestation protocol can name.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Services<'a> {
-    /// The vHSM's manifest (`Vault::manifest`), when the vHSM runs.
-    pub vhsm: Option<&'a [u8]>,
+    /// Builds the vHSM's manifest (`Vault::manifest`), when the vHSM runs. Called
+    /// only once a request has been read and names the vHSM.
+    pub vhsm: Option<&'a dyn Fn() -> Vec<u8>>,
+}
+
+impl core::fmt::Debug for Services<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Services")
+            .field("vhsm", &self.vhsm.is_some())
+            .finish()
+    }
 }
 
 impl Services<'_> {
     /// The services manifest table: one entry per running service.
     fn table(&self) -> Result<Vec<u8>, ResultCode> {
+        let vhsm = self.vhsm.map(|build| build());
         let mut entries: Vec<(Guid, &[u8])> = Vec::new();
-        if let Some(m) = self.vhsm {
+        if let Some(m) = &vhsm {
             entries.push((VHSM_SERVICE_GUID, m));
         }
         let len = manifest_table_len(&entries).ok_or(ResultCode::InvalidRequest)?;
@@ -78,9 +88,9 @@ impl Services<'_> {
     /// One service's manifest at `version` (0 = the latest).
     fn single(&self, guid: &Guid, version: u32) -> Result<Vec<u8>, ResultCode> {
         match (*guid == VHSM_SERVICE_GUID, self.vhsm) {
-            (true, Some(m)) => {
+            (true, Some(build)) => {
                 if version == 0 || version == VHSM_MANIFEST_VERSION {
-                    Ok(m.to_vec())
+                    Ok(build())
                 } else {
                     Err(ResultCode::InvalidParameter)
                 }

@@ -139,9 +139,10 @@ impl<P: Platform, V: VhsmService> Svsm<P, V> {
         regs.rax = match proto {
             protocol::CORE => self.core(call, &mut regs),
             protocol::ATTESTATION if self.platform.attestation_available() => {
-                let manifest = self.vhsm.as_ref().map(VhsmService::manifest);
+                // The manifest is built only for a request that needs it.
+                let vhsm_manifest = self.vhsm.as_ref().map(|v| move || v.manifest());
                 let services = Services {
-                    vhsm: manifest.as_deref(),
+                    vhsm: vhsm_manifest.as_ref().map(|f| f as &dyn Fn() -> Vec<u8>),
                 };
                 attest::serve(&mut self.platform, self.caa_gpa, call, &mut regs, &services)
             }
