@@ -53,6 +53,15 @@ pub const ATTEST_MAGIC: [u8; 4] = *b"NAS1";
 pub const SECRETS_MAGIC: [u8; 4] = *b"NSC1";
 /// Magic of a response frame.
 pub const RESPONSE_MAGIC: [u8; 4] = *b"NRS1";
+/// Every frame the host may send the relay.
+pub const HOST_MAGICS: [[u8; 4]; 6] = [
+    REQUEST_MAGIC,
+    RAW_MAGIC,
+    INFO_MAGIC,
+    ATTACK_MAGIC,
+    ATTEST_MAGIC,
+    SECRETS_MAGIC,
+];
 
 /// Size of the relay's request buffer: the largest vHSM request, and the largest
 /// payload a frame may carry.

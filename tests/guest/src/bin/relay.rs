@@ -13,7 +13,7 @@ use nitride_protocol::emulated::ports;
 use nitride_protocol::relay::{
     AttestHead, AttestResultHead, RawCallHead, RelayInfo, ResponseHead, ATTACK_MAGIC,
     ATTEST_CERT_BUFFER_SIZE, ATTEST_MAGIC, ATTEST_MANIFEST_BUFFER_SIZE, ATTEST_NONCE_BUFFER_SIZE,
-    ATTEST_REPORT_BUFFER_SIZE, INFO_MAGIC, RAW_MAGIC, REQUEST_BUFFER_SIZE, REQUEST_MAGIC,
+    ATTEST_REPORT_BUFFER_SIZE, HOST_MAGICS, RAW_MAGIC, REQUEST_BUFFER_SIZE, REQUEST_MAGIC,
     RESPONSE_BUFFER_SIZE, RESPONSE_MAGIC, SECRETS_MAGIC,
 };
 use nitride_protocol::svsm::{call_rax, protocol, vhsm_call, CallRegs, VHSM_PROTOCOL_VERSION};
@@ -220,16 +220,7 @@ impl Relay {
         let mut w = [0u8; 4];
         self.read_exact(&mut w);
         loop {
-            if [
-                REQUEST_MAGIC,
-                RAW_MAGIC,
-                INFO_MAGIC,
-                ATTACK_MAGIC,
-                ATTEST_MAGIC,
-                SECRETS_MAGIC,
-            ]
-            .contains(&w)
-            {
+            if HOST_MAGICS.contains(&w) {
                 return w;
             }
             w.copy_within(1.., 0);
