@@ -403,7 +403,8 @@ fn attestation_split(console: &str) -> Option<u64> {
     println!(
         "total: guest-measured round trip; SVSM: the attestation handler; rest = total - \
          SVSM (AttestKey: total - round trip): guest side, world switch, dispatch, the \
-         vault's manifest (protocol 1) or request handling (AttestKey), log lines; PSP \
+         vault's request handling (AttestKey), log lines; manifest: the vault's manifest \
+         and the services table; PSP \
          call: the handler's platform call (round trip + its log line); client = round trip - \
          emulated PSP (PSP client AES-GCM and copies); PSP msg = emulated PSP - signing \
          (its decrypt/encrypt and report build)"
