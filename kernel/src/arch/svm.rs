@@ -965,8 +965,9 @@ impl Emulated {
     fn handle_exit(&mut self, code: u64, info1: u64, info2: u64) -> Option<GuestExit> {
         let rip = self.vmcb64(save::RIP);
         let low = code as u32;
-        if code >> 32 != 0 && low != exitcode::NPF {
-            // VMEXIT_INVALID and other negative codes.
+        if code >> 32 != 0 {
+            // Negative codes (QEMU reports VMEXIT_INVALID as 0xFFFF_FFFF, which
+            // falls through to `Unexpected` below).
             return Some(GuestExit::Unexpected { code, info1, info2 });
         }
         match low {
