@@ -222,6 +222,24 @@ fn single_step_over_a_call_gets_its_debug_trap() {
 fn intercepted_instructions_behave_as_documented() {
     let out = boot_guest("intercepts");
     passed(&out, "intercepts");
+    for check in [
+        "invd-no-op",
+        "wbinvd-no-op",
+        "wbnoinvd-no-op",
+        "monitor-no-op",
+        "rdpmc-refused",
+        "xsetbv-kept-apart",
+        "debug-registers-read-back",
+        "debug-register-rules",
+        "int3-to-guest",
+    ] {
+        expect(
+            &out,
+            out.guest_lines()
+                .any(|l| l.contains(&format!("CHECK {check}:")) && l.ends_with("... ok")),
+            check,
+        );
+    }
     expect(
         &out,
         out.svsm_log.contains("guest RDPMC refused (#GP)"),
