@@ -3,6 +3,9 @@
 //! - [`memory`]: guest RAM and the checked constructor for guest ranges.
 //! - [`platform`]: the [`platform::Platform`] trait, the seam to the hardware.
 //! - [`svsm`]: the request loop and the core protocol.
+//! - [`insn`]: decoding the guest instructions the SVSM completes itself, through a
+//!   walk of the guest's page tables.
+//! - [`refusals`]: rate-limited reporting of refused guest accesses.
 //! - [`attest`]: the SVSM attestation protocol (protocol 1).
 //! - [`npt`]: nested page-table construction (which guest addresses exist).
 //! - [`elf`]: parsing the guest image.
@@ -25,10 +28,12 @@ pub mod cmdline;
 pub mod elf;
 pub mod emulated_psp;
 pub mod guest_setup;
+pub mod insn;
 pub mod launch;
 pub mod measure;
 pub mod memory;
 pub mod npt;
 pub mod platform;
 pub mod psp;
+pub mod refusals;
 pub mod svsm;

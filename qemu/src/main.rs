@@ -397,7 +397,7 @@ fn bench() -> Result<ExitCode, Error> {
             out.elapsed.as_secs_f64()
         );
         if mode == "mode=bench-attest" {
-            attest_signing = attestation_split(&out.console);
+            attest_signing = attestation_split(&out.combined);
         }
         all_ok &= out.outcome() == Outcome::GuestPass;
     }
@@ -837,12 +837,12 @@ fn vhsm_story(images: &Images) -> Result<bool, Error> {
     ok &= !nitride(&s, &["wrap", "3", "2"]).0;
     ok &= nitride(&s, &["key", "list"]).0;
     ok &= nitride(&s, &["audit"]).0;
-    let console = vm.console_text();
+    let console = vm.svsm_log_text();
     if let Some(l) = console.lines().find(|l| l.contains("vHSM ready")) {
         println!("\n  SVSM console: {}", l.trim());
     }
     ok &= attestation_story(&s, images)?;
-    let console = vm.console_text();
+    let console = vm.svsm_log_text();
     println!();
     for l in console.lines().filter(|l| {
         l.contains("emulated PSP ready")

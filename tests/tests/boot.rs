@@ -74,7 +74,7 @@ fn guest_that_never_calls_keeps_running() {
     );
     expect(
         &out,
-        !out.console.contains("ERROR") && !out.console.contains("FATAL"),
+        !out.svsm_log.contains("ERROR") && !out.svsm_log.contains("FATAL"),
         "no errors",
     );
 }
@@ -89,7 +89,7 @@ fn halted_guest_is_stopped() {
     );
     expect(
         &out,
-        out.console.contains("guest halted with interrupts off"),
+        out.svsm_log.contains("guest halted with interrupts off"),
         "halt reported",
     );
 }
@@ -99,7 +99,8 @@ fn refused_io_port_faults_the_guest() {
     let out = boot_guest("io");
     expect(
         &out,
-        out.console.contains("guest I/O to port 0x70 refused (#GP)"),
+        out.svsm_log
+            .contains("guest I/O to port 0x70 refused (#GP)"),
         "I/O refusal reported",
     );
     expect(
@@ -109,7 +110,7 @@ fn refused_io_port_faults_the_guest() {
     );
     expect(
         &out,
-        out.console.contains("guest shut down (triple fault)"),
+        out.svsm_log.contains("guest shut down (triple fault)"),
         "shutdown reported",
     );
     expect(
@@ -125,7 +126,7 @@ fn missing_guest_image_is_a_clean_failure() {
     expect(&out, out.outcome() == Outcome::SvsmFatal, "fatal exit code");
     expect(
         &out,
-        out.console.contains("[svsm] FATAL: guest image: NoImage"),
+        out.svsm_log.contains("[svsm] FATAL: guest image: NoImage"),
         "reason",
     );
 }
@@ -152,17 +153,17 @@ fn svsm_exceptions_are_reported() {
         expect(&out, out.outcome() == Outcome::SvsmFatal, kind);
         expect(
             &out,
-            out.console
+            out.svsm_log
                 .contains(&format!("CPU exception in the SVSM: {vector}")),
             kind,
         );
         expect(
             &out,
-            out.console.contains("error code") && out.console.contains("RIP 0x0000000001"),
+            out.svsm_log.contains("error code") && out.svsm_log.contains("RIP 0x0000000001"),
             kind,
         );
         if let Some(cr2) = cr2 {
-            expect(&out, out.console.contains(cr2), kind);
+            expect(&out, out.svsm_log.contains(cr2), kind);
         }
         expect(&out, !out.console.contains("[guest]"), "guest must not run");
     }
@@ -170,7 +171,7 @@ fn svsm_exceptions_are_reported() {
     expect(&out, out.outcome() == Outcome::SvsmFatal, "panic");
     expect(
         &out,
-        out.console.contains("[svsm] FATAL: panic: ") && out.console.contains("deliberate panic"),
+        out.svsm_log.contains("[svsm] FATAL: panic: ") && out.svsm_log.contains("deliberate panic"),
         "panic report",
     );
 }
@@ -183,7 +184,7 @@ fn production_image_ignores_fault_injection() {
     let out = run(boot);
     expect(
         &out,
-        out.console.contains("nitride.fault ignored"),
+        out.svsm_log.contains("nitride.fault ignored"),
         "warning",
     );
     expect(

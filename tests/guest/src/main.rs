@@ -19,6 +19,8 @@ use nitride_protocol::svsm::{
 use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet, MAX_REQUEST_SIZE};
 use nitride_test_guest::{cmdline, exit_qemu, say};
 
+mod hardening;
+
 /// A page the guest moves its calling area to.
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
@@ -689,6 +691,7 @@ extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
             say!("I/O port access was not refused");
             exit_qemu(exit::GUEST_FAIL)
         }
+        m if hardening::MODES.contains(&m) => hardening::run(m, &info, cmd),
         other => isolation(other, &info),
     }
 }
