@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use nitride_protocol::emulated::{dev_psp, exit, ports};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -223,6 +224,10 @@ pub struct Boot {
     pub extra: Vec<String>,
     /// Kill QEMU after this long.
     pub timeout: Duration,
+    /// Once the guest's console shows this text, let QEMU run this much longer and
+    /// then stop it (reported as a timeout), so that a test of a guest that should
+    /// keep running does not depend on how fast the machine boots.
+    pub settle: Option<(String, Duration)>,
     /// Write the guest's console (COM1) to this file instead of QEMU's stdout.
     pub console_file: Option<PathBuf>,
     /// Write the SVSM's log (the debug console on port 0xE9) to this file. `None`:
@@ -253,6 +258,7 @@ impl Boot {
             icount: false,
             extra: Vec::new(),
             timeout: Duration::from_secs(60),
+            settle: None,
             console_file: None,
             svsm_log: None,
             combined_log: None,
@@ -398,22 +404,41 @@ impl Boot {
             .stderr
             .take()
             .ok_or_else(|| Error::Io(std::io::Error::other("no stderr")))?;
-        let out_thread = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = stdout.read_to_end(&mut v);
-            v
-        });
+        let console_bytes = Arc::new(Mutex::new(Vec::new()));
+        let out_thread = {
+            let console_bytes = Arc::clone(&console_bytes);
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = stdout.read(&mut chunk) {
+                    let Some(read) = chunk.get(..n).filter(|r| !r.is_empty()) else {
+                        break;
+                    };
+                    if let Ok(mut v) = console_bytes.lock() {
+                        v.extend_from_slice(read);
+                    }
+                }
+            })
+        };
         let err_thread = std::thread::spawn(move || {
             let mut v = Vec::new();
             let _ = stderr.read_to_end(&mut v);
             v
         });
         let mut timed_out = false;
+        let mut settled_at: Option<Instant> = None;
         let status = loop {
             if let Some(s) = child.try_wait()? {
                 break s.code();
             }
-            if start.elapsed() > self.timeout {
+            if let (Some((text, more)), None) = (&self.settle, settled_at) {
+                let seen = console_bytes
+                    .lock()
+                    .is_ok_and(|v| String::from_utf8_lossy(&v).contains(text.as_str()));
+                if seen {
+                    settled_at = Some(Instant::now() + *more);
+                }
+            }
+            if start.elapsed() > self.timeout || settled_at.is_some_and(|t| Instant::now() > t) {
                 timed_out = true;
                 let _ = child.kill();
                 let _ = child.wait();
@@ -421,8 +446,11 @@ impl Boot {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let console =
-            String::from_utf8_lossy(&out_thread.join().unwrap_or_default()).replace('\r', "");
+        let _ = out_thread.join();
+        let console = console_bytes
+            .lock()
+            .map(|v| String::from_utf8_lossy(&v).replace('\r', ""))
+            .unwrap_or_default();
         let stderr = String::from_utf8_lossy(&err_thread.join().unwrap_or_default()).into_owned();
         let read = |f: &Path| {
             std::fs::read(f)
