@@ -58,6 +58,23 @@ class Log:
                 self._events.write(json.dumps(fields, sort_keys=True) + "\n")
 
 
+class Faults:
+    """Injected failures for client tests (retries, timeouts): the first `n503`
+    requests under /kbs/v0/ answer 503, and every answer waits `delay` seconds."""
+
+    def __init__(self, n503: int = 0, delay: float = 0.0):
+        self._lock = threading.Lock()
+        self.n503 = n503
+        self.delay = delay
+
+    def take_503(self) -> bool:
+        with self._lock:
+            if self.n503 > 0:
+                self.n503 -= 1
+                return True
+            return False
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "nitride-test-kbs/0.4.0"
@@ -68,6 +85,7 @@ class Handler(BaseHTTPRequestHandler):
     # Set on the class by serve().
     kbs: kbs_core.Kbs
     log: Log
+    faults: Faults
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # every request is logged by _dispatch
@@ -100,15 +118,19 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(n))
 
     def _send(self, status: int, body: bytes, content_type: str | None, cookie: str | None) -> None:
-        self.send_response(status)
-        if content_type is not None:
-            self.send_header("Content-Type", content_type)
-        if cookie is not None:
-            self.send_header("Set-Cookie", cookie)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        try:
+            self.send_response(status)
+            if content_type is not None:
+                self.send_header("Content-Type", content_type)
+            if cookie is not None:
+                self.send_header("Set-Cookie", cookie)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            self.log.line(f"kbs: {self.command} {self.path}: the client went away before the answer")
 
     def _dispatch(self, method: str) -> None:
         body = self._read_body()
@@ -119,6 +141,12 @@ class Handler(BaseHTTPRequestHandler):
             self.log.line(
                 f"kbs: refused {method} {path} [payload] no Content-Length, chunked body or more than {MAX_BODY} bytes"
             )
+            return
+        if self.faults.delay:
+            time.sleep(self.faults.delay)
+        if path.startswith(PREFIX) and self.faults.take_503():
+            self._send(503, b"injected fault (--fault-503)", None, None)
+            self.log.line(f"kbs: fault {method} {path} -> 503 (injected)")
             return
         try:
             answer = self._route(method, path, body)
@@ -211,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     misc.add_argument("--token-seconds", type=float, default=300.0, help="attestation token lifetime (trustee: 5 minutes)")
     misc.add_argument("--token-key", metavar="PEM", help="P-256 private key signing the tokens (default: a fresh one)")
     misc.add_argument("--event-log", metavar="FILE", help="append one JSON line per answered request")
+
+    fault = p.add_argument_group("fault injection (for client tests)")
+    fault.add_argument("--fault-503", type=int, default=0, metavar="N", help="answer the first N requests under /kbs/v0/ with 503")
+    fault.add_argument("--fault-delay", type=float, default=0.0, metavar="SECONDS", help="delay every answer")
     return p
 
 
@@ -304,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kbs: {e}", file=sys.stderr)
         return 2
 
-    handler = type("KbsHandler", (Handler,), {"kbs": kbs, "log": log})
+    faults = Faults(args.fault_503, args.fault_delay)
+    if args.fault_503 or args.fault_delay:
+        log.line(f"kbs: fault injection: first {args.fault_503} request(s) 503, {args.fault_delay} s delay")
+    handler = type("KbsHandler", (Handler,), {"kbs": kbs, "log": log, "faults": faults})
     server_class = ThreadingHTTPServer
     if ":" in args.host:
         server_class = type("KbsServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})

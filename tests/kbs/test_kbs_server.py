@@ -414,6 +414,16 @@ class Refusals(KbsServerTest):
         self.assertEqual(error(c.attest(body))[0], 401)
         self.kbs.wait_for(r"\[report-data\]")
 
+    def test_a_refused_attest_can_be_retried_on_the_same_session(self):
+        c = self.kbs.client()
+        nonce = c.auth().json()["nonce"]
+        key = ec.generate_private_key(ec.SECP256R1())
+        bad = self.attester.message(nonce, key, fields=_with(self.attester.fields, vmpl=1))
+        self.assertEqual(error(c.attest(bad))[0], 401)
+        self.kbs.wait_for(r"\[vmpl\]")
+        self.assertEqual(c.attest(self.attester.message(nonce, key)).status, 200)
+        self.assertEqual(manual_decrypt(c.resource("nitride/key/disk").body, key), SECRET)
+
     def test_additional_evidence_and_init_data(self):
         c = self.kbs.client()
         nonce = c.auth().json()["nonce"]
@@ -552,6 +562,23 @@ class Protocol(KbsServerTest):
         self.kbs.saw(r"kbs: root development \(genoa\): ARK [0-9a-f]{64}")
         self.kbs.saw(r"kbs: root amd-milan: ARK 69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd")
         self.kbs.saw(r"kbs: admin: bearer token, 1 JWT key\(s\)")
+
+
+class Faults(KbsServerTest):
+    extra_args = ("--fault-503", "2", "--fault-delay", "0.3")
+
+    def test_injected_503_then_service(self):
+        c = self.kbs.client()
+        for _ in range(2):
+            r = c.auth()
+            self.assertEqual((r.status, r.body), (503, b"injected fault (--fault-503)"))
+            self.kbs.wait_for(r"fault POST /kbs/v0/auth -> 503")
+        t0 = time.monotonic()
+        self.assertEqual(c.auth().status, 200)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.3)
+        timeout_client = kbs_client.KbsClient(self.kbs.url, timeout=0.1)
+        with self.assertRaises(OSError):
+            timeout_client.auth()
 
 
 class Expiry(KbsServerTest):
