@@ -120,20 +120,23 @@ def _no_constant(name: str) -> Any:
     raise JsonError(f"{name} is not JSON")
 
 
-def _check_strings(v: Any) -> None:
+# serde_json (recursion limit 128) parses at most 127 nested arrays/objects.
+MAX_JSON_DEPTH = 127
+
+
+def _check_strings(v: Any, depth: int = 0) -> None:
     # Python accepts lone UTF-16 surrogates in \u escapes; serde_json does not.
     if isinstance(v, str):
         try:
             v.encode("utf-8")
         except UnicodeEncodeError:
             raise JsonError("a string holds a lone surrogate") from None
-    elif isinstance(v, list):
-        for x in v:
-            _check_strings(x)
-    elif isinstance(v, dict):
-        for k, x in v.items():
-            _check_strings(k)
-            _check_strings(x)
+    elif isinstance(v, (list, dict)):
+        if depth >= MAX_JSON_DEPTH:
+            raise JsonError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        for k, x in v.items() if isinstance(v, dict) else enumerate(v):
+            _check_strings(k, depth + 1)
+            _check_strings(x, depth + 1)
 
 
 def load_json(body: bytes) -> Any:
@@ -149,6 +152,8 @@ def load_json(body: bytes) -> Any:
         v = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise JsonError(f"{e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise JsonError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     _check_strings(v)
     return v
 

@@ -163,11 +163,18 @@ class Messages(unittest.TestCase):
             b'{"a":"\\ud800"}',
             b'{"a":"\xff"}',
             b'{"a":1} x',
+            b"[" * 128 + b"]" * 128,
+            b"[" * 100000,
         ):
             with self.subTest(body=body):
                 with self.assertRaises(kbs_core.JsonError):
                     kbs_core.load_json(body)
         self.assertEqual(kbs_core.load_json(b' {"a":[1,2.5,"\\u00e9"]}\n'), {"a": [1, 2.5, "é"]})
+        # serde_json accepts 127 nested levels and refuses 128 (checked with serde_json 1).
+        v, depth = kbs_core.load_json(b"[" * 127 + b"]" * 127), 1
+        while v:
+            v, depth = v[0], depth + 1
+        self.assertEqual(depth, 127)
 
     def test_error_body_bytes(self):
         e = KbsError("PolicyDeny", 'Access denied by policy: "x" é', "policy-x")
