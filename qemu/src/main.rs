@@ -56,7 +56,7 @@ enum Task {
                             cargo xtask run --guest-args mode=vhsm\n  \
                             cargo xtask run --icount -- -d int -D qemu.log")]
     Run(RunArgs),
-    /// Run every test: host unit tests and the QEMU end-to-end tests
+    /// Run every test: host unit tests, the QEMU end-to-end tests and the test KBS's suite
     #[command(after_help = "Examples:\n  cargo xtask test")]
     Test,
     /// Boot the SVSM and show it at work: SVSM calls, isolation, the vHSM, attestation
@@ -230,15 +230,28 @@ fn test() -> Result<ExitCode, Error> {
     ensure_qemu()?;
     let start = Instant::now();
     build()?;
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["test", "--workspace"])
         .status()?;
+    // The test KBS's own suite (Python, no QEMU): run it even when a Rust test
+    // failed, so one run shows every failure.
+    let kbs = Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s"])
+        .arg(repo_root().join("tests").join("kbs"))
+        .status()?;
+    let passed = cargo.success() && kbs.success();
     println!(
-        "cargo xtask test: {} in {:.1} s",
-        if status.success() { "passed" } else { "FAILED" },
-        start.elapsed().as_secs_f64()
+        "cargo xtask test: {} in {:.1} s{}",
+        if passed { "passed" } else { "FAILED" },
+        start.elapsed().as_secs_f64(),
+        match (cargo.success(), kbs.success()) {
+            (false, false) => " (Rust tests and test KBS tests)",
+            (false, true) => " (Rust tests)",
+            (true, false) => " (test KBS tests: python3 -m unittest discover -s tests/kbs)",
+            (true, true) => "",
+        }
     );
-    Ok(if status.success() {
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
