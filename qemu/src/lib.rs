@@ -8,6 +8,7 @@
 //! Used by `cargo xtask` (src/main.rs) and by the end-to-end tests in `tests/`.
 
 pub mod dev_chain;
+pub mod igvm;
 pub mod measure;
 
 pub use dev_chain::{dev_psp_blob_path, ensure_dev_chain, DevChain};
