@@ -197,7 +197,13 @@ pub fn page_tables() -> Vec<(u64, Vec<u8>)> {
         ),
         (
             layout::PDPT_PRIVATE,
-            table(&|i| if i == 0 { layout::PD_PRIVATE | c | 0x23 } else { 0 }),
+            table(&|i| {
+                if i == 0 {
+                    layout::PD_PRIVATE | c | 0x23
+                } else {
+                    0
+                }
+            }),
         ),
         (
             layout::PD_PRIVATE,
@@ -205,7 +211,13 @@ pub fn page_tables() -> Vec<(u64, Vec<u8>)> {
         ),
         (
             layout::PDPT_SHARED,
-            table(&|i| if i == 0 { layout::PD_SHARED | c | 0x23 } else { 0 }),
+            table(&|i| {
+                if i == 0 {
+                    layout::PD_SHARED | c | 0x23
+                } else {
+                    0
+                }
+            }),
         ),
         (layout::PD_SHARED, table(&|i| ((i as u64) << 21) | 0xE3)),
     ]

@@ -30,15 +30,15 @@ pub fn model(leaf: u32, sub: u32, xcr0: u64, real: impl Fn(u32, u32) -> [u32; 4]
         0x8000_000A => [0; 4],
         0x8000_001F => [
             (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5), // SEV, SEV-ES, SEV-SNP, VMPL
-            C_BIT | (1 << 6) | (4 << 12),               // C-bit, reduction 1, 4 VMPLs
+            C_BIT | (1 << 6) | (4 << 12),              // C-bit, reduction 1, 4 VMPLs
             1,
             1,
         ],
         0x8000_0002..=0x8000_001E if leaf > max_ext => [0; 4],
         0xD => {
             let r = real(0xD, sub);
-            let supported = (u64::from(real(0xD, 0)[0]) | u64::from(real(0xD, 0)[3]) << 32)
-                & XCR0_SUPPORTED;
+            let supported =
+                (u64::from(real(0xD, 0)[0]) | u64::from(real(0xD, 0)[3]) << 32) & XCR0_SUPPORTED;
             let avx = supported & 4 != 0;
             match sub {
                 0 => [
@@ -105,8 +105,13 @@ pub fn secrets_page(vmpcks: &[[u8; 32]; 4], fam_mod_step: [u8; 3]) -> [u8; 4096]
     let mut p = [0u8; 4096];
     p[..4].copy_from_slice(&3u32.to_le_bytes());
     let [family, model, stepping] = fam_mod_step.map(u32::from);
-    let (base_fam, ext_fam) = if family > 0xF { (0xF, family - 0xF) } else { (family, 0) };
-    let fms = (stepping & 0xF) | (model & 0xF) << 4 | base_fam << 8 | (model >> 4) << 16 | ext_fam << 20;
+    let (base_fam, ext_fam) = if family > 0xF {
+        (0xF, family - 0xF)
+    } else {
+        (family, 0)
+    };
+    let fms =
+        (stepping & 0xF) | (model & 0xF) << 4 | base_fam << 8 | (model >> 4) << 16 | ext_fam << 20;
     p[8..12].copy_from_slice(&fms.to_le_bytes());
     for (i, k) in vmpcks.iter().enumerate() {
         p[0x20 + 32 * i..0x40 + 32 * i].copy_from_slice(k);
@@ -149,7 +154,10 @@ mod tests {
         let count = u32::from_le_bytes(page[..4].try_into().unwrap()) as usize;
         assert!(count > 30 && count <= MAX_PAGE_ENTRIES);
         let s = secrets_page(&[[1; 32], [2; 32], [3; 32], [4; 32]], [0x19, 0x11, 0x01]);
-        assert_eq!(u32::from_le_bytes(s[8..12].try_into().unwrap()), 0x00A1_0F11);
+        assert_eq!(
+            u32::from_le_bytes(s[8..12].try_into().unwrap()),
+            0x00A1_0F11
+        );
         assert_eq!(&s[0x40..0x60], &[2; 32]);
     }
 }

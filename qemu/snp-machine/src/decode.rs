@@ -104,15 +104,32 @@ mod tests {
         // mov %rax, %dr7 = 0F 23 F8; mov %dr0, %r9 = 41 0F 21 C1.
         assert_eq!(
             decode(&[0x0F, 0x23, 0xF8]),
-            Insn::MovDr { dr: 7, gpr: 0, write: true, len: 3 }
+            Insn::MovDr {
+                dr: 7,
+                gpr: 0,
+                write: true,
+                len: 3
+            }
         );
         assert_eq!(
             decode(&[0x41, 0x0F, 0x21, 0xC1]),
-            Insn::MovDr { dr: 0, gpr: 9, write: false, len: 4 }
+            Insn::MovDr {
+                dr: 0,
+                gpr: 9,
+                write: false,
+                len: 4
+            }
         );
         assert_eq!(decode(&[0x0F, 0x21, 0x00]), Insn::Other);
         // mov %eax, %cr0 = 0F 22 C0.
-        assert_eq!(decode(&[0x0F, 0x22, 0xC0]), Insn::MovToCr { cr: 0, gpr: 0, len: 3 });
+        assert_eq!(
+            decode(&[0x0F, 0x22, 0xC0]),
+            Insn::MovToCr {
+                cr: 0,
+                gpr: 0,
+                len: 3
+            }
+        );
         assert_eq!(decode(&[0x0F, 0x06]), Insn::Clts);
         assert_eq!(Insn::Vmgexit.len(), 4);
     }

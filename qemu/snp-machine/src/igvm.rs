@@ -154,10 +154,7 @@ impl core::fmt::Display for IgvmError {
     }
 }
 
-fn read<T: FromBytes + KnownLayout + Immutable>(
-    body: &[u8],
-    at: usize,
-) -> Result<T, IgvmError> {
+fn read<T: FromBytes + KnownLayout + Immutable>(body: &[u8], at: usize) -> Result<T, IgvmError> {
     if body.len() != size_of::<T>() {
         return Err(IgvmError::Header(at, "length is not the size of its type"));
     }
@@ -172,7 +169,12 @@ fn page_gpa(gpa: u64) -> Result<u64, IgvmError> {
 }
 
 /// The file data of a directive: 4 KiB at `file_offset` (0 = none).
-fn file_page(file: &[u8], data_start: usize, file_offset: u32, at: usize) -> Result<Option<&[u8]>, IgvmError> {
+fn file_page(
+    file: &[u8],
+    data_start: usize,
+    file_offset: u32,
+    at: usize,
+) -> Result<Option<&[u8]>, IgvmError> {
     if file_offset == 0 {
         return Ok(None);
     }

@@ -29,8 +29,8 @@ use nitride_snp_machine::igvm::{self, Action, PageKind, Plan};
 use nitride_snp_machine::rmp::{perm, Outcome, Rmp};
 use nitride_snp_machine::vmsa::{self, off as vo, GPR_SLOTS};
 use nitride_snp_machine::{
-    cpuid, exit, hex, C_MASK, GUEST_HOST_BASE, LAUNCH_VMSA_GPA, RAM_END, SEV_FEATURES,
-    SEV_STATUS, VMPLS,
+    cpuid, exit, hex, C_MASK, GUEST_HOST_BASE, LAUNCH_VMSA_GPA, RAM_END, SEV_FEATURES, SEV_STATUS,
+    VMPLS,
 };
 use zeroize::Zeroizing;
 
@@ -165,7 +165,9 @@ struct Machine {
 
 fn ram_page(ram: &mut [u8], gpa: u64) -> &mut [u8; 4096] {
     let at = (gpa & !0xFFF) as usize;
-    (&mut ram[at..at + 4096]).try_into().unwrap_or_else(|_| unreachable!())
+    (&mut ram[at..at + 4096])
+        .try_into()
+        .unwrap_or_else(|_| unreachable!())
 }
 
 #[no_mangle]
@@ -178,7 +180,10 @@ extern "C" fn machine_main64(start_info: u32) -> ! {
     }
     let end = core::ptr::addr_of!(__machine_end) as u64;
     if end > GUEST_HOST_BASE {
-        stop(exit::MACHINE_FATAL, format_args!("image end {end:#x} overlaps guest RAM"));
+        stop(
+            exit::MACHINE_FATAL,
+            format_args!("image end {end:#x} overlaps guest RAM"),
+        );
     }
     let info = arch::start_info(u64::from(start_info));
     if !arch::ram_covers(u64::from(start_info), GUEST_HOST_BASE + RAM_END) {
@@ -191,13 +196,23 @@ extern "C" fn machine_main64(start_info: u32) -> ! {
         );
     }
     let Some((module, size)) = info.module else {
-        stop(exit::LAUNCH_REFUSED, format_args!("no IGVM file (give it with -initrd)"));
+        stop(
+            exit::LAUNCH_REFUSED,
+            format_args!("no IGVM file (give it with -initrd)"),
+        );
     };
     if module < GUEST_HOST_BASE + RAM_END && module + size > GUEST_HOST_BASE {
-        stop(exit::MACHINE_FATAL, format_args!("the IGVM module overlaps guest RAM"));
+        stop(
+            exit::MACHINE_FATAL,
+            format_args!("the IGVM module overlaps guest RAM"),
+        );
     }
     let file = arch::module_bytes(module, size);
-    log!("virtual SNP machine: IGVM file of {size} bytes, guest RAM {} MiB, C-bit {}", RAM_END >> 20, nitride_snp_machine::C_BIT);
+    log!(
+        "virtual SNP machine: IGVM file of {size} bytes, guest RAM {} MiB, C-bit {}",
+        RAM_END >> 20,
+        nitride_snp_machine::C_BIT
+    );
 
     let config = match fw_cfg::read_file(dev_psp::FW_CFG_NAME) {
         Ok(blob) => match DevPspConfig::parse(&blob) {
@@ -206,7 +221,10 @@ extern "C" fn machine_main64(start_info: u32) -> ! {
         },
         Err(e) => stop(
             exit::MACHINE_FATAL,
-            format_args!("PSP: no dev-PSP blob in fw_cfg {} ({e:?})", dev_psp::FW_CFG_NAME),
+            format_args!(
+                "PSP: no dev-PSP blob in fw_cfg {} ({e:?})",
+                dev_psp::FW_CFG_NAME
+            ),
         ),
     };
 
@@ -226,11 +244,19 @@ extern "C" fn machine_main64(start_info: u32) -> ! {
     }
     let mut vmpcks = [[0u8; 32]; 4];
     for k in &mut vmpcks {
-        *k = arch::random32()
-            .unwrap_or_else(|| stop(exit::MACHINE_FATAL, format_args!("no RDRAND for the VMPCKs")));
+        *k = arch::random32().unwrap_or_else(|| {
+            stop(
+                exit::MACHINE_FATAL,
+                format_args!("no RDRAND for the VMPCKs"),
+            )
+        });
     }
-    let report_id = arch::random32()
-        .unwrap_or_else(|| stop(exit::MACHINE_FATAL, format_args!("no RDRAND for the report ID")));
+    let report_id = arch::random32().unwrap_or_else(|| {
+        stop(
+            exit::MACHINE_FATAL,
+            format_args!("no RDRAND for the report ID"),
+        )
+    });
 
     let p = svm::pages();
     let ram = arch::guest_ram();
@@ -266,7 +292,10 @@ extern "C" fn machine_main64(start_info: u32) -> ! {
     m.setup_vmcbs();
     m.build_npt();
     if let Err(why) = m.enter(0) {
-        stop(exit::LAUNCH_REFUSED, format_args!("launch VMSA refused: {why}"));
+        stop(
+            exit::LAUNCH_REFUSED,
+            format_args!("launch VMSA refused: {why}"),
+        );
     }
     log!("running VMPL0");
     m.run()
@@ -279,7 +308,8 @@ impl Machine {
         self.ram.fill(0);
         let real = |l, s| arch::cpuid(l, s);
         let xsave = arch::cpuid(0xD, 0);
-        self.xcr0_supported = (u64::from(xsave[0]) | (u64::from(xsave[3]) << 32)) & cpuid::XCR0_SUPPORTED;
+        self.xcr0_supported =
+            (u64::from(xsave[0]) | (u64::from(xsave[3]) << 32)) & cpuid::XCR0_SUPPORTED;
         let mut pages = 0u64;
         for a in &plan.actions {
             match *a {
@@ -318,7 +348,8 @@ impl Machine {
                     if let Some(c) = plan.memory_map.filter(|c| c.area == area) {
                         let at = c.offset as usize;
                         if region.len() - at >= 24 {
-                            region[at + 8..at + 16].copy_from_slice(&(RAM_END / 4096).to_le_bytes());
+                            region[at + 8..at + 16]
+                                .copy_from_slice(&(RAM_END / 4096).to_le_bytes());
                         }
                     }
                 }
@@ -358,8 +389,17 @@ impl Machine {
             msrpm[byte / 4096][byte % 4096] &= !(3 << (bit % 8));
         };
         for msr in [
-            0x174, 0x175, 0x176, 0xC000_0080, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084,
-            0xC000_0100, 0xC000_0101, 0xC000_0102,
+            0x174,
+            0x175,
+            0x176,
+            0xC000_0080,
+            0xC000_0081,
+            0xC000_0082,
+            0xC000_0083,
+            0xC000_0084,
+            0xC000_0100,
+            0xC000_0101,
+            0xC000_0102,
         ] {
             pass(msr);
         }
@@ -371,14 +411,23 @@ impl Machine {
             c[..0x400].fill(0);
             // CR0 writes: paging on or off changes what guest-physical addresses
             // without the C-bit mean (with paging off, every access is private).
-            c[ctl::INTERCEPT_CR..ctl::INTERCEPT_CR + 4].copy_from_slice(&(1u32 << 16).to_le_bytes());
+            c[ctl::INTERCEPT_CR..ctl::INTERCEPT_CR + 4]
+                .copy_from_slice(&(1u32 << 16).to_le_bytes());
             // Every DR read and write.
             c[ctl::INTERCEPT_DR..ctl::INTERCEPT_DR + 4].copy_from_slice(&u32::MAX.to_le_bytes());
             // #UD: PVALIDATE and RMPADJUST.
-            c[ctl::INTERCEPT_EXC..ctl::INTERCEPT_EXC + 4].copy_from_slice(&(1u32 << 6).to_le_bytes());
+            c[ctl::INTERCEPT_EXC..ctl::INTERCEPT_EXC + 4]
+                .copy_from_slice(&(1u32 << 6).to_le_bytes());
             // INTR, NMI, SMI, INIT, RDPMC, CPUID, INVD, HLT, INVLPGA, IOIO, MSR, SHUTDOWN.
-            let misc1: u32 = 0xF | (1 << 15) | (1 << 18) | (1 << 22) | (1 << 24) | (1 << 26)
-                | (1 << 27) | (1 << 28) | (1 << 31);
+            let misc1: u32 = 0xF
+                | (1 << 15)
+                | (1 << 18)
+                | (1 << 22)
+                | (1 << 24)
+                | (1 << 26)
+                | (1 << 27)
+                | (1 << 28)
+                | (1 << 31);
             c[ctl::INTERCEPT_MISC1..ctl::INTERCEPT_MISC1 + 4].copy_from_slice(&misc1.to_le_bytes());
             // VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, WBINVD, MONITOR,
             // MWAIT, MWAIT_COND, XSETBV.
@@ -402,8 +451,8 @@ impl Machine {
                 t.pd[i] = svm::pa(&t.pt[i]) | 7;
             }
         };
-        link(&mut p.shared);
         for v in 0..VMPLS {
+            link(&mut p.shared[v]);
             link(&mut p.private[v]);
             p.pml4[v][0] = svm::pa(&p.private[v].pdpt) | 7;
             p.pml4[v][(C_MASK >> 39) as usize] = svm::pa(&p.private[v].pdpt) | 7;
@@ -415,7 +464,9 @@ impl Machine {
 
     /// Make the nested page-table entries of the page at `gpa` say what the RMP says.
     fn sync_npt(&mut self, gpa: u64) {
-        let Some(e) = self.rmp.entry(gpa).copied() else { return };
+        let Some(e) = self.rmp.entry(gpa).copied() else {
+            return;
+        };
         if gpa >= RAM_END {
             return;
         }
@@ -423,15 +474,35 @@ impl Machine {
         let (t, i) = (idx / 512, idx % 512);
         let host = GUEST_HOST_BASE + gpa;
         const NX: u64 = 1 << 63;
-        self.p.shared.pt[t][i] = if e.assigned { 0 } else { host | 0x67 | NX };
         for v in 0..VMPLS {
             let a = e.allowed(v);
+            // Without the C-bit: a host page read-write for every VMPL; a private
+            // page with this VMPL's RMP permissions (SNP walks guest page tables and
+            // fetches instructions privately whatever the C-bit says, and QEMU walks
+            // them with write intent; see docs/snp-machine.md).
+            self.p.shared[v].pt[t][i] = if !e.assigned {
+                host | 0x67 | NX
+            } else if a & perm::READ != 0 {
+                host | 0x65
+                    | if a & perm::WRITE != 0 { 0x2 } else { 0 }
+                    | if a & perm::EXEC_SUPERVISOR != 0 {
+                        0
+                    } else {
+                        NX
+                    }
+            } else {
+                0
+            };
             self.p.private[v].pt[t][i] = if a & perm::READ == 0 {
                 0
             } else {
                 host | 0x65
                     | if a & perm::WRITE != 0 { 0x2 } else { 0 }
-                    | if a & perm::EXEC_SUPERVISOR != 0 { 0 } else { NX }
+                    | if a & perm::EXEC_SUPERVISOR != 0 {
+                        0
+                    } else {
+                        NX
+                    }
             };
         }
         self.flush = [true; VMPLS];
@@ -463,7 +534,11 @@ impl Machine {
     /// with the checks hardware makes before running a VMSA.
     fn enter(&mut self, v: usize) -> Result<(), &'static str> {
         let gpa = self.vcpu[v].vmsa.ok_or("no VMSA for that VMPL")?;
-        let e = self.rmp.entry(gpa).copied().ok_or("VMSA outside guest memory")?;
+        let e = self
+            .rmp
+            .entry(gpa)
+            .copied()
+            .ok_or("VMSA outside guest memory")?;
         if !(e.assigned && e.validated && e.vmsa) {
             return Err("the page is not a validated VMSA page in the RMP");
         }
@@ -494,7 +569,12 @@ impl Machine {
         if cpu.fpu_for != Some(gpa) {
             let area = &mut self.p.fpu[v].guest;
             area.fill(0);
-            let mxcsr = u32::from_le_bytes([page[vo::MXCSR], page[vo::MXCSR + 1], page[vo::MXCSR + 2], page[vo::MXCSR + 3]]);
+            let mxcsr = u32::from_le_bytes([
+                page[vo::MXCSR],
+                page[vo::MXCSR + 1],
+                page[vo::MXCSR + 2],
+                page[vo::MXCSR + 3],
+            ]);
             area[24..28].copy_from_slice(&(if mxcsr == 0 { 0x1F80 } else { mxcsr }).to_le_bytes());
             cpu.fpu_for = Some(gpa);
         }
@@ -509,10 +589,13 @@ impl Machine {
         let c = self.p.vmcb[v];
         let gprs = self.vcpu[v].gprs;
         let xcr0 = self.vcpu[v].xcr0;
-        let Some(page) = self.vmsa_page(gpa) else { return };
+        let Some(page) = self.vmsa_page(gpa) else {
+            return;
+        };
         let dr7 = get64(page, vo::DR7);
-        page[..vmsa::VMCB_SAVE_LEN]
-            .copy_from_slice(&c[vmsa::VMCB_SAVE_OFFSET..vmsa::VMCB_SAVE_OFFSET + vmsa::VMCB_SAVE_LEN]);
+        page[..vmsa::VMCB_SAVE_LEN].copy_from_slice(
+            &c[vmsa::VMCB_SAVE_OFFSET..vmsa::VMCB_SAVE_OFFSET + vmsa::VMCB_SAVE_LEN],
+        );
         put64(page, vo::DR7, dr7);
         for (i, &slot) in GPR_SLOTS.iter().enumerate() {
             if i != 3 {
@@ -528,7 +611,7 @@ impl Machine {
     fn set_low_view(&mut self, v: usize) {
         let paging = get64(&self.p.vmcb[v], sv::CR0) & (1 << 31) != 0;
         let low = if paging {
-            svm::pa(&self.p.shared.pdpt)
+            svm::pa(&self.p.shared[v].pdpt)
         } else {
             svm::pa(&self.p.private[v].pdpt)
         } | 7;
@@ -563,7 +646,15 @@ impl Machine {
         let c = &mut self.p.vmcb[v];
         put64(c, sv::CR0, value);
         if efer & (1 << 8) != 0 {
-            put64(c, sv::EFER, if pg { efer | (1 << 10) } else { efer & !(1 << 10) });
+            put64(
+                c,
+                sv::EFER,
+                if pg {
+                    efer | (1 << 10)
+                } else {
+                    efer & !(1 << 10)
+                },
+            );
         }
         self.advance(v, len);
         self.set_low_view(v);
@@ -630,10 +721,131 @@ impl Machine {
         put64(&mut self.p.vmcb[v], ctl::EVENTINJ, e);
     }
 
-    /// Deliver #VC with `error` (the exit code SEV-ES reports).
+    /// Deliver #VC with `error` (the exit code SEV-ES reports). QEMU 7.2 pushes no
+    /// error code for vector 29 when it injects an event, so the machine delivers
+    /// #VC itself, as the processor does in 64-bit mode: through the IDT gate, on
+    /// the IST stack or RSP0 when the gate or the privilege change asks for it, with
+    /// SS, RSP, RFLAGS, CS, RIP and the error code pushed.
     fn vc(&mut self, v: usize, error: u64) -> Flow {
-        self.inject(v, 29, Some(error as u32));
-        Flow::Resume
+        match self.deliver(v, 29, error) {
+            Ok(()) => Flow::Resume,
+            Err(why) => {
+                let rip = self.rip(v);
+                log!(
+                    "VMPL{v}: #VC ({error:#x}) at RIP {rip:#x} cannot be delivered: {why}: stopped"
+                );
+                Flow::Stop(exit::GUEST_STOPPED)
+            }
+        }
+    }
+
+    fn read_lin(&self, v: usize, va: u64) -> Result<u64, &'static str> {
+        let (pa, _) = self.translate(v, va).map_err(|_| "unmapped")?;
+        if pa % 8 != 0
+            || pa >= RAM_END
+            || self
+                .rmp
+                .entry(pa)
+                .is_none_or(|e| e.allowed(v) & perm::READ == 0)
+        {
+            return Err("not readable");
+        }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.ram[pa as usize..pa as usize + 8]);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn write_lin(&mut self, v: usize, va: u64, val: u64) -> Result<(), &'static str> {
+        let (pa, _) = self.translate(v, va).map_err(|_| "stack unmapped")?;
+        if pa % 8 != 0
+            || pa >= RAM_END
+            || self
+                .rmp
+                .entry(pa)
+                .is_none_or(|e| e.allowed(v) & perm::WRITE == 0)
+        {
+            return Err("stack not writable");
+        }
+        self.ram[pa as usize..pa as usize + 8].copy_from_slice(&val.to_le_bytes());
+        Ok(())
+    }
+
+    fn deliver(&mut self, v: usize, vector: u64, error: u64) -> Result<(), &'static str> {
+        let c = &self.p.vmcb[v];
+        if get64(c, sv::EFER) & (1 << 10) == 0 || (get64(c, 0x410) >> 16) & (1 << 9) == 0 {
+            return Err("not in 64-bit mode");
+        }
+        let idt_base = get64(c, 0x488);
+        let idt_limit = get64(c, 0x480) >> 32 & 0xFFFF_FFFF;
+        if vector * 16 + 15 > idt_limit {
+            return Err("vector outside the IDT");
+        }
+        let lo = self.read_lin(v, idt_base + vector * 16)?;
+        let hi = self.read_lin(v, idt_base + vector * 16 + 8)?;
+        let ty = (lo >> 40) & 0xF;
+        if lo & (1 << 47) == 0 || !(ty == 0xE || ty == 0xF) {
+            return Err("no present interrupt or trap gate");
+        }
+        let target = (lo & 0xFFFF) | ((lo >> 48) << 16) | (hi << 32);
+        let selector = (lo >> 16) & 0xFFFF;
+        let ist = (lo >> 32) & 7;
+        let c = &self.p.vmcb[v];
+        let cpl = c[sv::CPL];
+        let (old_ss, old_rsp) = (get64(c, 0x420) & 0xFFFF, get64(c, sv::RSP));
+        let (old_cs, rflags, rip) = (
+            get64(c, 0x410) & 0xFFFF,
+            get64(c, sv::RFLAGS),
+            get64(c, sv::RIP),
+        );
+        let tss = get64(c, 0x498);
+        let mut rsp = if ist != 0 {
+            self.read_lin(v, tss + 0x24 + 8 * (ist - 1)).or_else(|_| {
+                // IST slots are 4-byte aligned in the TSS: read the two halves.
+                let a = tss + 0x24 + 8 * (ist - 1);
+                Ok::<u64, &'static str>(self.read_u32(v, a)? | self.read_u32(v, a + 4)? << 32)
+            })?
+        } else if cpl != 0 {
+            self.read_u32(v, tss + 4)? | self.read_u32(v, tss + 8)? << 32
+        } else {
+            old_rsp
+        };
+        rsp &= !0xF;
+        for val in [old_ss, old_rsp, rflags, old_cs, rip, error] {
+            rsp -= 8;
+            self.write_lin(v, rsp, val)?;
+        }
+        let attrib = if selector == old_cs {
+            get64(&self.p.vmcb[v], 0x410) >> 16 & 0xFFFF
+        } else {
+            let gdt = get64(&self.p.vmcb[v], 0x468);
+            let d = self.read_lin(v, gdt + (selector & !7))?;
+            ((d >> 40) & 0xFF) | (((d >> 52) & 0xF) << 8)
+        };
+        let c = &mut self.p.vmcb[v];
+        c[0x410..0x412].copy_from_slice(&(selector as u16).to_le_bytes());
+        c[0x412..0x414].copy_from_slice(&(attrib as u16).to_le_bytes());
+        if cpl != 0 {
+            c[0x420..0x422].copy_from_slice(&0u16.to_le_bytes());
+        }
+        c[sv::CPL] = 0;
+        put64(c, sv::RSP, rsp);
+        put64(c, sv::RIP, target);
+        // TF, NT, RF, VM cleared; IF too through an interrupt gate.
+        let mut f = rflags & !((1 << 8) | (1 << 14) | (1 << 16) | (1 << 17));
+        if ty == 0xE {
+            f &= !(1 << 9);
+        }
+        put64(c, sv::RFLAGS, f);
+        Ok(())
+    }
+
+    fn read_u32(&self, v: usize, va: u64) -> Result<u64, &'static str> {
+        let q = self.read_lin(v, va & !7)?;
+        Ok(if va & 4 != 0 {
+            q >> 32
+        } else {
+            q & 0xFFFF_FFFF
+        })
     }
 
     fn gp(&mut self, v: usize) -> Flow {
@@ -703,7 +915,9 @@ impl Machine {
         let mut n = 0;
         while n < 15 {
             let va = lin.wrapping_add(n as u64);
-            let Ok((pa, _)) = self.translate(v, va) else { break };
+            let Ok((pa, _)) = self.translate(v, va) else {
+                break;
+            };
             if pa >= RAM_END {
                 break;
             }
@@ -745,8 +959,19 @@ impl Machine {
             code::WRITE_CR0 => self.write_cr0(v),
             code::XSETBV => self.xsetbv(v),
             code::READ_DR0..=code::WRITE_DR7 => self.mov_dr(v, exitcode),
-            code::CPUID | code::IOIO | code::RDPMC | code::INVD | code::WBINVD..=code::MWAIT_COND
-            | code::VMRUN..=code::SKINIT | code::INVLPGA => self.vc(v, exitcode),
+            code::WBINVD => {
+                // QEMU reports INVD (0F 08) with the WBINVD exit code.
+                let (b, n) = self.fetch(v);
+                let invd = n >= 2 && b[..2] == [0x0F, 0x08];
+                self.vc(v, if invd { code::INVD } else { code::WBINVD })
+            }
+            code::CPUID
+            | code::IOIO
+            | code::RDPMC
+            | code::INVD
+            | code::WBINVD..=code::MWAIT_COND
+            | code::VMRUN..=code::SKINIT
+            | code::INVLPGA => self.vc(v, exitcode),
             code::INTR..=code::INIT => Flow::Resume,
             code::NPF => self.npf(v, info1, info2),
             code::HLT => {
@@ -790,7 +1015,11 @@ impl Machine {
                 return Flow::Resume;
             }
         };
-        let size = if insn == Insn::Pvalidate { rcx & 0xFFFF_FFFF } else { rcx };
+        let size = if insn == Insn::Pvalidate {
+            rcx & 0xFFFF_FFFF
+        } else {
+            rcx
+        };
         if rax & 0xFFF != 0 && size == 0 {
             self.set_gpr(v, 0, u64::from(nitride_snp_machine::rmp::code::FAIL_INPUT));
             self.set_flags(v, false);
@@ -853,7 +1082,13 @@ impl Machine {
     /// debug registers.
     fn mov_dr(&mut self, v: usize, exitcode: u64) -> Flow {
         let (b, n) = self.fetch(v);
-        let Insn::MovDr { dr, gpr, write, len } = decode(&b[..n]) else {
+        let Insn::MovDr {
+            dr,
+            gpr,
+            write,
+            len,
+        } = decode(&b[..n])
+        else {
             return self.vc(v, exitcode);
         };
         if dr == 7 {
@@ -891,7 +1126,13 @@ impl Machine {
         let write = info1 & 2 != 0;
         let fetch = info1 & 0x10 != 0;
         let rip = self.rip(v);
-        let what = if fetch { "execute" } else if write { "write" } else { "read" };
+        let what = if fetch {
+            "execute"
+        } else if write {
+            "write"
+        } else {
+            "read"
+        };
         let Some(e) = self.rmp.entry(gpa).copied().filter(|_| gpa < RAM_END) else {
             log!("VIOLATION: VMPL{v} {what} of guest-physical {info2:#x}, outside guest RAM, at RIP {rip:#x}");
             return Flow::Stop(exit::VIOLATION);
@@ -906,13 +1147,23 @@ impl Machine {
             }
             let a = e.allowed(v);
             let need = if fetch {
-                if self.p.vmcb[v][sv::CPL] == 3 { perm::EXEC_USER } else { perm::EXEC_SUPERVISOR }
+                if self.p.vmcb[v][sv::CPL] == 3 {
+                    perm::EXEC_USER
+                } else {
+                    perm::EXEC_SUPERVISOR
+                }
             } else if write {
                 perm::WRITE
             } else {
                 perm::READ
             };
             let have = |b: u8, c: char| if a & b != 0 { c } else { '-' };
+            if info1 & (1 << 33) != 0 && a & perm::READ != 0 && a & perm::WRITE == 0 {
+                log!(
+                    "VMPL{v} page-table walk through guest-physical {gpa:#x} at RIP {rip:#x}: QEMU walks with write intent and the RMP gives VMPL{v} no write permission on its page tables (a limitation of the machine): stopped"
+                );
+                return Flow::Stop(exit::GUEST_STOPPED);
+            }
             if a & need == 0 || a & perm::READ == 0 {
                 log!(
                     "VIOLATION: VMPL{v} {what} of guest-physical {gpa:#x} at RIP {rip:#x}: the RMP gives VMPL{v} {}{}{}{} on this page",
@@ -923,13 +1174,24 @@ impl Machine {
             log!("VMPL{v} {what} of {gpa:#x} at RIP {rip:#x}: permission the nested page tables cannot express (user-only execute): stopped");
             return Flow::Stop(exit::GUEST_STOPPED);
         }
-        if e.assigned {
-            // A shared access to a private page: KVM converts it to shared.
-            self.convert(gpa, false);
+        if !e.assigned {
+            if fetch {
+                log!("VMPL{v} instruction fetch from shared guest-physical {gpa:#x} at RIP {rip:#x}: not emulated: stopped");
+                return Flow::Stop(exit::GUEST_STOPPED);
+            }
+            // Stale nested entry.
+            self.sync_npt(gpa);
             return Flow::Resume;
         }
-        log!("VMPL{v} {what} of shared guest-physical {gpa:#x} at RIP {rip:#x}: instruction fetches are always private on SNP; not emulated: stopped");
-        Flow::Stop(exit::GUEST_STOPPED)
+        if !e.validated {
+            return self.vc(v, code::PAGE_NOT_VALIDATED);
+        }
+        // No RMP permission for this VMPL: hardware faults to the host (KVM would
+        // convert the page to shared, destroying it); the machine stops the VM.
+        log!(
+            "VIOLATION: VMPL{v} {what} of private guest-physical {gpa:#x} through a shared (C-bit clear) mapping at RIP {rip:#x}: the RMP gives VMPL{v} no such permission"
+        );
+        Flow::Stop(exit::VIOLATION)
     }
 
     fn console_line(&mut self, v: usize) {
@@ -940,7 +1202,11 @@ impl Machine {
             .collect();
         let mut c = arch::CONSOLE;
         use core::fmt::Write;
-        let _ = write!(c, "[vmpl{v}] {}\n", core::str::from_utf8(&text).unwrap_or(""));
+        let _ = write!(
+            c,
+            "[vmpl{v}] {}\n",
+            core::str::from_utf8(&text).unwrap_or("")
+        );
     }
 
     fn console_byte(&mut self, v: usize, b: u8) {
@@ -992,7 +1258,8 @@ impl Machine {
                 let leaf = (msr >> 32) as u32;
                 let reg = ((msr >> 30) & 3) as usize;
                 let r = cpuid::model(leaf, 0, self.vcpu[v].xcr0, |l, s| arch::cpuid(l, s));
-                (u64::from(r[reg]) << 32) | ((msr & 0x3000_0000) | ghcb::msr::CPUID_RESP) & 0xC000_0FFF
+                (u64::from(r[reg]) << 32)
+                    | ((msr & 0x3000_0000) | ghcb::msr::CPUID_RESP) & 0xC000_0FFF
             }
             ghcb::msr::REG_GPA_REQ => {
                 let gpa = msr & !0xFFF & 0x000F_FFFF_FFFF_F000;
@@ -1050,7 +1317,9 @@ impl Machine {
             return Flow::Stop(exit::GUEST_STOPPED);
         }
         if self.rmp.entry(gpa).is_none_or(|e| e.assigned) {
-            log!("VMPL{v}: the GHCB at {gpa:#x} is a private page: the host cannot read it: stopped");
+            log!(
+                "VMPL{v}: the GHCB at {gpa:#x} is a private page: the host cannot read it: stopped"
+            );
             return Flow::Stop(exit::GUEST_STOPPED);
         }
         let mut g = *ram_page(self.ram, gpa);
@@ -1107,7 +1376,11 @@ impl Machine {
                 }
                 let leaf = get64(g, off::RAX) as u32;
                 let sub = get64(g, off::RCX) as u32;
-                let xcr0 = if valid(g, off::XCR0) { get64(g, off::XCR0) } else { 1 };
+                let xcr0 = if valid(g, off::XCR0) {
+                    get64(g, off::XCR0)
+                } else {
+                    1
+                };
                 let r = cpuid::model(leaf, sub, xcr0, |l, s| arch::cpuid(l, s));
                 out.ok(0, 0);
                 out.set(off::RAX, u64::from(r[0]));
@@ -1196,7 +1469,15 @@ impl Machine {
                 out.ok(0, u64::from(failed));
             }
             nae::GUEST_REQUEST | nae::EXT_GUEST_REQUEST => {
-                return self.guest_request(v, g, code == nae::EXT_GUEST_REQUEST, info1, info2, valid, out);
+                return self.guest_request(
+                    v,
+                    g,
+                    code == nae::EXT_GUEST_REQUEST,
+                    info1,
+                    info2,
+                    valid,
+                    out,
+                );
             }
             nae::AP_CREATION => {
                 let op = info1 & 0xFFFF;
@@ -1219,7 +1500,11 @@ impl Machine {
                     out.error(ghcb::err::INVALID_INPUT);
                     return Flow::Resume;
                 }
-                self.vcpu[vmpl].vmsa = if op == ghcb::ap::DESTROY { None } else { Some(info2) };
+                self.vcpu[vmpl].vmsa = if op == ghcb::ap::DESTROY {
+                    None
+                } else {
+                    Some(info2)
+                };
                 out.ok(0, 0);
             }
             nae::RUN_VMPL => {
@@ -1265,7 +1550,8 @@ impl Machine {
         out: &mut GhcbOut,
     ) -> Flow {
         use ghcb::off;
-        let (Some(req_gpa), Some(rsp_gpa)) = (self.shared_page(req_gpa), self.shared_page(rsp_gpa)) else {
+        let (Some(req_gpa), Some(rsp_gpa)) = (self.shared_page(req_gpa), self.shared_page(rsp_gpa))
+        else {
             out.error(ghcb::err::INVALID_INPUT);
             return Flow::Resume;
         };
@@ -1319,7 +1605,11 @@ struct GhcbOut {
 
 impl GhcbOut {
     fn set(&mut self, at: usize, val: u64) {
-        if let Some(slot) = self.fields.iter_mut().find(|f| f.is_none() || f.is_some_and(|f| f.0 == at)) {
+        if let Some(slot) = self
+            .fields
+            .iter_mut()
+            .find(|f| f.is_none() || f.is_some_and(|f| f.0 == at))
+        {
             *slot = Some((at, val));
         }
     }

@@ -166,7 +166,14 @@ impl Rmp {
     /// PVALIDATE of the page at `gpa` by `vmpl` at `cpl`: `size` (ECX) 0 = 4 KiB,
     /// 1 = 2 MiB; `validate` (EDX bit 0). The caller has translated RAX and checked
     /// that the page is assigned (an unassigned page is the host's #NPF).
-    pub fn pvalidate(&mut self, vmpl: usize, cpl: u8, gpa: u64, size: u64, validate: bool) -> Outcome {
+    pub fn pvalidate(
+        &mut self,
+        vmpl: usize,
+        cpl: u8,
+        gpa: u64,
+        size: u64,
+        validate: bool,
+    ) -> Outcome {
         if cpl != 0 || vmpl != 0 {
             return Outcome::GeneralProtection;
         }
@@ -271,21 +278,48 @@ mod tests {
         let p = 0x7000;
         let attrs = |mask: u64, vmpl: u64, vmsa: bool| mask | (vmpl << 8) | (u64::from(vmsa) << 16);
         // Not validated yet.
-        assert_eq!(r.rmpadjust(0, 0, p, 0, attrs(1, 1, false)), fail(code::FAIL_INPUT));
+        assert_eq!(
+            r.rmpadjust(0, 0, p, 0, attrs(1, 1, false)),
+            fail(code::FAIL_INPUT)
+        );
         r.launch(p, false);
-        assert_eq!(r.rmpadjust(0, 3, p, 0, attrs(1, 1, false)), Outcome::GeneralProtection);
-        assert_eq!(r.rmpadjust(0, 0, p, 1, attrs(1, 1, false)), fail(code::FAIL_SIZEMISMATCH));
-        assert_eq!(r.rmpadjust(0, 0, p, 0, attrs(0x10, 1, false)), fail(code::FAIL_INPUT));
-        assert_eq!(r.rmpadjust(0, 0, p, 0, attrs(1, 4, false)), fail(code::FAIL_INPUT));
+        assert_eq!(
+            r.rmpadjust(0, 3, p, 0, attrs(1, 1, false)),
+            Outcome::GeneralProtection
+        );
+        assert_eq!(
+            r.rmpadjust(0, 0, p, 1, attrs(1, 1, false)),
+            fail(code::FAIL_SIZEMISMATCH)
+        );
+        assert_eq!(
+            r.rmpadjust(0, 0, p, 0, attrs(0x10, 1, false)),
+            fail(code::FAIL_INPUT)
+        );
+        assert_eq!(
+            r.rmpadjust(0, 0, p, 0, attrs(1, 4, false)),
+            fail(code::FAIL_INPUT)
+        );
         assert_eq!(r.rmpadjust(0, 0, p, 0, 1 << 17), fail(code::FAIL_INPUT));
-        assert_eq!(r.rmpadjust(0, 0, p, 0, attrs(1, 0, false)), fail(code::FAIL_PERMISSION));
+        assert_eq!(
+            r.rmpadjust(0, 0, p, 0, attrs(1, 0, false)),
+            fail(code::FAIL_PERMISSION)
+        );
         // VMPL0 grants VMPL1 read+write.
         assert_eq!(r.rmpadjust(0, 0, p, 0, attrs(3, 1, false)), DONE);
         assert_eq!(r.entry(p).unwrap().allowed(1), 3);
         // VMPL1 cannot adjust itself or VMPL0, nor grant more than it has.
-        assert_eq!(r.rmpadjust(1, 0, p, 0, attrs(1, 1, false)), fail(code::FAIL_PERMISSION));
-        assert_eq!(r.rmpadjust(1, 0, p, 0, attrs(1, 0, false)), fail(code::FAIL_PERMISSION));
-        assert_eq!(r.rmpadjust(1, 0, p, 0, attrs(7, 2, false)), fail(code::FAIL_PERMISSION));
+        assert_eq!(
+            r.rmpadjust(1, 0, p, 0, attrs(1, 1, false)),
+            fail(code::FAIL_PERMISSION)
+        );
+        assert_eq!(
+            r.rmpadjust(1, 0, p, 0, attrs(1, 0, false)),
+            fail(code::FAIL_PERMISSION)
+        );
+        assert_eq!(
+            r.rmpadjust(1, 0, p, 0, attrs(7, 2, false)),
+            fail(code::FAIL_PERMISSION)
+        );
         // It may grant VMPL2 what it has, but its VMSA bit is ignored.
         assert_eq!(r.rmpadjust(1, 0, p, 0, attrs(1, 2, true)), DONE);
         assert_eq!(r.entry(p).unwrap().allowed(2), 1);
@@ -306,7 +340,11 @@ mod tests {
         assert!(r.set_state(0x3000, false));
         assert_eq!(*r.entry(0x3000).unwrap(), Entry::default());
         assert!(r.set_state(0x3000, true));
-        assert_eq!(r.entry(0x3000).unwrap().allowed(0), 0, "private again, not validated");
+        assert_eq!(
+            r.entry(0x3000).unwrap().allowed(0),
+            0,
+            "private again, not validated"
+        );
         assert!(!r.set_state(RAM_END, true));
         assert!(r.launch(LAUNCH_VMSA_GPA, true));
         assert!(r.entry(LAUNCH_VMSA_GPA).unwrap().vmsa);

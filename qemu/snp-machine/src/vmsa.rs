@@ -88,8 +88,8 @@ pub const VMCB_SAVE_OFFSET: usize = 0x400;
 /// The general-purpose registers kept in the VMSA but not in the VMCB, in VMSA order
 /// from [`off::RCX`] (the slot at 0x320 is reserved: RSP lives at 0x1D8).
 pub const GPR_SLOTS: [usize; 14] = [
-    0x308, 0x310, 0x318, 0x328, 0x330, 0x338, 0x340, 0x348, 0x350, 0x358, 0x360, 0x368,
-    0x370, 0x378,
+    0x308, 0x310, 0x318, 0x328, 0x330, 0x338, 0x340, 0x348, 0x350, 0x358, 0x360, 0x368, 0x370,
+    0x378,
 ];
 
 /// A little-endian u64 at `at`.
@@ -186,7 +186,14 @@ pub fn check_launch_vmsa(page: &[u8; 4096]) -> Result<(), VmsaError> {
     if features != crate::SEV_FEATURES {
         return Err(VmsaError::SevFeatures(features));
     }
-    let u32_at = |at: usize| u64::from(u32::from_le_bytes([page[at], page[at + 1], page[at + 2], page[at + 3]]));
+    let u32_at = |at: usize| {
+        u64::from(u32::from_le_bytes([
+            page[at],
+            page[at + 1],
+            page[at + 2],
+            page[at + 3],
+        ]))
+    };
     let u16_at = |at: usize| u64::from(u16::from_le_bytes([page[at], page[at + 1]]));
     for (at, want, got) in [
         (off::XCR0, 1, get64(page, off::XCR0)),
@@ -229,10 +236,16 @@ mod tests {
         assert_eq!(check_launch_vmsa(&p), Err(VmsaError::Cr0(0x8000_0031)));
         let mut p = good();
         put64(&mut p, off::DR0, 5);
-        assert_eq!(check_launch_vmsa(&p), Err(VmsaError::UnsupportedField(off::DR0)));
+        assert_eq!(
+            check_launch_vmsa(&p),
+            Err(VmsaError::UnsupportedField(off::DR0))
+        );
         let mut p = good();
         put64(&mut p, off::CR2, 1);
-        assert_eq!(check_launch_vmsa(&p), Err(VmsaError::UnsupportedField(off::CR2)));
+        assert_eq!(
+            check_launch_vmsa(&p),
+            Err(VmsaError::UnsupportedField(off::CR2))
+        );
         let mut p = good();
         p[off::VMPL] = 1;
         assert_eq!(check_launch_vmsa(&p), Err(VmsaError::Vmpl(1)));
@@ -241,9 +254,15 @@ mod tests {
         assert_eq!(check_launch_vmsa(&p), Err(VmsaError::SevFeatures(0x21)));
         let mut p = good();
         put64(&mut p, off::XCR0, 7);
-        assert_eq!(check_launch_vmsa(&p), Err(VmsaError::KvmValue(off::XCR0, 7)));
+        assert_eq!(
+            check_launch_vmsa(&p),
+            Err(VmsaError::KvmValue(off::XCR0, 7))
+        );
         let mut p = good();
         put64(&mut p, off::DR7, 0x401);
-        assert_eq!(check_launch_vmsa(&p), Err(VmsaError::KvmValue(off::DR7, 0x401)));
+        assert_eq!(
+            check_launch_vmsa(&p),
+            Err(VmsaError::KvmValue(off::DR7, 0x401))
+        );
     }
 }

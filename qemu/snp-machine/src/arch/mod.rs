@@ -47,7 +47,8 @@ pub fn load_idt() {
             // linker and never changed.
             let addr = unsafe { machine_exc_stubs[v] };
             // Interrupt gate, present, DPL 0, selector 0x08 (boot GDT code).
-            t[2 * v] = (addr & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((addr >> 16) & 0xFFFF) << 48;
+            t[2 * v] =
+                (addr & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((addr >> 16) & 0xFFFF) << 48;
             t[2 * v + 1] = addr >> 32;
         }
         t
@@ -66,9 +67,7 @@ extern "C" fn machine_exception(vector: u64, error: u64, rip: u64) -> ! {
     let cr2 = x86_64::registers::control::Cr2::read_raw();
     stop(
         exit::MACHINE_FATAL,
-        format_args!(
-            "machine exception {vector} (error {error:#x}) at RIP {rip:#x}, CR2 {cr2:#x}"
-        ),
+        format_args!("machine exception {vector} (error {error:#x}) at RIP {rip:#x}, CR2 {cr2:#x}"),
     )
 }
 
@@ -123,7 +122,10 @@ pub fn module_bytes(pa: u64, len: u64) -> &'static [u8] {
 /// Guest RAM: host-physical `GUEST_HOST_BASE ..+ RAM_END`, reserved for the guest.
 pub fn guest_ram() -> &'static mut [u8] {
     static TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-    assert!(!TAKEN.swap(true, core::sync::atomic::Ordering::SeqCst), "guest RAM taken twice");
+    assert!(
+        !TAKEN.swap(true, core::sync::atomic::Ordering::SeqCst),
+        "guest RAM taken twice"
+    );
     // SAFETY: the region lies above the machine's image (link.ld asserts the bound),
     // is identity mapped by `boot.rs`, and is handed out once (checked above); the
     // machine checks at boot that QEMU has RAM there and that the PVH module does

@@ -59,8 +59,8 @@ pub struct SvmPages {
     pub msrpm: [Page; 2],
     /// PML4 of each VMPL.
     pub pml4: [Table; VMPLS],
-    /// The shared view (C-bit clear), the same for every VMPL.
-    pub shared: Tables,
+    /// The shared view (C-bit clear) of each VMPL.
+    pub shared: [Tables; VMPLS],
     /// The private view of each VMPL (C-bit set).
     pub private: [Tables; VMPLS],
     /// Extended state of each VMPL.
@@ -87,7 +87,7 @@ static mut PAGES: SvmPages = SvmPages {
     iopm: [[0; 4096]; 3],
     msrpm: [[0; 4096]; 2],
     pml4: [[0; 512]; VMPLS],
-    shared: EMPTY_TABLES,
+    shared: [EMPTY_TABLES; VMPLS],
     private: [EMPTY_TABLES; VMPLS],
     fpu: [EMPTY_FPU; VMPLS],
     launch_vmsa: [0; 4096],
@@ -96,7 +96,10 @@ static mut PAGES: SvmPages = SvmPages {
 /// The machine's SVM pages, handed out once.
 pub fn pages() -> &'static mut SvmPages {
     static TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-    assert!(!TAKEN.swap(true, core::sync::atomic::Ordering::SeqCst), "SVM pages taken twice");
+    assert!(
+        !TAKEN.swap(true, core::sync::atomic::Ordering::SeqCst),
+        "SVM pages taken twice"
+    );
     // SAFETY: handed out once (checked above), so this is the only reference.
     unsafe { &mut *core::ptr::addr_of_mut!(PAGES) }
 }
