@@ -158,7 +158,6 @@ struct Machine {
     vcpu: [Vcpu; VMPLS],
     current: usize,
     flush: [bool; VMPLS],
-    hw_xcr0: u64,
     xcr0_supported: u64,
     exits: u64,
 }
@@ -268,7 +267,6 @@ extern "C" fn machine_main64(start_info: u32) -> ! {
         vcpu: Default::default(),
         current: 0,
         flush: [true; VMPLS],
-        hw_xcr0: 3,
         xcr0_supported: 0,
         exits: 0,
     };
@@ -668,13 +666,15 @@ impl Machine {
     fn run(&mut self) -> ! {
         loop {
             let v = self.current;
-            if self.vcpu[v].xcr0 != self.hw_xcr0 {
+            // XCR0 belongs to the VMSA: load this VMPL's. (QEMU executes a guest's
+            // XSETBV without the intercept, so the value is read back after the exit.)
+            if arch::xcr0() != self.vcpu[v].xcr0 {
                 arch::set_xcr0(self.vcpu[v].xcr0);
-                self.hw_xcr0 = self.vcpu[v].xcr0;
             }
             let c = &mut self.p.vmcb[v];
             c[ctl::TLB_CONTROL] = u8::from(core::mem::take(&mut self.flush[v]));
             svm::run(self.p, v, &mut self.vcpu[v].gprs);
+            self.vcpu[v].xcr0 = arch::xcr0();
             self.exits += 1;
             let c = &mut self.p.vmcb[v];
             let intinfo = get64(c, ctl::EXITINTINFO);

@@ -155,6 +155,12 @@ pub fn set_xcr0(value: u64) {
     }
 }
 
+/// XCR0.
+pub fn xcr0() -> u64 {
+    // SAFETY: CR4.OSXSAVE is set at boot, so XGETBV(0) cannot fault.
+    unsafe { core::arch::x86_64::_xgetbv(0) }
+}
+
 /// 32 random bytes from RDRAND, if the CPU has it.
 pub fn random32() -> Option<[u8; 32]> {
     let rd = x86_64::instructions::random::RdRand::new()?;

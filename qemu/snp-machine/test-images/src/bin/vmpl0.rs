@@ -158,23 +158,66 @@ fn cmdline() -> &'static [u8] {
     &page[..n]
 }
 
-#[no_mangle]
-extern "C" fn vmpl0_main() -> ! {
-    init_cpu();
-    let mut c = Checks::default();
-
-    // Before the GHCB: MSR protocol only (results printed once the console works).
-    let sev_status = rdmsr(0xC001_0131);
-    let info = msr_protocol(0x002);
-    let cpuid_cbit = msr_protocol(0x004 | (1 << 30) | (0x8000_001F << 32));
-    let features = msr_protocol(0x080);
-    let psc = psc_shared(gpa::GHCB0);
-    let reg = register_ghcb(gpa::GHCB0);
-    if !(psc && reg) {
-        terminate(2);
+/// Guest requests with VMPCK0: reports, derived keys, the extended request.
+fn guest_requests(c: &mut Checks, vmpck0: [u8; 32]) {
+    // Guest requests with VMPCK0.
+    let mut psp = Psp::new(vmpck0, 0, gpa::REQ0, gpa::RSP0);
+    match report(&mut psp, 0) {
+        Ok(r) => {
+            let vmpl = u32::from_le_bytes([r[0x30], r[0x31], r[0x32], r[0x33]]);
+            c.check(
+                "report-vmpl0",
+                vmpl == 0 && r[0x50] == 0xA0,
+                format_args!("report for VMPL{vmpl}"),
+            );
+            print_hex("REPORT0", &r);
+        }
+        Err(s) => c.check("report-vmpl0", false, format_args!("status {s:#x}")),
     }
-    set_ghcb(gpa::GHCB0);
-    say!("snp-test: VMPL0 up");
+    let k0 = derive(&mut psp, 0);
+    let k1 = derive(&mut psp, 1);
+    c.check(
+        "derive-key",
+        matches!((k0, k1), (Ok(a), Ok(b)) if a != b && a != [0; 32]),
+        format_args!("VMPL0 and VMPL1 keys derived, distinct"),
+    );
+    if let Ok(k) = k1 {
+        print_hex("KEY1-BY-VMPL0", &k);
+    }
+    // Extended request: a one-page buffer is too small for the table...
+    let mut req = ReportReq::new_zeroed();
+    req.vmpl = U32::new(0);
+    let mut out = [0u8; 0x4C0];
+    let small = psp.request(
+        msg_type::REPORT_REQ,
+        req.as_bytes(),
+        &mut out,
+        Some((gpa::CERTS, 1)),
+    );
+    let needed = nitride_snp_test_images::ghcb_get(off::RBX);
+    c.check(
+        "ext-request-too-small",
+        matches!(small, Err(nitride_snp_test_images::PspFail::Exit(0, e)) if e == 1 << 32)
+            && needed > 1,
+        format_args!("{small:?}, pages needed {needed}"),
+    );
+    // ...and the PSP did not consume that sequence number: the channel goes on.
+    let big = psp.request(
+        msg_type::REPORT_REQ,
+        req.as_bytes(),
+        &mut out,
+        Some((gpa::CERTS, 4)),
+    );
+    let first_guid = rd64(shared(gpa::CERTS));
+    c.check(
+        "ext-request",
+        big.is_ok() && first_guid != 0,
+        format_args!("{big:?}, table starts {first_guid:#x}"),
+    );
+}
+
+/// Everything VMPL0 checks on its own, before it sets up VMPL1.
+fn checks_before_vmpl1(c: &mut Checks, sev_status: u64, info: u64, cpuid_cbit: u64, features: u64) {
     c.check(
         "sev-status",
         sev_status == 0b111,
@@ -343,7 +386,44 @@ extern "C" fn vmpl0_main() -> ! {
         a1 == 2 && a2 == 6 && a3 == 1 && a4 == 1,
         format_args!("target VMPL0 {a1}, 2M {a2}, reserved bits {a3}, unvalidated {a4}"),
     );
+}
 
+#[no_mangle]
+extern "C" fn vmpl0_main() -> ! {
+    init_cpu();
+    let mut c = Checks::default();
+
+    // Before the GHCB: MSR protocol only (results printed once the console works).
+    let sev_status = rdmsr(0xC001_0131);
+    let info = msr_protocol(0x002);
+    let cpuid_cbit = msr_protocol(0x004 | (1 << 30) | (0x8000_001F << 32));
+    let features = msr_protocol(0x080);
+    let psc = psc_shared(gpa::GHCB0);
+    let reg = register_ghcb(gpa::GHCB0);
+    if !(psc && reg) {
+        terminate(2);
+    }
+    set_ghcb(gpa::GHCB0);
+    say!("snp-test: VMPL0 up");
+    // The probe mode for VMPL1.
+    let cmd = cmdline();
+    let _ = pvalidate(gpa::MAILBOX, 0, true);
+    let mbox: *mut u64 = private(gpa::MAILBOX);
+    let mut probing = false;
+    for (prefix, mode) in [(&b"probe=read:"[..], 1u64), (&b"probe=write:"[..], 2)] {
+        if let Some(rest) = cmd.strip_prefix(prefix) {
+            let n = rest
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .fold(0u64, |a, &b| a * 10 + u64::from(b - b'0'));
+            wr64(mbox.wrapping_add(mailbox::PROBE), mode);
+            wr64(mbox.wrapping_add(mailbox::PROBE_ARG), n);
+            probing = true;
+        }
+    }
+    if !probing {
+        checks_before_vmpl1(&mut c, sev_status, info, cpuid_cbit, features);
+    }
     // Set up VMPL1: its image, the page tables (read), 16 permission pages, the
     // mailbox, a copy of the secrets page without VMPCK0, its GHCB and request pages.
     let mut ok = true;
@@ -404,77 +484,16 @@ extern "C" fn vmpl0_main() -> ! {
     ] {
         ok &= psc_shared(page);
     }
-    // The probe mode for VMPL1.
-    let cmd = cmdline();
-    let mbox: *mut u64 = private(gpa::MAILBOX);
-    let mut probing = false;
-    for (prefix, mode) in [(&b"probe=read:"[..], 1u64), (&b"probe=write:"[..], 2)] {
-        if let Some(rest) = cmd.strip_prefix(prefix) {
-            let n = rest
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .fold(0u64, |a, &b| a * 10 + u64::from(b - b'0'));
-            wr64(mbox.wrapping_add(mailbox::PROBE), mode);
-            wr64(mbox.wrapping_add(mailbox::PROBE_ARG), n);
-            probing = true;
-        }
-    }
+    c.check(
+        "psc-request-pages",
+        ok,
+        format_args!("request, response and certificate pages shared"),
+    );
     set_ghcb(gpa::GHCB0);
 
-    // Guest requests with VMPCK0.
-    let mut psp = Psp::new(vmpck0, 0, gpa::REQ0, gpa::RSP0);
-    match report(&mut psp, 0) {
-        Ok(r) => {
-            let vmpl = u32::from_le_bytes([r[0x30], r[0x31], r[0x32], r[0x33]]);
-            c.check(
-                "report-vmpl0",
-                vmpl == 0 && r[0x50] == 0xA0,
-                format_args!("report for VMPL{vmpl}"),
-            );
-            print_hex("REPORT0", &r);
-        }
-        Err(s) => c.check("report-vmpl0", false, format_args!("status {s:#x}")),
+    if !probing {
+        guest_requests(&mut c, vmpck0);
     }
-    let k0 = derive(&mut psp, 0);
-    let k1 = derive(&mut psp, 1);
-    c.check(
-        "derive-key",
-        matches!((k0, k1), (Ok(a), Ok(b)) if a != b && a != [0; 32]),
-        format_args!("VMPL0 and VMPL1 keys derived, distinct"),
-    );
-    if let Ok(k) = k1 {
-        print_hex("KEY1-BY-VMPL0", &k);
-    }
-    // Extended request: a one-page buffer is too small for the table...
-    let mut req = ReportReq::new_zeroed();
-    req.vmpl = U32::new(0);
-    let mut out = [0u8; 0x4C0];
-    let small = psp.request(
-        msg_type::REPORT_REQ,
-        req.as_bytes(),
-        &mut out,
-        Some((gpa::CERTS, 1)),
-    );
-    let needed = nitride_snp_test_images::ghcb_get(off::RBX);
-    c.check(
-        "ext-request-too-small",
-        matches!(small, Err(nitride_snp_test_images::PspFail::Exit(0, e)) if e == 1 << 32)
-            && needed > 1,
-        format_args!("{small:?}, pages needed {needed}"),
-    );
-    // ...and the PSP did not consume that sequence number: the channel goes on.
-    let big = psp.request(
-        msg_type::REPORT_REQ,
-        req.as_bytes(),
-        &mut out,
-        Some((gpa::CERTS, 4)),
-    );
-    let first_guid = rd64(shared(gpa::CERTS));
-    c.check(
-        "ext-request",
-        big.is_ok() && first_guid != 0,
-        format_args!("{big:?}, table starts {first_guid:#x}"),
-    );
 
     // VMPL1's VMSA.
     let _ = pvalidate(gpa::VMSA1, 0, true);

@@ -54,6 +54,19 @@ extern "C" fn vmpl1_main() -> ! {
     set_ghcb(gpa::GHCB1);
     say!("snp-test: VMPL1 up");
     let mut c = Checks::default();
+    // XCR0 and the debug registers are VMPL1's own: VMPL0 set XCR0 to every state
+    // it could and DR0 to 0x123000 before running VMPL1.
+    // SAFETY: XGETBV and MOV from DR0 read registers only.
+    let (xcr0, dr0) = unsafe {
+        let dr0: u64;
+        core::arch::asm!("mov {}, dr0", out(reg) dr0);
+        (core::arch::x86_64::_xgetbv(0), dr0)
+    };
+    c.check(
+        "xcr0-and-dr-per-vmpl",
+        xcr0 == 1 && dr0 == 0,
+        format_args!("XCR0 {xcr0:#x} (its VMSA's), DR0 {dr0:#x}"),
+    );
 
     let probe = rd64(mbox().wrapping_add(mailbox::PROBE));
     if probe != 0 {
