@@ -115,6 +115,13 @@ mod code {
     pub const PAGE_NOT_VALIDATED: u64 = 0x404;
 }
 
+/// A little-endian u64 at `at` of a GHCB save area.
+fn g64(g: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&g[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
 fn get64(p: &[u8; 4096], at: usize) -> u64 {
     vmsa::get64(p, at)
 }
@@ -518,16 +525,6 @@ impl Machine {
         true
     }
 
-    fn vmsa_page(&mut self, gpa: u64) -> Option<&mut [u8; 4096]> {
-        if gpa == LAUNCH_VMSA_GPA {
-            Some(&mut self.p.launch_vmsa)
-        } else if gpa < RAM_END && gpa % 4096 == 0 {
-            Some(ram_page(self.ram, gpa))
-        } else {
-            None
-        }
-    }
-
     /// Load VMPL `v` from its VMSA into its VMCB (what VMRUN of an SEV-ES guest does),
     /// with the checks hardware makes before running a VMSA.
     fn enter(&mut self, v: usize) -> Result<(), &'static str> {
@@ -540,32 +537,48 @@ impl Machine {
         if !(e.assigned && e.validated && e.vmsa) {
             return Err("the page is not a validated VMSA page in the RMP");
         }
-        let page = *self.vmsa_page(gpa).ok_or("VMSA outside guest memory")?;
+        if gpa != LAUNCH_VMSA_GPA && (gpa >= RAM_END || gpa % 4096 != 0) {
+            return Err("VMSA outside guest memory");
+        }
+        let supported = self.xcr0_supported;
+        let svm::SvmPages {
+            vmcb,
+            launch_vmsa,
+            fpu,
+            ..
+        } = &mut *self.p;
+        let page: &[u8; 4096] = if gpa == LAUNCH_VMSA_GPA {
+            launch_vmsa
+        } else {
+            ram_page(self.ram, gpa)
+        };
         if usize::from(page[vo::VMPL]) != v {
             return Err("the VMSA belongs to another VMPL");
         }
-        if get64(&page, vo::SEV_FEATURES) != SEV_FEATURES {
+        if get64(page, vo::SEV_FEATURES) != SEV_FEATURES {
             return Err("the VMSA's sev_features differ from the VM's");
         }
-        let xcr0 = get64(&page, vo::XCR0);
-        if !self.xcr0_ok(xcr0) {
+        let xcr0 = get64(page, vo::XCR0);
+        if !(xcr0 & 1 != 0 && xcr0 & !supported == 0 && (xcr0 & 4 == 0 || xcr0 & 2 != 0)) {
             return Err("the VMSA's XCR0 is invalid");
         }
-        let c = &mut self.p.vmcb[v];
-        c[vmsa::VMCB_SAVE_OFFSET..vmsa::VMCB_SAVE_OFFSET + vmsa::VMCB_SAVE_LEN]
-            .copy_from_slice(&page[..vmsa::VMCB_SAVE_LEN]);
+        let c = &mut vmcb[v];
+        arch::copy_words(
+            &mut c[vmsa::VMCB_SAVE_OFFSET..vmsa::VMCB_SAVE_OFFSET + vmsa::VMCB_SAVE_LEN],
+            &page[..vmsa::VMCB_SAVE_LEN],
+        );
         put64(c, sv::DR7, 0x400);
         let efer = get64(c, sv::EFER);
         put64(c, sv::EFER, efer | (1 << 12));
         put64(c, ctl::EVENTINJ, 0);
         let cpu = &mut self.vcpu[v];
         for (i, &slot) in GPR_SLOTS.iter().enumerate() {
-            cpu.gprs.0[i] = get64(&page, slot);
+            cpu.gprs.0[i] = get64(page, slot);
         }
         cpu.gprs.0[3] = 0;
         cpu.xcr0 = xcr0;
         if cpu.fpu_for != Some(gpa) {
-            let area = &mut self.p.fpu[v].guest;
+            let area = &mut fpu[v].guest;
             area.fill(0);
             let mxcsr = u32::from_le_bytes([
                 page[vo::MXCSR],
@@ -584,14 +597,23 @@ impl Machine {
     /// Store VMPL `v`'s registers into its VMSA (what #VMEXIT of an SEV-ES guest does).
     fn leave(&mut self, v: usize) {
         let Some(gpa) = self.vcpu[v].vmsa else { return };
-        let c = self.p.vmcb[v];
+        if gpa != LAUNCH_VMSA_GPA && (gpa >= RAM_END || gpa % 4096 != 0) {
+            return;
+        }
         let gprs = self.vcpu[v].gprs;
         let xcr0 = self.vcpu[v].xcr0;
-        let Some(page) = self.vmsa_page(gpa) else {
-            return;
+        let svm::SvmPages {
+            vmcb, launch_vmsa, ..
+        } = &mut *self.p;
+        let page: &mut [u8; 4096] = if gpa == LAUNCH_VMSA_GPA {
+            launch_vmsa
+        } else {
+            ram_page(self.ram, gpa)
         };
+        let c = &vmcb[v];
         let dr7 = get64(page, vo::DR7);
-        page[..vmsa::VMCB_SAVE_LEN].copy_from_slice(
+        arch::copy_words(
+            &mut page[..vmsa::VMCB_SAVE_LEN],
             &c[vmsa::VMCB_SAVE_OFFSET..vmsa::VMCB_SAVE_OFFSET + vmsa::VMCB_SAVE_LEN],
         );
         put64(page, vo::DR7, dr7);
@@ -1322,16 +1344,19 @@ impl Machine {
             );
             return Flow::Stop(exit::GUEST_STOPPED);
         }
-        let mut g = *ram_page(self.ram, gpa);
-        let valid = |g: &[u8; 4096], at: usize| {
+        // The save area is all a NAE event reads (the PSC buffer is read in place).
+        let mut g = [0u8; 0x400];
+        arch::copy_words(&mut g, &ram_page(self.ram, gpa)[..0x400]);
+        let valid = |g: &[u8; 0x400], at: usize| {
             let bit = ghcb::valid_bit(at);
             g[ghcb::off::VALID_BITMAP + bit / 8] & (1 << (bit % 8)) != 0
         };
         let mut out = GhcbOut::default();
-        let usage = u32::from_le_bytes([g[0xFFC], g[0xFFD], g[0xFFE], g[0xFFF]]);
-        let code = get64(&g, ghcb::off::SW_EXIT_CODE);
-        let info1 = get64(&g, ghcb::off::SW_EXIT_INFO_1);
-        let info2 = get64(&g, ghcb::off::SW_EXIT_INFO_2);
+        let page = ram_page(self.ram, gpa);
+        let usage = u32::from_le_bytes([page[0xFFC], page[0xFFD], page[0xFFE], page[0xFFF]]);
+        let code = g64(&g, ghcb::off::SW_EXIT_CODE);
+        let info1 = g64(&g, ghcb::off::SW_EXIT_INFO_1);
+        let info2 = g64(&g, ghcb::off::SW_EXIT_INFO_2);
         let base_valid = valid(&g, ghcb::off::SW_EXIT_CODE)
             && valid(&g, ghcb::off::SW_EXIT_INFO_1)
             && valid(&g, ghcb::off::SW_EXIT_INFO_2);
@@ -1342,16 +1367,16 @@ impl Machine {
             out.error(ghcb::err::MISSING_INPUT);
             Flow::Resume
         } else {
-            self.nae(v, &mut g, code, info1, info2, &valid, &mut out)
+            self.nae(v, gpa, &g, code, info1, info2, &valid, &mut out)
         };
         // The host answers: the valid bitmap is cleared, then the outputs are set.
-        g[ghcb::off::VALID_BITMAP..ghcb::off::VALID_BITMAP + 16].fill(0);
+        let page = ram_page(self.ram, gpa);
+        page[ghcb::off::VALID_BITMAP..ghcb::off::VALID_BITMAP + 16].fill(0);
         for (at, val) in out.fields.iter().flatten() {
-            put64(&mut g, *at, *val);
+            put64(page, *at, *val);
             let bit = ghcb::valid_bit(*at);
-            g[ghcb::off::VALID_BITMAP + bit / 8] |= 1 << (bit % 8);
+            page[ghcb::off::VALID_BITMAP + bit / 8] |= 1 << (bit % 8);
         }
-        *ram_page(self.ram, gpa) = g;
         flow
     }
 
@@ -1359,11 +1384,12 @@ impl Machine {
     fn nae(
         &mut self,
         v: usize,
-        g: &mut [u8; 4096],
+        ghcb_gpa: u64,
+        g: &[u8; 0x400],
         code: u64,
         info1: u64,
         info2: u64,
-        valid: &dyn Fn(&[u8; 4096], usize) -> bool,
+        valid: &dyn Fn(&[u8; 0x400], usize) -> bool,
         out: &mut GhcbOut,
     ) -> Flow {
         use ghcb::off;
@@ -1374,10 +1400,10 @@ impl Machine {
                     out.error(ghcb::err::MISSING_INPUT);
                     return Flow::Resume;
                 }
-                let leaf = get64(g, off::RAX) as u32;
-                let sub = get64(g, off::RCX) as u32;
+                let leaf = g64(g, off::RAX) as u32;
+                let sub = g64(g, off::RCX) as u32;
                 let xcr0 = if valid(g, off::XCR0) {
-                    get64(g, off::XCR0)
+                    g64(g, off::XCR0)
                 } else {
                     1
                 };
@@ -1415,7 +1441,7 @@ impl Machine {
                         return Flow::Resume;
                     }
                     if port == 0x3F8 {
-                        let b = get64(g, off::RAX) as u8;
+                        let b = g64(g, off::RAX) as u8;
                         self.console_byte(v, b);
                     }
                     out.ok(0, 0);
@@ -1426,7 +1452,7 @@ impl Machine {
                     out.error(ghcb::err::MISSING_INPUT);
                     return Flow::Resume;
                 }
-                let msr = get64(g, off::RCX) as u32;
+                let msr = g64(g, off::RCX) as u32;
                 match (msr, info1) {
                     (0x10, 0) => {
                         let t = arch::tsc();
@@ -1444,6 +1470,9 @@ impl Machine {
             }
             nae::PSC => {
                 let buf = off::SHARED_BUFFER;
+                let mut shared = [0u8; 4096];
+                shared[buf..].copy_from_slice(&ram_page(self.ram, ghcb_gpa)[buf..]);
+                let g = &mut shared;
                 let cur = usize::from(u16::from_le_bytes([g[buf], g[buf + 1]]));
                 let end = usize::from(u16::from_le_bytes([g[buf + 2], g[buf + 3]]));
                 if end >= 253 || cur > end + 1 {
@@ -1453,7 +1482,7 @@ impl Machine {
                 let mut failed = false;
                 let mut i = cur;
                 while i <= end {
-                    let e = get64(g, buf + 8 + 8 * i);
+                    let e = g64(g, buf + 8 + 8 * i);
                     let gfn = (e >> 12) & ((1 << 40) - 1);
                     let op = (e >> 52) & 0xF;
                     let pages = if e & (1 << 56) != 0 { 512 } else { 1 };
@@ -1464,13 +1493,13 @@ impl Machine {
                         break;
                     }
                     i += 1;
-                    g[buf..buf + 2].copy_from_slice(&(i as u16).to_le_bytes());
+                    ram_page(self.ram, ghcb_gpa)[buf..buf + 2]
+                        .copy_from_slice(&(i as u16).to_le_bytes());
                 }
                 out.ok(0, u64::from(failed));
             }
             nae::GUEST_REQUEST | nae::EXT_GUEST_REQUEST => {
                 return self.guest_request(
-                    v,
                     g,
                     code == nae::EXT_GUEST_REQUEST,
                     info1,
@@ -1488,7 +1517,7 @@ impl Machine {
                     && match op {
                         ghcb::ap::CREATE | ghcb::ap::CREATE_ON_INIT => {
                             need(&[off::RAX])
-                                && get64(g, off::RAX) == SEV_FEATURES
+                                && g64(g, off::RAX) == SEV_FEATURES
                                 && info2 % 4096 == 0
                                 && info2 < RAM_END
                         }
@@ -1541,12 +1570,11 @@ impl Machine {
     #[allow(clippy::too_many_arguments, reason = "one NAE event")]
     fn guest_request(
         &mut self,
-        _v: usize,
-        g: &mut [u8; 4096],
+        g: &[u8; 0x400],
         extended: bool,
         req_gpa: u64,
         rsp_gpa: u64,
-        valid: &dyn Fn(&[u8; 4096], usize) -> bool,
+        valid: &dyn Fn(&[u8; 0x400], usize) -> bool,
         out: &mut GhcbOut,
     ) -> Flow {
         use ghcb::off;
@@ -1561,7 +1589,7 @@ impl Machine {
                 out.error(ghcb::err::MISSING_INPUT);
                 return Flow::Resume;
             }
-            let (at, pages) = (get64(g, off::RAX), get64(g, off::RBX));
+            let (at, pages) = (g64(g, off::RAX), g64(g, off::RBX));
             let ok = pages <= 64 && (0..pages).all(|i| self.shared_page(at + i * 4096).is_some());
             if !ok {
                 out.error(ghcb::err::INVALID_INPUT);

@@ -133,6 +133,27 @@ pub fn guest_ram() -> &'static mut [u8] {
     unsafe { core::slice::from_raw_parts_mut(GUEST_HOST_BASE as *mut u8, RAM_END as usize) }
 }
 
+/// Copy `src` into `dst` eight bytes at a time (`rep movsq`: under `-icount` one
+/// count per word, not per byte).
+pub fn copy_words(dst: &mut [u8], src: &[u8]) {
+    assert!(
+        dst.len() == src.len() && src.len() % 8 == 0,
+        "copy_words: lengths"
+    );
+    // SAFETY: both slices are valid for `len` bytes and do not overlap (one is
+    // borrowed mutably); `rep movsq` copies exactly len / 8 words forwards (DF is
+    // clear in the machine).
+    unsafe {
+        core::arch::asm!(
+            "rep movsq",
+            inout("rcx") src.len() / 8 => _,
+            inout("rdi") dst.as_mut_ptr() => _,
+            inout("rsi") src.as_ptr() => _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
 /// CPUID of the real (emulated) processor.
 pub fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
     let r = core::arch::x86_64::__cpuid_count(leaf, sub);
