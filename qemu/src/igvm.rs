@@ -10,10 +10,10 @@
 //!
 //! The launch digest of a file is computed here twice, independently of the
 //! machine's own computation in QEMU:
-//! - [`launch_digest`]: the file parsed with the `igvm` crate, the digest chained
+//! - [`launch_digest`], the file parsed with the `igvm` crate, the digest chained
 //!   here as the PSP does it (SNP ABI `SNP_LAUNCH_UPDATE`, PAGE_INFO), with the VMSA
 //!   measured after every page, as KVM launches it;
-//! - [`reference_digest`]: `igvm::measurement::generate_snp_measurement`.
+//! - [`reference_digest`], `igvm::measurement::generate_snp_measurement`.
 //!
 //! `cargo xtask igvm` prints both and refuses a file on which they differ; the
 //! machine's tests compare them with the MEASUREMENT of reports from the machine.

@@ -43,7 +43,7 @@ pub enum Insn {
 
 impl Insn {
     /// The instruction's length (0 for [`Insn::Other`]).
-    pub fn len(&self) -> u64 {
+    pub fn length(&self) -> u64 {
         match self {
             Self::Pvalidate | Self::Rmpadjust | Self::Vmgexit => 4,
             Self::Vmmcall => 3,
@@ -131,6 +131,6 @@ mod tests {
             }
         );
         assert_eq!(decode(&[0x0F, 0x06]), Insn::Clts);
-        assert_eq!(Insn::Vmgexit.len(), 4);
+        assert_eq!(Insn::Vmgexit.length(), 4);
     }
 }

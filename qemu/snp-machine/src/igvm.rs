@@ -162,7 +162,7 @@ fn read<T: FromBytes + KnownLayout + Immutable>(body: &[u8], at: usize) -> Resul
 }
 
 fn page_gpa(gpa: u64) -> Result<u64, IgvmError> {
-    if gpa % 4096 != 0 || gpa >= RAM_END {
+    if !gpa.is_multiple_of(4096) || gpa >= RAM_END {
         return Err(IgvmError::BadGpa(gpa));
     }
     Ok(gpa)
@@ -207,7 +207,7 @@ pub fn parse(file: &[u8]) -> Result<Plan<'_>, IgvmError> {
         .checked_add(fixed.variable_header_size as usize)
         .filter(|&e| e <= file.len())
         .ok_or(IgvmError::FixedHeader("variable headers outside the file"))?;
-    if vh_start < size_of::<IGVM_FIXED_HEADER>() || vh_start % 8 != 0 {
+    if vh_start < size_of::<IGVM_FIXED_HEADER>() || !vh_start.is_multiple_of(8) {
         return Err(IgvmError::FixedHeader("variable headers misplaced"));
     }
     let mut zeroed = fixed;
@@ -313,7 +313,7 @@ pub fn parse(file: &[u8]) -> Result<Plan<'_>, IgvmError> {
             }
             IgvmVariableHeaderType::IGVM_VHT_PARAMETER_AREA => {
                 let p: IGVM_VHS_PARAMETER_AREA = read(body, at)?;
-                if p.number_of_bytes == 0 || p.number_of_bytes % 4096 != 0 {
+                if p.number_of_bytes == 0 || !p.number_of_bytes.is_multiple_of(4096) {
                     return Err(IgvmError::Header(at, "parameter area size"));
                 }
                 if p.file_offset != 0 {
@@ -381,7 +381,7 @@ pub fn parse(file: &[u8]) -> Result<Plan<'_>, IgvmError> {
                 let p: IGVM_VHS_REQUIRED_MEMORY = read(body, at)?;
                 if ours(p.compatibility_mask) {
                     let end = p.gpa.checked_add(u64::from(p.number_of_bytes));
-                    if p.gpa % 4096 != 0 || end.is_none_or(|e| e > RAM_END) {
+                    if !p.gpa.is_multiple_of(4096) || end.is_none_or(|e| e > RAM_END) {
                         return Err(IgvmError::BadGpa(p.gpa));
                     }
                 }

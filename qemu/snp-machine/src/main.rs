@@ -1224,11 +1224,7 @@ impl Machine {
             .collect();
         let mut c = arch::CONSOLE;
         use core::fmt::Write;
-        let _ = write!(
-            c,
-            "[vmpl{v}] {}\n",
-            core::str::from_utf8(&text).unwrap_or("")
-        );
+        let _ = writeln!(c, "[vmpl{v}] {}", core::str::from_utf8(&text).unwrap_or(""));
     }
 
     fn console_byte(&mut self, v: usize, b: u8) {
@@ -1279,7 +1275,7 @@ impl Machine {
             ghcb::msr::CPUID_REQ => {
                 let leaf = (msr >> 32) as u32;
                 let reg = ((msr >> 30) & 3) as usize;
-                let r = cpuid::model(leaf, 0, self.vcpu[v].xcr0, |l, s| arch::cpuid(l, s));
+                let r = cpuid::model(leaf, 0, self.vcpu[v].xcr0, arch::cpuid);
                 (u64::from(r[reg]) << 32)
                     | ((msr & 0x3000_0000) | ghcb::msr::CPUID_RESP) & 0xC000_0FFF
             }
@@ -1407,7 +1403,7 @@ impl Machine {
                 } else {
                     1
                 };
-                let r = cpuid::model(leaf, sub, xcr0, |l, s| arch::cpuid(l, s));
+                let r = cpuid::model(leaf, sub, xcr0, arch::cpuid);
                 out.ok(0, 0);
                 out.set(off::RAX, u64::from(r[0]));
                 out.set(off::RBX, u64::from(r[1]));
@@ -1518,7 +1514,7 @@ impl Machine {
                         ghcb::ap::CREATE | ghcb::ap::CREATE_ON_INIT => {
                             need(&[off::RAX])
                                 && g64(g, off::RAX) == SEV_FEATURES
-                                && info2 % 4096 == 0
+                                && info2.is_multiple_of(4096)
                                 && info2 < RAM_END
                         }
                         ghcb::ap::DESTROY => true,
@@ -1563,8 +1559,10 @@ impl Machine {
 
     /// A shared guest page the host may read and write, or `None`.
     fn shared_page(&self, gpa: u64) -> Option<u64> {
-        (gpa % 4096 == 0 && gpa < RAM_END && self.rmp.entry(gpa).is_some_and(|e| !e.assigned))
-            .then_some(gpa)
+        (gpa.is_multiple_of(4096)
+            && gpa < RAM_END
+            && self.rmp.entry(gpa).is_some_and(|e| !e.assigned))
+        .then_some(gpa)
     }
 
     #[allow(clippy::too_many_arguments, reason = "one NAE event")]

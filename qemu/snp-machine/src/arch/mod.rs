@@ -137,7 +137,7 @@ pub fn guest_ram() -> &'static mut [u8] {
 /// count per word, not per byte).
 pub fn copy_words(dst: &mut [u8], src: &[u8]) {
     assert!(
-        dst.len() == src.len() && src.len() % 8 == 0,
+        dst.len() == src.len() && src.len().is_multiple_of(8),
         "copy_words: lengths"
     );
     // SAFETY: both slices are valid for `len` bytes and do not overlap (one is

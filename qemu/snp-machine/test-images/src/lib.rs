@@ -98,16 +98,17 @@ pub fn shared<T>(gpa: u64) -> *mut T {
     (SHARED_VIEW + gpa) as *mut T
 }
 
-/// Read a u64 at `p`.
-pub fn rd64(p: *const u64) -> u64 {
-    // SAFETY: callers pass addresses of pages the image maps (fixed layout above).
-    unsafe { p.read_volatile() }
+/// Read the u64 at virtual address `addr` (a page of the fixed layout above).
+pub fn rd64(addr: u64) -> u64 {
+    // SAFETY: callers pass addresses in pages the image maps (fixed layout above);
+    // a page the RMP refuses stops the VM, which is what the probes test.
+    unsafe { (addr as *const u64).read_volatile() }
 }
 
-/// Write a u64 at `p`.
-pub fn wr64(p: *mut u64, v: u64) {
+/// Write the u64 at virtual address `addr`.
+pub fn wr64(addr: u64, v: u64) {
     // SAFETY: as for `rd64`.
-    unsafe { p.write_volatile(v) }
+    unsafe { (addr as *mut u64).write_volatile(v) }
 }
 
 /// RDMSR.
@@ -190,7 +191,7 @@ fn ghcb_ptr(at: usize) -> *mut u64 {
 
 /// A GHCB field.
 pub fn ghcb_get(at: usize) -> u64 {
-    rd64(ghcb_ptr(at))
+    rd64((ghcb_ptr(at)) as u64)
 }
 
 /// Whether the host marked a field valid.
@@ -213,13 +214,13 @@ pub fn ghcb_put_byte(at: usize, v: u8) {
 /// the exit code and infos; returns (SW_EXITINFO1, SW_EXITINFO2).
 pub fn ghcb_call(code: u64, info1: u64, info2: u64, fields: &[(usize, u64)]) -> (u64, u64) {
     for i in 0..2 {
-        wr64(ghcb_ptr(off::VALID + 8 * i), 0);
+        wr64((ghcb_ptr(off::VALID + 8 * i)) as u64, 0);
     }
     let mark = |at: usize, v: u64| {
-        wr64(ghcb_ptr(at), v);
+        wr64((ghcb_ptr(at)) as u64, v);
         let bit = at / 8;
         let word = ghcb_ptr(off::VALID + 8 * (bit / 64));
-        wr64(word, rd64(word) | (1 << (bit % 64)));
+        wr64((word) as u64, rd64((word) as u64) | (1 << (bit % 64)));
     };
     mark(off::EXIT_CODE, code);
     mark(off::INFO1, info1);
@@ -228,7 +229,7 @@ pub fn ghcb_call(code: u64, info1: u64, info2: u64, fields: &[(usize, u64)]) -> 
         mark(at, v);
     }
     // Protocol version 2, usage 0.
-    wr64(ghcb_ptr(0xFF8), 2 << 16);
+    wr64((ghcb_ptr(0xFF8)) as u64, 2 << 16);
     wrmsr(MSR_GHCB, GHCB.load(Ordering::SeqCst));
     vmgexit();
     (ghcb_get(off::INFO1), ghcb_get(off::INFO2))

@@ -15,7 +15,7 @@ use nitride_protocol::snp::msg::{msg_type, KeyReq, KeyRsp, ReportReq, ReportRsp}
 use nitride_snp_test_images::{
     clear_exception, ghcb_call, gpa, init_cpu, last_exception, mailbox, msr_protocol, off,
     print_hex, private, psc_shared, pvalidate, rd64, rdmsr, register_ghcb, rmpadjust, say,
-    set_ghcb, shared, terminate, wr64, Checks, Psp, LAST_MSR_INFO1, SKIP,
+    set_ghcb, terminate, wr64, Checks, Psp, LAST_MSR_INFO1, SKIP,
 };
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
@@ -84,7 +84,7 @@ fn run_vmpl1() -> (u64, u64) {
 /// A VMSA for VMPL1: 64-bit mode at the VMPL1 image's entry, the image's page tables.
 fn build_vmsa1(page: u64) {
     let p: *mut u8 = private(page);
-    let put = |at: usize, v: u64| wr64(p.wrapping_add(at) as *mut u64, v);
+    let put = |at: usize, v: u64| wr64((p.wrapping_add(at) as *mut u64) as u64, v);
     for at in (0..4096).step_by(8) {
         put(at, 0);
     }
@@ -208,7 +208,7 @@ fn guest_requests(c: &mut Checks, vmpck0: [u8; 32]) {
         &mut out,
         Some((gpa::CERTS, 4)),
     );
-    let first_guid = rd64(shared(gpa::CERTS));
+    let first_guid = rd64(nitride_snp_test_images::SHARED_VIEW + gpa::CERTS);
     c.check(
         "ext-request",
         big.is_ok() && first_guid != 0,
@@ -416,8 +416,8 @@ extern "C" fn vmpl0_main() -> ! {
                 .iter()
                 .take_while(|b| b.is_ascii_digit())
                 .fold(0u64, |a, &b| a * 10 + u64::from(b - b'0'));
-            wr64(mbox.wrapping_add(mailbox::PROBE), mode);
-            wr64(mbox.wrapping_add(mailbox::PROBE_ARG), n);
+            wr64((mbox.wrapping_add(mailbox::PROBE)) as u64, mode);
+            wr64((mbox.wrapping_add(mailbox::PROBE_ARG)) as u64, n);
             probing = true;
         }
     }
@@ -440,13 +440,11 @@ extern "C" fn vmpl0_main() -> ! {
         let (src, dst) = (gpa::PAGE_TABLES + i * 4096, gpa::PAGE_TABLES1 + i * 4096);
         let _ = pvalidate(dst, 0, true);
         for e in 0..512u64 {
-            let mut x = rd64(private::<u64>(src + 8 * e));
-            if i == 0 || i == 1 || i == 3 {
-                if x & 1 != 0 {
-                    x = x - gpa::PAGE_TABLES + gpa::PAGE_TABLES1;
-                }
+            let mut x = rd64(src + 8 * e);
+            if (i == 0 || i == 1 || i == 3) && x & 1 != 0 {
+                x = x - gpa::PAGE_TABLES + gpa::PAGE_TABLES1;
             }
-            wr64(private(dst + 8 * e), x);
+            wr64(dst + 8 * e, x);
         }
         grant(dst, 3);
     }
@@ -537,17 +535,17 @@ extern "C" fn vmpl0_main() -> ! {
             c.check("run-vmpl1", false, format_args!("{r:?}"));
             break;
         }
-        match rd64(mbox.wrapping_add(mailbox::CMD)) {
+        match rd64((mbox.wrapping_add(mailbox::CMD)) as u64) {
             mailbox::CMD_PING => continue,
             mailbox::CMD_EDIT_RAX => {
                 let rax: *mut u64 = private(gpa::VMSA1 + 0x1F8);
-                let seen = rd64(rax);
+                let seen = rd64((rax) as u64);
                 c.check(
                     "vmsa-holds-vmpl1-registers",
                     seen == 0x1111,
                     format_args!("VMPL1's RAX in its VMSA: {seen:#x}"),
                 );
-                wr64(rax, 0x2222);
+                wr64((rax) as u64, 0x2222);
             }
             mailbox::CMD_DONE => break,
             other => {
@@ -561,8 +559,8 @@ extern "C" fn vmpl0_main() -> ! {
         }
     }
     let (p1, f1) = (
-        rd64(mbox.wrapping_add(mailbox::PASSED)),
-        rd64(mbox.wrapping_add(mailbox::FAILED)),
+        rd64((mbox.wrapping_add(mailbox::PASSED)) as u64),
+        rd64((mbox.wrapping_add(mailbox::FAILED)) as u64),
     );
     c.check(
         "vmpl1-checks",

@@ -40,7 +40,7 @@ fn mbox() -> *mut u64 {
 
 /// Run VMPL0 with `cmd` in the mailbox (GHCB page protocol).
 fn call_vmpl0(cmd: u64) -> (u64, u64) {
-    wr64(mbox().wrapping_add(mailbox::CMD), cmd);
+    wr64((mbox().wrapping_add(mailbox::CMD)) as u64, cmd);
     ghcb_call(0x8000_0018, 0, 0, &[])
 }
 
@@ -68,21 +68,21 @@ extern "C" fn vmpl1_main() -> ! {
         format_args!("XCR0 {xcr0:#x} (its VMSA's), DR0 {dr0:#x}"),
     );
 
-    let probe = rd64(mbox().wrapping_add(mailbox::PROBE));
+    let probe = rd64((mbox().wrapping_add(mailbox::PROBE)) as u64);
     if probe != 0 {
-        let n = rd64(mbox().wrapping_add(mailbox::PROBE_ARG));
+        let n = rd64((mbox().wrapping_add(mailbox::PROBE_ARG)) as u64);
         let page = gpa::PERM + n * 4096;
         say!(
             "snp-test: VMPL1 {} of permission page {n}",
             if probe == 1 { "read" } else { "write" }
         );
         if probe == 1 {
-            let _ = rd64(private(page));
+            let _ = rd64(page);
         } else {
-            wr64(private(page), 0x5A5A);
+            wr64(page, 0x5A5A);
         }
         say!("FAIL probe survived");
-        wr64(mbox().wrapping_add(mailbox::FAILED), 1);
+        wr64((mbox().wrapping_add(mailbox::FAILED)) as u64, 1);
         call_vmpl0(mailbox::CMD_DONE);
     }
 
@@ -91,10 +91,10 @@ extern "C" fn vmpl1_main() -> ! {
     for i in 0..16u64 {
         let page = gpa::PERM + i * 4096;
         if i & 1 != 0 {
-            let _ = rd64(private(page));
+            let _ = rd64(page);
             if i & 2 != 0 {
-                wr64(private(page), 0xA5A5_0000 + i);
-                bad += u32::from(rd64(private(page)) != 0xA5A5_0000 + i);
+                wr64(page, 0xA5A5_0000 + i);
+                bad += u32::from(rd64(page) != 0xA5A5_0000 + i);
             }
         }
     }
@@ -108,7 +108,7 @@ extern "C" fn vmpl1_main() -> ! {
     // bit is ignored.
     let a1 = rmpadjust(gpa::FAKE_VMSA2, 0, 1, 1, false);
     let a2 = rmpadjust(gpa::FAKE_VMSA2, 0, 1, 0, false);
-    let a3 = rmpadjust(gpa::PERM + 1 * 4096, 0, 3, 2, false);
+    let a3 = rmpadjust(gpa::PERM + 4096, 0, 3, 2, false);
     let a4 = rmpadjust(gpa::PERM + 3 * 4096, 0, 3, 2, false);
     c.check(
         "rmpadjust-from-vmpl1",
@@ -206,22 +206,26 @@ extern "C" fn vmpl1_main() -> ! {
     let rax: u64;
     // SAFETY: VMGEXIT through the GHCB page; RAX carries a value across the switch.
     unsafe {
-        wr64(mbox().wrapping_add(mailbox::CMD), mailbox::CMD_EDIT_RAX);
+        wr64(
+            (mbox().wrapping_add(mailbox::CMD)) as u64,
+            mailbox::CMD_EDIT_RAX,
+        );
         for i in 0..2 {
             wr64(
-                (nitride_snp_test_images::SHARED_VIEW + gpa::GHCB1 + 0x3F0 + 8 * i) as *mut u64,
+                ((nitride_snp_test_images::SHARED_VIEW + gpa::GHCB1 + 0x3F0 + 8 * i) as *mut u64)
+                    as u64,
                 0,
             );
         }
         let g = |at: u64| (nitride_snp_test_images::SHARED_VIEW + gpa::GHCB1 + at) as *mut u64;
-        wr64(g(0x390), 0x8000_0018);
-        wr64(g(0x398), 0);
-        wr64(g(0x3A0), 0);
+        wr64((g(0x390)) as u64, 0x8000_0018);
+        wr64((g(0x398)) as u64, 0);
+        wr64((g(0x3A0)) as u64, 0);
         wr64(
-            g(0x3F8),
+            (g(0x3F8)) as u64,
             (1 << (0x390 / 8 - 64)) | (1 << (0x398 / 8 - 64)) | (1 << (0x3A0 / 8 - 64)),
         );
-        wr64(g(0xFF8), 2 << 16);
+        wr64((g(0xFF8)) as u64, 2 << 16);
         core::arch::asm!("rep vmmcall", inout("rax") 0x1111u64 => rax);
     }
     c.check(
@@ -240,8 +244,8 @@ extern "C" fn vmpl1_main() -> ! {
     }
     say!("snp-test: VMGEXIT round trip VMPL1 -> VMPL0 -> VMPL1: {best} TSC ticks");
 
-    wr64(mbox().wrapping_add(mailbox::PASSED), c.passed);
-    wr64(mbox().wrapping_add(mailbox::FAILED), c.failed);
+    wr64((mbox().wrapping_add(mailbox::PASSED)) as u64, c.passed);
+    wr64((mbox().wrapping_add(mailbox::FAILED)) as u64, c.failed);
     call_vmpl0(mailbox::CMD_DONE);
     say!("FAIL VMPL1 ran again after it was done");
     nitride_snp_test_images::halt_forever()
@@ -250,7 +254,7 @@ extern "C" fn vmpl1_main() -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     say!("FAIL panic: {info}");
-    wr64(mbox().wrapping_add(mailbox::FAILED), 1);
+    wr64((mbox().wrapping_add(mailbox::FAILED)) as u64, 1);
     call_vmpl0(mailbox::CMD_DONE);
     nitride_snp_test_images::halt_forever()
 }
