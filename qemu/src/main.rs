@@ -78,8 +78,7 @@ enum Task {
     #[command(after_help = "Examples:\n  cargo xtask measure --guest relay\n  \
                             MEASUREMENT=$(cargo xtask measure --guest relay)")]
     Measure(MeasureArgs),
-    /// Build an IGVM file for the virtual SNP machine and check its launch digest
-    /// three ways (the runner's, the igvm crate's, the machine's code)
+    /// Build an IGVM file for the SNP machine and check its launch digest three ways
     #[command(after_help = "Examples:\n  cargo xtask igvm\n  \
                             cargo xtask igvm --boot vmpl0.elf --extra vmpl1.elf --out image.igvm")]
     Igvm(IgvmArgs),
