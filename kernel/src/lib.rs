@@ -14,7 +14,8 @@
 //! - [`cmdline`]: the SVSM command line.
 //! - [`measure`]: the launch measurement (SVSM and guest image digests).
 //! - [`psp`]: the PSP guest-message client (attestation reports, derived keys).
-//! - [`emulated_psp`]: the emulated AMD Secure Processor the emulated platform talks to.
+//! - [`emulated_psp`]: the emulated platform's channel to the emulated AMD Secure
+//!   Processor (crate `nitride-emulated-psp`).
 //!
 //! The firmware binary (`src/main.rs` and `src/arch/`) adds boot, the CPU tables,
 //! the console and the emulated platform; all unsafe code lives there.

@@ -17,7 +17,9 @@
 //! Used by `cargo xtask` (src/main.rs) and by the end-to-end tests in `tests/`.
 
 pub mod dev_chain;
+pub mod igvm;
 pub mod measure;
+pub mod snp;
 
 pub use dev_chain::{dev_psp_blob_path, ensure_dev_chain, DevChain};
 pub use measure::launch_measurement;
@@ -96,13 +98,13 @@ pub struct Images {
     pub relay_guest: PathBuf,
 }
 
-const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+pub(crate) const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-fn cargo_build(args: &[&str], target_dir: &Path) -> Result<(), Error> {
+pub(crate) fn cargo_build(args: &[&str], target_dir: &Path) -> Result<(), Error> {
     let status = Command::new(cargo())
         .current_dir(repo_root())
         .args(["build", "--release", "--quiet"])
