@@ -508,7 +508,7 @@ pub fn elf_symbol(elf: &Path, symbol: &str) -> Result<u64, Error> {
 }
 
 /// What one boot produced.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOutput {
     /// QEMU's exit status (None when killed).
     pub status: Option<i32>,

@@ -1120,10 +1120,7 @@ fn snp_cmd(a: &SnpArgs) -> Result<ExitCode, Error> {
     let status = Command::new(QEMU).args(boot.qemu_args()).status()?;
     let out = nitride_qemu::RunOutput {
         status: status.code(),
-        console: String::new(),
-        stderr: String::new(),
-        timed_out: false,
-        elapsed: std::time::Duration::ZERO,
+        ..Default::default()
     };
     let outcome = nitride_qemu::snp::outcome(&out);
     println!("machine: {outcome:?}");

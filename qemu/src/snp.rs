@@ -177,12 +177,11 @@ impl SnpBoot {
         Ok(RunOutput {
             status,
             console,
-            // The machine and the images it runs share COM1 (stdout) for now.
-            svsm_log: String::new(),
-            combined: String::new(),
             stderr,
             timed_out,
             elapsed: start.elapsed(),
+            // The machine and the images it runs share COM1 (stdout) for now.
+            ..Default::default()
         })
     }
 }
