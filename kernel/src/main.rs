@@ -14,11 +14,13 @@ use nitride_rt as _;
 use arch::entropy::Sources;
 use arch::{cpu, fw_cfg, heap, image, paging, pvh, serial, svm::Emulated};
 use nitride_kernel::cmdline::Cmdline;
-use nitride_kernel::emulated_psp::{DevPspConfig, EmulatedPsp, EmulatedPspChannel, LaunchInfo};
-use nitride_kernel::guest_setup::Vmpcks;
-use nitride_kernel::launch::prepare_guest;
 use nitride_kernel::measure;
 use nitride_kernel::memory::{GuestMemoryMap, PhysRange};
+use nitride_kernel::platform::emulated::guest_setup::Vmpcks;
+use nitride_kernel::platform::emulated::launch::prepare_guest;
+use nitride_kernel::platform::emulated::psp::{
+    DevPspConfig, EmulatedPsp, EmulatedPspChannel, LaunchInfo,
+};
 use nitride_kernel::platform::GuestExit;
 use nitride_kernel::psp::PspClient;
 use nitride_kernel::svsm::Svsm;

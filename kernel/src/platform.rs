@@ -6,6 +6,8 @@
 //! paging under QEMU) implements it today; the SNP platform (SNP_RUN_VMPL, VMSAs,
 //! RMPADJUST) will implement the same trait.
 
+pub mod emulated;
+
 use crate::memory::{GuestMemoryMap, GuestRange};
 use nitride_protocol::svsm::CallRegs;
 pub use nitride_vhsm::{AttestError, Evidence};

@@ -7,7 +7,7 @@
 //! `0x30..0x60`, tag in `authtag[0..16]`. The request carries `counter + 1`; the
 //! response must carry `request + 1`, `msg_type + 1`, the same `msg_version` and the
 //! same VMPCK index; then the counter advances by 2. [`PspChannel`] is the
-//! transport (GHCB GUEST_REQUEST on SNP, [`crate::emulated_psp`] on the emulated
+//! transport (GHCB GUEST_REQUEST on SNP, [`crate::platform::emulated::psp`] on the emulated
 //! platform).
 //!
 //! GCM must never see an IV twice under one key, and after a failed exchange the
@@ -532,8 +532,8 @@ fn trim_cert_table(mut buf: Vec<u8>) -> Result<Vec<u8>, PspError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulated_psp::testing::{self, open, psp, psp_with, reseal, vmpck};
-    use crate::emulated_psp::EmulatedPsp;
+    use crate::platform::emulated::psp::testing::{self, open, psp, psp_with, reseal, vmpck};
+    use crate::platform::emulated::psp::EmulatedPsp;
     use nitride_protocol::snp::msg::guest_field;
 
     type HeaderEdit = Box<dyn FnOnce(&mut MsgHeader)>;

@@ -21,11 +21,11 @@
 
 use super::take_once::{phys, TakeOnce};
 use super::{cpu, guest_mem};
-pub use nitride_kernel::emulated_psp::EmulatedPspChannel;
-use nitride_kernel::insn::{self, DecodeError, Location, Paging};
 use nitride_kernel::memory::GuestMemoryMap;
 use nitride_kernel::memory::GuestRange;
 use nitride_kernel::npt::{self, Table, TablePool};
+use nitride_kernel::platform::emulated::insn::{self, DecodeError, Location, Paging};
+pub use nitride_kernel::platform::emulated::psp::EmulatedPspChannel;
 use nitride_kernel::platform::{
     Access, AttestError, Evidence, GuestExit, GuestMemoryError, Platform, PlatformEvent,
 };

@@ -7,10 +7,12 @@
 //! [`Platform`]'s checked guest-memory accessors. The image is hashed as read (for
 //! the launch measurement, [`crate::measure`]).
 
-use crate::elf::{self, ElfError};
-use crate::guest_setup::{boot_info_page, guest_page_table, secrets_page, Vmpcks};
 use crate::measure::{self, Digest384};
 use crate::memory::{AddressError, PhysRange, PAGE};
+use crate::platform::emulated::elf::{self, ElfError};
+use crate::platform::emulated::guest_setup::{
+    boot_info_page, guest_page_table, secrets_page, Vmpcks,
+};
 use crate::platform::{GuestMemoryError, Platform};
 use alloc::vec;
 use nitride_protocol::emulated::{
