@@ -5,10 +5,14 @@
 //! SVSM cleared `call_pending` (served the call). [`SvsmClient`] puts typed core-protocol
 //! calls on top of any transport and retries `ERR_INCOMPLETE` / `ERR_BUSY` as Linux does.
 //!
-//! Transports:
+//! Transports (x86-64 only):
+//! - [`GhcbMsrTransport`]: SEV-SNP, the way Linux calls an SVSM: VMGEXIT with an
+//!   SNP_RUN_VMPL(0) request in the GHCB MSR (GHCB MSR protocol), the GHCB MSR saved
+//!   and restored around it;
+//! - [`GhcbPageTransport`]: SEV-SNP for a caller that has a registered GHCB page:
+//!   the SNP_RUN_VMPL NAE event (SW_EXITCODE 0x8000_0018) through it;
 //! - [`VmmcallTransport`]: the emulated platform, where the SVSM runs the guest under
-//!   AMD-V and a `VMMCALL` exits to it (x86-64 only).
-//! - The GHCB MSR protocol for real SNP will sit behind the same trait.
+//!   AMD-V and a `VMMCALL` exits to it.
 
 use nitride_protocol::svsm::{
     self, call_rax, core_call, query_protocol_arg, CallRegs, ResultCode, CORE_PROTOCOL_VERSION,
@@ -158,7 +162,251 @@ impl<T: Transport> SvsmClient<T> {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub use snp::{GhcbMsrTransport, GhcbPageTransport};
+#[cfg(target_arch = "x86_64")]
 pub use vmmcall::VmmcallTransport;
+
+#[cfg(target_arch = "x86_64")]
+mod snp {
+    use super::{CallOutcome, CallRegs, Transport};
+    use core::sync::atomic::{AtomicU8, Ordering};
+    use nitride_protocol::snp::ghcb::{msr, nae, off, valid_bit, PROTOCOL_VERSION_SNP};
+
+    /// `call_pending` of a calling area.
+    fn pending(caa: *mut u8) -> &'static AtomicU8 {
+        // SAFETY: the transports' constructors promise `caa` points to the guest's
+        // mapped, writable calling-area page for their lifetime; AtomicU8 has the
+        // layout of u8, and the SVSM writes this byte only while this vCPU is stopped
+        // in VMGEXIT.
+        unsafe { AtomicU8::from_ptr(caa) }
+    }
+
+    /// SVSM calls through the GHCB MSR protocol: `call_pending`, the call registers,
+    /// the GHCB MSR set to SNP_RUN_VMPL(0) (saved before and restored after), VMGEXIT.
+    /// The hypervisor runs VMPL0, the SVSM serves the call from this vCPU's VMSA and
+    /// has the hypervisor run this VMPL again; the MSR then holds the response (0x017,
+    /// bits 63:32 zero).
+    #[derive(Debug)]
+    pub struct GhcbMsrTransport {
+        caa: *mut u8,
+        /// The last response of the hypervisor that was not a plain success.
+        last_error: Option<u64>,
+    }
+
+    impl GhcbMsrTransport {
+        /// A transport using the CAA at `caa`.
+        ///
+        /// # Safety
+        ///
+        /// `caa` must point to the guest's calling-area page, mapped writable (private)
+        /// for the lifetime of the transport, and the code must run in an SEV-SNP guest
+        /// at a VMPL below an SVSM, at CPL 0 (the GHCB MSR and VMGEXIT).
+        pub unsafe fn new(caa: *mut u8) -> Self {
+            Self {
+                caa,
+                last_error: None,
+            }
+        }
+
+        /// Use another calling area (after a successful `REMAP_CA`).
+        ///
+        /// # Safety
+        ///
+        /// As for [`GhcbMsrTransport::new`].
+        pub unsafe fn set_caa(&mut self, caa: *mut u8) {
+            self.caa = caa;
+        }
+
+        /// The hypervisor's last response to SNP_RUN_VMPL that was not a success.
+        pub fn last_error(&self) -> Option<u64> {
+            self.last_error
+        }
+
+        /// VMGEXIT with SNP_RUN_VMPL(0) and `regs`, without touching `call_pending`
+        /// (what a guest that forgets the CAA protocol does). Returns the registers
+        /// after the exit and the hypervisor's response in the GHCB MSR.
+        pub fn run_vmpl0_raw(&mut self, regs: CallRegs) -> (CallRegs, u64) {
+            let mut out = regs;
+            let response: u64;
+            // SAFETY: the GHCB MSR is saved, set to the SNP_RUN_VMPL(0) request, and
+            // restored; VMGEXIT hands the vCPU to the hypervisor, which runs VMPL0 and
+            // later resumes this VMPL after the instruction with RAX/RCX/RDX/R8/R9
+            // possibly changed by the SVSM (through the VMSA) and nothing else. The asm
+            // saves the call registers on the stack around WRMSR/RDMSR, declares every
+            // register it changes, and touches no memory of ours but the stack.
+            unsafe {
+                core::arch::asm!(
+                    // Save the GHCB MSR into r12.
+                    "push rax",
+                    "push rcx",
+                    "push rdx",
+                    "mov ecx, 0xC0010130",
+                    "rdmsr",
+                    "mov r12d, eax",
+                    "shl rdx, 32",
+                    "or r12, rdx",
+                    // Request SNP_RUN_VMPL(0).
+                    "mov eax, {req}",
+                    "xor edx, edx",
+                    "wrmsr",
+                    "pop rdx",
+                    "pop rcx",
+                    "pop rax",
+                    "rep vmmcall",
+                    // Read the response into r13, then restore the GHCB MSR.
+                    "push rax",
+                    "push rcx",
+                    "push rdx",
+                    "mov ecx, 0xC0010130",
+                    "rdmsr",
+                    "mov r13d, eax",
+                    "shl rdx, 32",
+                    "or r13, rdx",
+                    "mov eax, r12d",
+                    "mov rdx, r12",
+                    "shr rdx, 32",
+                    "wrmsr",
+                    "pop rdx",
+                    "pop rcx",
+                    "pop rax",
+                    req = const msr::RUN_VMPL_REQ,
+                    inout("rax") out.rax,
+                    inout("rcx") out.rcx,
+                    inout("rdx") out.rdx,
+                    inout("r8") out.r8,
+                    inout("r9") out.r9,
+                    out("r12") _,
+                    out("r13") response,
+                );
+            }
+            (out, response)
+        }
+    }
+
+    impl Transport for GhcbMsrTransport {
+        fn call(&mut self, regs: CallRegs) -> CallOutcome {
+            pending(self.caa).store(1, Ordering::SeqCst);
+            let (out, response) = self.run_vmpl0_raw(regs);
+            if response & 0xFFF != msr::RUN_VMPL_RESP || response >> 32 != 0 {
+                self.last_error = Some(response);
+            }
+            let still = pending(self.caa).swap(0, Ordering::SeqCst);
+            CallOutcome {
+                regs: out,
+                still_pending: still != 0,
+            }
+        }
+    }
+
+    /// SVSM calls through a registered GHCB page: the SNP_RUN_VMPL NAE event
+    /// (SW_EXITCODE 0x8000_0018, SW_EXITINFO1 = 0: VMPL0, SW_EXITINFO2 = 0).
+    #[derive(Debug)]
+    pub struct GhcbPageTransport {
+        caa: *mut u8,
+        ghcb: *mut u8,
+        ghcb_gpa: u64,
+        last_error: Option<(u64, u64)>,
+    }
+
+    impl GhcbPageTransport {
+        /// A transport using the CAA at `caa` and the GHCB page mapped (shared, C-bit
+        /// clear) at `ghcb`, registered with the hypervisor at `ghcb_gpa`.
+        ///
+        /// # Safety
+        ///
+        /// As for [`GhcbMsrTransport::new`]; and `ghcb` must point to this vCPU's
+        /// registered GHCB page, mapped writable, which nothing else uses during a call.
+        pub unsafe fn new(caa: *mut u8, ghcb: *mut u8, ghcb_gpa: u64) -> Self {
+            Self {
+                caa,
+                ghcb,
+                ghcb_gpa,
+                last_error: None,
+            }
+        }
+
+        /// Use another calling area (after a successful `REMAP_CA`).
+        ///
+        /// # Safety
+        ///
+        /// As for [`GhcbPageTransport::new`].
+        pub unsafe fn set_caa(&mut self, caa: *mut u8) {
+            self.caa = caa;
+        }
+
+        /// SW_EXITINFO1/2 of the last SNP_RUN_VMPL the hypervisor failed.
+        pub fn last_error(&self) -> Option<(u64, u64)> {
+            self.last_error
+        }
+
+        fn put(&mut self, at: usize, v: u64) {
+            // SAFETY: `new` promises `ghcb` maps the whole GHCB page; `at` is a field
+            // offset below 0x1000, 8-aligned. Shared memory: volatile.
+            unsafe { self.ghcb.add(at).cast::<u64>().write_volatile(v) }
+        }
+
+        fn get(&self, at: usize) -> u64 {
+            // SAFETY: as in `put`.
+            unsafe { self.ghcb.add(at).cast::<u64>().read_volatile() }
+        }
+    }
+
+    impl Transport for GhcbPageTransport {
+        fn call(&mut self, regs: CallRegs) -> CallOutcome {
+            let mut bitmap = [0u64; 2];
+            for (at, v) in [
+                (off::SW_EXIT_CODE, nae::RUN_VMPL),
+                (off::SW_EXIT_INFO_1, 0),
+                (off::SW_EXIT_INFO_2, 0),
+            ] {
+                self.put(at, v);
+                let bit = valid_bit(at);
+                bitmap[bit / 64] |= 1 << (bit % 64);
+            }
+            self.put(off::VALID_BITMAP, bitmap[0]);
+            self.put(off::VALID_BITMAP + 8, bitmap[1]);
+            self.put(0xFF8, PROTOCOL_VERSION_SNP << 16);
+            pending(self.caa).store(1, Ordering::SeqCst);
+            let mut out = regs;
+            // SAFETY: the GHCB MSR is set to the registered GHCB page (the GHCB-page
+            // protocol); VMGEXIT hands the vCPU to the hypervisor, which runs VMPL0 and
+            // resumes this VMPL after the instruction with RAX/RCX/RDX/R8/R9 possibly
+            // changed by the SVSM and nothing else; the GHCB is read afterwards
+            // (volatile). The asm declares every register it changes.
+            unsafe {
+                core::arch::asm!(
+                    "push rax",
+                    "push rcx",
+                    "push rdx",
+                    "mov ecx, 0xC0010130",
+                    "mov eax, r12d",
+                    "mov rdx, r12",
+                    "shr rdx, 32",
+                    "wrmsr",
+                    "pop rdx",
+                    "pop rcx",
+                    "pop rax",
+                    "rep vmmcall",
+                    in("r12") self.ghcb_gpa,
+                    inout("rax") out.rax,
+                    inout("rcx") out.rcx,
+                    inout("rdx") out.rdx,
+                    inout("r8") out.r8,
+                    inout("r9") out.r9,
+                );
+            }
+            let (i1, i2) = (self.get(off::SW_EXIT_INFO_1), self.get(off::SW_EXIT_INFO_2));
+            if i1 != 0 {
+                self.last_error = Some((i1, i2));
+            }
+            let still = pending(self.caa).swap(0, Ordering::SeqCst);
+            CallOutcome {
+                regs: out,
+                still_pending: still != 0,
+            }
+        }
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 mod vmmcall {

@@ -12,29 +12,48 @@ mod arch;
 use nitride_rt as _;
 
 use arch::entropy::Sources;
-use arch::{cpu, fw_cfg, heap, image, paging, pvh, serial, svm::Emulated};
+use arch::{cpu, heap};
+#[cfg(not(feature = "snp"))]
+use arch::{fw_cfg, image, paging, pvh, serial, svm::Emulated};
+#[cfg(not(feature = "snp"))]
 use nitride_kernel::cmdline::Cmdline;
+#[cfg(not(feature = "snp"))]
 use nitride_kernel::measure;
+#[cfg(not(feature = "snp"))]
 use nitride_kernel::memory::{GuestMemoryMap, PhysRange};
+#[cfg(not(feature = "snp"))]
 use nitride_kernel::platform::emulated::guest_setup::Vmpcks;
+#[cfg(not(feature = "snp"))]
 use nitride_kernel::platform::emulated::launch::prepare_guest;
+#[cfg(not(feature = "snp"))]
 use nitride_kernel::platform::emulated::psp::{
     DevPspConfig, EmulatedPsp, EmulatedPspChannel, LaunchInfo,
 };
+#[cfg(not(feature = "snp"))]
 use nitride_kernel::platform::GuestExit;
+#[cfg(not(feature = "snp"))]
 use nitride_kernel::psp::PspClient;
+#[cfg(not(feature = "snp"))]
 use nitride_kernel::svsm::Svsm;
 use nitride_kernel::svsm::VhsmService;
+#[cfg(not(feature = "snp"))]
 use nitride_protocol::emulated::{
     dev_psp, exit, BOOT_INFO_GPA, CAA_GPA, SECRETS_GPA, SVSM_BASE, SVSM_END,
 };
 use nitride_vhsm::{PlatformError, Vault, VaultPolicy};
+#[cfg(not(feature = "snp"))]
 use zeroize::Zeroizing;
 
+/// The SVSM on SEV-SNP (feature `snp`): booted from an IGVM image.
+#[cfg(feature = "snp")]
+mod snp_main;
+
+#[cfg(not(feature = "snp"))]
 extern "C" {
     static __svsm_image_end: u8;
 }
 
+#[cfg(not(feature = "snp"))]
 #[no_mangle]
 extern "C" fn svsm_main64(start_info: u32) -> ! {
     cpu::init();
@@ -51,8 +70,8 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
         .unwrap_or_else(|e| cpu::fatal(format_args!("memory map: {e:?}")));
     // From here on the SVSM runs on its own W^X tables, which map guest RAM
     // no-execute and leave the stacks' guard pages out.
-    let layout =
-        paging::init(&map).unwrap_or_else(|e| cpu::fatal(format_args!("page tables: {e:?}")));
+    let layout = paging::init(&map, 0, &[])
+        .unwrap_or_else(|e| cpu::fatal(format_args!("page tables: {e:?}")));
     heap::init();
 
     let image_end = core::ptr::addr_of!(__svsm_image_end) as u64;
@@ -169,6 +188,7 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
     cpu::exit_with(code)
 }
 
+#[cfg(not(feature = "snp"))]
 /// Log why the guest stopped and give the exit status.
 fn verdict(stop: GuestExit, svsm_region: PhysRange) -> u32 {
     match stop {
@@ -218,6 +238,7 @@ fn verdict(stop: GuestExit, svsm_region: PhysRange) -> u32 {
     }
 }
 
+#[cfg(not(feature = "snp"))]
 /// What the emulated PSP needs before the guest is loaded: the chip (from the
 /// dev-PSP blob), the VM's VMPCKs and its report ID.
 struct PspSetup {
@@ -226,6 +247,7 @@ struct PspSetup {
     report_id: [u8; 32],
 }
 
+#[cfg(not(feature = "snp"))]
 /// Read the dev-PSP blob from fw_cfg and draw the VMPCKs and the report ID. `None`
 /// (with a warning) means the platform has no PSP: no blob, a malformed blob, or no
 /// entropy for the keys (fail closed).
@@ -263,6 +285,7 @@ fn psp_inputs() -> Option<PspSetup> {
     })
 }
 
+#[cfg(not(feature = "snp"))]
 /// Start the emulated PSP for the launched guest and give the platform its client
 /// on VMPCK0.
 fn attach_emulated_psp(platform: &mut Emulated, setup: PspSetup, measurement: [u8; 48]) {

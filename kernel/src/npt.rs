@@ -66,6 +66,9 @@ pub struct TablePool<'a> {
     tables: &'a mut [Table],
     base_pa: u64,
     used: usize,
+    /// Entry bits that are not address bits although they lie in [`ADDR_MASK`] (the
+    /// SNP C-bit).
+    not_address: u64,
 }
 
 impl<'a> TablePool<'a> {
@@ -76,7 +79,15 @@ impl<'a> TablePool<'a> {
             tables,
             base_pa,
             used: 0,
+            not_address: 0,
         }
+    }
+
+    /// The same pool for tables whose entries carry `bits` (the SNP C-bit) besides
+    /// the address: they are not part of the address when an entry is followed.
+    pub fn with_encryption_bit(mut self, bits: u64) -> Self {
+        self.not_address = bits;
+        self
     }
 
     /// Number of tables handed out.
@@ -110,7 +121,7 @@ impl<'a> TablePool<'a> {
             if entry & PS != 0 {
                 return Err(NptError::Overlap);
             }
-            return Ok(self.index_of(entry & ADDR_MASK));
+            return Ok(self.index_of(entry & ADDR_MASK & !self.not_address));
         }
         let child = self.alloc()?;
         self.tables[table][slot] = self.pa(child) | flags;

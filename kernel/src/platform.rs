@@ -7,6 +7,7 @@
 //! RMPADJUST) will implement the same trait.
 
 pub mod emulated;
+pub mod snp;
 
 use crate::memory::{GuestMemoryMap, GuestRange};
 use nitride_protocol::svsm::CallRegs;
@@ -120,6 +121,9 @@ pub enum GuestMemoryError {
     /// The SVSM's page tables do not map the range (the memory map and the page
     /// tables disagree: an SVSM bug, never a guest input).
     NotMapped,
+    /// A page of the range is not validated (SNP: the guest never validated it, or
+    /// made it shared): the access raised #VC and was stopped.
+    NotValidated,
 }
 
 /// The machine under the request loop.

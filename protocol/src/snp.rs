@@ -1,14 +1,19 @@
 //! SEV-SNP layouts: the attestation report, the certificate table returned with an
 //! extended guest request, and the guest messages exchanged with the PSP
-//! (`shared/REFERENCE.md` sections 5 and 6).
+//! (`shared/REFERENCE.md` sections 5 and 6); the GHCB protocol and the VMSA
+//! (section 8); and the guest-physical layout of Nitride's IGVM images with the
+//! measured launch configuration the SVSM boots from ([`launch`]).
 //!
 //! All multi-byte integers are little-endian; the layouts use zerocopy's
 //! little-endian integer types so they are `Unaligned` and can be viewed in place
 //! from any byte buffer, on any host.
 
 pub mod certs;
+pub mod ghcb;
+pub mod launch;
 pub mod msg;
 pub mod report;
+pub mod vmsa;
 
 pub use certs::{CertKind, CertTableEntry, CertTableError, CertTableIter};
 pub use report::{

@@ -109,6 +109,13 @@ pub struct Loaded {
 /// Load the `PT_LOAD` segments of a static ELF64 image (identity mapped, file
 /// bytes then zeros to `p_memsz`) into 4 KiB pages.
 pub fn load_elf(elf: &[u8]) -> Result<Loaded, Error> {
+    load_elf_pages(elf, false)
+}
+
+/// Like [`load_elf`]; with `file_only`, each segment only as far as its file bytes
+/// reach (the SVSM validates and zeroes its own `.bss` at boot, so those pages are
+/// not launched).
+pub fn load_elf_pages(elf: &[u8], file_only: bool) -> Result<Loaded, Error> {
     if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
         return Err(elf_err("not an ELF64 little-endian file"));
     }
@@ -131,6 +138,11 @@ pub fn load_elf(elf: &[u8]) -> Result<Loaded, Error> {
         let paddr = u64::from_le_bytes(rd(elf, ph + 24)?);
         let filesz = u64::from_le_bytes(rd(elf, ph + 32)?) as usize;
         let memsz = u64::from_le_bytes(rd(elf, ph + 40)?);
+        let memsz = if file_only {
+            memsz.min(filesz as u64)
+        } else {
+            memsz
+        };
         if memsz == 0 {
             continue;
         }
@@ -335,6 +347,145 @@ pub fn build(boot: &[u8], extra: &[&[u8]]) -> Result<Vec<u8>, Error> {
         vp_index: 0,
         vmsa: boot_vmsa(first.entry),
     });
+    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
+        compatibility_mask: SNP_MASK,
+        highest_vtl: 0,
+        platform_type: IgvmPlatformType::SEV_SNP,
+        platform_version: igvm_defs::IGVM_SEV_SNP_PLATFORM_VERSION,
+        shared_gpa_boundary: 0,
+    });
+    let init = IgvmInitializationHeader::GuestPolicy {
+        policy: GUEST_POLICY,
+        compatibility_mask: SNP_MASK,
+    };
+    let file = IgvmFile::new(
+        igvm::IgvmRevision::V1,
+        vec![platform],
+        vec![init],
+        directives,
+    )
+    .map_err(|e| Error::Igvm(e.to_string()))?;
+    let mut out = Vec::new();
+    file.serialize(&mut out)
+        .map_err(|e| Error::Igvm(e.to_string()))?;
+    Ok(out)
+}
+
+/// Where the SVSM image is linked and the size of its region (the linker script's
+/// region, `nitride_protocol::emulated::{SVSM_BASE, SVSM_SIZE}`).
+pub const SVSM_REGION: (u64, u64) = (
+    nitride_protocol::emulated::SVSM_BASE,
+    nitride_protocol::emulated::SVSM_SIZE,
+);
+
+/// Build the IGVM file of the SVSM with a guest image (`docs/real-snp.md`): the
+/// SVSM's text, read-only data and `.data` (its `.bss` it validates itself), the
+/// guest ELF (every page it loads, measured), the SNP secrets and CPUID pages, the
+/// command-line and memory-map parameter pages, the measured launch configuration
+/// ([`nitride_protocol::snp::launch::LaunchConfig`]: the SVSM region, the guest's
+/// VMPL, entry and pages), and the launch VMSA at the SVSM's 32-bit entry.
+pub fn build_svsm(svsm: &[u8], guest: &[u8]) -> Result<Vec<u8>, Error> {
+    use nitride_protocol::snp::launch::{gpa, LaunchConfig};
+    let svsm_loaded = load_elf_pages(svsm, true)?;
+    let guest_loaded = load_elf(guest)?;
+    let (base, size) = SVSM_REGION;
+    for (page, _) in &svsm_loaded.pages {
+        if !(base..base + size).contains(page) {
+            return Err(elf_err(format!(
+                "SVSM page {page:#x} outside its region {base:#x}..{:#x}",
+                base + size
+            )));
+        }
+    }
+    let mut config = LaunchConfig::new(base, size, 1, guest_loaded.entry);
+    let mut run: Option<(u64, u64)> = None;
+    for (page, _) in &guest_loaded.pages {
+        if (base..base + size).contains(page) || *page < gpa::LOW_RESERVED_END {
+            return Err(elf_err(format!(
+                "guest page {page:#x} inside the SVSM region or the low megabyte"
+            )));
+        }
+        run = match run {
+            Some((s, e)) if e == *page => Some((s, e + 4096)),
+            Some((s, e)) => {
+                if !config.push_range(s, e) {
+                    return Err(elf_err("the guest image has too many separate ranges"));
+                }
+                Some((*page, page + 4096))
+            }
+            None => Some((*page, page + 4096)),
+        };
+    }
+    if let Some((s, e)) = run {
+        if !config.push_range(s, e) {
+            return Err(elf_err("the guest image has too many separate ranges"));
+        }
+    }
+    let mut pages: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+    for (gpa, data) in svsm_loaded.pages.into_iter().chain(guest_loaded.pages) {
+        if pages.insert(gpa, data).is_some() {
+            return Err(elf_err(format!(
+                "the SVSM and the guest both load page {gpa:#x}"
+            )));
+        }
+    }
+    pages.insert(gpa::LAUNCH_CONFIG, config.page().to_vec());
+    let flags = IgvmPageDataFlags::new();
+    let mut directives = Vec::new();
+    for (gpa, data) in pages {
+        directives.push(IgvmDirectiveHeader::PageData {
+            gpa,
+            compatibility_mask: SNP_MASK,
+            flags,
+            data_type: IgvmPageDataType::NORMAL,
+            data,
+        });
+    }
+    for (gpa, data_type) in [
+        (gpa::SECRETS, IgvmPageDataType::SECRETS),
+        (gpa::CPUID, IgvmPageDataType::CPUID_DATA),
+    ] {
+        directives.push(IgvmDirectiveHeader::PageData {
+            gpa,
+            compatibility_mask: SNP_MASK,
+            flags,
+            data_type,
+            data: Vec::new(),
+        });
+    }
+    for (index, at) in [(0u32, gpa::CMDLINE), (1, gpa::MEMORY_MAP)] {
+        directives.push(IgvmDirectiveHeader::ParameterArea {
+            number_of_bytes: PAGE_SIZE_4K,
+            parameter_area_index: index,
+            initial_data: Vec::new(),
+        });
+        let param = IGVM_VHS_PARAMETER {
+            parameter_area_index: index,
+            byte_offset: 0,
+        };
+        directives.push(if index == 0 {
+            IgvmDirectiveHeader::CommandLine(param)
+        } else {
+            IgvmDirectiveHeader::MemoryMap(param)
+        });
+        directives.push(IgvmDirectiveHeader::ParameterInsert(
+            IGVM_VHS_PARAMETER_INSERT {
+                gpa: at,
+                compatibility_mask: SNP_MASK,
+                parameter_area_index: index,
+            },
+        ));
+    }
+    directives.push(IgvmDirectiveHeader::SnpVpContext {
+        gpa: VMSA_GPA,
+        compatibility_mask: SNP_MASK,
+        vp_index: 0,
+        vmsa: boot_vmsa(svsm_loaded.entry),
+    });
+    finish(directives)
+}
+
+fn finish(directives: Vec<IgvmDirectiveHeader>) -> Result<Vec<u8>, Error> {
     let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
         compatibility_mask: SNP_MASK,
         highest_vtl: 0,

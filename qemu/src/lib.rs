@@ -96,6 +96,17 @@ pub struct Images {
     pub test_guest: PathBuf,
     /// The relay guest (serves vHSM requests from COM2).
     pub relay_guest: PathBuf,
+    /// The SVSM for SEV-SNP (booted from IGVM on the virtual SNP machine or an SNP
+    /// host).
+    pub svsm_snp: PathBuf,
+    /// The SNP SVSM with `fault-injection`, for tests.
+    pub svsm_snp_fault_injection: PathBuf,
+    /// The test guest built for SEV-SNP.
+    pub test_guest_snp: PathBuf,
+    /// The relay guest built for SEV-SNP.
+    pub relay_guest_snp: PathBuf,
+    /// The virtual SNP machine.
+    pub machine: PathBuf,
 }
 
 pub(crate) const TRIPLE: &str = "x86_64-unknown-linux-gnu";
@@ -138,9 +149,43 @@ pub fn build_images() -> Result<Images, Error> {
         ];
         cargo_build(&args, &dir.join(sub))?;
     }
+    for (features, sub) in [
+        ("firmware,snp", "svsm-snp"),
+        ("firmware,snp,fault-injection", "svsm-snp-fault-injection"),
+    ] {
+        let args = [
+            "-p",
+            "nitride-kernel",
+            "--bin",
+            "nitride-svsm",
+            "--features",
+            features,
+        ];
+        cargo_build(&args, &dir.join(sub))?;
+    }
     cargo_build(
         &["--manifest-path", "tests/guest/Cargo.toml"],
         &dir.join("guest"),
+    )?;
+    cargo_build(
+        &[
+            "--manifest-path",
+            "tests/guest/Cargo.toml",
+            "--features",
+            "snp",
+        ],
+        &dir.join("guest-snp"),
+    )?;
+    cargo_build(
+        &[
+            "-p",
+            "nitride-snp-machine",
+            "--bin",
+            "snp-machine",
+            "--features",
+            "firmware",
+        ],
+        &dir.join("snp-machine"),
     )?;
     let bin = |sub: &str, name: &str| dir.join(sub).join(TRIPLE).join("release").join(name);
     Ok(Images {
@@ -148,6 +193,11 @@ pub fn build_images() -> Result<Images, Error> {
         svsm_fault_injection: bin("svsm-fault-injection", "nitride-svsm"),
         test_guest: bin("guest", "test-guest"),
         relay_guest: bin("guest", "relay-guest"),
+        svsm_snp: bin("svsm-snp", "nitride-svsm"),
+        svsm_snp_fault_injection: bin("svsm-snp-fault-injection", "nitride-svsm"),
+        test_guest_snp: bin("guest-snp", "test-guest"),
+        relay_guest_snp: bin("guest-snp", "relay-guest"),
+        machine: bin("snp-machine", "snp-machine"),
     })
 }
 
@@ -473,10 +523,10 @@ impl Boot {
 
 /// A directory for one run's files under the system's temporary directory, removed
 /// when dropped.
-struct ScratchDir(PathBuf);
+pub(crate) struct ScratchDir(pub(crate) PathBuf);
 
 impl ScratchDir {
-    fn new() -> Result<Self, Error> {
+    pub(crate) fn new() -> Result<Self, Error> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "nitride-run-{}-{}",
@@ -553,6 +603,9 @@ impl RunOutput {
         if self.timed_out {
             return Outcome::TimedOut;
         }
+        if self.on_machine() {
+            return self.machine_outcome();
+        }
         let Some(v) = self
             .verdict()
             .filter(|&v| self.status == Some(exit::qemu_status(v)))
@@ -565,6 +618,69 @@ impl RunOutput {
             exit::GUEST_VIOLATION => Outcome::Violation,
             exit::GUEST_STOPPED => Outcome::GuestStopped,
             exit::SVSM_FATAL => Outcome::SvsmFatal,
+            _ => Outcome::Other(self.status),
+        }
+    }
+
+    /// Whether this run was on the virtual SNP machine (its lines are in the host
+    /// log).
+    pub fn on_machine(&self) -> bool {
+        self.svsm_log
+            .lines()
+            .any(|l| l.starts_with("[snp-machine] "))
+    }
+
+    /// The last termination request the machine reported: (VMPL, reason set, code).
+    pub fn termination(&self) -> Option<(u8, u64, u64)> {
+        self.svsm_log.lines().rev().find_map(|l| {
+            let rest = l.strip_prefix("[snp-machine] VMPL")?;
+            let (vmpl, rest) = rest.split_once(" requested termination: reason set ")?;
+            let (set, code) = rest.split_once(", code ")?;
+            Some((
+                vmpl.parse().ok()?,
+                set.parse().ok()?,
+                code.trim().parse().ok()?,
+            ))
+        })
+    }
+
+    /// The verdict of a run on the virtual SNP machine: the machine's exit status and
+    /// its own report. A termination request counts only with Nitride's reason set:
+    /// from VMPL0 (the SVSM) with the matching verdict line in the SVSM's log, from a
+    /// guest VMPL only with a status of the guest's range.
+    fn machine_outcome(&self) -> Outcome {
+        use nitride_protocol::snp::ghcb::term::SET_NITRIDE;
+        use snp::machine_exit as m;
+        let is = |v: u32| self.status == Some(m::qemu_status(v));
+        if is(m::VIOLATION) {
+            return Outcome::Violation;
+        }
+        if is(m::GUEST_STOPPED) {
+            return Outcome::GuestStopped;
+        }
+        if !is(m::TERMINATED) {
+            return Outcome::Other(self.status);
+        }
+        let Some((vmpl, set, code)) = self.termination() else {
+            return Outcome::Other(self.status);
+        };
+        let Ok(code) = u32::try_from(code) else {
+            return Outcome::Other(self.status);
+        };
+        if set != SET_NITRIDE {
+            return Outcome::Other(self.status);
+        }
+        let known = |v: u32| match v {
+            exit::GUEST_PASS => Outcome::GuestPass,
+            exit::GUEST_FAIL => Outcome::GuestFail,
+            exit::GUEST_VIOLATION => Outcome::Violation,
+            exit::GUEST_STOPPED => Outcome::GuestStopped,
+            exit::SVSM_FATAL => Outcome::SvsmFatal,
+            _ => Outcome::Other(self.status),
+        };
+        match vmpl {
+            0 if self.verdict() == Some(code) => known(code),
+            1..=3 if exit::is_guest_status(code) => known(code),
             _ => Outcome::Other(self.status),
         }
     }

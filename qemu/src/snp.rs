@@ -63,6 +63,16 @@ pub fn write_test_igvm(images: &SnpImages) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
+/// The IGVM file of the SVSM image `svsm` with the guest `guest`, written next to the
+/// images as `NAME.igvm` (`crate::igvm::build_svsm`).
+pub fn svsm_igvm(svsm: &Path, guest: &Path, name: &str) -> Result<PathBuf, Error> {
+    let file = crate::igvm::build_svsm(&std::fs::read(svsm)?, &std::fs::read(guest)?)
+        .map_err(|e| Error::Build(e.to_string()))?;
+    let path = images_dir().join(format!("{name}.igvm"));
+    std::fs::write(&path, file)?;
+    Ok(path)
+}
+
 /// One boot of the machine.
 #[derive(Clone, Debug)]
 pub struct SnpBoot {
@@ -76,6 +86,14 @@ pub struct SnpBoot {
     pub icount: bool,
     /// Kill QEMU after this long.
     pub timeout: Duration,
+    /// Write the host log (the machine's lines and VMPL0's log, QEMU's debug console
+    /// on port 0xE9) to this file; [`SnpBoot::run`] uses a temporary file when `None`,
+    /// [`SnpBoot::qemu_args`] alone then shares the terminal.
+    pub host_log: Option<PathBuf>,
+    /// Serve COM2 (the relay channel) on this Unix socket.
+    pub relay_socket: Option<PathBuf>,
+    /// More QEMU arguments.
+    pub extra: Vec<String>,
 }
 
 impl SnpBoot {
@@ -87,6 +105,9 @@ impl SnpBoot {
             cmdline: String::new(),
             icount: false,
             timeout: Duration::from_secs(60),
+            host_log: None,
+            relay_socket: None,
+            extra: Vec::new(),
         }
     }
 
@@ -103,12 +124,29 @@ impl SnpBoot {
             "-no-reboot",
             "-display",
             "none",
-            "-serial",
-            "stdio",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        match &self.host_log {
+            Some(f) => {
+                a.extend(["-serial".into(), "stdio".into(), "-chardev".into()]);
+                a.push(format!("file,path={},id=hostlog", f.display()));
+            }
+            None => {
+                a.extend(["-chardev".into(), "stdio,mux=on,id=hostlog".into()]);
+                a.extend(["-serial".into(), "chardev:hostlog".into()]);
+            }
+        }
+        a.push("-device".into());
+        a.push(format!(
+            "isa-debugcon,iobase={:#x},chardev=hostlog",
+            nitride_protocol::emulated::ports::SVSM_LOG
+        ));
+        if let Some(sock) = &self.relay_socket {
+            a.push("-serial".into());
+            a.push(format!("unix:{},server=on,wait=off", sock.display()));
+        }
         a.push("-device".into());
         a.push(format!(
             "isa-debug-exit,iobase={:#x},iosize=0x04",
@@ -128,15 +166,23 @@ impl SnpBoot {
         if self.icount {
             a.extend(["-icount".into(), "shift=0".into()]);
         }
+        a.extend(self.extra.iter().cloned());
         a
     }
 
     /// Boot and wait for QEMU to end.
     pub fn run(&self) -> Result<RunOutput, Error> {
         ensure_dev_chain()?;
+        let scratch = crate::ScratchDir::new()?;
+        let mut boot = self.clone();
+        let host_log = boot
+            .host_log
+            .get_or_insert_with(|| scratch.0.join("host.log"))
+            .clone();
+        let _ = std::fs::remove_file(&host_log);
         let start = Instant::now();
         let mut child = Command::new(QEMU)
-            .args(self.qemu_args())
+            .args(boot.qemu_args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -174,13 +220,16 @@ impl SnpBoot {
         };
         let console = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).replace('\r', "");
         let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+        let svsm_log = std::fs::read(&host_log)
+            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+            .unwrap_or_default();
         Ok(RunOutput {
             status,
             console,
+            svsm_log,
             stderr,
             timed_out,
             elapsed: start.elapsed(),
-            // The machine and the images it runs share COM1 (stdout) for now.
             ..Default::default()
         })
     }

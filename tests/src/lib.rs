@@ -104,3 +104,27 @@ pub fn endorsement_key(table: &[u8]) -> Vec<u8> {
         Err(e) => panic!("certificate table: {e}"),
     }
 }
+
+/// The IGVM file of the SNP SVSM with the SNP test guest (written once per test
+/// process).
+pub fn test_igvm() -> &'static std::path::Path {
+    static IGVM: OnceLock<std::path::PathBuf> = OnceLock::new();
+    IGVM.get_or_init(|| {
+        let i = images();
+        match nitride_qemu::snp::svsm_igvm(&i.svsm_snp, &i.test_guest_snp, "svsm-test-guest") {
+            Ok(p) => p,
+            Err(e) => panic!("IGVM of the SVSM and the test guest: {e}"),
+        }
+    })
+}
+
+/// Boot the SNP SVSM with the SNP test guest in `mode` on the virtual SNP machine.
+pub fn boot_guest_snp(mode: &str) -> RunOutput {
+    let i = images();
+    let mut boot = nitride_qemu::snp::SnpBoot::new(&i.machine, test_igvm());
+    boot.cmdline = format!("-- mode={mode}");
+    match boot.run() {
+        Ok(o) => o,
+        Err(e) => panic!("QEMU failed to run: {e}"),
+    }
+}

@@ -58,14 +58,29 @@ impl IdtEntry {
 }
 
 /// IST index (1-based, as the IDT holds it) for each vector: #NMI, #DF and #MC get
-/// their own stacks, every other exception shares the first.
+/// their own stacks, every other exception shares the first. On SNP the fourth stack
+/// is #VC's (a machine check never reaches an SEV-SNP guest: the host handles it),
+/// so a #VC never lands on a stack another exception is using.
 fn ist_for(vector: usize) -> u8 {
     match vector {
         2 => 2,
         8 => 3,
+        #[cfg(not(feature = "snp"))]
         18 => 4,
+        #[cfg(feature = "snp")]
+        29 => 4,
         _ => 1,
     }
+}
+
+/// The handler of `vector`: the #VC handler on SNP, else the fatal report's stub.
+fn handler_for(vector: usize, stub: u64) -> u64 {
+    #[cfg(feature = "snp")]
+    if vector == 29 {
+        return super::snp::vc::entry();
+    }
+    let _ = vector;
+    stub
 }
 
 extern "C" {
@@ -101,7 +116,7 @@ pub fn init() {
     // defined in the assembly below.
     let table = unsafe { &nitride_isr_table };
     for (vector, (entry, &handler)) in idt.iter_mut().zip(table.iter()).enumerate() {
-        *entry = IdtEntry::new(handler, code.0, ist_for(vector));
+        *entry = IdtEntry::new(handler_for(vector, handler), code.0, ist_for(vector));
     }
     let ptr = DescriptorTablePointer {
         limit: (core::mem::size_of::<[IdtEntry; 32]>() - 1) as u16,
@@ -245,7 +260,8 @@ nitride_isr_table:
 
 /// End the run with `value`: the verdict line on the SVSM's log
 /// (`[svsm] verdict: 0x21 guest-pass`), then the debug-exit port, which only the
-/// SVSM reaches.
+/// SVSM reaches (on SNP: a GHCB termination request with Nitride's reason set and
+/// `value` as the code, which the hypervisor reports with the requesting VMPL).
 pub fn exit_with(value: u32) -> ! {
     let mut out = serial::Emergency::new();
     let _ = writeln!(
@@ -254,6 +270,9 @@ pub fn exit_with(value: u32) -> ! {
         exit::VERDICT_PREFIX,
         exit::name(value)
     );
+    #[cfg(feature = "snp")]
+    super::snp::insn::terminate(u64::from(value));
+    #[cfg(not(feature = "snp"))]
     nitride_rt::exit_qemu(value)
 }
 

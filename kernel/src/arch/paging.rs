@@ -55,6 +55,8 @@ pub enum PagingError {
     /// Building the tables failed (e.g. the pool of [`TABLES`] pages is too small for
     /// this much guest RAM).
     Tables(NptError),
+    /// More guard pages and shared ranges than the tables builder takes.
+    TooManyHoles,
 }
 
 impl From<NptError> for PagingError {
@@ -90,10 +92,15 @@ fn page_up(a: u64) -> u64 {
 
 /// Build the SVSM's page tables for its image and `map`'s guest RAM and switch to
 /// them. Call once, before the guest is prepared.
-pub fn init(map: &GuestMemoryMap) -> Result<Layout, PagingError> {
+///
+/// `enc` is the C-bit (SNP: set in every entry that maps private memory, which is
+/// everything but `shared`; 0 on the emulated platform). `shared` are page ranges of
+/// the SVSM's data that it shares with the hypervisor (the GHCB, the guest-request
+/// pages): mapped read/write, no-execute and without the C-bit.
+pub fn init(map: &GuestMemoryMap, enc: u64, shared: &[PhysRange]) -> Result<Layout, PagingError> {
     let tables = &mut POOL.take().ok_or(PagingError::AlreadyInitialised)?.0;
     let base = phys(tables);
-    let mut pool = TablePool::new(tables, base);
+    let mut pool = TablePool::new(tables, base).with_encryption_bit(enc);
     let root = npt::new_root(&mut pool)?;
 
     let text = PhysRange {
@@ -108,27 +115,48 @@ pub fn init(map: &GuestMemoryMap) -> Result<Layout, PagingError> {
         start: rodata.end,
         end: page_up(addr(core::ptr::addr_of!(__svsm_image_end))),
     };
-    let table = P | RW;
-    npt::map_identity(&mut pool, text, P, table, PageSizes::Small)?;
-    npt::map_identity(&mut pool, rodata, P | NX, table, PageSizes::Small)?;
+    let table = P | RW | enc;
+    npt::map_identity(&mut pool, text, P | enc, table, PageSizes::Small)?;
+    npt::map_identity(&mut pool, rodata, P | NX | enc, table, PageSizes::Small)?;
     // SAFETY: `nitride_stack_guards` is an immutable table of five addresses
-    // defined in boot.rs's assembly.
+    // defined in the boot code's assembly.
     let guards = unsafe { &nitride_stack_guards };
+    // Holes in the private data mapping: the guard pages (never mapped) and the
+    // shared ranges (mapped below, without the C-bit), in address order.
+    let mut holes: heapless::Vec<PhysRange, 16> = heapless::Vec::new();
+    for &g in guards.iter() {
+        holes
+            .push(PhysRange {
+                start: g,
+                end: g + PAGE,
+            })
+            .map_err(|_| PagingError::TooManyHoles)?;
+    }
+    for r in shared {
+        holes.push(*r).map_err(|_| PagingError::TooManyHoles)?;
+    }
+    holes.sort_unstable_by_key(|h| h.start);
     let mut at = data.start;
-    for &guard in guards.iter().chain(core::iter::once(&data.end)) {
-        if guard > at {
+    for hole in holes.iter().chain(core::iter::once(&PhysRange {
+        start: data.end,
+        end: data.end,
+    })) {
+        if hole.start > at {
             npt::map_identity(
                 &mut pool,
                 PhysRange {
                     start: at,
-                    end: guard,
+                    end: hole.start,
                 },
-                P | RW | NX,
+                P | RW | NX | enc,
                 table,
                 PageSizes::Small,
             )?;
         }
-        at = guard + PAGE;
+        at = at.max(hole.end);
+    }
+    for r in shared {
+        npt::map_identity(&mut pool, *r, P | RW | NX, table, PageSizes::Small)?;
     }
 
     let huge_pages = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
@@ -138,16 +166,16 @@ pub fn init(map: &GuestMemoryMap) -> Result<Layout, PagingError> {
         PageSizes::Large
     };
     for r in map.ram() {
-        npt::map_identity(&mut pool, *r, P | RW | NX, table, sizes)?;
+        npt::map_identity(&mut pool, *r, P | RW | NX | enc, table, sizes)?;
     }
     let used = pool.used();
     // SAFETY: the new tables map the code running now (text), its stack (data) and
     // everything the SVSM refers to afterwards: its image with the permissions above
     // and guest RAM. Nothing refers to the bootstrap mapping's other pages. Writing
     // CR3 also flushes the bootstrap mapping's TLB entries (no global pages are
-    // used).
+    // used). With `enc`, the root table is private too.
     unsafe {
-        core::arch::asm!("mov cr3, {}", in(reg) root, options(nostack, preserves_flags));
+        core::arch::asm!("mov cr3, {}", in(reg) root | enc, options(nostack, preserves_flags));
     }
     GUEST_RAM.call_once(|| map.clone());
     Ok(Layout {

@@ -572,8 +572,8 @@ impl Machine {
         put64(c, sv::EFER, efer | (1 << 12));
         put64(c, ctl::EVENTINJ, 0);
         let cpu = &mut self.vcpu[v];
-        for (i, &slot) in GPR_SLOTS.iter().enumerate() {
-            cpu.gprs.0[i] = get64(page, slot);
+        for &slot in GPR_SLOTS.iter() {
+            cpu.gprs.0[vmsa::gpr_index(slot)] = get64(page, slot);
         }
         cpu.gprs.0[3] = 0;
         cpu.xcr0 = xcr0;
@@ -617,10 +617,8 @@ impl Machine {
             &c[vmsa::VMCB_SAVE_OFFSET..vmsa::VMCB_SAVE_OFFSET + vmsa::VMCB_SAVE_LEN],
         );
         put64(page, vo::DR7, dr7);
-        for (i, &slot) in GPR_SLOTS.iter().enumerate() {
-            if i != 3 {
-                put64(page, slot, gprs.0[i]);
-            }
+        for &slot in GPR_SLOTS.iter() {
+            put64(page, slot, gprs.0[vmsa::gpr_index(slot)]);
         }
         put64(page, vo::XCR0, xcr0);
     }
@@ -1436,9 +1434,11 @@ impl Machine {
                         out.error(ghcb::err::MISSING_INPUT);
                         return Flow::Resume;
                     }
+                    let b = g64(g, off::RAX) as u8;
                     if port == 0x3F8 {
-                        let b = g64(g, off::RAX) as u8;
                         self.console_byte(v, b);
+                    } else if port == arch::HOST_LOG_PORT && v == 0 {
+                        arch::HostLog.write_bytes(&[b]);
                     }
                     out.ok(0, 0);
                 }

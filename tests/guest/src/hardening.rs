@@ -12,7 +12,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use nitride_guest_driver::attest::{attest, AttestBuffers, GuestBuf, Target, REPORT_SIZE};
-use nitride_guest_driver::call::{SvsmClient, VmmcallTransport};
+use nitride_guest_driver::call::SvsmClient;
 use nitride_guest_driver::vhsm::{SvsmVhsmTransport, VhsmClient};
 use nitride_protocol::emulated::{
     boot_info, dev_psp, exit, ports, BOOT_INFO_GPA, GUEST_PAGE_TABLES_GPA,
@@ -21,6 +21,7 @@ use nitride_protocol::svsm::{call_rax, core_call, protocol, query_protocol_arg, 
 use nitride_protocol::vhsm::{
     KeyTemplate, KeyType, KeyUsage, VmplSet, MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE,
 };
+use nitride_test_guest::CallTransport;
 use nitride_test_guest::{exit_qemu, fixed_page, say};
 
 /// The modes this module serves.
@@ -364,9 +365,9 @@ fn check(name: &str, ok: bool, detail: core::fmt::Arguments<'_>) -> bool {
     ok
 }
 
-fn client(info: &SvsmInfo) -> SvsmClient<VmmcallTransport> {
+fn client(info: &SvsmInfo) -> SvsmClient<CallTransport> {
     // SAFETY: the CAA from the secrets page is a guest page, identity mapped.
-    SvsmClient::new(unsafe { VmmcallTransport::new(info.caa as *mut u8) })
+    SvsmClient::new(unsafe { nitride_test_guest::transport(info.caa) })
 }
 
 fn set_call_pending(info: &SvsmInfo) {

@@ -9,7 +9,7 @@
 #![no_main]
 
 use nitride_guest_driver::attest::{attest, AttestBuffers, GuestBuf, Target, REPORT_SIZE};
-use nitride_guest_driver::call::{CallError, SvsmClient, Transport, VmmcallTransport};
+use nitride_guest_driver::call::{CallError, SvsmClient, Transport};
 use nitride_guest_driver::vhsm::{SvsmVhsmTransport, VhsmClient, VhsmError};
 use nitride_protocol::attest::{ATTEST_PROTOCOL_VERSION, VHSM_SERVICE_GUID};
 use nitride_protocol::emulated::exit;
@@ -17,6 +17,7 @@ use nitride_protocol::svsm::{
     call_rax, core_call, protocol, query_protocol_arg, CallRegs, ResultCode, SvsmInfo,
 };
 use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet, MAX_REQUEST_SIZE};
+use nitride_test_guest::CallTransport;
 use nitride_test_guest::{cmdline, exit_qemu, say};
 
 mod hardening;
@@ -48,7 +49,7 @@ impl Checks {
 
 fn call_sequence(info: &SvsmInfo) -> ! {
     // SAFETY: the CAA from the secrets page is a guest page, identity mapped.
-    let transport = unsafe { VmmcallTransport::new(info.caa as *mut u8) };
+    let transport = unsafe { nitride_test_guest::transport(info.caa) };
     let mut svsm = SvsmClient::new(transport);
     let mut c = Checks {
         passed: 0,
@@ -130,7 +131,7 @@ fn call_sequence(info: &SvsmInfo) -> ! {
     );
     // The old CAA no longer counts: a call_pending set there is not served.
     // SAFETY: the original CAA page is guest memory, identity mapped.
-    let mut old = unsafe { VmmcallTransport::new(info.caa as *mut u8) };
+    let mut old = unsafe { nitride_test_guest::transport(info.caa) };
     let regs = CallRegs {
         rax: call_rax(protocol::CORE, core_call::QUERY_PROTOCOL),
         rcx: query_protocol_arg(0, 1),
@@ -144,7 +145,7 @@ fn call_sequence(info: &SvsmInfo) -> ! {
     );
 
     // A VMMCALL without call_pending: the SVSM must not serve it.
-    let out = svsm.transport().vmmcall_raw(regs);
+    let out = nitride_test_guest::raw_call(svsm.transport(), regs);
     c.check(
         "no-call-pending-not-served",
         out == regs,
@@ -205,7 +206,7 @@ fn per_call(n: u64, mut f: impl FnMut()) -> u64 {
 fn bench(info: &SvsmInfo, at_entry: u64) -> ! {
     const N: u64 = 1000;
     // SAFETY: the CAA from the secrets page is a guest page, identity mapped.
-    let mut svsm = SvsmClient::new(unsafe { VmmcallTransport::new(info.caa as *mut u8) });
+    let mut svsm = SvsmClient::new(unsafe { nitride_test_guest::transport(info.caa) });
     let first = svsm.query_protocol(protocol::CORE, 1);
     let at_first = instructions();
     let round_trip = per_call(N, || {
@@ -220,7 +221,7 @@ fn bench(info: &SvsmInfo, at_entry: u64) -> ! {
         ..CallRegs::default()
     };
     let ignored = per_call(N, || {
-        core::hint::black_box(svsm.transport().vmmcall_raw(regs));
+        core::hint::black_box(nitride_test_guest::raw_call(svsm.transport(), regs));
     });
     say!("BENCH qemu_start_to_guest_entry_insns={at_entry}");
     say!("BENCH qemu_start_to_first_served_call_insns={at_first}");
@@ -245,9 +246,9 @@ static mut VHSM_REQUEST: Buffer = Buffer([0; MAX_REQUEST_SIZE]);
 static mut VHSM_RESPONSE: Buffer = Buffer([0; MAX_REQUEST_SIZE]);
 
 /// A typed vHSM client over this guest's own SVSM calls (once per boot).
-fn vhsm_client(info: &SvsmInfo) -> VhsmClient<SvsmVhsmTransport<'static, VmmcallTransport>> {
+fn vhsm_client(info: &SvsmInfo) -> VhsmClient<SvsmVhsmTransport<'static, CallTransport>> {
     // SAFETY: the CAA from the secrets page is a guest page, identity mapped.
-    let svsm = SvsmClient::new(unsafe { VmmcallTransport::new(info.caa as *mut u8) });
+    let svsm = SvsmClient::new(unsafe { nitride_test_guest::transport(info.caa) });
     // SAFETY: this function runs once and is the only user of the two buffers.
     let (req, resp) = unsafe {
         (
@@ -429,7 +430,7 @@ fn bench_attest(info: &SvsmInfo) -> ! {
     // SAFETY: the CAA from the secrets page is a guest page, identity mapped; this
     // client and the vHSM client's share it but never call at the same time (one
     // thread, each call completes before the next).
-    let mut svsm = SvsmClient::new(unsafe { VmmcallTransport::new(info.caa as *mut u8) });
+    let mut svsm = SvsmClient::new(unsafe { nitride_test_guest::transport(info.caa) });
     let served = svsm.query_protocol(protocol::ATTESTATION, ATTEST_PROTOCOL_VERSION);
     say!("attestation protocol: {served:?}");
     if !matches!(served, Ok(Some((max, min))) if min <= ATTEST_PROTOCOL_VERSION && ATTEST_PROTOCOL_VERSION <= max)

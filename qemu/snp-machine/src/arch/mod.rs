@@ -11,12 +11,41 @@ use core::fmt::Write;
 use nitride_rt::uart::Uart;
 use nitride_snp_machine::{exit, GUEST_HOST_BASE, RAM_END};
 
-/// The machine's console: COM1.
+/// The guests' console: COM1 (the machine prints their lines there, each prefixed
+/// with the VMPL that wrote it).
 pub const CONSOLE: Uart = Uart::new(0x3F8);
 
-/// Print one line on the console, prefixed `[snp-machine] `.
+/// The host log: QEMU's debug console (`isa-debugcon`) on port 0xE9. The machine's
+/// own lines go here, and so do the bytes VMPL0 (the SVSM) writes to that port; no
+/// other VMPL reaches it.
+#[derive(Clone, Copy, Debug)]
+pub struct HostLog;
+
+/// The host log's port.
+pub const HOST_LOG_PORT: u16 = nitride_protocol::emulated::ports::SVSM_LOG;
+
+impl HostLog {
+    /// Write raw bytes to the host log.
+    pub fn write_bytes(&self, bytes: &[u8]) {
+        let mut port: x86_64::instructions::port::Port<u8> =
+            x86_64::instructions::port::Port::new(HOST_LOG_PORT);
+        for &b in bytes {
+            // SAFETY: writing QEMU's debug console port touches no memory.
+            unsafe { port.write(b) };
+        }
+    }
+}
+
+impl Write for HostLog {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.write_bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Print one line on the host log, prefixed `[snp-machine] `.
 pub fn log(args: core::fmt::Arguments<'_>) {
-    let mut c = CONSOLE;
+    let mut c = HostLog;
     let _ = c.write_str("[snp-machine] ");
     let _ = c.write_fmt(args);
     let _ = c.write_str("\n");

@@ -7,7 +7,7 @@
 #![no_main]
 
 use nitride_guest_driver::attest::{encode_request, Region, Regions, Target};
-use nitride_guest_driver::call::{SvsmClient, Transport, VmmcallTransport};
+use nitride_guest_driver::call::{SvsmClient, Transport};
 use nitride_protocol::attest::{attest_call, ATTEST_PROTOCOL_VERSION};
 use nitride_protocol::emulated::ports;
 use nitride_protocol::relay::{
@@ -19,6 +19,7 @@ use nitride_protocol::relay::{
 use nitride_protocol::svsm::{call_rax, protocol, vhsm_call, CallRegs, VHSM_PROTOCOL_VERSION};
 use nitride_rt::uart::Uart;
 use nitride_test_guest::say;
+use nitride_test_guest::CallTransport;
 use zerocopy::{FromBytes, IntoBytes};
 
 #[repr(C, align(4096))]
@@ -53,7 +54,7 @@ static mut ATTEST: AttestMemory = AttestMemory {
 
 struct Relay {
     com2: Uart,
-    svsm: SvsmClient<VmmcallTransport>,
+    svsm: SvsmClient<CallTransport>,
     request: &'static mut [u8; REQUEST_BUFFER_SIZE],
     response: &'static mut [u8; RESPONSE_BUFFER_SIZE],
     attest: &'static mut AttestMemory,
@@ -308,7 +309,7 @@ extern "C" fn guest_main(_boot_info_gpa: u64, secrets_gpa: u64) -> ! {
     let info = nitride_test_guest::start(secrets_gpa);
     // SAFETY: the CAA from the secrets page is a guest page, identity mapped, used
     // only by this transport.
-    let transport = unsafe { VmmcallTransport::new(info.caa as *mut u8) };
+    let transport = unsafe { nitride_test_guest::transport(info.caa) };
     let mut svsm = SvsmClient::new(transport);
     match svsm.query_protocol(protocol::VHSM, VHSM_PROTOCOL_VERSION) {
         Ok(Some((max, min))) => say!("relay: vHSM protocol versions {min}..{max} served"),

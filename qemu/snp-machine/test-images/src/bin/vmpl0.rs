@@ -545,6 +545,24 @@ extern "C" fn vmpl0_main() -> ! {
                     seen == 0x1111,
                     format_args!("VMPL1's RAX in its VMSA: {seen:#x}"),
                 );
+                // Every GPR at its `struct sev_es_save_area` offset.
+                let at = |off: u64| rd64(gpa::VMSA1 + off);
+                let gprs = [
+                    (0x308, 0x1101),
+                    (0x310, 0x1102),
+                    (0x330, 0x1106),
+                    (0x338, 0x1107),
+                    (0x340, 0x1108),
+                    (0x348, 0x1109),
+                    (0x370, 0x110E),
+                    (0x378, 0x110F),
+                ];
+                let wrong = gprs.iter().find(|&&(o, v)| at(o) != v);
+                c.check(
+                    "vmsa-gpr-offsets",
+                    wrong.is_none(),
+                    format_args!("RCX RDX RSI RDI R8 R9 R14 R15 at their VMSA offsets (first wrong: {wrong:x?})"),
+                );
                 wr64((rax) as u64, 0x2222);
             }
             mailbox::CMD_DONE => break,

@@ -204,7 +204,9 @@ extern "C" fn vmpl1_main() -> ! {
 
     // The VMSA holds VMPL1's registers between runs: VMPL0 edits RAX there.
     let rax: u64;
-    // SAFETY: VMGEXIT through the GHCB page; RAX carries a value across the switch.
+    let mut regs = [0u64; 12];
+    // SAFETY: VMGEXIT through the GHCB page; RAX carries a value across the switch,
+    // the other registers must come back unchanged.
     unsafe {
         wr64(
             (mbox().wrapping_add(mailbox::CMD)) as u64,
@@ -226,12 +228,35 @@ extern "C" fn vmpl1_main() -> ! {
             (1 << (0x390 / 8 - 64)) | (1 << (0x398 / 8 - 64)) | (1 << (0x3A0 / 8 - 64)),
         );
         wr64((g(0xFF8)) as u64, 2 << 16);
-        core::arch::asm!("rep vmmcall", inout("rax") 0x1111u64 => rax);
+        core::arch::asm!(
+            "rep vmmcall",
+            inout("rax") 0x1111u64 => rax,
+            inout("rcx") 0x1101u64 => regs[0],
+            inout("rdx") 0x1102u64 => regs[1],
+            inout("rsi") 0x1106u64 => regs[2],
+            inout("rdi") 0x1107u64 => regs[3],
+            inout("r8") 0x1108u64 => regs[4],
+            inout("r9") 0x1109u64 => regs[5],
+            inout("r10") 0x110Au64 => regs[6],
+            inout("r11") 0x110Bu64 => regs[7],
+            inout("r12") 0x110Cu64 => regs[8],
+            inout("r13") 0x110Du64 => regs[9],
+            inout("r14") 0x110Eu64 => regs[10],
+            inout("r15") 0x110Fu64 => regs[11],
+        );
     }
     c.check(
         "vmsa-registers-edited",
         rax == 0x2222,
         format_args!("RAX after VMPL0 edited the VMSA: {rax:#x}"),
+    );
+    c.check(
+        "registers-kept-across-vmpl-switch",
+        regs == [
+            0x1101, 0x1102, 0x1106, 0x1107, 0x1108, 0x1109, 0x110A, 0x110B, 0x110C, 0x110D,
+            0x110E, 0x110F,
+        ],
+        format_args!("RCX RDX RSI RDI R8..R15 after the round trip: {regs:x?}"),
     );
 
     // One VMGEXIT round trip VMPL1 -> VMPL0 -> VMPL1, in TSC ticks (instructions
