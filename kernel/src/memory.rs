@@ -173,6 +173,16 @@ impl GuestMemoryMap {
         self.range(gpa, PAGE)
     }
 
+    /// Whole pages of guest RAM `[gpa, gpa + len)` for a page operation (a 2 MiB page
+    /// may exceed [`MAX_GUEST_RANGE`]; no bytes are copied): `gpa` aligned to `len`,
+    /// which is a page multiple.
+    pub fn pages(&self, gpa: u64, len: u64) -> Result<GuestRange, AddressError> {
+        if len == 0 || !len.is_multiple_of(PAGE) || !gpa.is_multiple_of(len) {
+            return Err(AddressError::Misaligned);
+        }
+        self.check(gpa, len, u64::MAX)
+    }
+
     /// A range for loading the guest image at boot, which may exceed
     /// [`MAX_GUEST_RANGE`] (the image is host-supplied at boot, not a request).
     pub fn boot_range(&self, gpa: u64, len: u64) -> Result<GuestRange, AddressError> {

@@ -126,6 +126,52 @@ pub enum GuestMemoryError {
     NotValidated,
 }
 
+/// Size of a page an RMP operation names (the core protocol's PVALIDATE entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageSize {
+    /// 4 KiB.
+    Small,
+    /// 2 MiB.
+    Large,
+}
+
+impl PageSize {
+    /// Bytes.
+    pub const fn bytes(self) -> u64 {
+        match self {
+            Self::Small => 4096,
+            Self::Large => 2 << 20,
+        }
+    }
+}
+
+/// Why the platform did not change a page's RMP state for the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RmpError {
+    /// The platform has no RMP (the emulated platform).
+    Unsupported,
+    /// The instruction failed with this code (PVALIDATE/RMPADJUST: 1 FAIL_INPUT, 2
+    /// FAIL_PERMISSION, 6 FAIL_SIZEMISMATCH).
+    Failed(u32),
+}
+
+/// Why a vCPU could not be created or deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuError {
+    /// The platform cannot add vCPUs (the emulated platform).
+    Unsupported,
+    /// The VMSA page does not hold an acceptable VMSA for the guest (wrong VMPL,
+    /// SEV features, EFER.SVME clear).
+    BadVmsa,
+    /// The VMSA page is not one the SVSM made a VMSA (DELETE_VCPU), or is one
+    /// already (CREATE_VCPU).
+    NotAVcpu,
+    /// RMPADJUST refused the page (its code).
+    Rmp(u32),
+    /// The hypervisor refused the AP creation (it does not run that vCPU).
+    Refused,
+}
+
 /// The machine under the request loop.
 pub trait Platform {
     /// Run the guest until it exits to the SVSM.
@@ -169,4 +215,33 @@ pub trait Platform {
         report_data: &[u8; 64],
         certificates: bool,
     ) -> Result<Evidence, AttestError>;
+    /// Whether the platform has an RMP (PVALIDATE and vCPU creation are served).
+    fn rmp_available(&self) -> bool {
+        false
+    }
+    /// The core protocol's PVALIDATE of one page of guest memory for the guest
+    /// (`gpa` is a checked page of guest RAM): validating, the guest's VMPL gets full
+    /// access afterwards; rescinding, its access is revoked first. `Ok(changed)`
+    /// (the validated state changed).
+    fn pvalidate_guest(
+        &mut self,
+        gpa: u64,
+        size: PageSize,
+        validate: bool,
+    ) -> Result<bool, RmpError> {
+        let _ = (gpa, size, validate);
+        Err(RmpError::Unsupported)
+    }
+    /// CREATE_VCPU: run a new vCPU of the guest from the VMSA the guest prepared at
+    /// `vmsa` (a checked page of guest RAM), with its calling area at `caa` and APIC
+    /// ID `apic_id`. The VMSA page is taken from the guest.
+    fn create_vcpu(&mut self, vmsa: u64, caa: u64, apic_id: u32) -> Result<(), VcpuError> {
+        let _ = (vmsa, caa, apic_id);
+        Err(VcpuError::Unsupported)
+    }
+    /// DELETE_VCPU: stop the vCPU whose VMSA is `vmsa` and give the page back.
+    fn delete_vcpu(&mut self, vmsa: u64) -> Result<(), VcpuError> {
+        let _ = vmsa;
+        Err(VcpuError::Unsupported)
+    }
 }

@@ -169,7 +169,7 @@ extern "C" fn svsm_snp_main64() -> ! {
             "the hypervisor refused the guest's VMSA (AP creation: {created:?})"
         ));
     }
-    let mut platform = Snp::new(map, vmsa, guest_vmpl);
+    let mut platform = Snp::new(map, vmsa, guest_vmpl, sev_features);
 
     let vmpck0 = Zeroizing::new({
         let mut k = [0u8; 32];

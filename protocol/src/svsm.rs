@@ -41,6 +41,66 @@ pub mod core_call {
     pub const CONFIGURE_VTOM: u32 = 7;
 }
 
+/// The core protocol's PVALIDATE request (SVSM specification; Linux `struct
+/// svsm_pvalidate_call`): u16 entries, u16 next, u32 reserved, then u64 entries.
+pub mod pvalidate {
+    use super::PROTOCOL_RESULT_BASE;
+
+    /// Size of the request header.
+    pub const HEADER_SIZE: u64 = 8;
+    /// Most entries a request may hold (it lies in one page).
+    pub const MAX_ENTRIES: usize = 511;
+    /// Most entries a request in the calling area's buffer can hold.
+    pub const MAX_ENTRIES_IN_CAA: usize = 510;
+    /// Result when a page's validated state did not change and the entry did not set
+    /// `ignore_cf` (PVALIDATE's CF = 1).
+    pub const FAIL_UNCHANGED: u64 = PROTOCOL_RESULT_BASE + 0x10;
+
+    /// The result of a PVALIDATE that failed with `code` (1 FAIL_INPUT, 6
+    /// FAIL_SIZEMISMATCH).
+    pub const fn fail(code: u32) -> u64 {
+        PROTOCOL_RESULT_BASE + code as u64
+    }
+
+    /// One entry: bits 1:0 page size (0 4 KiB, 1 2 MiB), bit 2 validate, bit 3
+    /// ignore_cf, bits 11:4 reserved (zero), bits 63:12 the GFN.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Entry {
+        /// Guest-physical address of the page.
+        pub gpa: u64,
+        /// 2 MiB (else 4 KiB).
+        pub huge: bool,
+        /// Validate (else rescind).
+        pub validate: bool,
+        /// An unchanged state is not an error.
+        pub ignore_cf: bool,
+    }
+
+    impl Entry {
+        /// Decode; `Err` for a page size above 1 or reserved bits set.
+        #[allow(clippy::result_unit_err, reason = "one way to be malformed")]
+        pub fn decode(raw: u64) -> Result<Self, ()> {
+            if raw & 3 > 1 || raw & 0xFF0 != 0 {
+                return Err(());
+            }
+            Ok(Self {
+                gpa: raw & !0xFFF,
+                huge: raw & 3 == 1,
+                validate: raw & 4 != 0,
+                ignore_cf: raw & 8 != 0,
+            })
+        }
+
+        /// Encode.
+        pub fn encode(&self) -> u64 {
+            (self.gpa & !0xFFF)
+                | u64::from(self.huge)
+                | (u64::from(self.validate) << 2)
+                | (u64::from(self.ignore_cf) << 3)
+        }
+    }
+}
+
 /// vHSM protocol calls (protocol [`protocol::VHSM`], version 1). See
 /// `docs/vhsm-protocol.md` for the message format.
 pub mod vhsm_call {

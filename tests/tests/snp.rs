@@ -11,4 +11,13 @@ fn snp_call_sequence() {
         out.outcome() == Outcome::GuestPass,
         "guest did not pass",
     );
+    let lines: Vec<&str> = out.guest_lines().filter(|l| l.contains("CHECK ")).collect();
+    for l in &lines {
+        println!("{l}");
+    }
+    expect(
+        &out,
+        lines.iter().all(|l| l.ends_with("... ok")),
+        "a check failed",
+    );
 }

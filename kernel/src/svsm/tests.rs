@@ -22,6 +22,12 @@ pub(crate) struct MockPlatform {
     pub attest_fail: Option<crate::platform::AttestError>,
     /// What the fake PSP was asked: REPORT_DATA, with certificates.
     pub asked: Vec<([u8; 64], bool)>,
+    /// A fake RMP (validated pages), or `None`: the platform has none.
+    pub rmp: Option<std::collections::BTreeSet<u64>>,
+    /// PVALIDATEs the platform was asked for: (GPA, size, validate).
+    pub pvalidated: Vec<(u64, crate::platform::PageSize, bool)>,
+    /// CREATE_VCPU requests that reached the platform.
+    pub vcpus: Vec<(u64, u64, u32)>,
 }
 
 /// The fake PSP's certificate table length.
@@ -47,6 +53,9 @@ impl MockPlatform {
             attest: false,
             attest_fail: None,
             asked: Vec::new(),
+            rmp: None,
+            pvalidated: Vec::new(),
+            vcpus: Vec::new(),
         }
     }
 
@@ -140,6 +149,42 @@ impl Platform for MockPlatform {
             .ok_or(GuestMemoryError::LengthMismatch)?
             .copy_from_slice(data);
         Ok(())
+    }
+    fn rmp_available(&self) -> bool {
+        self.rmp.is_some()
+    }
+    fn pvalidate_guest(
+        &mut self,
+        gpa: u64,
+        size: crate::platform::PageSize,
+        validate: bool,
+    ) -> Result<bool, crate::platform::RmpError> {
+        let Some(rmp) = self.rmp.as_mut() else {
+            return Err(crate::platform::RmpError::Unsupported);
+        };
+        self.pvalidated.push((gpa, size, validate));
+        if size == crate::platform::PageSize::Large {
+            // A host that backs guest memory with 4 KiB RMP entries.
+            return Err(crate::platform::RmpError::Failed(6));
+        }
+        Ok(if validate {
+            rmp.insert(gpa)
+        } else {
+            rmp.remove(&gpa)
+        })
+    }
+    fn create_vcpu(
+        &mut self,
+        vmsa: u64,
+        caa: u64,
+        apic_id: u32,
+    ) -> Result<(), crate::platform::VcpuError> {
+        if self.rmp.is_none() {
+            return Err(crate::platform::VcpuError::Unsupported);
+        }
+        self.vcpus.push((vmsa, caa, apic_id));
+        // A hypervisor that runs one vCPU.
+        Err(crate::platform::VcpuError::Refused)
     }
 }
 
@@ -910,4 +955,231 @@ fn attest_key_reaches_the_platform_psp() {
     assert_eq!(ev.report, &fake_report(&rd)[..]);
     assert_eq!(ev.certificates.len(), FAKE_CERTS_LEN);
     assert_eq!(KeyBinding::parse(ev.binding).unwrap().nonce, b"fresh");
+}
+
+mod core_calls {
+    use super::*;
+    use crate::platform::PageSize;
+    use nitride_protocol::svsm::pvalidate::{self as pv, Entry};
+
+    const PV_REQ: u64 = CAA + 8;
+
+    fn pvalidate_request(p: &mut MockPlatform, at: u64, next: u16, entries: &[u64]) {
+        let a = at as usize;
+        p.ram[a..a + 2].copy_from_slice(&(entries.len() as u16).to_le_bytes());
+        p.ram[a + 2..a + 4].copy_from_slice(&next.to_le_bytes());
+        for (i, e) in entries.iter().enumerate() {
+            p.ram[a + 8 + 8 * i..a + 16 + 8 * i].copy_from_slice(&e.to_le_bytes());
+        }
+    }
+
+    fn entry(gpa: u64, validate: bool) -> u64 {
+        Entry {
+            gpa,
+            huge: false,
+            validate,
+            ignore_cf: false,
+        }
+        .encode()
+    }
+
+    fn core(p: &mut MockPlatform, call: u32, rcx: u64) {
+        p.call(call_rax(protocol::CORE, call), rcx, true);
+    }
+
+    fn next_of(p: &MockPlatform, at: u64) -> u16 {
+        u16::from_le_bytes([p.ram[at as usize + 2], p.ram[at as usize + 3]])
+    }
+
+    #[test]
+    fn pvalidate_serves_entries_in_order_from_next() {
+        let mut p = MockPlatform::new();
+        p.rmp = Some(Default::default());
+        pvalidate_request(
+            &mut p,
+            PV_REQ,
+            1,
+            &[
+                entry(0x5000, true),
+                entry(0x6000, true),
+                entry(0x7000, true),
+            ],
+        );
+        core(&mut p, core_call::PVALIDATE, PV_REQ);
+        let (s, _) = run(p);
+        let p = s.platform();
+        assert_eq!(p.results[0].rax, 0);
+        assert_eq!(next_of(p, PV_REQ), 3);
+        assert_eq!(
+            p.pvalidated,
+            [
+                (0x6000, PageSize::Small, true),
+                (0x7000, PageSize::Small, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn pvalidate_refuses_svsm_pages_and_stops_there() {
+        let mut p = MockPlatform::new();
+        p.rmp = Some(Default::default());
+        // The SVSM region starts at 0x20_0000 in the mock.
+        pvalidate_request(
+            &mut p,
+            PV_REQ,
+            0,
+            &[
+                entry(0x5000, true),
+                entry(0x20_0000, false),
+                entry(0x6000, true),
+            ],
+        );
+        core(&mut p, core_call::PVALIDATE, PV_REQ);
+        let (s, _) = run(p);
+        let p = s.platform();
+        assert_eq!(p.results[0].rax, ResultCode::InvalidAddress.raw());
+        assert_eq!(next_of(p, PV_REQ), 1, "next points at the refused entry");
+        assert_eq!(p.pvalidated, [(0x5000, PageSize::Small, true)]);
+    }
+
+    #[test]
+    fn pvalidate_result_codes() {
+        let mut p = MockPlatform::new();
+        p.rmp = Some(Default::default());
+        let cases: &[(&[u64], u64)] = &[
+            // Validated twice: unchanged, an error without ignore_cf.
+            (
+                &[entry(0x5000, true), entry(0x5000, true)],
+                pv::FAIL_UNCHANGED,
+            ),
+            (&[entry(0x5000, true) | 8], 0),
+            // 2 MiB on a host with 4 KiB RMP entries: FAIL_SIZEMISMATCH passed on.
+            (&[0x20_0000 - 0x20_0000 + 1], pv::fail(6)),
+            // Reserved bits, page size 2.
+            (
+                &[entry(0x5000, true) | 0x10],
+                ResultCode::InvalidParameter.raw(),
+            ),
+            (
+                &[entry(0x5000, true) | 2],
+                ResultCode::InvalidParameter.raw(),
+            ),
+            // Not RAM.
+            (&[entry(0x50_0000, true)], ResultCode::InvalidAddress.raw()),
+        ];
+        for (i, (entries, _)) in cases.iter().enumerate() {
+            let at = 0x3000 + 0x100 * i as u64;
+            pvalidate_request(&mut p, at, 0, entries);
+            core(&mut p, core_call::PVALIDATE, at);
+        }
+        // Malformed requests: misaligned, no entries, next beyond, crossing a page,
+        // reserved header bytes, in SVSM memory.
+        pvalidate_request(&mut p, 0x8FF8, 0, &[entry(0x5000, true)]);
+        core(&mut p, core_call::PVALIDATE, 0x8FF8);
+        pvalidate_request(&mut p, 0x9000, 0, &[]);
+        core(&mut p, core_call::PVALIDATE, 0x9000);
+        pvalidate_request(&mut p, 0x9100, 3, &[entry(0x5000, true)]);
+        core(&mut p, core_call::PVALIDATE, 0x9100);
+        core(&mut p, core_call::PVALIDATE, 0x9204);
+        p.ram[0x9304] = 1;
+        pvalidate_request(&mut p, 0x9300, 0, &[entry(0x5000, true)]);
+        core(&mut p, core_call::PVALIDATE, 0x9300);
+        core(&mut p, core_call::PVALIDATE, 0x20_0000);
+        let (s, _) = run(p);
+        let r = &s.platform().results;
+        for (i, (_, code)) in cases.iter().enumerate() {
+            assert_eq!(r[i].rax, *code, "case {i}");
+        }
+        let n = cases.len();
+        assert_eq!(
+            r[n].rax,
+            ResultCode::InvalidParameter.raw(),
+            "crosses a page"
+        );
+        assert_eq!(
+            r[n + 1].rax,
+            ResultCode::InvalidParameter.raw(),
+            "no entries"
+        );
+        assert_eq!(
+            r[n + 2].rax,
+            ResultCode::InvalidParameter.raw(),
+            "next beyond"
+        );
+        assert_eq!(
+            r[n + 3].rax,
+            ResultCode::InvalidParameter.raw(),
+            "misaligned"
+        );
+        assert_eq!(r[n + 4].rax, ResultCode::InvalidParameter.raw(), "reserved");
+        assert_eq!(
+            r[n + 5].rax,
+            ResultCode::InvalidAddress.raw(),
+            "SVSM memory"
+        );
+    }
+
+    #[test]
+    fn pvalidate_without_an_rmp_is_unsupported() {
+        let mut p = MockPlatform::new();
+        pvalidate_request(&mut p, PV_REQ, 0, &[entry(0x5000, true)]);
+        core(&mut p, core_call::PVALIDATE, PV_REQ);
+        let (s, _) = run(p);
+        assert_eq!(
+            s.platform().results[0].rax,
+            ResultCode::UnsupportedCall.raw()
+        );
+    }
+
+    #[test]
+    fn create_vcpu_checks_before_the_platform() {
+        let mut p = MockPlatform::new();
+        p.rmp = Some(Default::default());
+        let create = |p: &mut MockPlatform, vmsa: u64, caa: u64, apic: u64| {
+            let regs = CallRegs {
+                rax: call_rax(protocol::CORE, core_call::CREATE_VCPU),
+                rcx: vmsa,
+                rdx: caa,
+                r8: apic,
+                r9: 0,
+            };
+            p.exits.push_back((GuestExit::SvsmCall, Some(regs)));
+        };
+        create(&mut p, 0x5008, 0x6000, 1); // unaligned VMSA
+        create(&mut p, 0x5000, 0x5000, 1); // VMSA = CAA
+        create(&mut p, 0x20_1000, 0x6000, 1); // VMSA in SVSM memory
+        create(&mut p, 0x5000, 0x30_0000, 1); // CAA in SVSM memory
+        create(&mut p, 0x5000, 0x6000, 1); // reaches the platform, which refuses
+        let regs = CallRegs {
+            rax: call_rax(protocol::CORE, core_call::DELETE_VCPU),
+            rcx: 0x20_0000,
+            ..CallRegs::default()
+        };
+        p.exits.push_back((GuestExit::SvsmCall, Some(regs)));
+        for call in [
+            core_call::DEPOSIT_MEM,
+            core_call::WITHDRAW_MEM,
+            core_call::CONFIGURE_VTOM,
+        ] {
+            core(&mut p, call, 0);
+        }
+        let (s, _) = run(p);
+        let p = s.platform();
+        let codes: Vec<u64> = p.results.iter().map(|r| r.rax).collect();
+        assert_eq!(
+            codes,
+            [
+                ResultCode::InvalidParameter.raw(),
+                ResultCode::InvalidParameter.raw(),
+                ResultCode::InvalidAddress.raw(),
+                ResultCode::InvalidAddress.raw(),
+                ResultCode::InvalidRequest.raw(),
+                ResultCode::InvalidAddress.raw(),
+                ResultCode::UnsupportedCall.raw(),
+                ResultCode::UnsupportedCall.raw(),
+                ResultCode::UnsupportedCall.raw(),
+            ]
+        );
+        assert_eq!(p.vcpus, [(0x5000, 0x6000, 1)]);
+    }
 }

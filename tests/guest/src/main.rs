@@ -76,12 +76,17 @@ fn call_sequence(info: &SvsmInfo) -> ! {
         r == Err(CallError::Svsm(ResultCode::UnsupportedCall)),
         format_args!("{r:?}"),
     );
-    let r = svsm.call(protocol::CORE, core_call::PVALIDATE, [0; 4]);
-    c.check(
-        "pvalidate-unsupported",
-        r == Err(CallError::Svsm(ResultCode::UnsupportedCall)),
-        format_args!("{r:?}"),
-    );
+    #[cfg(not(feature = "snp"))]
+    {
+        let r = svsm.call(protocol::CORE, core_call::PVALIDATE, [0; 4]);
+        c.check(
+            "pvalidate-unsupported",
+            r == Err(CallError::Svsm(ResultCode::UnsupportedCall)),
+            format_args!("{r:?}"),
+        );
+    }
+    #[cfg(feature = "snp")]
+    rmp_calls(&mut svsm, info, &mut c);
     let r = svsm.call(0x77, 0, [0; 4]);
     c.check(
         "unsupported-protocol",
@@ -169,6 +174,129 @@ fn call_sequence(info: &SvsmInfo) -> ! {
     } else {
         exit::GUEST_FAIL
     })
+}
+
+/// The core protocol's RMP calls on SNP: PVALIDATE (through a request in the
+/// calling area, as Linux places it) and CREATE_VCPU/DELETE_VCPU, with their
+/// refusals.
+#[cfg(feature = "snp")]
+fn rmp_calls(svsm: &mut SvsmClient<CallTransport>, info: &SvsmInfo, c: &mut Checks) {
+    use nitride_protocol::svsm::pvalidate::{self as pv, Entry};
+    extern "C" {
+        static __guest_end: u8;
+    }
+    // The page after the GHCB (the page after the image): guest RAM nobody validated.
+    let free = core::ptr::addr_of!(__guest_end) as u64 + 0x1000;
+    let req = info.caa + 8;
+    let pvalidate = |svsm: &mut SvsmClient<CallTransport>, e: Entry| {
+        // SAFETY: the calling area is this guest's page, identity mapped; the request
+        // (header and one entry) fits its buffer.
+        unsafe {
+            core::ptr::write_volatile(req as *mut u64, 1);
+            core::ptr::write_volatile((req + 8) as *mut u64, e.encode());
+        }
+        let r = svsm.call(protocol::CORE, core_call::PVALIDATE, [req, 0, 0, 0]);
+        // SAFETY: as above.
+        let next = unsafe { core::ptr::read_volatile((req + 2) as *const u16) };
+        (r.map(|_| ()), next)
+    };
+    let entry = |gpa: u64, validate: bool| Entry {
+        gpa,
+        huge: false,
+        validate,
+        ignore_cf: false,
+    };
+    let r = pvalidate(svsm, entry(info.base, true));
+    c.check(
+        "pvalidate-svsm-page-refused",
+        r == (Err(CallError::Svsm(ResultCode::InvalidAddress)), 0),
+        format_args!("{r:?}"),
+    );
+    let r = pvalidate(svsm, entry(free, true));
+    let marker = 0x5EED_0000_0000_0001u64;
+    let readback = if r.0.is_ok() {
+        // SAFETY: the page was just validated for this VMPL (identity mapped, private).
+        unsafe {
+            core::ptr::write_volatile(free as *mut u64, marker);
+            core::ptr::read_volatile(free as *const u64)
+        }
+    } else {
+        0
+    };
+    c.check(
+        "pvalidate-validate-and-use",
+        r == (Ok(()), 1) && readback == marker,
+        format_args!("{r:?}, page {free:#x} reads back {readback:#x}"),
+    );
+    let r = pvalidate(svsm, entry(free, true));
+    c.check(
+        "pvalidate-unchanged",
+        r == (Err(CallError::Other(pv::FAIL_UNCHANGED)), 0),
+        format_args!("{r:?}"),
+    );
+    let r = pvalidate(svsm, entry(free, false));
+    c.check("pvalidate-rescind", r == (Ok(()), 1), format_args!("{r:?}"));
+    let huge = (free + (4 << 20)) & !((2 << 20) - 1);
+    let r = pvalidate(
+        svsm,
+        Entry {
+            gpa: huge,
+            huge: true,
+            validate: true,
+            ignore_cf: false,
+        },
+    );
+    c.check(
+        "pvalidate-2m-size-mismatch",
+        r == (Err(CallError::Other(pv::fail(6))), 0),
+        format_args!("{r:?} (the host backs guest memory with 4 KiB RMP entries)"),
+    );
+    let r = svsm.call(
+        protocol::CORE,
+        core_call::CREATE_VCPU,
+        [info.base, free, 1, 0],
+    );
+    c.check(
+        "create-vcpu-svsm-page-refused",
+        r == Err(CallError::Svsm(ResultCode::InvalidAddress)),
+        format_args!("{r:?}"),
+    );
+    let r = svsm.call(protocol::CORE, core_call::CREATE_VCPU, [free, free, 1, 0]);
+    c.check(
+        "create-vcpu-same-page-refused",
+        r == Err(CallError::Svsm(ResultCode::InvalidParameter)),
+        format_args!("{r:?}"),
+    );
+    // A page of zeros is no VMSA for VMPL1 (VMPL byte 0, no SEV features).
+    let r = pvalidate(svsm, entry(free, true));
+    let r2 = svsm.call(
+        protocol::CORE,
+        core_call::CREATE_VCPU,
+        [free, free + 0x1000, 1, 0],
+    );
+    c.check(
+        "create-vcpu-bad-vmsa-refused",
+        r.0.is_ok() && r2 == Err(CallError::Svsm(ResultCode::InvalidParameter)),
+        format_args!("{r2:?}"),
+    );
+    let r = svsm.call(protocol::CORE, core_call::DELETE_VCPU, [free, 0, 0, 0]);
+    c.check(
+        "delete-vcpu-unknown-refused",
+        r == Err(CallError::Svsm(ResultCode::InvalidParameter)),
+        format_args!("{r:?}"),
+    );
+    for (name, call) in [
+        ("deposit-mem-unsupported", core_call::DEPOSIT_MEM),
+        ("withdraw-mem-unsupported", core_call::WITHDRAW_MEM),
+        ("configure-vtom-unsupported", core_call::CONFIGURE_VTOM),
+    ] {
+        let r = svsm.call(protocol::CORE, call, [1, 0, 0, 0]);
+        c.check(
+            name,
+            r == Err(CallError::Svsm(ResultCode::UnsupportedCall)),
+            format_args!("{r:?}"),
+        );
+    }
 }
 
 /// Under `-icount shift=0` the TSC counts executed instructions (guest and SVSM

@@ -8,13 +8,16 @@
 //! requests with VMPCK0 ([`super::psp`]).
 
 use super::super::cpu;
+use super::ghcb;
 use super::guest_mem;
-use super::insn;
+use super::insn::{self, perm};
 use super::psp::GhcbPsp;
 use nitride_kernel::memory::{GuestMemoryMap, GuestRange};
-use nitride_kernel::platform::{AttestError, Evidence, GuestExit, GuestMemoryError, Platform};
+use nitride_kernel::platform::{
+    AttestError, Evidence, GuestExit, GuestMemoryError, PageSize, Platform, RmpError, VcpuError,
+};
 use nitride_kernel::psp::PspClient;
-use nitride_protocol::snp::ghcb::msr;
+use nitride_protocol::snp::ghcb::{ap, msr, nae, off as ghcb_off};
 use nitride_protocol::snp::vmsa::off;
 use nitride_protocol::svsm::CallRegs;
 
@@ -22,13 +25,25 @@ use nitride_protocol::svsm::CallRegs;
 #[repr(C, align(4096))]
 pub struct VmsaPage(pub [u8; 4096]);
 
+/// Most vCPUs the guest may add with CREATE_VCPU.
+const MAX_VCPUS: usize = 8;
+
+/// A vCPU the guest added: its VMSA page (taken from the guest) and APIC ID.
+#[derive(Clone, Copy, Debug)]
+struct AddedVcpu {
+    vmsa: u64,
+    apic_id: u32,
+}
+
 /// The SNP platform.
 pub struct Snp {
     map: GuestMemoryMap,
     vmsa: &'static mut VmsaPage,
     guest_vmpl: u8,
+    sev_features: u64,
     psp: Option<PspClient<GhcbPsp>>,
     runs: u64,
+    added: heapless::Vec<AddedVcpu, MAX_VCPUS>,
 }
 
 impl core::fmt::Debug for Snp {
@@ -44,14 +59,34 @@ impl core::fmt::Debug for Snp {
 impl Snp {
     /// The platform for a guest at `guest_vmpl` whose VMSA (already created with the
     /// hypervisor) is `vmsa`.
-    pub fn new(map: GuestMemoryMap, vmsa: &'static mut VmsaPage, guest_vmpl: u8) -> Self {
+    pub fn new(
+        map: GuestMemoryMap,
+        vmsa: &'static mut VmsaPage,
+        guest_vmpl: u8,
+        sev_features: u64,
+    ) -> Self {
         Self {
             map,
             vmsa,
             guest_vmpl,
+            sev_features,
             psp: None,
             runs: 0,
+            added: heapless::Vec::new(),
         }
+    }
+
+    fn is_vmsa(&self, gpa: u64) -> bool {
+        self.added.iter().any(|v| v.vmsa == gpa)
+    }
+
+    fn ap(&self, op: u64, apic_id: u32, vmsa: u64) -> bool {
+        ghcb::call(
+            nae::AP_CREATION,
+            op | (u64::from(self.guest_vmpl) << 16) | (u64::from(apic_id) << 32),
+            vmsa,
+            &[(ghcb_off::RAX, self.sev_features)],
+        ) == Some((0, 0))
     }
 
     /// Give the platform its PSP client (VMPCK0); attestation is offered from then on.
@@ -145,5 +180,101 @@ impl Platform for Snp {
             cpu::tsc().wrapping_sub(start)
         );
         Ok(evidence)
+    }
+
+    fn rmp_available(&self) -> bool {
+        true
+    }
+
+    fn pvalidate_guest(
+        &mut self,
+        gpa: u64,
+        size: PageSize,
+        validate: bool,
+    ) -> Result<bool, RmpError> {
+        let size = match size {
+            PageSize::Small => insn::PageSize::Small,
+            PageSize::Large => insn::PageSize::Large,
+        };
+        // A VMSA the guest handed over is not the guest's to validate or rescind.
+        if self.is_vmsa(gpa) {
+            return Err(RmpError::Failed(1));
+        }
+        if validate {
+            let changed = insn::pvalidate(gpa, size, true).map_err(RmpError::Failed)?;
+            insn::rmpadjust(gpa, size, self.guest_vmpl, perm::ALL, false)
+                .map_err(RmpError::Failed)?;
+            Ok(changed)
+        } else {
+            // Revoke the guest's access while the page is still validated: the VMPL
+            // permissions outlive PVALIDATE, and a page the SVSM validates again later
+            // must not come with the guest's old access. A page that is not validated
+            // refuses RMPADJUST (FAIL_INPUT); PVALIDATE then reports it unchanged.
+            match insn::rmpadjust(gpa, size, self.guest_vmpl, 0, false) {
+                Ok(()) | Err(1) => {}
+                Err(code) => return Err(RmpError::Failed(code)),
+            }
+            insn::pvalidate(gpa, size, false).map_err(RmpError::Failed)
+        }
+    }
+
+    fn create_vcpu(&mut self, vmsa: u64, _caa: u64, apic_id: u32) -> Result<(), VcpuError> {
+        // The boot vCPU runs already; a VMSA page is used once.
+        if apic_id == 0 || self.is_vmsa(vmsa) || self.added.iter().any(|v| v.apic_id == apic_id) {
+            return Err(VcpuError::NotAVcpu);
+        }
+        let range = self.map.page(vmsa).map_err(|_| VcpuError::BadVmsa)?;
+        let mut page = [0u8; 4096];
+        guest_mem::read(range, &mut page).map_err(|_| VcpuError::BadVmsa)?;
+        let get = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&page[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        if page[off::VMPL] != self.guest_vmpl
+            || get(off::SEV_FEATURES) != self.sev_features
+            || get(off::EFER) & (1 << 12) == 0
+        {
+            return Err(VcpuError::BadVmsa);
+        }
+        // Take the page from the guest and make it a VMSA for its VMPL.
+        insn::rmpadjust(vmsa, insn::PageSize::Small, self.guest_vmpl, 0, true)
+            .map_err(VcpuError::Rmp)?;
+        if self.added.is_full() || !self.ap(ap::CREATE, apic_id, vmsa) {
+            // Give it back as it was.
+            let _ = insn::rmpadjust(
+                vmsa,
+                insn::PageSize::Small,
+                self.guest_vmpl,
+                perm::ALL,
+                false,
+            );
+            return Err(VcpuError::Refused);
+        }
+        self.added
+            .push(AddedVcpu { vmsa, apic_id })
+            .map_err(|_| VcpuError::Refused)
+    }
+
+    fn delete_vcpu(&mut self, vmsa: u64) -> Result<(), VcpuError> {
+        let i = self
+            .added
+            .iter()
+            .position(|v| v.vmsa == vmsa)
+            .ok_or(VcpuError::NotAVcpu)?;
+        let apic_id = self.added[i].apic_id;
+        if !self.ap(ap::DESTROY, apic_id, vmsa) {
+            return Err(VcpuError::Refused);
+        }
+        insn::rmpadjust(
+            vmsa,
+            insn::PageSize::Small,
+            self.guest_vmpl,
+            perm::ALL,
+            false,
+        )
+        .map_err(VcpuError::Rmp)?;
+        self.added.swap_remove(i);
+        Ok(())
     }
 }
