@@ -769,6 +769,46 @@ impl RunningVm {
         Ok(vm)
     }
 
+    /// Boot the virtual SNP machine `machine` with the IGVM file `igvm` (the SNP SVSM
+    /// with the SNP relay guest) in `dir` (created if needed), the IGVM command line
+    /// `cmdline` (`SVSM OPTIONS -- GUEST ARGS`), and wait until the relay serves its
+    /// channel. `svsm_log` is then the host log: the machine's lines and the SVSM's.
+    pub fn start_snp(
+        machine: &Path,
+        igvm: &Path,
+        dir: &Path,
+        cmdline: &str,
+    ) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join("vhsm.sock");
+        let console = dir.join("console.log");
+        let svsm_log = dir.join("svsm.log");
+        for f in [&socket, &console, &svsm_log] {
+            let _ = std::fs::remove_file(f);
+        }
+        let mut boot = snp::SnpBoot::new(machine, igvm);
+        boot.cmdline = cmdline.to_string();
+        boot.console_file = Some(console.clone());
+        boot.host_log = Some(svsm_log.clone());
+        boot.relay_socket = Some(socket.clone());
+        ensure_dev_chain()?;
+        let child = Command::new(QEMU)
+            .args(boot.qemu_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut vm = Self {
+            child,
+            dir: dir.to_path_buf(),
+            socket,
+            console,
+            svsm_log,
+        };
+        vm.wait_ready(Duration::from_secs(120))?;
+        Ok(vm)
+    }
+
     fn wait_ready(&mut self, limit: Duration) -> Result<(), Error> {
         let start = Instant::now();
         loop {

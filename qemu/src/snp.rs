@@ -92,6 +92,11 @@ pub struct SnpBoot {
     pub host_log: Option<PathBuf>,
     /// Serve COM2 (the relay channel) on this Unix socket.
     pub relay_socket: Option<PathBuf>,
+    /// Write the guests' console (COM1) to this file instead of QEMU's stdout.
+    pub console_file: Option<PathBuf>,
+    /// Also append both channels, in the order QEMU wrote them, to this file (for
+    /// reading along and benchmarks, never for verdicts).
+    pub combined_log: Option<PathBuf>,
     /// More QEMU arguments.
     pub extra: Vec<String>,
 }
@@ -107,6 +112,8 @@ impl SnpBoot {
             timeout: Duration::from_secs(60),
             host_log: None,
             relay_socket: None,
+            console_file: None,
+            combined_log: None,
             extra: Vec::new(),
         }
     }
@@ -128,14 +135,25 @@ impl SnpBoot {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        match &self.host_log {
-            Some(f) => {
-                a.extend(["-serial".into(), "stdio".into(), "-chardev".into()]);
-                a.push(format!("file,path={},id=hostlog", f.display()));
-            }
-            None => {
+        let log = |id: &str| match &self.combined_log {
+            Some(f) => format!("id={id},logfile={},logappend=on", f.display()),
+            None => format!("id={id}"),
+        };
+        match (&self.console_file, &self.host_log) {
+            (None, None) => {
                 a.extend(["-chardev".into(), "stdio,mux=on,id=hostlog".into()]);
                 a.extend(["-serial".into(), "chardev:hostlog".into()]);
+            }
+            (console, host) => {
+                let backend = |file: &Option<PathBuf>| match file {
+                    Some(f) => format!("file,path={}", f.display()),
+                    None => "stdio".to_string(),
+                };
+                a.push("-chardev".into());
+                a.push(format!("{},{}", backend(console), log("com1")));
+                a.extend(["-serial".into(), "chardev:com1".into()]);
+                a.push("-chardev".into());
+                a.push(format!("{},{}", backend(host), log("hostlog")));
             }
         }
         a.push("-device".into());
@@ -179,7 +197,13 @@ impl SnpBoot {
             .host_log
             .get_or_insert_with(|| scratch.0.join("host.log"))
             .clone();
-        let _ = std::fs::remove_file(&host_log);
+        let combined = boot
+            .combined_log
+            .get_or_insert_with(|| scratch.0.join("combined.log"))
+            .clone();
+        for f in [&host_log, &combined] {
+            let _ = std::fs::remove_file(f);
+        }
         let start = Instant::now();
         let mut child = Command::new(QEMU)
             .args(boot.qemu_args())
@@ -220,13 +244,16 @@ impl SnpBoot {
         };
         let console = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).replace('\r', "");
         let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
-        let svsm_log = std::fs::read(&host_log)
-            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
-            .unwrap_or_default();
+        let read = |f: &Path| {
+            std::fs::read(f)
+                .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+                .unwrap_or_default()
+        };
         Ok(RunOutput {
             status,
             console,
-            svsm_log,
+            svsm_log: read(&host_log),
+            combined: read(&combined),
             stderr,
             timed_out,
             elapsed: start.elapsed(),

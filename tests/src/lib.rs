@@ -128,3 +128,35 @@ pub fn boot_guest_snp(mode: &str) -> RunOutput {
         Err(e) => panic!("QEMU failed to run: {e}"),
     }
 }
+
+/// The IGVM file of the SNP SVSM with the SNP relay guest (written once per test
+/// process).
+pub fn relay_igvm() -> &'static std::path::Path {
+    static IGVM: OnceLock<std::path::PathBuf> = OnceLock::new();
+    IGVM.get_or_init(|| {
+        let i = images();
+        match nitride_qemu::snp::svsm_igvm(&i.svsm_snp, &i.relay_guest_snp, "svsm-relay-guest") {
+            Ok(p) => p,
+            Err(e) => panic!("IGVM of the SVSM and the relay guest: {e}"),
+        }
+    })
+}
+
+/// Boot the SNP SVSM with the SNP relay guest on the virtual SNP machine in a fresh
+/// directory named after the test, and connect a typed client to it.
+pub fn start_relay_snp(test: &str, svsm_args: &str) -> (RunningVm, VhsmClient<RelayClient>) {
+    let i = images();
+    let dir = nitride_qemu::repo_root()
+        .join("target")
+        .join("e2e")
+        .join(format!("{test}-{}", std::process::id()));
+    let vm = match RunningVm::start_snp(&i.machine, relay_igvm(), &dir, svsm_args) {
+        Ok(vm) => vm,
+        Err(e) => panic!("could not start the relay VM: {e}"),
+    };
+    let client = match RelayClient::connect(&vm.socket) {
+        Ok(c) => c,
+        Err(e) => panic!("could not connect to the relay: {e}"),
+    };
+    (vm, VhsmClient::new(client))
+}

@@ -115,6 +115,9 @@ mod code {
     pub const PAGE_NOT_VALIDATED: u64 = 0x404;
 }
 
+/// COM2, the relay channel, which the machine leaves unintercepted.
+const COM2_PORTS: core::ops::Range<u16> = 0x2F8..0x300;
+
 /// A little-endian u64 at `at` of a GHCB save area.
 fn g64(g: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
@@ -378,6 +381,12 @@ impl Machine {
 
     fn setup_vmcbs(&mut self) {
         self.p.iopm.iter_mut().for_each(|p| p.fill(0xFF));
+        // COM2 (the relay channel) is not intercepted: SEV-ES raises #VC only for an
+        // intercepted event, so a VMPL's IN/OUT there reach QEMU's second UART directly.
+        for port in COM2_PORTS {
+            let (page, byte) = (usize::from(port / 8) / 4096, usize::from(port / 8) % 4096);
+            self.p.iopm[page][byte] &= !(1 << (port % 8));
+        }
         let msrpm = &mut self.p.msrpm;
         msrpm.iter_mut().for_each(|p| p.fill(0xFF));
         // Not intercepted: what VMRUN/VMLOAD/VMSAVE keep per VMPL (EFER; FS, GS and
