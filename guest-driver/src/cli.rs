@@ -294,10 +294,20 @@ fn io(e: std::io::Error) -> CliError {
     CliError::Input(format!("writing output: {e}"))
 }
 
+/// A `--nonce` value: exactly `attest::NONCE_SIZE` (64) bytes in hex.
+fn parse_nonce(s: &str) -> Result<nitride_protocol::attest::Nonce, CliError> {
+    parse_hex("--nonce", s)
+}
+
 fn parse_hex<const N: usize>(flag: &str, s: &str) -> Result<[u8; N], CliError> {
     let v = hex::decode(s.trim()).map_err(|e| CliError::Usage(format!("{flag}: {e}")))?;
-    v.try_into()
-        .map_err(|v: Vec<u8>| CliError::Usage(format!("{flag}: {} bytes, expected {N}", v.len())))
+    v.try_into().map_err(|v: Vec<u8>| {
+        CliError::Usage(format!(
+            "{flag}: {} bytes, expected exactly {N} ({} hex digits)",
+            v.len(),
+            2 * N
+        ))
+    })
 }
 
 fn tcb_json(t: &Tcb) -> Value {
@@ -456,10 +466,7 @@ fn policy_from(p: &Parsed) -> Result<AppraisalPolicy, CliError> {
     if let Some(n) = expected_vmpl(p)? {
         policy = policy.expect_vmpl(n);
     }
-    let nonce = p
-        .value("--nonce")
-        .map(|n| hex::decode(n.trim()).map_err(|e| CliError::Usage(format!("--nonce: {e}"))))
-        .transpose()?;
+    let nonce = p.value("--nonce").map(parse_nonce).transpose()?;
     let exclusive = [
         p.value("--report-data").is_some(),
         p.value("--manifest").is_some(),
@@ -671,7 +678,7 @@ fn report_verify(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
     });
     let result = genuine
         .map_err(RejectError::from)
-        .and_then(|v| policy.appraise(&v).map(|()| v).map_err(RejectError::from));
+        .and_then(|v| policy.appraise(&v).map(|_| v).map_err(RejectError::from));
     match result {
         Ok(v) => {
             if json_out {

@@ -308,8 +308,12 @@ impl<T: VhsmTransport> VhsmClient<T> {
     }
 
     /// AttestKey: a VMPL0 attestation report binding `key` (ATTEST usage), its
-    /// attributes and `nonce` (at most `attest::MAX_KEY_BINDING_NONCE` bytes).
-    pub fn attest_key(&mut self, key: u32, nonce: &[u8]) -> Result<AttestedKey, VhsmError> {
+    /// attributes and the 64-byte `nonce`.
+    pub fn attest_key(
+        &mut self,
+        key: u32,
+        nonce: &nitride_protocol::attest::Nonce,
+    ) -> Result<AttestedKey, VhsmError> {
         let body = self.call(&Request::AttestKey { key, nonce })?;
         let ev = body_response(&body)
             .attest_key()
@@ -409,13 +413,13 @@ mod tests {
             body.extend_from_slice(part);
         }
         c.transport().body = body;
-        let got = c.attest_key(3, b"nonce").unwrap();
+        let got = c.attest_key(3, &[9; 64]).unwrap();
         assert_eq!(got.binding, b"bind");
         assert_eq!(got.report, vec![7u8; 0x4A0]);
         assert!(got.certificates.is_empty());
         c.transport().body = vec![1, 0, 0];
         assert_eq!(
-            c.attest_key(3, b"nonce"),
+            c.attest_key(3, &[9; 64]),
             Err(VhsmError::BadResponse("attest-key evidence"))
         );
     }

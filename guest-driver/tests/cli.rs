@@ -127,9 +127,23 @@ fn verify_rejections_exit_non_zero_with_the_check() {
     assert!(stderr(&o).contains("policy report_data"), "{}", stderr(&o));
     let manifest = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(manifest.path(), b"manifest").unwrap();
+    let nonce = "11".repeat(64);
+    // A nonce of any other length than 64 bytes is a usage error that says so.
     let o = run(&[
         "--nonce",
         "0011",
+        "--manifest",
+        &manifest.path().to_string_lossy(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--nonce: 2 bytes, expected exactly 64"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "--nonce",
+        &nonce,
         "--manifest",
         &manifest.path().to_string_lossy(),
         "--json",
@@ -141,7 +155,7 @@ fn verify_rejections_exit_non_zero_with_the_check() {
     assert_eq!(got["check"], "policy_vmpl", "{got}");
     let o = run(&[
         "--nonce",
-        "0011",
+        &nonce,
         "--manifest",
         &manifest.path().to_string_lossy(),
         "--expect-vmpl",
@@ -150,7 +164,8 @@ fn verify_rejections_exit_non_zero_with_the_check() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(got["check"], "policy_report_data");
+    // Not a manifest the SVSM writes: refused before any hash is compared.
+    assert_eq!(got["check"], "policy_manifest", "{got}");
     // The same for a key binding; a binding that does not parse is named as such.
     let o = run(&[
         "--key-binding",

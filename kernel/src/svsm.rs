@@ -689,7 +689,7 @@ pub(crate) mod tests {
 
     use nitride_protocol::attest::{
         attest_call, GuestBuffer, ManifestTable, ServicesRequest, SingleServiceRequest,
-        VhsmManifest, MAX_NONCE_SIZE, VHSM_SERVICE_GUID, VTPM_SERVICE_GUID,
+        VhsmManifest, NONCE_SIZE, VHSM_SERVICE_GUID, VTPM_SERVICE_GUID,
     };
     use nitride_protocol::snp::report::REPORT_SIZE;
     use nitride_vhsm::{Caller, KeySpec, KeyType, KeyUsage, VmplSet};
@@ -1025,7 +1025,7 @@ pub(crate) mod tests {
             ),
             (
                 AREQ,
-                with(&|r| r.nonce.size = LeU32::new(MAX_NONCE_SIZE + 1)),
+                with(&|r| r.nonce.reserved = LeU32::new(1)),
                 ResultCode::InvalidParameter,
             ),
             (
@@ -1059,6 +1059,17 @@ pub(crate) mod tests {
                 ResultCode::InvalidParameter,
             ),
         ];
+        // The nonce is exactly 64 bytes: every other size is refused before
+        // anything is read, built or written (a longer nonce would let the guest put
+        // its own bytes where the manifest's tag is, at offset 64 of the hash input).
+        for size in [0u32, 1, 32, 63, 65, 128, 4096, u32::MAX] {
+            assert_ne!(size as usize, NONCE_SIZE);
+            cases.push((
+                AREQ,
+                with(&|r| r.nonce.size = LeU32::new(size)),
+                ResultCode::InvalidParameter,
+            ));
+        }
         // The declared extent counts, not just the bytes that would be written.
         cases.push((
             AREQ,
@@ -1170,7 +1181,7 @@ pub(crate) mod tests {
         let mut req = vec![0u8; 256];
         let n = Request::AttestKey {
             key: 1,
-            nonce: b"fresh",
+            nonce: &[0x66; 64],
         }
         .encode(3, &mut req)
         .unwrap();
@@ -1186,6 +1197,6 @@ pub(crate) mod tests {
         assert_eq!(p.asked, [(rd, true)]);
         assert_eq!(ev.report, &fake_report(&rd)[..]);
         assert_eq!(ev.certificates.len(), FAKE_CERTS_LEN);
-        assert_eq!(KeyBinding::parse(ev.binding).unwrap().nonce, b"fresh");
+        assert_eq!(KeyBinding::parse(ev.binding).unwrap().nonce, &[0x66; 64]);
     }
 }

@@ -69,8 +69,10 @@ pub const REQUEST_BUFFER_SIZE: usize = crate::vhsm::MAX_REQUEST_SIZE;
 /// Size of the relay's response buffer: the largest vHSM response.
 pub const RESPONSE_BUFFER_SIZE: usize = crate::vhsm::MAX_RESPONSE_SIZE;
 
-/// The relay's nonce buffer: the largest nonce the SVSM accepts.
-pub const ATTEST_NONCE_BUFFER_SIZE: usize = crate::attest::MAX_NONCE_SIZE as usize;
+/// The relay's nonce buffer: a page. The SVSM accepts only nonces of exactly
+/// `attest::NONCE_SIZE` (64) bytes; the relay carries any length up to a page so
+/// that tests can show every other length is refused.
+pub const ATTEST_NONCE_BUFFER_SIZE: usize = 4096;
 /// The relay's report buffer.
 pub const ATTEST_REPORT_BUFFER_SIZE: usize = 4096;
 /// The relay's manifest buffer.

@@ -467,7 +467,8 @@ const _: () = assert!(core::mem::size_of::<AuditEntry>() == 24);
 /// Why a message could not be decoded or encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireError {
-    /// The bytes end early, have trailing bytes, or a reserved field is set.
+    /// The bytes end early, have trailing bytes, a reserved field is set, or a
+    /// fixed-size field (AttestKey's nonce) has another length.
     Malformed,
     /// The version is not [`VERSION`].
     UnsupportedVersion,
@@ -716,14 +717,15 @@ pub enum Request<'a> {
         /// Return retained entries whose sequence number is at least this.
         from_seq: u64,
     },
-    /// `id key, bytes nonce`. Response body: `bytes binding, bytes report, bytes
-    /// certificates` (the key binding whose SHA-512 is REPORT_DATA, the 0x4A0-byte
-    /// report, the certificate table or empty).
+    /// `id key, bytes nonce` (the nonce exactly `attest::NONCE_SIZE` = 64 bytes:
+    /// any other length is malformed). Response body: `bytes binding, bytes report,
+    /// bytes certificates` (the key binding whose SHA-512 is REPORT_DATA, the
+    /// 0x4A0-byte report, the certificate table or empty).
     AttestKey {
         /// A key with ATTEST usage.
         key: u32,
-        /// The caller's nonce (at most `attest::MAX_KEY_BINDING_NONCE` bytes).
-        nonce: &'a [u8],
+        /// The caller's nonce.
+        nonce: &'a crate::attest::Nonce,
     },
 }
 
@@ -824,7 +826,10 @@ impl<'a> Request<'a> {
             Op::ReadAudit => Self::ReadAudit { from_seq: r.u64()? },
             Op::AttestKey => Self::AttestKey {
                 key: r.u32()?,
-                nonce: r.bytes(crate::attest::MAX_KEY_BINDING_NONCE)?,
+                nonce: r
+                    .bytes(crate::attest::NONCE_SIZE)?
+                    .try_into()
+                    .map_err(|_| WireError::Malformed)?,
             },
         };
         r.finish()?;
@@ -1143,10 +1148,38 @@ mod tests {
             Request::ReadAudit { from_seq: 17 },
             Request::AttestKey {
                 key: 4,
-                nonce: b"nonce",
+                nonce: &[0x6E; 64],
             },
         ] {
             roundtrip(req);
+        }
+    }
+
+    /// AttestKey's nonce is exactly 64 bytes: a shorter or longer one is refused
+    /// when decoded, whatever the length prefix says.
+    #[test]
+    fn attest_key_nonce_is_64_bytes() {
+        let mut buf = [0u8; 256];
+        let n = Request::AttestKey {
+            key: 4,
+            nonce: &[7; 64],
+        }
+        .encode(1, &mut buf)
+        .unwrap();
+        assert!(Request::decode(&buf[..n]).is_ok());
+        for len in [0usize, 1, 63, 65, 128] {
+            let mut body = 4u32.to_le_bytes().to_vec();
+            body.extend_from_slice(&(len as u32).to_le_bytes());
+            body.extend(core::iter::repeat_n(7u8, len));
+            let mut req = buf[..HEADER_SIZE].to_vec();
+            req[16..20].copy_from_slice(&(body.len() as u32).to_le_bytes());
+            req.extend_from_slice(&body);
+            let want = if len > 64 {
+                WireError::TooLarge
+            } else {
+                WireError::Malformed
+            };
+            assert_eq!(Request::decode(&req), Err(want), "nonce of {len} bytes");
         }
     }
 

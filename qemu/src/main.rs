@@ -732,9 +732,11 @@ fn vhsm_story(images: &Images) -> Result<bool, Error> {
 /// for one key, checked by the guest-side verifier against the development root.
 fn attestation_story(s: &std::path::Path, images: &Images) -> Result<bool, Error> {
     println!("\n== 5. Attestation: the SVSM asks the (emulated) PSP for VMPL0 reports; the verifier checks them\n");
-    let mut random = [0u8; 32];
+    // Nonces are exactly 64 bytes (what Linux's configfs-tsm sends).
+    let mut random = [0u8; 128];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
-    let nonce = measure::hex(&random);
+    let (services_nonce, key_random) = random.split_at(64);
+    let nonce = measure::hex(services_nonce);
     let chain = ensure_dev_chain()?;
     let root = chain.dir.display().to_string();
     let expected = measure::hex(&launch_measurement(&images.svsm, &images.relay_guest)?);
@@ -778,14 +780,14 @@ fn attestation_story(s: &std::path::Path, images: &Images) -> Result<bool, Error
     println!("  (without trusting the development root: refused)");
     ok &= !verify(&[]);
     ok &= verify(&["--trust-dev-root", &root]);
-    println!("  (a changed manifest no longer matches REPORT_DATA)");
+    println!("  (a changed manifest is refused)");
     let mut manifest = std::fs::read("evidence/manifest.bin")?;
     if let Some(b) = manifest.last_mut() {
         *b ^= 1;
     }
     std::fs::write("evidence/manifest.bin", &manifest)?;
     ok &= !verify(&["--trust-dev-root", &root]);
-    let key_nonce = &nonce[..32];
+    let key_nonce = &measure::hex(key_random);
     ok &= nitride(
         s,
         &[

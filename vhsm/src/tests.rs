@@ -12,7 +12,7 @@ use crate::{
     AttestError, Attester, Caller, Error, Evidence, KeyType, KeyUsage, Origin, Platform,
     PlatformError, VaultPolicy, VmplSet,
 };
-use nitride_protocol::attest::{KeyBinding, VhsmManifest, MAX_KEY_BINDING_NONCE};
+use nitride_protocol::attest::{KeyBinding, VhsmManifest, NONCE_SIZE};
 use nitride_protocol::snp::report::REPORT_SIZE;
 use nitride_protocol::vhsm::{
     Request, Response, Status, KEY_CAPACITY, MAX_RANDOM_LEN, MAX_RESPONSE_SIZE,
@@ -794,7 +794,7 @@ impl Attester for FakeAttester {
     }
 }
 
-fn attest_request(key: u32, nonce: &[u8]) -> Vec<u8> {
+fn attest_request(key: u32, nonce: &[u8; NONCE_SIZE]) -> Vec<u8> {
     let mut buf = vec![0u8; 1024];
     let n = Request::AttestKey { key, nonce }
         .encode(9, &mut buf)
@@ -802,6 +802,20 @@ fn attest_request(key: u32, nonce: &[u8]) -> Vec<u8> {
     buf.truncate(n);
     buf
 }
+
+/// An AttestKey request whose nonce field holds `nonce`, whatever its length.
+fn attest_request_raw(key: u32, nonce: &[u8]) -> Vec<u8> {
+    let mut req = attest_request(key, &[0; NONCE_SIZE]);
+    req.truncate(nitride_protocol::vhsm::HEADER_SIZE);
+    let body_len = (8 + nonce.len()) as u32;
+    req[16..20].copy_from_slice(&body_len.to_le_bytes());
+    req.extend_from_slice(&key.to_le_bytes());
+    req.extend_from_slice(&(nonce.len() as u32).to_le_bytes());
+    req.extend_from_slice(nonce);
+    req
+}
+
+const N: [u8; NONCE_SIZE] = [0x4E; NONCE_SIZE];
 
 fn attest_status(resp: &[u8]) -> Status {
     Response::decode(resp).unwrap().status().unwrap()
@@ -849,7 +863,7 @@ fn attest_key_binds_key_nonce_and_attributes() {
     let ev = r.attest_key().unwrap();
     let binding = KeyBinding::parse(ev.binding).unwrap();
     assert_eq!(binding.attributes, ec.to_wire());
-    assert_eq!(binding.nonce, nonce);
+    assert_eq!(*binding.nonce, nonce);
     let mut spki = Vec::new();
     v.public_key(v1(), ec.id, &mut spki).unwrap();
     assert_eq!(binding.spki, &spki[..]);
@@ -865,7 +879,7 @@ fn attest_key_binds_key_nonce_and_attributes() {
     assert_eq!(last.key_id.get(), ec.id);
     assert_eq!(last.status.get(), Status::Ok.raw());
 
-    // A symmetric key: the binding carries an empty SPKI; an empty nonce is fine.
+    // A symmetric key: the binding carries an empty SPKI.
     let hmac = v
         .generate(
             V0,
@@ -876,12 +890,24 @@ fn attest_key_binds_key_nonce_and_attributes() {
             ),
         )
         .unwrap();
-    let resp = v.handle_with(V0, &attest_request(hmac.id, &[]), &mut att);
+    let resp = v.handle_with(V0, &attest_request(hmac.id, &N), &mut att);
     let r = Response::decode(&resp).unwrap();
     let ev = r.attest_key().unwrap();
     let binding = KeyBinding::parse(ev.binding).unwrap();
-    assert_eq!((binding.spki, binding.nonce), (&[][..], &[][..]));
+    assert_eq!((binding.spki, binding.nonce), (&[][..], &N));
     assert_eq!(binding.attributes.key_id.get(), hmac.id);
+    // The nonce is exactly 64 bytes: any other length is refused before the
+    // attester is asked.
+    let asked = att.asked.len();
+    for len in [0, 1, 63] {
+        let resp = v.handle_with(V0, &attest_request_raw(hmac.id, &vec![1; len]), &mut att);
+        assert_eq!(attest_status(&resp), Status::Malformed, "{len}");
+    }
+    for len in [65, 256, 4096] {
+        let resp = v.handle_with(V0, &attest_request_raw(hmac.id, &vec![1; len]), &mut att);
+        assert_eq!(attest_status(&resp), Status::TooLarge, "{len}");
+    }
+    assert_eq!(att.asked.len(), asked);
 }
 
 #[test]
@@ -909,7 +935,7 @@ fn attest_key_checks_and_failures() {
         (V0, plain.id, Status::UsageNotPermitted),
     ];
     for (caller, key, status) in cases {
-        let resp = v.handle_with(caller, &attest_request(key, b"n"), &mut att);
+        let resp = v.handle_with(caller, &attest_request(key, &N), &mut att);
         assert_eq!(attest_status(&resp), status, "key {key}");
         assert!(Response::decode(&resp).unwrap().body.is_empty());
     }
@@ -918,7 +944,7 @@ fn attest_key_checks_and_failures() {
         "refused before the attester was asked"
     );
     // Without a platform attester (Vault::handle) or when it fails.
-    let resp = v.handle(v1(), &attest_request(good.id, b"n"));
+    let resp = v.handle(v1(), &attest_request(good.id, &N));
     assert_eq!(attest_status(&resp), Status::AttestationUnavailable);
     for e in [
         AttestError::Busy,
@@ -926,34 +952,21 @@ fn attest_key_checks_and_failures() {
         AttestError::Failed,
     ] {
         att.fail = Some(e);
-        let resp = v.handle_with(v1(), &attest_request(good.id, b"n"), &mut att);
+        let resp = v.handle_with(v1(), &attest_request(good.id, &N), &mut att);
         assert_eq!(attest_status(&resp), Status::AttestationUnavailable);
     }
-    // The typed API checks the nonce length the decoder also enforces.
     att.fail = None;
     let mut out = Vec::new();
-    assert_eq!(
-        v.attest_key(
-            V0,
-            good.id,
-            &[0; MAX_KEY_BINDING_NONCE + 1],
-            &mut att,
-            &mut out
-        ),
-        Err(Error::InvalidParameter)
-    );
-    assert!(v
-        .attest_key(V0, good.id, &[0; MAX_KEY_BINDING_NONCE], &mut att, &mut out)
-        .is_ok());
+    assert!(v.attest_key(V0, good.id, &N, &mut att, &mut out).is_ok());
     // Certificates that would overflow the response: TooLarge, nothing appended.
     att.cert_len = MAX_RESPONSE_SIZE;
     let mut out = Vec::new();
     assert_eq!(
-        v.attest_key(V0, good.id, b"n", &mut att, &mut out),
+        v.attest_key(V0, good.id, &N, &mut att, &mut out),
         Err(Error::TooLarge)
     );
     assert!(out.is_empty());
-    let resp = v.handle_with(V0, &attest_request(good.id, b"n"), &mut att);
+    let resp = v.handle_with(V0, &attest_request(good.id, &N), &mut att);
     assert_eq!(attest_status(&resp), Status::TooLarge);
 }
 
@@ -994,7 +1007,7 @@ fn manifest_lists_exactly_the_attestable_keys() {
         .unwrap();
     let bytes = v.manifest();
     let m = VhsmManifest::parse(&bytes).unwrap();
-    let keys: Vec<_> = m.keys().map(|(attr, spki)| (attr, spki.to_vec())).collect();
+    let keys: Vec<_> = m.keys().map(|k| (k.attributes, k.spki.to_vec())).collect();
     let spki_of = |id| {
         let mut out = Vec::new();
         v.public_key(V0, id, &mut out).unwrap();
@@ -1012,7 +1025,7 @@ fn manifest_lists_exactly_the_attestable_keys() {
     v.delete(V0, a.id).unwrap();
     let bytes = v.manifest();
     let m = VhsmManifest::parse(&bytes).unwrap();
-    let ids: Vec<u32> = m.keys().map(|(attr, _)| attr.key_id.get()).collect();
+    let ids: Vec<u32> = m.keys().map(|k| k.attributes.key_id.get()).collect();
     assert_eq!(ids, [b.id, c.id]);
 }
 

@@ -19,8 +19,8 @@ use core::fmt;
 
 use hkdf::Hkdf;
 use nitride_protocol::attest::{
-    KeyBinding, ManifestKeyHead, VhsmManifestHeader, MAX_KEY_BINDING_NONCE, VHSM_MANIFEST_MAGIC,
-    VHSM_MANIFEST_VERSION,
+    report_data, vhsm_manifest_len, write_vhsm_manifest, KeyBinding, ManifestKey, Nonce,
+    VhsmManifestHeader,
 };
 use nitride_protocol::svsm::VHSM_PROTOCOL_VERSION;
 use nitride_protocol::vhsm::{
@@ -28,9 +28,8 @@ use nitride_protocol::vhsm::{
     MAX_RANDOM_LEN,
 };
 use nitride_protocol::vhsm::{MAX_RESPONSE_SIZE, VERSION as WIRE_VERSION};
-use sha2::{Digest, Sha384, Sha512};
+use sha2::Sha384;
 use zerocopy::little_endian::{U16, U32};
-use zerocopy::IntoBytes;
 use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
@@ -589,82 +588,72 @@ impl<P: Platform> Vault<P> {
     }
 
     /// The vHSM's service manifest (`nitride_protocol::attest::VhsmManifest`
-    /// layout): the header, the vault identity key, then every key with
-    /// [`KeyUsage::ATTEST`] in id order, each as its attributes and SPKI DER (empty
-    /// for AES and HMAC keys). It lists every attestable key whatever VMPLs may use
-    /// it: attestable keys are public knowledge by design.
+    /// layout, written by `write_vhsm_manifest`): the header, the vault identity
+    /// key, then every key with [`KeyUsage::ATTEST`] in id order, each as its
+    /// attributes and SPKI DER (empty for AES and HMAC keys). It lists every
+    /// attestable key whatever VMPLs may use it: attestable keys are public
+    /// knowledge by design.
     pub fn manifest(&self) -> Vec<u8> {
-        let attestable = || {
-            self.keys
-                .iter()
-                .filter(|k| k.info.usage.contains(KeyUsage::ATTEST))
-        };
-        let mut keys = Vec::new();
-        let mut count = 0u32;
-        for key in attestable() {
+        // Keys are kept in id order (ids only grow, keys are appended).
+        let mut spkis: Vec<(KeyAttributes, Vec<u8>)> = Vec::new();
+        for key in self
+            .keys
+            .iter()
+            .filter(|k| k.info.usage.contains(KeyUsage::ATTEST))
+        {
             let mut spki = Vec::new();
             // Symmetric keys have no public half: an empty SPKI. Keys in the vault
-            // always encode; should one not, it is listed without its SPKI rather
-            // than dropped from the manifest.
+            // always encode; should one not, it is listed without its SPKI, which
+            // makes the manifest fail every verifier's check (fail closed).
             if key.material.public_part(&mut spki).is_err() {
                 spki.clear();
             }
-            let head = ManifestKeyHead {
-                attributes: key.info.to_wire(),
-                spki_len: U32::new(u32::try_from(spki.len()).unwrap_or(0)),
-            };
-            keys.extend_from_slice(head.as_bytes());
-            keys.extend_from_slice(&spki);
-            count = count.saturating_add(1);
+            spkis.push((key.info.to_wire(), spki));
         }
+        let keys = spkis.iter().map(|(attributes, spki)| ManifestKey {
+            attributes: *attributes,
+            spki,
+        });
         let header = VhsmManifestHeader {
-            magic: VHSM_MANIFEST_MAGIC,
-            manifest_version: U32::new(VHSM_MANIFEST_VERSION),
             protocol_version: U32::new(VHSM_PROTOCOL_VERSION),
             wire_version: U16::new(WIRE_VERSION),
-            reserved: U16::new(0),
-            key_count: U32::new(count),
-            identity_len: U32::new(u32::try_from(self.identity_spki.len()).unwrap_or(0)),
-            reserved2: U32::new(0),
+            ..VhsmManifestHeader::default()
         };
-        let mut out = Vec::with_capacity(
-            size_of::<VhsmManifestHeader>() + self.identity_spki.len() + keys.len(),
-        );
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(&self.identity_spki);
-        out.extend_from_slice(&keys);
+        // Under 12 KiB with the 64-key capacity: the length always fits, and the
+        // writer fails only on a wrong-sized buffer. Should it fail, the manifest is
+        // empty and no verifier accepts it.
+        let mut out =
+            alloc::vec![0u8; vhsm_manifest_len(&self.identity_spki, keys.clone()).unwrap_or(0)];
+        if write_vhsm_manifest(&header, &self.identity_spki, keys, &mut out).is_err() {
+            out.clear();
+        }
         out
     }
 
     /// `AttestKey`: a VMPL0 attestation report binding a key with ATTEST usage, its
-    /// attributes and `nonce` (at most [`MAX_KEY_BINDING_NONCE`] bytes). Appends
-    /// `bytes binding, bytes report, bytes certificates` to `out`, where `binding` is
-    /// the [`KeyBinding`] encoding and REPORT_DATA = SHA-512(binding).
+    /// attributes and the caller's 64-byte `nonce`. Appends `bytes binding, bytes
+    /// report, bytes certificates` to `out`, where `binding` is the [`KeyBinding`]
+    /// encoding and REPORT_DATA = SHA-512(binding)
+    /// (`nitride_protocol::attest::report_data::key_binding`).
     pub fn attest_key(
         &self,
         caller: Caller,
         key: u32,
-        nonce: &[u8],
+        nonce: &Nonce,
         attester: &mut dyn Attester,
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
         let key = self.usable(caller, key, KeyUsage::ATTEST)?;
-        if nonce.len() > MAX_KEY_BINDING_NONCE {
-            return Err(Error::InvalidParameter);
-        }
         let mut spki = Vec::new();
         key.material.public_part(&mut spki)?;
         let binding = KeyBinding {
-            attributes: key.info.to_wire(),
             nonce,
+            attributes: key.info.to_wire(),
             spki: &spki,
         };
         let mut encoded = alloc::vec![0u8; binding.encoded_len()];
-        binding
-            .write(&mut encoded)
+        let report_data = report_data::key_binding_of(&binding, &mut encoded)
             .map_err(|_| Error::InvalidParameter)?;
-        let mut report_data = [0u8; 64];
-        report_data.copy_from_slice(&Sha512::digest(&encoded));
         let evidence = attester
             .report(&report_data, true)
             .map_err(|_| Error::AttestationUnavailable)?;

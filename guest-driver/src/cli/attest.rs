@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use nitride_protocol::attest::{
-    ManifestTable, VhsmManifest, MAX_KEY_BINDING_NONCE, MAX_NONCE_SIZE, VHSM_SERVICE_GUID,
-    VTPM_SERVICE_GUID,
+    ManifestTable, Nonce, VhsmManifest, NONCE_SIZE, VHSM_SERVICE_GUID, VTPM_SERVICE_GUID,
 };
 use nitride_protocol::snp::{certs, guid, AttestationReport, CertKind, Guid};
 
@@ -89,18 +88,15 @@ pub fn guid_string(g: &Guid) -> String {
     )
 }
 
-fn nonce(p: &Parsed, max: usize) -> Result<Vec<u8>, CliError> {
-    let n = p
-        .value("--nonce")
-        .ok_or_else(|| CliError::Usage("--nonce HEX is required (a fresh challenge)".into()))?;
-    let v = hex::decode(n.trim()).map_err(|e| CliError::Usage(format!("--nonce: {e}")))?;
-    if v.len() > max {
-        return Err(CliError::Usage(format!(
-            "--nonce: {} bytes, at most {max}",
-            v.len()
-        )));
-    }
-    Ok(v)
+fn nonce(p: &Parsed) -> Result<Nonce, CliError> {
+    let n = p.value("--nonce").ok_or_else(|| {
+        CliError::Usage(format!(
+            "--nonce HEX is required: a fresh challenge of exactly {NONCE_SIZE} bytes \
+             ({} hex digits, e.g. `openssl rand -hex {NONCE_SIZE}`)",
+            2 * NONCE_SIZE
+        ))
+    })?;
+    super::parse_nonce(n)
 }
 
 fn out_dir(p: &Parsed) -> Result<PathBuf, CliError> {
@@ -159,10 +155,10 @@ fn vhsm_manifest_json(bytes: &[u8]) -> Value {
     match VhsmManifest::parse(bytes) {
         Ok(m) => json!({
             "identity_key": hex::encode(m.identity),
-            "keys": m.keys().map(|(a, spki)| json!({
-                "id": a.key_id.get(),
-                "label": String::from_utf8_lossy(a.label()),
-                "spki": hex::encode(spki),
+            "keys": m.keys().map(|k| json!({
+                "id": k.attributes.key_id.get(),
+                "label": String::from_utf8_lossy(k.attributes.label()),
+                "spki": hex::encode(k.spki),
             })).collect::<Vec<_>>(),
         }),
         Err(e) => json!({ "error": format!("{e:?}") }),
@@ -206,7 +202,7 @@ fn print(p: &Parsed, v: &Value, out: &mut dyn Write) -> Result<(), CliError> {
 }
 
 fn attest_services(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let nonce = nonce(p, MAX_NONCE_SIZE as usize)?;
+    let nonce = nonce(p)?;
     let service = p
         .value("--service")
         .map(|s| {
@@ -254,7 +250,7 @@ fn attest_services(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
     let v = json!({
         "dir": dir.display().to_string(),
         "files": files,
-        "nonce": hex::encode(&nonce),
+        "nonce": hex::encode(nonce),
         "report": report_summary(&ev.report),
         "manifest": manifest_json(&ev.manifest, service),
         "retried_with_larger_buffers": ev.retried,
@@ -264,7 +260,7 @@ fn attest_services(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
 
 fn attest_key(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
     let id = key_id(p, 0)?;
-    let nonce = nonce(p, MAX_KEY_BINDING_NONCE)?;
+    let nonce = nonce(p)?;
     let dir = out_dir(p)?;
     let ev = connect(p)?.attest_key(id, &nonce).map_err(vhsm)?;
     write_file(&dir, "report.bin", &ev.report)?;
