@@ -23,8 +23,8 @@ use nitride_protocol::snp::Generation;
 use nitride_protocol::svsm::{secrets, ResultCode};
 use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet};
 use nitride_tests::{
-    dev_anchors, dev_chain_dir, endorsement_key, images, start_relay, RelayClient, VhsmClient,
-    VhsmError,
+    boot_guest, dev_anchors, dev_chain_dir, endorsement_key, expect, images, start_relay,
+    Outcome, RelayClient, VhsmClient, VhsmError,
 };
 
 /// The launch measurement of the production SVSM with the relay guest, as the
@@ -439,4 +439,37 @@ fn cli_attest_then_verify() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("policy key binding: nonce"), "{err}");
+}
+
+/// The test guest plays a hostile guest OS against the firmware (`mode=forgery`,
+/// `tests/guest/src/forgery.rs`): the long-nonce services and single-service
+/// forgeries and the key binding made from a protocol-1 report are refused with
+/// INVALID_PARAMETER and nothing written; so is every nonce length but 64; a
+/// binding-shaped 64-byte nonce gives evidence that reads as a services
+/// attestation only.
+#[test]
+fn firmware_refuses_the_guest_forgeries() {
+    let out = boot_guest("forgery");
+    for check in [
+        "genuine-services",
+        "forged-services-refused",
+        "forged-single-service-refused",
+        "forged-binding-refused",
+        "binding-shaped-nonce-reads-as-services",
+        "other-nonce-length-refused",
+        "genuine-after",
+    ] {
+        expect(
+            &out,
+            out.guest_lines()
+                .any(|l| l.contains(&format!("CHECK {check}:")) && l.ends_with("... ok")),
+            check,
+        );
+    }
+    expect(
+        &out,
+        !out.guest_lines().any(|l| l.ends_with("... FAIL")),
+        "a check failed",
+    );
+    expect(&out, out.outcome() == Outcome::GuestPass, "guest did not pass");
 }

@@ -19,6 +19,8 @@ use nitride_protocol::svsm::{
 use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet, MAX_REQUEST_SIZE};
 use nitride_test_guest::{cmdline, exit_qemu, say};
 
+mod forgery;
+
 /// A page the guest moves its calling area to.
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
@@ -664,6 +666,7 @@ extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
         "vhsm" => vhsm_sequence(&info),
         "bench-vhsm" => bench_vhsm(&info),
         "bench-attest" => bench_attest(&info),
+        "forgery" => forgery::run(&info),
         "load" => {
             let count = cmd
                 .split_ascii_whitespace()
