@@ -175,20 +175,18 @@ pub fn signed_report(dir: &Path, vmpl: u32, report_data: [u8; 64]) -> Vec<u8> {
         | (u64::from(TCB.3) << 56);
     r.reported_tcb = U64::new(tcb);
     r.current_tcb = U64::new(tcb);
-    std::fs::write(dir.join("signed.bin"), r.signed_bytes()).unwrap();
+    // Unique names: tests of one binary sign in parallel in the same directory.
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (signed, sig) = (format!("signed-{n}.bin"), format!("sig-{n}.der"));
+    std::fs::write(dir.join(&signed), r.signed_bytes()).unwrap();
     openssl(
         dir,
         &[
-            "dgst",
-            "-sha384",
-            "-sign",
-            "vcek.key",
-            "-out",
-            "sig.der",
-            "signed.bin",
+            "dgst", "-sha384", "-sign", "vcek.key", "-out", &sig, &signed,
         ],
     );
-    let sig = std::fs::read(dir.join("sig.der")).unwrap();
+    let sig = std::fs::read(dir.join(&sig)).unwrap();
     assert_eq!(sig[0], 0x30);
     let (rv, rest) = der_int(&sig[2..]);
     let (sv, _) = der_int(rest);
