@@ -1,43 +1,69 @@
-//! The `nitride` command line (feature `std`).
+//! The `nitride` command line (feature `std`), on clap's derive API.
 //!
-//! `nitride GROUP COMMAND [ARGS]`. Groups are a table ([`GROUPS`]) so later issues
-//! can add `key`, `sign`, `attest`, ... next to `report`. Argument parsing is
-//! hand-written: flags are `--name VALUE` or `--name`, anything else is positional.
+//! `nitride COMMAND [ARGS]` or `nitride GROUP COMMAND [ARGS]`: the vHSM commands
+//! ([`vhsm`]: `key ...`, `sign`, `verify`, `encrypt`, ...), attestation evidence
+//! ([`attest`]), report decoding and verification ([`report`]) and `completions`.
+//! Every value is typed and checked at parse time ([`values`]); every command
+//! answers `--help`; `nitride --version` names the protocol versions spoken.
 //!
-//! Exit codes: 0 success / valid, 1 rejected or I/O failure, 2 usage error.
+//! Exit codes: 0 success / valid, 1 refused, rejected or I/O failure, 2 usage error.
+//! With `--json`, stdout carries exactly one JSON document: the result, the verdict
+//! (`report verify`, rejected or not) or an error object (see [`error_json`] and
+//! `docs/cli.md`); the human-readable message still goes to stderr.
 #![forbid(unsafe_code)]
 
-use std::fmt::Write as _;
+use std::ffi::OsString;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::LazyLock;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use nitride_protocol::snp::{AttestationReport, Generation, Tcb, TcbLayout};
+use nitride_protocol::vhsm::Status;
 
-use crate::verify::{
-    verify, AppraisalPolicy, Error as RejectError, RootUsed, TrustAnchors, VerifiedReport,
-    VerifyError,
-};
+use crate::verify::Error as RejectError;
 
 mod attest;
+mod report;
+pub mod values;
 mod vhsm;
 
 pub use attest::{guid_string, parse_guid};
+pub use report::{report_json, DEFAULT_DEV_CHAIN_DIR};
+pub use vhsm::DEFAULT_SOCKET;
 
 /// Why a command did not succeed.
 #[derive(Debug)]
 pub enum CliError {
-    /// Bad command line; the message includes the usage.
-    Usage(String),
-    /// A file could not be read, or an input is not what it should be.
+    /// Bad command line (clap's error: message, usage, suggestion).
+    Usage(Box<clap::Error>),
+    /// A file could not be read or written, or an input is not what it should be.
     Input(String),
-    /// The report was rejected.
+    /// The report was rejected (the verdict is already in the output).
     Rejected(RejectError),
-    /// The vHSM refused or could not be reached.
+    /// The vHSM refused an operation: the status and what it was about.
+    Refused(Refusal),
+    /// The vHSM checked a signature and it does not verify (the answer is already
+    /// in the output with `--json`).
+    SignatureInvalid,
+    /// The vHSM could not be reached or answered something unreadable.
     Vhsm(String),
     /// The SVSM refused a non-vHSM request (attestation) or could not be reached.
     Svsm(String),
+}
+
+/// A vHSM refusal explained: the status the vault answered, the keys the request
+/// named, and a sentence naming the object or the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What the vault answered.
+    pub status: Status,
+    /// The keys the request named.
+    pub keys: Vec<u32>,
+    /// The explanation.
+    pub message: String,
 }
 
 impl CliError {
@@ -45,220 +71,279 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Usage(_) => 2,
-            Self::Input(_) | Self::Rejected(_) | Self::Vhsm(_) | Self::Svsm(_) => 1,
+            Self::Input(_)
+            | Self::Rejected(_)
+            | Self::Refused(_)
+            | Self::SignatureInvalid
+            | Self::Vhsm(_)
+            | Self::Svsm(_) => 1,
         }
+    }
+
+    /// The error's kind as named in the JSON error object.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Usage(_) => "usage",
+            Self::Input(_) => "input",
+            Self::Rejected(_) => "rejected",
+            Self::Refused(_) => "refused",
+            Self::SignatureInvalid => "signature_invalid",
+            Self::Vhsm(_) => "vhsm",
+            Self::Svsm(_) => "svsm",
+        }
+    }
+
+    /// Whether the command already wrote its answer to stdout (a rejected verdict,
+    /// `{"valid": false}`): then no JSON error object follows it.
+    fn answered(&self) -> bool {
+        matches!(self, Self::Rejected(_) | Self::SignatureInvalid)
+    }
+}
+
+impl From<clap::Error> for CliError {
+    fn from(e: clap::Error) -> Self {
+        Self::Usage(Box::new(e))
     }
 }
 
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Usage(m) | Self::Input(m) => f.write_str(m),
+            // clap's rendering, without colour: "error: ...", usage, hint.
+            Self::Usage(e) => write!(f, "{e}"),
+            Self::Input(m) => f.write_str(m),
             Self::Rejected(e) => write!(f, "rejected: {e}"),
+            Self::Refused(r) => write!(f, "vHSM: refused: {} ({:?})", r.message, r.status),
+            Self::SignatureInvalid => f.write_str("vHSM: signature invalid"),
             Self::Vhsm(m) => write!(f, "vHSM: {m}"),
             Self::Svsm(m) => write!(f, "SVSM: {m}"),
         }
     }
 }
 
-type CmdFn = fn(&Parsed, &mut dyn Write) -> Result<(), CliError>;
+/// The one-line version: the tool's and the protocols' versions.
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    use nitride_protocol::{attest, svsm, vhsm};
+    format!(
+        "{} (SVSM core protocol {}, attestation protocol {}, vHSM protocol {} wire version {})",
+        env!("CARGO_PKG_VERSION"),
+        svsm::CORE_PROTOCOL_VERSION,
+        attest::ATTEST_PROTOCOL_VERSION,
+        svsm::VHSM_PROTOCOL_VERSION,
+        vhsm::VERSION,
+    )
+});
 
-/// One command of a group.
-#[derive(Debug)]
-pub struct Command {
-    /// Name.
-    pub name: &'static str,
-    /// Usage line after `nitride GROUP NAME`.
-    pub usage: &'static str,
-    /// Flags taking a value.
-    pub value_flags: &'static [&'static str],
-    /// Flags without a value.
-    pub bool_flags: &'static [&'static str],
-    /// Fewest and most positional arguments.
-    pub positionals: (usize, usize),
-    run: CmdFn,
-}
-
-/// A group of commands.
-#[derive(Debug)]
-pub struct Group {
-    /// Name.
-    pub name: &'static str,
-    /// One-line description.
-    pub about: &'static str,
-    /// Its commands.
-    pub commands: &'static [Command],
-}
-
-/// All command groups. A group whose only command has an empty name is a
-/// top-level command (`nitride sign ...`).
-pub const GROUPS: &[Group] = &[
-    vhsm::KEY,
-    vhsm::SIGN,
-    vhsm::VERIFY,
-    vhsm::ENCRYPT,
-    vhsm::DECRYPT,
-    vhsm::WRAP,
-    vhsm::UNWRAP,
-    vhsm::DERIVE,
-    vhsm::RANDOM,
-    vhsm::AUDIT,
-    attest::ATTEST,
-    Group {
-        name: "report",
-        about: "decode and verify SEV-SNP attestation reports",
-        commands: &[
-            Command {
-                name: "show",
-                usage: "FILE [--json]",
-                value_flags: &[],
-                bool_flags: &["--json"],
-                positionals: (1, 1),
-                run: report_show,
-            },
-            Command {
-                name: "verify",
-                usage: "[FILE] (--vcek CERT | --certs TABLE | -d DIR) [--roots DIR] \
-                    [--trust-dev-root DIR] [--expect-vmpl N] \
-                    [--report-data HEX | --nonce HEX --manifest FILE | --key-binding FILE [--nonce HEX]] \
-                    [--measurement HEX]... [--allow-debug] [--json]",
-                value_flags: &[
-                    "--vcek",
-                    "--certs",
-                    "-d",
-                    "--dir",
-                    "--roots",
-                    "--trust-dev-root",
-                    "--expect-vmpl",
-                    "--vmpl",
-                    "--report-data",
-                    "--nonce",
-                    "--manifest",
-                    "--key-binding",
-                    "--measurement",
-                ],
-                bool_flags: &["--allow-debug", "--json"],
-                positionals: (0, 1),
-                run: report_verify,
-            },
-        ],
-    },
-];
-
-fn usage() -> String {
-    let mut s = String::from("usage: nitride GROUP COMMAND [ARGS]\n");
-    for g in GROUPS {
-        let _ = writeln!(s, "\n  {} — {}", g.name, g.about);
-        for c in g.commands {
-            let line = format!("nitride {} {} {}", g.name, c.name, c.usage);
-            let _ = writeln!(
-                s,
-                "    {}",
-                line.split_whitespace().collect::<Vec<_>>().join(" ")
-            );
-        }
+/// `--version`: the tool's version and every protocol version it speaks.
+static LONG_VERSION: LazyLock<String> = LazyLock::new(|| {
+    use nitride_protocol::{attest, snp, svsm, vhsm};
+    let reports: Vec<String> = snp::report::SUPPORTED_VERSIONS
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    let rows = [
+        (
+            format!("SVSM core protocol ({})", svsm::protocol::CORE),
+            format!("version {}", svsm::CORE_PROTOCOL_VERSION),
+        ),
+        (
+            format!(
+                "SVSM attestation protocol ({})",
+                svsm::protocol::ATTESTATION
+            ),
+            format!("version {}", attest::ATTEST_PROTOCOL_VERSION),
+        ),
+        (
+            format!("vHSM protocol ({:#x})", svsm::protocol::VHSM),
+            format!(
+                "version {}, message wire version {}",
+                svsm::VHSM_PROTOCOL_VERSION,
+                vhsm::VERSION
+            ),
+        ),
+        (
+            "vHSM attestation manifest".to_string(),
+            format!("version {}", attest::VHSM_MANIFEST_VERSION),
+        ),
+        (
+            "SEV-SNP attestation reports".to_string(),
+            format!("versions {}", reports.join(", ")),
+        ),
+    ];
+    let mut s = format!("{}\nprotocols:", env!("CARGO_PKG_VERSION"));
+    for (name, version) in rows {
+        s.push_str(&format!("\n  {name:<34} {version}"));
     }
     s
+});
+
+const TOP_AFTER_HELP: &str = "\
+Exit status: 0 success (or a valid report), 1 refused, rejected or failed, 2 usage error.
+
+The vHSM commands reach the firmware through the relay guest's socket: --socket PATH,
+else $NITRIDE_SOCKET, else target/nitride-up/vhsm.sock (where `cargo xtask up` puts it).
+
+Examples:
+  nitride key generate --type ecdsa-p384 --label release-signing
+  nitride sign 1 --in release.tar --out release.sig
+  nitride report verify -d evidence --nonce $NONCE --manifest evidence/manifest.bin
+  nitride completions bash > ~/.local/share/bash-completion/completions/nitride";
+
+/// `nitride`: use the Nitride vHSM and check SEV-SNP attestation evidence.
+#[derive(Debug, Parser)]
+#[command(
+    name = "nitride",
+    about = "Use the Nitride vHSM and check SEV-SNP attestation evidence",
+    long_about = "Use the Nitride vHSM (keys held by the SVSM at VMPL0 of an SEV-SNP guest) \
+                  and check SEV-SNP attestation evidence.\n\n\
+                  Every command has its own help: `nitride COMMAND --help`.",
+    after_help = TOP_AFTER_HELP,
+    subcommand_required = true,
+    arg_required_else_help = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Cmd,
 }
 
-/// Parsed arguments of one command.
-#[derive(Debug, Default)]
-pub struct Parsed {
-    positionals: Vec<String>,
-    values: Vec<(&'static str, String)>,
-    flags: Vec<&'static str>,
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Manage keys in the vHSM: generate, import, list, inspect, delete, public keys
+    #[command(
+        subcommand,
+        subcommand_required = true,
+        arg_required_else_help = true,
+        after_help = vhsm::KEY_EXAMPLES
+    )]
+    Key(vhsm::KeyCmd),
+    /// Sign data with a vHSM key
+    #[command(after_help = vhsm::SIGN_EXAMPLES)]
+    Sign(vhsm::SignArgs),
+    /// Verify a signature with a vHSM key
+    #[command(after_help = vhsm::VERIFY_EXAMPLES)]
+    Verify(vhsm::VerifyArgs),
+    /// Encrypt with AES-256-GCM (output: nonce || ciphertext || tag)
+    #[command(after_help = vhsm::ENCRYPT_EXAMPLES)]
+    Encrypt(vhsm::CryptArgs),
+    /// Decrypt what `nitride encrypt` produced
+    #[command(after_help = vhsm::DECRYPT_EXAMPLES)]
+    Decrypt(vhsm::CryptArgs),
+    /// Export an exportable key wrapped (RFC 5649) under a vHSM key
+    #[command(after_help = vhsm::WRAP_EXAMPLES)]
+    Wrap(vhsm::WrapArgs),
+    /// Import a key wrapped (RFC 5649) under a vHSM key
+    #[command(after_help = vhsm::UNWRAP_EXAMPLES)]
+    Unwrap(vhsm::UnwrapArgs),
+    /// Derive a new key from a vHSM key with HKDF-SHA-384
+    #[command(after_help = vhsm::DERIVE_EXAMPLES)]
+    Derive(vhsm::DeriveArgs),
+    /// Random bytes from the vHSM's DRBG
+    #[command(after_help = vhsm::RANDOM_EXAMPLES)]
+    Random(vhsm::RandomArgs),
+    /// Read the vHSM's audit log
+    #[command(after_help = vhsm::AUDIT_EXAMPLES)]
+    Audit(vhsm::AuditArgs),
+    /// Fetch attestation evidence from the running firmware (SVSM attestation, AttestKey)
+    #[command(
+        subcommand,
+        subcommand_required = true,
+        arg_required_else_help = true,
+        after_help = attest::ATTEST_EXAMPLES
+    )]
+    Attest(attest::AttestCmd),
+    /// Decode and verify SEV-SNP attestation reports
+    #[command(
+        subcommand,
+        subcommand_required = true,
+        arg_required_else_help = true,
+        after_help = report::REPORT_EXAMPLES
+    )]
+    Report(report::ReportCmd),
+    /// Print a shell completion script for nitride
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
 }
 
-impl Parsed {
-    fn parse(cmd: &Command, group: &str, args: &[String]) -> Result<Self, CliError> {
-        let bad = |m: String| {
-            CliError::Usage(format!(
-                "{m}\nusage: nitride {group} {} {}",
-                cmd.name, cmd.usage
-            ))
-        };
-        let mut p = Parsed::default();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if let Some(f) = cmd.value_flags.iter().find(|f| **f == a) {
-                let v = it.next().ok_or_else(|| bad(format!("{a} needs a value")))?;
-                p.values.push((f, v.clone()));
-            } else if let Some(f) = cmd.bool_flags.iter().find(|f| **f == a) {
-                p.flags.push(f);
-            } else if a.starts_with("--") {
-                return Err(bad(format!("unknown option {a}")));
-            } else {
-                p.positionals.push(a.clone());
-            }
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  nitride completions bash > ~/.local/share/bash-completion/completions/nitride
+  nitride completions zsh > ~/.zfunc/_nitride      # with fpath+=(~/.zfunc) in ~/.zshrc
+  nitride completions fish > ~/.config/fish/completions/nitride.fish";
+
+/// `nitride completions SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The `nitride` command as clap sees it (with the version lines): for `--help`,
+/// completions and man pages.
+pub fn command() -> clap::Command {
+    Cli::command()
+        .version(VERSION.as_str())
+        .long_version(LONG_VERSION.as_str())
+}
+
+/// Parse `args` (without the program name).
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv = std::iter::once(OsString::from("nitride")).chain(args.into_iter().map(Into::into));
+    let matches = command().try_get_matches_from(argv)?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// A usage error found after parsing (a combination clap cannot express), rendered
+/// like clap's own with the usage of the command at `path`.
+pub(crate) fn usage_error(path: &[&str], kind: ErrorKind, message: String) -> CliError {
+    let mut cmd = command();
+    cmd.build();
+    for name in path {
+        match cmd.find_subcommand(name) {
+            Some(sub) => cmd = sub.clone(),
+            None => break,
         }
-        let (min, max) = cmd.positionals;
-        if !(min..=max).contains(&p.positionals.len()) {
-            return Err(bad(format!(
-                "expected {} argument(s), got {}",
-                if min == max {
-                    min.to_string()
-                } else {
-                    format!("{min} to {max}")
-                },
-                p.positionals.len()
-            )));
+    }
+    CliError::from(cmd.error(kind, message))
+}
+
+/// Run a parsed command, writing its output to `out`.
+pub fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    match cli.command {
+        Cmd::Key(c) => vhsm::key(c, out),
+        Cmd::Sign(a) => vhsm::sign(&a, out),
+        Cmd::Verify(a) => vhsm::verify(&a, out),
+        Cmd::Encrypt(a) => vhsm::encrypt(&a, out),
+        Cmd::Decrypt(a) => vhsm::decrypt(&a, out),
+        Cmd::Wrap(a) => vhsm::wrap(&a, out),
+        Cmd::Unwrap(a) => vhsm::unwrap(&a, out),
+        Cmd::Derive(a) => vhsm::derive(&a, out),
+        Cmd::Random(a) => vhsm::random(&a, out),
+        Cmd::Audit(a) => vhsm::audit(&a, out),
+        Cmd::Attest(c) => attest::run(c, out),
+        Cmd::Report(c) => report::run(c, out),
+        Cmd::Completions(a) => {
+            clap_complete::generate(a.shell, &mut command(), "nitride", out);
+            Ok(())
         }
-        Ok(p)
-    }
-
-    fn value(&self, flag: &str) -> Option<&str> {
-        self.values
-            .iter()
-            .rev()
-            .find(|(f, _)| *f == flag)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn all<'a>(&'a self, flag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.values
-            .iter()
-            .filter(move |(f, _)| *f == flag)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn flag(&self, flag: &str) -> bool {
-        self.flags.contains(&flag)
-    }
-
-    fn positional(&self, i: usize) -> Option<&str> {
-        self.positionals.get(i).map(String::as_str)
-    }
-
-    fn file(&self) -> &str {
-        self.positionals
-            .first()
-            .map(String::as_str)
-            .unwrap_or_default()
     }
 }
 
-/// Run `nitride` with `args` (without the program name), writing to `out`.
+/// Run `nitride` with `args` (without the program name), writing to `out`. Help
+/// and version requests write their text (without colour) to `out` and succeed.
 pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
-    let (group, rest) = match args {
-        [g, rest @ ..] if g != "-h" && g != "--help" => (g, rest),
-        _ => return Err(CliError::Usage(usage())),
-    };
-    let g = GROUPS
-        .iter()
-        .find(|x| x.name == group)
-        .ok_or_else(|| CliError::Usage(format!("unknown group {group}\n{}", usage())))?;
-    let (c, rest) = match (g.commands, rest) {
-        ([only], _) if only.name.is_empty() => (only, rest),
-        (_, [cmd, rest @ ..]) => {
-            let c = g.commands.iter().find(|x| x.name == cmd).ok_or_else(|| {
-                CliError::Usage(format!("unknown command {group} {cmd}\n{}", usage()))
-            })?;
-            (c, rest)
-        }
-        (_, []) => return Err(CliError::Usage(usage())),
-    };
-    let parsed = Parsed::parse(c, group, rest)?;
-    (c.run)(&parsed, out)
+    match parse(args) {
+        Ok(cli) => execute(cli, out),
+        Err(e) if e.exit_code() == 0 => write!(out, "{e}").map_err(io),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Run `nitride ARGS --socket SOCKET` in-process, capturing what it writes: for
@@ -272,18 +357,134 @@ pub fn run_with_socket(socket: &Path, args: &[&str]) -> (Result<(), CliError>, V
     (result, out)
 }
 
-/// Entry point for the binary: runs, prints errors to stderr, returns the exit code.
+/// Whether the command line asks for JSON output (looked up in the raw arguments,
+/// so that a command line that does not parse still gets a JSON error).
+fn wants_json(args: &[String]) -> bool {
+    args.iter()
+        .take_while(|a| a.as_str() != "--")
+        .any(|a| a == "--json")
+}
+
+fn usage_kind(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => "invalid_value",
+        ErrorKind::UnknownArgument => "unknown_argument",
+        ErrorKind::InvalidSubcommand => "unknown_command",
+        ErrorKind::NoEquals => "no_equals",
+        ErrorKind::TooManyValues | ErrorKind::TooFewValues | ErrorKind::WrongNumberOfValues => {
+            "wrong_number_of_values"
+        }
+        ErrorKind::ArgumentConflict => "argument_conflict",
+        ErrorKind::MissingRequiredArgument => "missing_argument",
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            "missing_command"
+        }
+        ErrorKind::InvalidUtf8 => "invalid_utf8",
+        _ => "other",
+    }
+}
+
+fn context_string(e: &clap::Error, kind: ContextKind) -> Option<Value> {
+    match e.get(kind)? {
+        ContextValue::String(s) => Some(s.clone().into()),
+        ContextValue::Strings(v) => Some(v.clone().into()),
+        ContextValue::StyledStr(s) => Some(s.to_string().trim().to_string().into()),
+        ContextValue::StyledStrs(v) => Some(
+            v.iter()
+                .map(|s| s.to_string().trim().to_string())
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        ContextValue::Number(n) => Some((*n).into()),
+        _ => None,
+    }
+}
+
+/// The JSON error object printed on stdout with `--json`:
+///
+/// ```json
+/// {"error": {"kind": "usage" | "input" | "refused" | "vhsm" | "svsm",
+///            "exit_code": 2,
+///            "message": "the error in one line",
+///            ...}}
+/// ```
+///
+/// Usage errors add `usage_error` (`unknown_command`, `unknown_argument`,
+/// `invalid_value`, `missing_argument`, `argument_conflict`, `missing_command`,
+/// `wrong_number_of_values`, `other`), `argument`, `value`, `suggestion` and `usage`
+/// when known; refusals add `status` (the vHSM status) and `keys` (the keys the
+/// request named).
+pub fn error_json(e: &CliError) -> Value {
+    let mut v = json!({
+        "kind": e.kind(),
+        "exit_code": e.exit_code(),
+    });
+    match e {
+        CliError::Usage(c) => {
+            let text = c.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            v["message"] = first.strip_prefix("error: ").unwrap_or(first).into();
+            v["usage_error"] = usage_kind(c.kind()).into();
+            for (key, kind) in [
+                ("argument", ContextKind::InvalidArg),
+                ("value", ContextKind::InvalidValue),
+                ("command", ContextKind::InvalidSubcommand),
+                ("suggestion", ContextKind::SuggestedArg),
+                ("suggestion", ContextKind::SuggestedSubcommand),
+                ("suggestion", ContextKind::SuggestedValue),
+                ("prior_argument", ContextKind::PriorArg),
+                ("valid_values", ContextKind::ValidValue),
+            ] {
+                if let Some(x) = context_string(c, kind) {
+                    v[key] = x;
+                }
+            }
+            if let Some(usage) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Usage: "))
+                .map(str::to_string)
+            {
+                v["usage"] = usage.into();
+            }
+        }
+        CliError::Refused(r) => {
+            v["message"] = r.message.clone().into();
+            v["status"] = format!("{:?}", r.status).into();
+            v["keys"] = r.keys.clone().into();
+        }
+        other => v["message"] = other.to_string().into(),
+    }
+    json!({ "error": v })
+}
+
+/// Entry point for the binary: runs, prints errors to stderr (and as JSON on stdout
+/// with `--json`), returns the exit code.
 pub fn main_with_args(args: &[String]) -> i32 {
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    match run(args, &mut out) {
-        Ok(()) => 0,
-        Err(e) => {
-            let _ = out.flush();
-            eprintln!("nitride: {e}");
-            e.exit_code()
+    let json = wants_json(args);
+    let result = match parse(args) {
+        Ok(cli) => execute(cli, &mut stdout.lock()),
+        // --help and --version: clap prints them (coloured on a terminal).
+        Err(e) if e.exit_code() == 0 => {
+            let _ = e.print();
+            return 0;
         }
+        Err(e) => Err(e.into()),
+    };
+    let Err(e) = result else { return 0 };
+    let mut out = stdout.lock();
+    let _ = out.flush();
+    if json && !e.answered() {
+        let _ = writeln!(out, "{:#}", error_json(&e));
+        let _ = out.flush();
     }
+    match &e {
+        CliError::Usage(c) => {
+            let _ = c.print();
+        }
+        other => eprintln!("nitride: {other}"),
+    }
+    e.exit_code()
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, CliError> {
@@ -294,88 +495,7 @@ fn io(e: std::io::Error) -> CliError {
     CliError::Input(format!("writing output: {e}"))
 }
 
-/// A `--nonce` value: exactly `attest::NONCE_SIZE` (64) bytes in hex.
-fn parse_nonce(s: &str) -> Result<nitride_protocol::attest::Nonce, CliError> {
-    parse_hex("--nonce", s)
-}
-
-fn parse_hex<const N: usize>(flag: &str, s: &str) -> Result<[u8; N], CliError> {
-    let v = hex::decode(s.trim()).map_err(|e| CliError::Usage(format!("{flag}: {e}")))?;
-    v.try_into().map_err(|v: Vec<u8>| {
-        CliError::Usage(format!(
-            "{flag}: {} bytes, expected exactly {N} ({} hex digits)",
-            v.len(),
-            2 * N
-        ))
-    })
-}
-
-fn tcb_json(t: &Tcb) -> Value {
-    let mut v = json!({
-        "bootloader": t.bootloader, "tee": t.tee, "snp": t.snp, "microcode": t.microcode,
-    });
-    if let Some(fmc) = t.fmc {
-        v["fmc"] = fmc.into();
-    }
-    v
-}
-
-/// Every decoded field of a report, as JSON (names as in the vectors' expected.json).
-pub fn report_json(
-    r: &AttestationReport,
-    layout: TcbLayout,
-    generation: Option<Generation>,
-) -> Value {
-    let policy = r.policy();
-    let pi = r.platform_info();
-    let si = r.signer_info();
-    let ver = |(a, b, c): (u8, u8, u8)| format!("{a}.{b}.{c}");
-    json!({
-        "version": r.version.get(),
-        "guest_svn": r.guest_svn.get(),
-        "policy": format!("{:#x}", policy.0),
-        "policy_decoded": {
-            "abi_major": policy.abi_major(), "abi_minor": policy.abi_minor(),
-            "smt": policy.smt(), "reserved_must_be_one": policy.reserved_must_be_one(),
-            "migrate_ma": policy.migrate_ma(), "debug": policy.debug(),
-            "single_socket": policy.single_socket(),
-        },
-        "family_id": hex::encode(r.family_id),
-        "image_id": hex::encode(r.image_id),
-        "vmpl": r.vmpl.get(),
-        "signature_algo": r.signature_algo.get(),
-        "platform_info": format!("{:#x}", pi.0),
-        "platform_info_decoded": {
-            "smt_enabled": pi.smt_enabled(), "tsme_enabled": pi.tsme_enabled(),
-            "ecc_enabled": pi.ecc_enabled(), "rapl_disabled": pi.rapl_disabled(),
-            "ciphertext_hiding_enabled": pi.ciphertext_hiding_enabled(),
-        },
-        "signing_key": si.signing_key().to_string(),
-        "mask_chip_key": si.mask_chip_key(),
-        "author_key_en": si.author_key_en(),
-        "report_data": hex::encode(r.report_data),
-        "measurement": hex::encode(r.measurement),
-        "host_data": hex::encode(r.host_data),
-        "id_key_digest": hex::encode(r.id_key_digest),
-        "author_key_digest": hex::encode(r.author_key_digest),
-        "report_id": hex::encode(r.report_id),
-        "report_id_ma": hex::encode(r.report_id_ma),
-        "chip_id": hex::encode(r.chip_id),
-        "tcb_layout": match layout { TcbLayout::Turin => "turin", TcbLayout::MilanGenoa => "milan/genoa" },
-        "current_tcb": tcb_json(&r.current_tcb(layout)),
-        "reported_tcb": tcb_json(&r.reported_tcb(layout)),
-        "committed_tcb": tcb_json(&r.committed_tcb(layout)),
-        "launch_tcb": tcb_json(&r.launch_tcb(layout)),
-        "cpuid_fam_mod_step": r.cpuid().map(|(f, m, s)| json!([f, m, s])),
-        "generation": generation.map(Generation::name),
-        "current_version": ver(r.current_version()),
-        "committed_version": ver(r.committed_version()),
-        "mit_vectors": r.mit_vectors().map(|(l, c)| json!({"launch": l, "current": c})),
-        "signature_r": hex::encode(r.signature.r),
-        "signature_s": hex::encode(r.signature.s),
-    })
-}
-
+/// Print `v` as indented `key: value` lines (objects nested), the verdict first.
 fn write_text(v: &Value, out: &mut dyn Write, indent: usize) -> Result<(), CliError> {
     if let Value::Object(map) = v {
         // The verdict, when there is one, comes first.
@@ -398,319 +518,26 @@ fn write_text(v: &Value, out: &mut dyn Write, indent: usize) -> Result<(), CliEr
     Ok(())
 }
 
-fn report_show(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let bytes = read(Path::new(p.file()), "report")?;
-    let r = AttestationReport::from_bytes(&bytes).map_err(|e| CliError::Input(e.to_string()))?;
-    let v = report_json(r, r.tcb_layout(), r.generation());
-    if p.flag("--json") {
-        writeln!(out, "{v:#}").map_err(io)?;
-    } else {
-        write_text(&v, out, 0)?;
-        if r.generation().is_none() {
-            writeln!(out, "note: generation not in the report (v2 without Turin CHIP_ID): TCB decoded as Milan/Genoa")
-                .map_err(io)?;
-        }
-    }
-    Ok(())
-}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
 
-fn anchors_from_dir(dir: &Path) -> Result<TrustAnchors, CliError> {
-    let mut a = TrustAnchors::empty();
-    let mut found = 0;
-    for g in Generation::ALL {
-        let path = |kind: &str| dir.join(format!("{}-{kind}.pem", g.name()));
-        let ark = path("ark");
-        if !ark.is_file() {
-            continue;
-        }
-        let opt = |p: PathBuf| {
-            if p.is_file() {
-                read(&p, "root").map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        let (ask, asvk) = (opt(path("ask"))?, opt(path("asvk"))?);
-        a.add_amd(g, &read(&ark, "root")?, ask.as_deref(), asvk.as_deref())
-            .map_err(|e| CliError::Input(format!("{}: {e}", ark.display())))?;
-        found += 1;
+    #[test]
+    fn clap_definition_is_consistent() {
+        command().debug_assert();
     }
-    if found == 0 {
-        return Err(CliError::Input(format!(
-            "--roots {}: no {{milan,genoa,turin}}-ark.pem found",
-            dir.display()
-        )));
-    }
-    Ok(a)
-}
 
-/// The VMPL required: `--expect-vmpl`/`--vmpl`, else 0 when the report must bind
-/// SVSM evidence (`--manifest` or `--key-binding`: the SVSM asks for those reports at
-/// VMPL 0, and a report the guest OS asked for must not pass), else none.
-fn expected_vmpl(p: &Parsed) -> Result<Option<u32>, CliError> {
-    let given = p.value("--expect-vmpl").or_else(|| p.value("--vmpl"));
-    match given {
-        Some(v) => v
-            .parse::<u32>()
-            .map(Some)
-            .map_err(|e| CliError::Usage(format!("--expect-vmpl {v}: {e}"))),
-        None if p.value("--manifest").is_some() || p.value("--key-binding").is_some() => {
-            Ok(Some(0))
-        }
-        None => Ok(None),
-    }
-}
-
-fn policy_from(p: &Parsed) -> Result<AppraisalPolicy, CliError> {
-    let mut policy = AppraisalPolicy::new().allow_debug(p.flag("--allow-debug"));
-    if let Some(n) = expected_vmpl(p)? {
-        policy = policy.expect_vmpl(n);
-    }
-    let nonce = p.value("--nonce").map(parse_nonce).transpose()?;
-    let exclusive = [
-        p.value("--report-data").is_some(),
-        p.value("--manifest").is_some(),
-        p.value("--key-binding").is_some(),
-    ];
-    if exclusive.iter().filter(|x| **x).count() > 1 {
-        return Err(CliError::Usage(
-            "--report-data, --manifest and --key-binding are exclusive".into(),
-        ));
-    }
-    match (
-        p.value("--report-data"),
-        p.value("--manifest"),
-        p.value("--key-binding"),
-        nonce,
-    ) {
-        (Some(_), _, _, Some(_)) => {
-            return Err(CliError::Usage(
-                "--report-data and --nonce are exclusive".into(),
-            ))
-        }
-        (Some(h), _, _, None) => policy = policy.expect_report_data(parse_hex("--report-data", h)?),
-        (None, Some(m), _, Some(nonce)) => {
-            let manifest = read(Path::new(m), "manifest")?;
-            policy = policy.expect_nonce_manifest(&nonce, &manifest);
-        }
-        (None, Some(_), _, None) => return Err(CliError::Usage("--manifest needs --nonce".into())),
-        (None, None, Some(b), nonce) => {
-            let binding = read(Path::new(b), "key binding")?;
-            policy = policy.expect_key_binding(&binding);
-            if let Some(n) = nonce {
-                policy = policy.expect_binding_nonce(&n);
-            }
-        }
-        (None, None, None, Some(_)) => {
-            return Err(CliError::Usage(
-                "--nonce goes with --manifest or --key-binding".into(),
-            ))
-        }
-        (None, None, None, None) => {}
-    }
-    for m in p.all("--measurement") {
-        policy = policy.allow_measurement(parse_hex("--measurement", m)?);
-    }
-    Ok(policy)
-}
-
-/// The inputs of `report verify`: the report and the endorsement key, from FILE,
-/// `--vcek`, `--certs` (a certificate table) or `-d DIR` (an `attest` output
-/// directory: report.bin, then vcek.der, vlek.der or certs.bin); plus whatever ARK
-/// and ASK came along (table or directory), used only to name a development root.
-struct Inputs {
-    report: Vec<u8>,
-    ek: Vec<u8>,
-    ark: Option<Vec<u8>>,
-    ask: Option<Vec<u8>>,
-}
-
-fn inputs(p: &Parsed) -> Result<Inputs, CliError> {
-    let dir = p
-        .value("-d")
-        .or_else(|| p.value("--dir"))
-        .map(PathBuf::from);
-    let report_path = match (p.positional(0), &dir) {
-        (Some(f), _) => PathBuf::from(f),
-        (None, Some(d)) => d.join("report.bin"),
-        (None, None) => {
-            return Err(CliError::Usage(
-                "report verify needs a report FILE or -d/--dir DIR".into(),
-            ))
-        }
-    };
-    let report = read(&report_path, "report")?;
-    let from_table = |path: &Path| -> Result<Inputs, CliError> {
-        let table = read(path, "certificate table")?;
-        let found = crate::verify::table_certs(&table)
-            .map_err(|e| CliError::Input(format!("{}: {e}", path.display())))?;
-        let ek = found.endorsement.ok_or_else(|| {
-            CliError::Input(format!(
-                "{}: the certificate table holds no VCEK or VLEK",
-                path.display()
-            ))
-        })?;
-        Ok(Inputs {
-            report: Vec::new(),
-            ek: ek.to_vec(),
-            ark: found.ark.map(<[u8]>::to_vec),
-            ask: found.ask.map(<[u8]>::to_vec),
-        })
-    };
-    let mut got = match (p.value("--vcek"), p.value("--certs"), &dir) {
-        (Some(_), Some(_), _) => {
-            return Err(CliError::Usage("--vcek and --certs are exclusive".into()))
-        }
-        (Some(v), None, _) => Inputs {
-            report: Vec::new(),
-            ek: read(Path::new(v), "certificate")?,
-            ark: None,
-            ask: None,
-        },
-        (None, Some(t), _) => from_table(Path::new(t))?,
-        (None, None, Some(d)) => {
-            let ek = ["vcek.der", "vlek.der"]
-                .iter()
-                .map(|n| d.join(n))
-                .find(|f| f.is_file());
-            match ek {
-                Some(f) => Inputs {
-                    report: Vec::new(),
-                    ek: read(&f, "certificate")?,
-                    ark: None,
-                    ask: None,
-                },
-                None => from_table(&d.join("certs.bin"))?,
-            }
-        }
-        (None, None, None) => {
-            return Err(CliError::Usage(
-                "report verify needs --vcek CERT, --certs TABLE or -d DIR".into(),
-            ))
-        }
-    };
-    if let Some(d) = &dir {
-        let opt = |n: &str| std::fs::read(d.join(n)).ok();
-        got.ark = got.ark.or_else(|| opt("ark.der"));
-        got.ask = got.ask.or_else(|| opt("ask.der"));
-    }
-    got.report = report;
-    Ok(got)
-}
-
-/// Where the development chain lives when `cargo xtask` made it.
-pub const DEFAULT_DEV_CHAIN_DIR: &str = "target/dev-chain";
-
-/// After a chain failure: does the endorsement chain to a development root? Tried:
-/// the ARK/ASK that came with the evidence (when not AMD's), then
-/// [`DEFAULT_DEV_CHAIN_DIR`]; failing that, whether the certificate's issuer calls
-/// itself a development chain. Never accepts anything: it only names the reason.
-fn development_root(inputs: &Inputs) -> Option<String> {
-    let chains = |ark: &[u8], ask: &[u8]| {
-        let mut a = TrustAnchors::empty();
-        a.add_dev_root(ark, ask).is_ok() && verify(&a, &inputs.report, &inputs.ek).is_ok()
-    };
-    if let (Some(ark), Some(ask)) = (&inputs.ark, &inputs.ask) {
-        if chains(ark, ask) {
-            return Some(
-                "its VCEK chains to the non-AMD ARK shipped with the evidence".to_string(),
-            );
-        }
-    }
-    let dir = Path::new(DEFAULT_DEV_CHAIN_DIR);
-    if let (Ok(ark), Ok(ask)) = (
-        std::fs::read(dir.join("ark.pem")),
-        std::fs::read(dir.join("ask.pem")),
-    ) {
-        if chains(&ark, &ask) {
-            return Some(format!(
-                "its VCEK chains to the development ARK in {DEFAULT_DEV_CHAIN_DIR}"
-            ));
-        }
-    }
-    let cert =
-        crate::verify::Cert::from_pem_or_der(crate::verify::CertRole::Endorsement, &inputs.ek)
-            .ok()?;
-    let issuer = cert.certificate().tbs_certificate.issuer.to_string();
-    let upper = issuer.to_ascii_uppercase();
-    (upper.contains("DEVELOPMENT") || upper.contains("NOT AMD"))
-        .then(|| format!("its VCEK's issuer is \"{issuer}\""))
-}
-
-fn verdict_json(v: &VerifiedReport, p: &Parsed) -> Value {
-    json!({
-        "verdict": "valid",
-        "root": v.root.to_string(),
-        "generation": v.generation.name(),
-        "signing_key": v.signing_key.name(),
-        "vmpl": v.report.vmpl.get(),
-        "vmpl_checked": expected_vmpl(p).ok().flatten().is_some(),
-        "chip_id_checked": v.chip_id_checked,
-        "reported_tcb": tcb_json(&v.reported_tcb()),
-        "measurement": hex::encode(v.report.measurement),
-        "report_data": hex::encode(v.report.report_data),
-    })
-}
-
-fn report_verify(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let json_out = p.flag("--json");
-    let policy = policy_from(p)?;
-    let mut anchors = match p.value("--roots") {
-        Some(dir) => anchors_from_dir(Path::new(dir))?,
-        None => TrustAnchors::amd_builtin()
-            .map_err(|e| CliError::Input(format!("bundled roots: {e}")))?,
-    };
-    if let Some(dir) = p.value("--trust-dev-root") {
-        anchors
-            .add_dev_root_dir(Path::new(dir))
-            .map_err(|e| CliError::Input(format!("--trust-dev-root {dir}: {e}")))?;
-    }
-    let inputs = inputs(p)?;
-    let genuine = verify(&anchors, &inputs.report, &inputs.ek).map_err(|e| {
-        let chain_failure = matches!(
-            e,
-            VerifyError::CertSignature { .. } | VerifyError::NoTrustAnchor { .. }
-        );
-        match chain_failure.then(|| development_root(&inputs)).flatten() {
-            Some(evidence) => VerifyError::DevelopmentRoot { evidence },
-            None => e,
-        }
-    });
-    let result = genuine
-        .map_err(RejectError::from)
-        .and_then(|v| policy.appraise(&v).map(|_| v).map_err(RejectError::from));
-    match result {
-        Ok(v) => {
-            if json_out {
-                writeln!(out, "{:#}", verdict_json(&v, p)).map_err(io)?;
-            } else {
-                write_text(&verdict_json(&v, p), out, 0)?;
-                if expected_vmpl(p)?.is_none() {
-                    writeln!(
-                        out,
-                        "note: VMPL {} was not checked (use --expect-vmpl)",
-                        v.report.vmpl.get()
-                    )
-                    .map_err(io)?;
-                }
-                if let RootUsed::Extra { label, .. } = &v.root {
-                    writeln!(
-                        out,
-                        "note: trusted through the explicitly added root '{label}', NOT an AMD root"
-                    )
-                    .map_err(io)?;
-                }
-            }
-            Ok(())
-        }
-        Err(e) => {
-            let v = json!({"verdict": "rejected", "check": e.check(), "error": e.to_string()});
-            if json_out {
-                writeln!(out, "{v:#}").map_err(io)?;
-            } else {
-                write_text(&v, out, 0)?;
-            }
-            Err(CliError::Rejected(e))
+    #[test]
+    fn version_names_the_protocols() {
+        let v = LONG_VERSION.as_str();
+        assert!(v.starts_with(env!("CARGO_PKG_VERSION")), "{v}");
+        for needle in [
+            "SVSM core protocol (0)",
+            "SVSM attestation protocol (1)",
+            "vHSM protocol (0x4e48534d)",
+        ] {
+            assert!(v.contains(needle), "{v}");
         }
     }
 }

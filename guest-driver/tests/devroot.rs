@@ -9,8 +9,10 @@ mod devchain;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use devchain::{make_chain, p384_key, signed_report};
-use nitride_guest_driver::verify::{verify, RootUsed, TrustAnchors, VerifyError};
+use devchain::{make_chain, p384_key, signed_report, signed_report_with_policy};
+use nitride_guest_driver::verify::{
+    verify, AppraisalPolicy, PolicyError, RootUsed, TrustAnchors, VerifyError,
+};
 use nitride_protocol::attest::KeyBinding;
 use nitride_protocol::snp::Generation;
 use nitride_protocol::vhsm::{KeyAttributes, KeyType, KeyUsage, Origin, VmplSet};
@@ -204,5 +206,91 @@ fn development_root_only_when_trusted_explicitly() {
         stderr(&o).contains("VMPL 1, expected VMPL 0"),
         "{}",
         stderr(&o)
+    );
+}
+
+/// The guest policy bits a signed report carries: MIGRATE_MA (bit 18) is refused
+/// unless allowed, a clear must-be-one bit 17 is refused always, by the library and
+/// by `nitride report verify` (whose verdict shows the bits).
+#[test]
+fn migrate_ma_and_the_must_be_one_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chain = tmp.path().join("chain");
+    std::fs::create_dir(&chain).unwrap();
+    make_chain(&chain);
+    let mut anchors = TrustAnchors::empty();
+    anchors.add_dev_root_dir(&chain).unwrap();
+    let vcek = std::fs::read(chain.join("vcek.der")).unwrap();
+    let cases = [
+        (0x3_0000u64, None),
+        (0x7_0000, Some("policy_migrate_ma")),
+        (0x1_0000, Some("policy_reserved_bit")),
+    ];
+    for (policy, refused) in cases {
+        let report = signed_report_with_policy(&chain, 0, [0x11; 64], policy);
+        let v = verify(&anchors, &report, &vcek).unwrap();
+        let got = AppraisalPolicy::new()
+            .appraise(&v)
+            .map(|a| a.guest_policy.0);
+        match refused {
+            None => assert_eq!(got, Ok(policy)),
+            Some(check) => assert_eq!(got.unwrap_err().check(), check, "{policy:#x}"),
+        }
+        let dir = tmp.path().join(format!("ev-{policy:x}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("report.bin"), &report).unwrap();
+        std::fs::write(dir.join("vcek.der"), &vcek).unwrap();
+        let (d, c) = (dir.to_string_lossy(), chain.to_string_lossy());
+        let args = [
+            "report",
+            "verify",
+            "-d",
+            &d,
+            "--trust-dev-root",
+            &c,
+            "--json",
+        ];
+        let o = nitride(&args);
+        let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            verdict["guest_policy"]["value"],
+            format!("{policy:#x}"),
+            "{verdict}"
+        );
+        match refused {
+            None => assert!(o.status.success(), "{verdict}"),
+            Some(check) => {
+                assert_eq!(o.status.code(), Some(1), "{verdict}");
+                assert_eq!(verdict["check"], check, "{verdict}");
+            }
+        }
+    }
+    // MIGRATE_MA allowed explicitly.
+    let report = signed_report_with_policy(&chain, 0, [0x11; 64], 0x7_0000);
+    let v = verify(&anchors, &report, &vcek).unwrap();
+    assert!(AppraisalPolicy::new()
+        .allow_migrate_ma(true)
+        .appraise(&v)
+        .is_ok());
+    assert_eq!(
+        AppraisalPolicy::new().appraise(&v).map(|_| ()),
+        Err(PolicyError::MigrateMa { policy: 0x7_0000 })
+    );
+    let dir = tmp.path().join("ev-70000");
+    let (d, c) = (dir.to_string_lossy(), chain.to_string_lossy());
+    let o = nitride(&[
+        "report",
+        "verify",
+        "-d",
+        &d,
+        "--trust-dev-root",
+        &c,
+        "--allow-migrate-ma",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("migrate_ma: true"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
     );
 }

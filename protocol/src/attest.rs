@@ -31,8 +31,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::snp::{guid, Guid};
 use crate::vhsm::{KeyAttributes, KeyType, KeyUsage, Origin, VmplSet, MAX_LABEL_LEN};
 
-pub mod report_data;
 mod public_key;
+pub mod report_data;
 
 pub use public_key::{check_spki, ED25519_SPKI_LEN, P384_SPKI_LEN};
 

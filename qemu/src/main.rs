@@ -1,4 +1,5 @@
-//! `cargo xtask`: the project's entry points.
+//! `cargo xtask`: the project's entry points (on clap: `cargo xtask --help`, and
+//! `cargo xtask COMMAND --help` for each command).
 //!
 //! - `build`: build the SVSM and guest images.
 //! - `run [--guest ELF] [--svsm ELF] [--guest-args ARGS] [--svsm-args ARGS] [--icount] [-- QEMU ARGS]`:
@@ -13,35 +14,165 @@
 //!   emulated PSP's blob under `target/dev-chain/`.
 //! - `measure [--guest relay|test|ELF] [--svsm ELF]`: print the launch measurement
 //!   the firmware will report for that boot.
+//! - `man [--out DIR]`: write `nitride`'s man pages (clap_mangen).
+//! - `install [--root DIR]`: `cargo install --path guest-driver`, plus the man pages.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
 
 use nitride_qemu::{
     build_images, dev_chain, ensure_dev_chain, ensure_qemu, launch_measurement, measure, repo_root,
     Boot, Error, Images, Outcome, RunningVm, QEMU,
 };
 
-fn usage() -> ExitCode {
-    eprintln!(
-        "usage: cargo xtask <build | run [--guest ELF] [--svsm ELF] [--guest-args ARGS] [--svsm-args ARGS] [--icount] [-- QEMU ARGS] | test | demo | bench | up | down | dev-chain [--force] | measure [--guest relay|test|ELF] [--svsm ELF]>"
-    );
-    ExitCode::from(2)
+/// `cargo xtask`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Build, boot, test and demonstrate Nitride (the SVSM in QEMU)",
+    after_help = "Examples:\n  cargo xtask demo\n  cargo xtask test\n  \
+                  cargo xtask up && nitride key list && cargo xtask down\n  \
+                  cargo xtask run --guest-args mode=calls",
+    subcommand_required = true,
+    arg_required_else_help = true,
+    max_term_width = 100
+)]
+struct Xtask {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Build the SVSM and the guest images; print their paths and sizes
+    #[command(after_help = "Examples:\n  cargo xtask build")]
+    Build,
+    /// Boot the emulated platform (QEMU) with the console on this terminal
+    #[command(after_help = "Examples:\n  cargo xtask run\n  \
+                            cargo xtask run --guest-args mode=vhsm\n  \
+                            cargo xtask run --icount -- -d int -D qemu.log")]
+    Run(RunArgs),
+    /// Run every test: host unit tests and the QEMU end-to-end tests
+    #[command(after_help = "Examples:\n  cargo xtask test")]
+    Test,
+    /// Boot the SVSM and show it at work: SVSM calls, isolation, the vHSM, attestation
+    #[command(after_help = "Examples:\n  cargo xtask demo")]
+    Demo,
+    /// Instruction counts of SVSM calls and vHSM operations in QEMU (-icount shift=0)
+    #[command(after_help = "Examples:\n  cargo xtask bench")]
+    Bench,
+    /// Start the firmware with the relay guest in the background, for `nitride`
+    #[command(after_help = "Examples:\n  cargo xtask up\n  nitride key list\n  cargo xtask down")]
+    Up,
+    /// Stop the firmware started by `cargo xtask up`
+    #[command(after_help = "Examples:\n  cargo xtask down")]
+    Down,
+    /// Create (or show) the development ARK/ASK/VCEK chain in target/dev-chain/
+    #[command(after_help = "Examples:\n  cargo xtask dev-chain\n  cargo xtask dev-chain --force")]
+    DevChain(DevChainArgs),
+    /// Print the launch measurement the firmware will report for a boot
+    #[command(after_help = "Examples:\n  cargo xtask measure --guest relay\n  \
+                            MEASUREMENT=$(cargo xtask measure --guest relay)")]
+    Measure(MeasureArgs),
+    /// Write nitride's man pages (one per command) to a directory
+    #[command(after_help = "Examples:\n  cargo xtask man\n  man -l target/man/nitride.1")]
+    Man(ManArgs),
+    /// Install nitride on PATH (cargo install --path guest-driver) and its man pages
+    #[command(
+        after_help = "Examples:\n  cargo xtask install\n  cargo xtask install --root ~/.local"
+    )]
+    Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The guest ELF [default: the test guest]
+    #[arg(long, value_name = "ELF", value_hint = clap::ValueHint::FilePath)]
+    guest: Option<PathBuf>,
+    /// The SVSM ELF [default: the SVSM just built]
+    #[arg(long, value_name = "ELF", value_hint = clap::ValueHint::FilePath)]
+    svsm: Option<PathBuf>,
+    /// The guest's command line (the test guest takes mode=NAME) [default: none]
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    guest_args: Option<String>,
+    /// The SVSM's command line (e.g. nitride.plaintext_import=allow) [default: none]
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    svsm_args: Option<String>,
+    /// Deterministic instruction counting (-icount shift=0)
+    #[arg(long)]
+    icount: bool,
+    /// More QEMU arguments, after `--`
+    #[arg(last = true, value_name = "QEMU ARGS")]
+    qemu: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct DevChainArgs {
+    /// Throw the existing chain away and generate a new one
+    #[arg(long)]
+    force: bool,
+}
+
+/// The guest image a measurement is for.
+#[derive(Debug, Clone)]
+enum GuestImage {
+    Relay,
+    Test,
+    Elf(PathBuf),
+}
+
+fn guest_image(s: &str) -> Result<GuestImage, String> {
+    match s {
+        "relay" => Ok(GuestImage::Relay),
+        "test" => Ok(GuestImage::Test),
+        "" => Err("expected relay, test or the path of a guest ELF".into()),
+        path => Ok(GuestImage::Elf(path.into())),
+    }
+}
+
+#[derive(Debug, Args)]
+struct MeasureArgs {
+    /// The guest: relay, test or the path of a guest ELF
+    #[arg(long, value_name = "relay|test|ELF", default_value = "test", value_parser = guest_image)]
+    guest: GuestImage,
+    /// The SVSM ELF [default: the SVSM just built]
+    #[arg(long, value_name = "ELF", value_hint = clap::ValueHint::FilePath)]
+    svsm: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ManArgs {
+    /// The directory to write the pages to (created if needed)
+    #[arg(long, value_name = "DIR", default_value = "target/man", value_hint = clap::ValueHint::DirPath)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct InstallArgs {
+    /// Install under DIR (DIR/bin/nitride, DIR/share/man/man1) [default: cargo's
+    /// install root: $CARGO_INSTALL_ROOT, else $CARGO_HOME, else ~/.cargo]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+    root: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("build") => build().map(|_| ExitCode::SUCCESS),
-        Some("run") => run(&args[1..]),
-        Some("test") => test(),
-        Some("demo") => demo(),
-        Some("bench") => bench(),
-        Some("up") => up(),
-        Some("down") => down(),
-        Some("dev-chain") => show_dev_chain(&args[1..]),
-        Some("measure") => measure_cmd(&args[1..]),
-        _ => return usage(),
+    let args = Xtask::parse();
+    let result = match args.task {
+        Task::Build => build().map(|_| ExitCode::SUCCESS),
+        Task::Run(a) => run(a),
+        Task::Test => test(),
+        Task::Demo => demo(),
+        Task::Bench => bench(),
+        Task::Up => up(),
+        Task::Down => down(),
+        Task::DevChain(a) => show_dev_chain(&a),
+        Task::Measure(a) => measure_cmd(a),
+        Task::Man(a) => man(&a),
+        Task::Install(a) => install(&a),
     };
     match result {
         Ok(code) => code,
@@ -69,29 +200,24 @@ fn build() -> Result<Images, Error> {
     Ok(images)
 }
 
-fn run(args: &[String]) -> Result<ExitCode, Error> {
+fn run(a: RunArgs) -> Result<ExitCode, Error> {
     ensure_qemu()?;
     let images = build_images()?;
     let mut boot = Boot::new(&images.svsm, Some(&images.test_guest), "");
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| Error::Build(format!("{a} needs a value")))
-        };
-        match a.as_str() {
-            "--guest" => boot.guest = Some(value()?.into()),
-            "--svsm" => boot.svsm = value()?.into(),
-            "--guest-args" => boot.guest_args = value()?,
-            "--svsm-args" => boot.svsm_args = value()?,
-            "--icount" => boot.icount = true,
-            "--" => {
-                boot.extra = it.by_ref().cloned().collect();
-            }
-            other => return Err(Error::Build(format!("unknown run option {other}"))),
-        }
+    if let Some(g) = a.guest {
+        boot.guest = Some(g);
     }
+    if let Some(s) = a.svsm {
+        boot.svsm = s;
+    }
+    if let Some(g) = a.guest_args {
+        boot.guest_args = g;
+    }
+    if let Some(s) = a.svsm_args {
+        boot.svsm_args = s;
+    }
+    boot.icount = a.icount;
+    boot.extra = a.qemu;
     boot.ensure_inputs()?;
     let status = Command::new(QEMU).args(boot.qemu_args()).status()?;
     println!("\nQEMU exited with status {:?}", status.code());
@@ -554,7 +680,7 @@ fn up() -> Result<ExitCode, Error> {
         "Use it with:  export NITRIDE_SOCKET={}",
         vm.socket.display()
     );
-    println!("              cargo run -q -p nitride-guest-driver --bin nitride -- key list");
+    println!("              nitride key list     (install nitride with `cargo xtask install`)");
     println!("Stop it with: cargo xtask down");
     vm.detach();
     Ok(ExitCode::SUCCESS)
@@ -836,19 +962,11 @@ fn attestation_story(s: &std::path::Path, images: &Images) -> Result<bool, Error
     Ok(ok)
 }
 
-fn show_dev_chain(args: &[String]) -> Result<ExitCode, Error> {
-    match args {
-        [] => {}
-        [f] if f == "--force" => {
-            let dir = dev_chain::dev_chain_dir();
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir)?;
-            }
-        }
-        _ => {
-            return Err(Error::Build(format!(
-                "unknown dev-chain option(s) {args:?}"
-            )))
+fn show_dev_chain(a: &DevChainArgs) -> Result<ExitCode, Error> {
+    if a.force {
+        let dir = dev_chain::dev_chain_dir();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
         }
     }
     let chain = ensure_dev_chain()?;
@@ -879,29 +997,95 @@ fn show_dev_chain(args: &[String]) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn measure_cmd(args: &[String]) -> Result<ExitCode, Error> {
-    let (mut guest, mut svsm) = (None::<String>, None::<String>);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v = it
-            .next()
-            .cloned()
-            .ok_or_else(|| Error::Build(format!("{a} needs a value")))?;
-        match a.as_str() {
-            "--guest" => guest = Some(v),
-            "--svsm" => svsm = Some(v),
-            other => return Err(Error::Build(format!("unknown measure option {other}"))),
-        }
-    }
+fn measure_cmd(a: MeasureArgs) -> Result<ExitCode, Error> {
     let images = build_images()?;
-    let guest = match guest.as_deref() {
-        None | Some("test") => images.test_guest.clone(),
-        Some("relay") => images.relay_guest.clone(),
-        Some(path) => path.into(),
+    let guest = match a.guest {
+        GuestImage::Test => images.test_guest.clone(),
+        GuestImage::Relay => images.relay_guest.clone(),
+        GuestImage::Elf(path) => path,
     };
-    let svsm = svsm.map(Into::into).unwrap_or(images.svsm.clone());
+    let svsm = a.svsm.unwrap_or(images.svsm.clone());
     let m = launch_measurement(&svsm, &guest)?;
     println!("{}", measure::hex(&m));
     eprintln!("  SVSM  {}\n  guest {}", svsm.display(), guest.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Write `nitride`'s man pages (`nitride.1` and one per command, `nitride-key-generate.1`
+/// ...) into `dir`; returns how many.
+fn write_man_pages(dir: &Path) -> Result<usize, Error> {
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(nitride_guest_driver::cli::command(), dir)?;
+    let pages = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("nitride") && name.ends_with(".1")
+        })
+        .count();
+    Ok(pages)
+}
+
+fn man(a: &ManArgs) -> Result<ExitCode, Error> {
+    let dir = if a.out.is_absolute() {
+        a.out.clone()
+    } else {
+        repo_root().join(&a.out)
+    };
+    let n = write_man_pages(&dir)?;
+    println!("{n} man pages in {}", dir.display());
+    println!("Read one with:  man -l {}", dir.join("nitride.1").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cargo's install root: `$CARGO_INSTALL_ROOT`, else `$CARGO_HOME`, else `~/.cargo`.
+fn cargo_install_root() -> Option<PathBuf> {
+    let env = |v: &str| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
+    env("CARGO_INSTALL_ROOT")
+        .or_else(|| env("CARGO_HOME"))
+        .or_else(|| env("HOME").map(|h| h.join(".cargo")))
+}
+
+fn install(a: &InstallArgs) -> Result<ExitCode, Error> {
+    let root = match a.root.clone().or_else(cargo_install_root) {
+        Some(r) => r,
+        None => {
+            return Err(Error::Build(
+                "no install root: pass --root DIR (or set CARGO_INSTALL_ROOT)".into(),
+            ))
+        }
+    };
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(repo_root())
+        .args(["install", "--locked", "--path", "guest-driver", "--root"])
+        .arg(&root)
+        .status()?;
+    if !status.success() {
+        return Err(Error::Build("cargo install --path guest-driver".into()));
+    }
+    let man_dir = root.join("share").join("man").join("man1");
+    let n = write_man_pages(&man_dir)?;
+    let bin = root.join("bin");
+    println!("Installed {}", bin.join("nitride").display());
+    println!("  {n} man pages in {}", man_dir.display());
+    let on_path =
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d == bin));
+    if !on_path {
+        println!(
+            "  {} is not on your PATH: add it, e.g.  export PATH=\"{}:$PATH\"",
+            bin.display(),
+            bin.display()
+        );
+    }
+    println!(
+        "  man pages: man nitride (with {} on MANPATH)",
+        root.join("share").join("man").display()
+    );
+    println!("  completions: nitride completions bash|zsh|fish (see nitride completions --help)");
     Ok(ExitCode::SUCCESS)
 }

@@ -23,8 +23,8 @@ use nitride_protocol::snp::Generation;
 use nitride_protocol::svsm::{secrets, ResultCode};
 use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet};
 use nitride_tests::{
-    boot_guest, dev_anchors, dev_chain_dir, endorsement_key, expect, images, start_relay,
-    Outcome, RelayClient, VhsmClient, VhsmError,
+    boot_guest, dev_anchors, dev_chain_dir, endorsement_key, expect, images, start_relay, Outcome,
+    RelayClient, VhsmClient, VhsmError,
 };
 
 /// The launch measurement of the production SVSM with the relay guest, as the
@@ -364,6 +364,16 @@ fn cli_attest_then_verify() {
     assert_eq!(verdict["verdict"], "valid");
     assert_eq!(verdict["vmpl"], 0);
     assert_eq!(verdict["vmpl_checked"], true);
+    // The verdict shows the guest policy bits and the evidence as checked.
+    assert_eq!(verdict["guest_policy"]["value"], "0x30000", "{verdict}");
+    assert_eq!(verdict["evidence"]["kind"], "services", "{verdict}");
+    assert_eq!(verdict["evidence"]["nonce"], nonce, "{verdict}");
+    assert!(
+        verdict["evidence"]["vhsm"]["identity_key"]
+            .as_str()
+            .is_some_and(|k| k.len() == 240),
+        "{verdict}"
+    );
     // Another nonce: refused.
     let other = "ff".repeat(64);
     let args: Vec<String> = argv
@@ -396,11 +406,12 @@ fn cli_attest_then_verify() {
     );
     assert_eq!(code, 0, "{err}");
     let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"].to_string();
+    let (key_nonce, other_key_nonce) = ("c0ffee".repeat(32), "c0ffef".repeat(32));
     let kdir = vm.dir.join("key");
     let kd = kdir.display().to_string();
     let (code, _, err) = nitride(
         sock,
-        &["attest", "key", &id, "--nonce", "c0ffee", "-o", &kd],
+        &["attest", "key", &id, "--nonce", &key_nonce, "-o", &kd],
     );
     assert_eq!(code, 0, "{err}");
     let kb = kdir.join("key-binding.bin").display().to_string();
@@ -414,7 +425,7 @@ fn cli_attest_then_verify() {
             "--key-binding",
             &kb,
             "--nonce",
-            "c0ffee",
+            &key_nonce,
             "--trust-dev-root",
             &dev,
             "--measurement",
@@ -432,7 +443,7 @@ fn cli_attest_then_verify() {
             "--key-binding",
             &kb,
             "--nonce",
-            "c0ffef",
+            &other_key_nonce,
             "--trust-dev-root",
             &dev,
         ],
@@ -471,5 +482,9 @@ fn firmware_refuses_the_guest_forgeries() {
         !out.guest_lines().any(|l| l.ends_with("... FAIL")),
         "a check failed",
     );
-    expect(&out, out.outcome() == Outcome::GuestPass, "guest did not pass");
+    expect(
+        &out,
+        out.outcome() == Outcome::GuestPass,
+        "guest did not pass",
+    );
 }

@@ -10,48 +10,113 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use clap::{Args, Subcommand, ValueHint};
 use serde_json::{json, Value};
 
 use nitride_protocol::attest::{
-    ManifestTable, Nonce, VhsmManifest, NONCE_SIZE, VHSM_SERVICE_GUID, VTPM_SERVICE_GUID,
+    ManifestTable, Nonce, VhsmManifest, VHSM_SERVICE_GUID, VTPM_SERVICE_GUID,
 };
 use nitride_protocol::snp::{certs, guid, AttestationReport, CertKind, Guid};
 
-use super::vhsm::{connect, key_id, socket, vhsm};
-use super::{io, CliError, Command, Group, Parsed};
+use super::values;
+use super::vhsm::{connect, refused, About, Conn};
+use super::{io, CliError};
 use crate::attest::Target;
 use crate::relay::{AttestParams, RelayClient};
 
 /// `nitride attest ...`.
-pub const ATTEST: Group = Group {
-    name: "attest",
-    about: "fetch attestation evidence (SVSM attestation protocol, vHSM AttestKey)",
-    commands: &[
-        Command {
-            name: "services",
-            usage: "--nonce HEX [--service GUID|vhsm|vtpm] [--manifest-version N] [--no-certs] -o DIR [--json]",
-            value_flags: &[
-                "--socket",
-                "--nonce",
-                "--service",
-                "--manifest-version",
-                "-o",
-                "--out",
-            ],
-            bool_flags: &["--no-certs", "--json"],
-            positionals: (0, 0),
-            run: attest_services,
-        },
-        Command {
-            name: "key",
-            usage: "ID --nonce HEX -o DIR [--json]",
-            value_flags: &["--socket", "--nonce", "-o", "--out"],
-            bool_flags: &["--json"],
-            positionals: (1, 1),
-            run: attest_key,
-        },
-    ],
-};
+#[derive(Debug, Subcommand)]
+pub enum AttestCmd {
+    /// Evidence for the SVSM's services: an SNP report at VMPL 0 binding the services
+    /// manifest (SVSM attestation protocol)
+    #[command(
+        long_about = "Fetch evidence for the SVSM's services: the SVSM asks the PSP for an SNP report \
+                      at VMPL 0 whose REPORT_DATA is SHA-512(nonce || manifest), the manifest \
+                      listing its services (the vHSM's entry: the vault identity and its \
+                      attestable keys). Writes DIR/report.bin, manifest.bin and, unless \
+                      --no-certs, certs.bin with vcek.der (and ask.der, ark.der) out of it; \
+                      check them with `nitride report verify -d DIR --nonce HEX --manifest \
+                      DIR/manifest.bin`.",
+        after_help = SERVICES_EXAMPLES
+    )]
+    Services(ServicesArgs),
+    /// Evidence for one vHSM key (AttestKey): an SNP report at VMPL 0 binding the key,
+    /// its attributes and your nonce
+    #[command(
+        long_about = "Fetch evidence for one vHSM key (one created with the attest usage): an SNP \
+                      report at VMPL 0 whose REPORT_DATA is SHA-512 of a key binding (nonce, \
+                      public key, attributes). Writes DIR/report.bin, key-binding.bin, certs.bin \
+                      and vcek.der; check them with `nitride report verify -d DIR --key-binding \
+                      DIR/key-binding.bin --nonce HEX`.",
+        after_help = KEY_EXAMPLES
+    )]
+    Key(KeyArgs),
+}
+
+pub(super) const ATTEST_EXAMPLES: &str = "\
+Examples:
+  nitride attest services --nonce $(openssl rand -hex 64) -o evidence
+  nitride attest key 1 --nonce $(openssl rand -hex 64) -o key-evidence";
+
+const SERVICES_EXAMPLES: &str = "\
+Examples:
+  nitride attest services --nonce $(openssl rand -hex 64) -o evidence
+  nitride attest services --nonce $NONCE --service vhsm --manifest-version 1 -o ev --json";
+
+const KEY_EXAMPLES: &str = "\
+Examples:
+  nitride attest key 1 --nonce $(openssl rand -hex 64) -o key-evidence";
+
+/// `nitride attest services`.
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    /// A fresh challenge, in hex: exactly 64 bytes (128 hex digits)
+    #[arg(long, value_name = "HEX", value_parser = values::nonce)]
+    nonce: Nonce,
+    /// Attest one service only: a GUID, vhsm or vtpm [default: every service]
+    #[arg(long, value_name = "GUID", value_parser = values::service)]
+    service: Option<Guid>,
+    /// The manifest version asked of a single service [default: 0, the latest]
+    #[arg(long, value_name = "N", requires = "service")]
+    manifest_version: Option<u32>,
+    /// Do not ask for the certificate table (the VCEK chain)
+    #[arg(long)]
+    no_certs: bool,
+    /// The directory to write the evidence to (created if needed)
+    #[arg(short = 'o', long = "out", value_name = "DIR", value_hint = ValueHint::DirPath)]
+    out: PathBuf,
+    /// Print a JSON summary
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride attest key`.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The key's id (a key with the attest usage)
+    #[arg(value_name = "ID", value_parser = values::key_id)]
+    id: u32,
+    /// A fresh challenge, in hex: exactly 64 bytes (128 hex digits)
+    #[arg(long, value_name = "HEX", value_parser = values::nonce)]
+    nonce: Nonce,
+    /// The directory to write the evidence to (created if needed)
+    #[arg(short = 'o', long = "out", value_name = "DIR", value_hint = ValueHint::DirPath)]
+    out: PathBuf,
+    /// Print a JSON summary
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub(super) fn run(cmd: AttestCmd, out: &mut dyn Write) -> Result<(), CliError> {
+    match cmd {
+        AttestCmd::Services(a) => attest_services(&a, out),
+        AttestCmd::Key(a) => attest_key(&a, out),
+    }
+}
 
 /// Parse a GUID `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` into its wire (mixed-endian)
 /// bytes; `vhsm` and `vtpm` name the known services.
@@ -88,25 +153,9 @@ pub fn guid_string(g: &Guid) -> String {
     )
 }
 
-fn nonce(p: &Parsed) -> Result<Nonce, CliError> {
-    let n = p.value("--nonce").ok_or_else(|| {
-        CliError::Usage(format!(
-            "--nonce HEX is required: a fresh challenge of exactly {NONCE_SIZE} bytes \
-             ({} hex digits, e.g. `openssl rand -hex {NONCE_SIZE}`)",
-            2 * NONCE_SIZE
-        ))
-    })?;
-    super::parse_nonce(n)
-}
-
-fn out_dir(p: &Parsed) -> Result<PathBuf, CliError> {
-    let d = p
-        .value("-o")
-        .or_else(|| p.value("--out"))
-        .ok_or_else(|| CliError::Usage("-o/--out DIR is required".into()))?;
-    let dir = PathBuf::from(d);
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::Input(format!("{d}: {e}")))?;
-    Ok(dir)
+fn out_dir(d: &Path) -> Result<PathBuf, CliError> {
+    std::fs::create_dir_all(d).map_err(|e| CliError::Input(format!("{}: {e}", d.display())))?;
+    Ok(d.to_path_buf())
 }
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<String, CliError> {
@@ -161,7 +210,7 @@ fn vhsm_manifest_json(bytes: &[u8]) -> Value {
                 "spki": hex::encode(k.spki),
             })).collect::<Vec<_>>(),
         }),
-        Err(e) => json!({ "error": format!("{e:?}") }),
+        Err(e) => json!({ "error": e.to_string() }),
     }
 }
 
@@ -189,57 +238,38 @@ fn manifest_json(bytes: &[u8], single: Option<Guid>) -> Value {
                 .collect();
             json!({ "services": services })
         }
-        Err(e) => json!({ "error": format!("{e:?}") }),
+        Err(e) => json!({ "error": e.to_string() }),
     }
 }
 
-fn print(p: &Parsed, v: &Value, out: &mut dyn Write) -> Result<(), CliError> {
-    if p.flag("--json") {
+fn print(json: bool, v: &Value, out: &mut dyn Write) -> Result<(), CliError> {
+    if json {
         writeln!(out, "{v:#}").map_err(io)
     } else {
         super::write_text(v, out, 0)
     }
 }
 
-fn attest_services(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let nonce = nonce(p)?;
-    let service = p
-        .value("--service")
-        .map(|s| {
-            parse_guid(s).ok_or_else(|| {
-                CliError::Usage(format!(
-                    "--service {s}: expected a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx), vhsm or vtpm"
-                ))
-            })
-        })
-        .transpose()?;
-    let manifest_version = p
-        .value("--manifest-version")
-        .map(|v| {
-            v.parse::<u32>()
-                .map_err(|e| CliError::Usage(format!("--manifest-version {v}: {e}")))
-        })
-        .transpose()?;
-    let target = match (service, manifest_version) {
-        (Some(guid), v) => Target::SingleService {
+fn attest_services(p: &ServicesArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let nonce = &p.nonce;
+    let service = p.service;
+    let target = match service {
+        Some(guid) => Target::SingleService {
             guid,
-            manifest_version: v.unwrap_or(0),
+            manifest_version: p.manifest_version.unwrap_or(0),
         },
-        (None, Some(_)) => {
-            return Err(CliError::Usage("--manifest-version needs --service".into()))
-        }
-        (None, None) => Target::Services,
+        None => Target::Services,
     };
-    let dir = out_dir(p)?;
-    let path = socket(p);
-    let mut relay = RelayClient::connect(&path).map_err(|e| {
+    let dir = out_dir(&p.out)?;
+    let path = &p.conn.socket;
+    let mut relay = RelayClient::connect(path).map_err(|e| {
         CliError::Svsm(format!(
             "cannot reach the firmware at {}: {e} (is it running? `cargo xtask up`)",
             path.display()
         ))
     })?;
-    let mut params = AttestParams::new(target, &nonce);
-    params.want_certificates = !p.flag("--no-certs");
+    let mut params = AttestParams::new(target, nonce);
+    params.want_certificates = !p.no_certs;
     let ev = relay
         .attest(&params)
         .map_err(|e| CliError::Svsm(format!("attestation: {e}")))?;
@@ -255,14 +285,21 @@ fn attest_services(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
         "manifest": manifest_json(&ev.manifest, service),
         "retried_with_larger_buffers": ev.retried,
     });
-    print(p, &v, out)
+    print(p.json, &v, out)
 }
 
-fn attest_key(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let id = key_id(p, 0)?;
-    let nonce = nonce(p)?;
-    let dir = out_dir(p)?;
-    let ev = connect(p)?.attest_key(id, &nonce).map_err(vhsm)?;
+fn attest_key(p: &KeyArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let id = p.id;
+    let dir = out_dir(&p.out)?;
+    let ev = connect(&p.conn)?.attest_key(id, &p.nonce).map_err(|e| {
+        refused(
+            e,
+            &About {
+                action: "attest",
+                keys: &[("", id)],
+            },
+        )
+    })?;
     write_file(&dir, "report.bin", &ev.report)?;
     write_file(&dir, "key-binding.bin", &ev.binding)?;
     let mut files = vec!["report.bin".to_string(), "key-binding.bin".to_string()];
@@ -274,7 +311,7 @@ fn attest_key(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
             "nonce": hex::encode(b.nonce),
             "spki": hex::encode(b.spki),
         }),
-        Err(e) => json!({ "error": format!("{e:?}") }),
+        Err(e) => json!({ "error": e.to_string() }),
     };
     let v = json!({
         "dir": dir.display().to_string(),
@@ -283,7 +320,7 @@ fn attest_key(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
         "binding": binding,
         "report": report_summary(&ev.report),
     });
-    print(p, &v, out)
+    print(p.json, &v, out)
 }
 
 #[cfg(test)]

@@ -4,233 +4,531 @@
 //! `--socket PATH`, else `$NITRIDE_SOCKET`, else `target/nitride-up/vhsm.sock`
 //! (where `cargo xtask up` puts it). Data comes from `--in FILE` or stdin and goes to
 //! `--out FILE` or stdout; `--json` prints machine-readable results.
+//!
+//! Values the vHSM limits (labels, AAD, random lengths, salts) are checked at parse
+//! time ([`super::values`]); inputs read from files are checked against the wire
+//! limits before anything is sent; a refusal by the vault is explained naming the
+//! key(s) the request was about ([`refused`]).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use clap::{Args, Subcommand, ValueHint};
 use serde_json::{json, Value};
 
 use nitride_protocol::vhsm::{
-    AuditEntry, KeyAttributes, KeyTemplate, KeyType, KeyUsage, Op, Origin, Status, VmplSet,
+    AuditEntry, KeyAttributes, KeyTemplate, KeyUsage, Op, Origin, Status, VmplSet, GCM_NONCE_LEN,
+    GCM_TAG_LEN, KEY_CAPACITY, MAX_CIPHERTEXT_LEN, MAX_DATA_LEN, MAX_SIGNATURE_LEN,
+    MAX_WRAPPED_LEN,
 };
 
-use super::{io, read, CliError, Command, Group, Parsed};
+use super::values::{self, KeyTypeArg, Named, UsageArg};
+use super::{io, read, CliError, Refusal};
 use crate::relay::RelayClient;
 use crate::vhsm::{VhsmClient, VhsmError};
 
 /// Default socket, relative to the working directory (the repository root).
 pub const DEFAULT_SOCKET: &str = "target/nitride-up/vhsm.sock";
 
-const KEY_FLAGS: &[&str] = &["--socket", "--type", "--usage", "--label", "--vmpls"];
-
-macro_rules! cmd {
-    ($name:expr, $usage:expr, $values:expr, $bools:expr, $pos:expr, $run:expr) => {
-        Command {
-            name: $name,
-            usage: $usage,
-            value_flags: $values,
-            bool_flags: $bools,
-            positionals: $pos,
-            run: $run,
-        }
-    };
+/// How to reach the firmware.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// The relay guest's socket
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "NITRIDE_SOCKET",
+        hide_env_values = true,
+        default_value = DEFAULT_SOCKET,
+        value_hint = ValueHint::FilePath
+    )]
+    pub socket: PathBuf,
 }
 
-macro_rules! top {
-    ($name:expr, $about:expr, $usage:expr, $values:expr, $bools:expr, $pos:expr, $run:expr) => {
-        Group {
-            name: $name,
-            about: $about,
-            commands: &[cmd!("", $usage, $values, $bools, $pos, $run)],
-        }
-    };
+/// Where input comes from.
+#[derive(Debug, Clone, Args)]
+pub struct Input {
+    /// Read the input from FILE ("-": stdin) [default: stdin]
+    #[arg(long = "in", value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub input: Option<PathBuf>,
+}
+
+/// Where output goes.
+#[derive(Debug, Clone, Args)]
+pub struct Output {
+    /// Write the output to FILE ("-": stdout) [default: stdout]
+    #[arg(short = 'o', long = "out", value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub output: Option<PathBuf>,
+}
+
+/// The attributes of a new key.
+#[derive(Debug, Clone, Args)]
+pub struct TemplateArgs {
+    /// The key's type
+    #[arg(long = "type", value_name = "TYPE", value_parser = Named::<KeyTypeArg>::new("key type"))]
+    pub key_type: KeyTypeArg,
+    /// What the key may be used for, comma-separated [default: what the type can do,
+    /// less wrap, unwrap, derive and attest]
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        value_parser = Named::<UsageArg>::new("usage")
+    )]
+    pub usage: Option<Vec<UsageArg>>,
+    /// A label for the key (at most 32 bytes) [default: none]
+    #[arg(long, value_name = "TEXT", value_parser = values::label)]
+    pub label: Option<String>,
+    /// The VMPLs that may use the key, comma-separated, 0 to 3 [default: 0,1,2,3]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = values::vmpl)]
+    pub vmpls: Option<Vec<u8>>,
+    /// Let the key leave the vault wrapped (`nitride wrap`) [default: not exportable]
+    #[arg(long)]
+    pub exportable: bool,
+}
+
+/// `--json`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Json {
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `nitride key ...`.
-pub const KEY: Group = Group {
-    name: "key",
-    about: "manage keys in the vHSM",
-    commands: &[
-        cmd!(
-            "generate",
-            "--type aes-256|ecdsa-p384|ed25519|hmac-sha384 [--usage LIST] [--label L] [--vmpls LIST] [--exportable] [--json]",
-            KEY_FLAGS,
-            &["--exportable", "--json"],
-            (0, 0),
-            key_generate
-        ),
-        cmd!(
-            "import",
-            "--type T --in FILE [--usage LIST] [--label L] [--vmpls LIST] [--exportable] [--json]  (plaintext; only if the SVSM allows it)",
-            &["--socket", "--type", "--usage", "--label", "--vmpls", "--in"],
-            &["--exportable", "--json"],
-            (0, 0),
-            key_import
-        ),
-        cmd!("list", "[--json]", &["--socket"], &["--json"], (0, 0), key_list),
-        cmd!("info", "ID [--json]", &["--socket"], &["--json"], (1, 1), key_info),
-        cmd!("delete", "ID", &["--socket"], &["--json"], (1, 1), key_delete),
-        cmd!("pubkey", "ID [--pem] [--out FILE]", &["--socket", "--out"], &["--pem"], (1, 1), key_pubkey),
-    ],
-};
-
-/// `nitride sign`.
-pub const SIGN: Group = top!(
-    "sign",
-    "sign data with a vHSM key",
-    "ID [--in FILE] [--out FILE] [--json]",
-    &["--socket", "--in", "--out"],
-    &["--json"],
-    (1, 1),
-    sign
-);
-/// `nitride verify`.
-pub const VERIFY: Group = top!(
-    "verify",
-    "verify a signature with a vHSM key",
-    "ID --signature FILE [--in FILE] [--json]",
-    &["--socket", "--in", "--signature"],
-    &["--json"],
-    (1, 1),
-    verify
-);
-/// `nitride encrypt`.
-pub const ENCRYPT: Group = top!(
-    "encrypt",
-    "AES-256-GCM encrypt (output: nonce || ciphertext || tag)",
-    "ID [--aad TEXT] [--in FILE] [--out FILE]",
-    &["--socket", "--in", "--out", "--aad"],
-    &[],
-    (1, 1),
-    encrypt
-);
-/// `nitride decrypt`.
-pub const DECRYPT: Group = top!(
-    "decrypt",
-    "AES-256-GCM decrypt",
-    "ID [--aad TEXT] [--in FILE] [--out FILE]",
-    &["--socket", "--in", "--out", "--aad"],
-    &[],
-    (1, 1),
-    decrypt
-);
-/// `nitride wrap`.
-pub const WRAP: Group = top!(
-    "wrap",
-    "export an exportable key wrapped (RFC 5649)",
-    "WRAPPING_ID KEY_ID [--out FILE]",
-    &["--socket", "--out"],
-    &[],
-    (2, 2),
-    wrap
-);
-/// `nitride unwrap`.
-pub const UNWRAP: Group = top!("unwrap", "import a key wrapped (RFC 5649) under a vHSM key", "WRAPPING_ID --type T [--usage LIST] [--label L] [--vmpls LIST] [--exportable] [--in FILE] [--json]", &["--socket", "--type", "--usage", "--label", "--vmpls", "--in"], &["--exportable", "--json"], (1, 1), unwrap);
-/// `nitride derive`.
-pub const DERIVE: Group = top!("derive", "derive a new key with HKDF-SHA-384", "PARENT_ID --type T [--usage LIST] [--label L] [--vmpls LIST] [--salt TEXT] [--info TEXT] [--exportable] [--json]", &["--socket", "--type", "--usage", "--label", "--vmpls", "--salt", "--info"], &["--exportable", "--json"], (1, 1), derive);
-/// `nitride random`.
-pub const RANDOM: Group = top!(
-    "random",
-    "random bytes from the vHSM's DRBG",
-    "N [--hex] [--out FILE] [--json]",
-    &["--socket", "--out"],
-    &["--hex", "--json"],
-    (1, 1),
-    random
-);
-/// `nitride audit`.
-pub const AUDIT: Group = top!(
-    "audit",
-    "read the vHSM's audit log",
-    "[--from SEQ] [--json]",
-    &["--socket", "--from"],
-    &["--json"],
-    (0, 0),
-    audit
-);
-
-pub(super) fn socket(p: &Parsed) -> PathBuf {
-    p.value("--socket")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("NITRIDE_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Generate a key inside the vHSM; prints its id and attributes
+    #[command(after_help = GENERATE_EXAMPLES)]
+    Generate(GenerateArgs),
+    /// Import plaintext key material (only if the SVSM's policy allows it)
+    #[command(
+        long_about = "Import plaintext key material: the raw AES or HMAC key, the Ed25519 seed or \
+                      the big-endian P-384 scalar (32 bytes for aes-256 and ed25519, 48 for \
+                      ecdsa-p384 and hmac-sha384). The vault refuses unless the SVSM was started \
+                      with nitride.plaintext_import=allow; prefer `nitride unwrap`.",
+        after_help = IMPORT_EXAMPLES
+    )]
+    Import(ImportArgs),
+    /// List the keys this caller may use
+    #[command(after_help = "Examples:\n  nitride key list\n  nitride key list --json")]
+    List(ListArgs),
+    /// Show one key's attributes
+    #[command(after_help = "Examples:\n  nitride key info 1\n  nitride key info 1 --json")]
+    Info(KeyIdArgs),
+    /// Delete a key (its material is zeroized)
+    #[command(after_help = "Examples:\n  nitride key delete 2")]
+    Delete(KeyIdArgs),
+    /// Export the public key of an asymmetric key (SPKI, DER or PEM)
+    #[command(
+        after_help = "Examples:\n  nitride key pubkey 1 --pem --out signer.pem\n  \
+                      openssl dgst -sha384 -verify signer.pem -signature release.sig release.tar"
+    )]
+    Pubkey(PubkeyArgs),
 }
 
-pub(super) fn connect(p: &Parsed) -> Result<VhsmClient<RelayClient>, CliError> {
-    let path = socket(p);
-    RelayClient::connect(&path)
+pub(super) const KEY_EXAMPLES: &str = "\
+Examples:
+  nitride key generate --type ecdsa-p384 --label release-signing
+  nitride key list
+  nitride key pubkey 1 --pem --out signer.pem";
+
+const GENERATE_EXAMPLES: &str = "\
+Examples:
+  nitride key generate --type ecdsa-p384 --label release-signing
+  nitride key generate --type aes-256 --usage wrap,unwrap --label kek
+  nitride key generate --type ecdsa-p384 --usage sign,verify,attest --vmpls 1,2 --json";
+
+const IMPORT_EXAMPLES: &str = "\
+Examples:
+  openssl rand 32 | nitride key import --type aes-256 --label imported";
+
+pub(super) const SIGN_EXAMPLES: &str = "\
+Examples:
+  nitride sign 1 --in release.tar --out release.sig
+  echo -n hello | nitride sign 1 --json";
+
+pub(super) const VERIFY_EXAMPLES: &str = "\
+Examples:
+  nitride verify 1 --signature release.sig --in release.tar
+
+Exits 0 with \"signature valid\", 1 when the signature does not verify.";
+
+pub(super) const ENCRYPT_EXAMPLES: &str = "\
+Examples:
+  echo secret | nitride encrypt 2 --aad v1 > secret.enc
+  nitride encrypt 2 --in notes.txt --out notes.enc";
+
+pub(super) const DECRYPT_EXAMPLES: &str = "\
+Examples:
+  nitride decrypt 2 --aad v1 --in secret.enc";
+
+pub(super) const WRAP_EXAMPLES: &str = "\
+Examples:
+  nitride wrap 3 2 --out key2.wrapped      # key 3: wrap usage; key 2: --exportable";
+
+pub(super) const UNWRAP_EXAMPLES: &str = "\
+Examples:
+  nitride unwrap 3 --type aes-256 --in key2.wrapped --label restored";
+
+pub(super) const DERIVE_EXAMPLES: &str = "\
+Examples:
+  nitride derive 4 --type aes-256 --salt v1 --info disk-key --label disk";
+
+pub(super) const RANDOM_EXAMPLES: &str = "\
+Examples:
+  nitride random 32 --hex
+  nitride random 4096 --out seed.bin";
+
+pub(super) const AUDIT_EXAMPLES: &str = "\
+Examples:
+  nitride audit
+  nitride audit --from 100 --json";
+
+/// `nitride key generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    template: TemplateArgs,
+    #[command(flatten)]
+    json: Json,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride key import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    template: TemplateArgs,
+    #[command(flatten)]
+    input: Input,
+    #[command(flatten)]
+    json: Json,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride key list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    json: Json,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// A command on one key.
+#[derive(Debug, Args)]
+pub struct KeyIdArgs {
+    /// The key's id
+    #[arg(value_name = "ID", value_parser = values::key_id)]
+    id: u32,
+    #[command(flatten)]
+    json: Json,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride key pubkey`.
+#[derive(Debug, Args)]
+pub struct PubkeyArgs {
+    /// The key's id
+    #[arg(value_name = "ID", value_parser = values::key_id)]
+    id: u32,
+    /// PEM instead of DER
+    #[arg(long)]
+    pem: bool,
+    #[command(flatten)]
+    output: Output,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The signing key's id (usage sign)
+    #[arg(value_name = "ID", value_parser = values::key_id)]
+    id: u32,
+    #[command(flatten)]
+    input: Input,
+    #[command(flatten)]
+    output: Output,
+    /// Print {"signature": HEX} instead of the raw signature
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The key's id (usage verify)
+    #[arg(value_name = "ID", value_parser = values::key_id)]
+    id: u32,
+    /// The signature to check (as `nitride sign` wrote it)
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    signature: PathBuf,
+    #[command(flatten)]
+    input: Input,
+    /// Print {"valid": true|false}
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride encrypt` and `nitride decrypt`.
+#[derive(Debug, Args)]
+pub struct CryptArgs {
+    /// The AES-256 key's id (usage encrypt or decrypt)
+    #[arg(value_name = "ID", value_parser = values::key_id)]
+    id: u32,
+    /// Additional authenticated data (at most 16384 bytes) [default: none]
+    #[arg(long, value_name = "TEXT", value_parser = values::aad)]
+    aad: Option<String>,
+    #[command(flatten)]
+    input: Input,
+    #[command(flatten)]
+    output: Output,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride wrap`.
+#[derive(Debug, Args)]
+pub struct WrapArgs {
+    /// The wrapping key's id (an AES-256 key with usage wrap)
+    #[arg(value_name = "WRAPPING_ID", value_parser = values::key_id)]
+    wrapping_id: u32,
+    /// The id of the key to export (created --exportable)
+    #[arg(value_name = "KEY_ID", value_parser = values::key_id)]
+    key_id: u32,
+    #[command(flatten)]
+    output: Output,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride unwrap`.
+#[derive(Debug, Args)]
+pub struct UnwrapArgs {
+    /// The unwrapping key's id (an AES-256 key with usage unwrap)
+    #[arg(value_name = "WRAPPING_ID", value_parser = values::key_id)]
+    wrapping_id: u32,
+    #[command(flatten)]
+    template: TemplateArgs,
+    #[command(flatten)]
+    input: Input,
+    #[command(flatten)]
+    json: Json,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride derive`.
+#[derive(Debug, Args)]
+pub struct DeriveArgs {
+    /// The parent key's id (usage derive)
+    #[arg(value_name = "PARENT_ID", value_parser = values::key_id)]
+    parent_id: u32,
+    #[command(flatten)]
+    template: TemplateArgs,
+    /// HKDF salt (at most 1024 bytes) [default: empty]
+    #[arg(long, value_name = "TEXT", value_parser = values::derive_input)]
+    salt: Option<String>,
+    /// HKDF info (at most 1024 bytes) [default: empty]
+    #[arg(long, value_name = "TEXT", value_parser = values::derive_input)]
+    info: Option<String>,
+    #[command(flatten)]
+    json: Json,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride random`.
+#[derive(Debug, Args)]
+pub struct RandomArgs {
+    /// How many bytes (0 to 4096)
+    #[arg(value_name = "N", value_parser = values::random_len)]
+    n: u32,
+    /// Print hex instead of raw bytes
+    #[arg(long, conflicts_with = "json")]
+    hex: bool,
+    #[command(flatten)]
+    output: Output,
+    /// Print {"random": HEX}
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `nitride audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Start at this sequence number [default: 0, the oldest entry kept]
+    #[arg(long, value_name = "SEQ")]
+    from: Option<u64>,
+    #[command(flatten)]
+    json: Json,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub(super) fn connect(conn: &Conn) -> Result<VhsmClient<RelayClient>, CliError> {
+    RelayClient::connect(&conn.socket)
         .map(VhsmClient::new)
         .map_err(|e| {
             CliError::Vhsm(format!(
                 "cannot reach the vHSM at {}: {e} (is it running? `cargo xtask up`)",
-                path.display()
+                conn.socket.display()
             ))
         })
 }
 
-pub(super) fn vhsm(e: VhsmError) -> CliError {
-    CliError::Vhsm(e.to_string())
+/// What a request was about, to explain a refusal: the action (a verb phrase) and
+/// the keys it named, each with its role.
+pub(super) struct About<'a> {
+    pub action: &'a str,
+    pub keys: &'a [(&'a str, u32)],
 }
 
-pub(super) fn key_id(p: &Parsed, i: usize) -> Result<u32, CliError> {
-    let s = p.positional(i).unwrap_or_default();
-    s.parse()
-        .map_err(|_| CliError::Usage(format!("key id must be a number, got {s:?}")))
+fn key_phrase(keys: &[(&str, u32)]) -> String {
+    let named: Vec<String> = keys
+        .iter()
+        .map(|(role, id)| {
+            if role.is_empty() {
+                format!("key {id}")
+            } else {
+                format!("key {id} ({role})")
+            }
+        })
+        .collect();
+    named.join(" or ")
 }
 
-fn input(p: &Parsed) -> Result<Vec<u8>, CliError> {
-    match p.value("--in") {
-        Some(f) if f != "-" => read(Path::new(f), "input"),
+/// Explain a vHSM error: a refusal names the key(s) or the limit concerned. The
+/// vault answers `KeyNotFound` both for a key that does not exist and for one this
+/// caller may not use, so the message claims no more than that.
+pub(super) fn refused(e: VhsmError, about: &About<'_>) -> CliError {
+    let s = match e {
+        VhsmError::Status(s) => s,
+        VhsmError::Encode(w) => {
+            return CliError::Input(format!(
+                "{}: the request exceeds the vHSM's limits ({w:?})",
+                about.action
+            ))
+        }
+        other => return CliError::Vhsm(other.to_string()),
+    };
+    let keys = about.keys;
+    let first = keys.first().map(|(_, id)| *id);
+    let key = |id: Option<u32>| id.map_or_else(|| "the key".to_string(), |i| format!("key {i}"));
+    let action = about.action;
+    let message = match s {
+        Status::KeyNotFound => format!(
+            "{} does not exist or is not usable by this caller",
+            key_phrase(keys)
+        ),
+        Status::AccessDenied => format!(
+            "{}: this caller's VMPL is not among the VMPLs allowed to use it",
+            key_phrase(keys)
+        ),
+        Status::UsageNotPermitted if action == "attest" => format!(
+            "{} is not attestable: it was not created with the attest usage \
+             (e.g. --usage sign,verify,attest)",
+            key(first)
+        ),
+        Status::UsageNotPermitted => format!(
+            "{}'s usage does not allow it to {action} (see `nitride key info {}`)",
+            key(first),
+            first.unwrap_or_default()
+        ),
+        Status::WrongKeyType => format!("{}'s type cannot {action}", key(first)),
+        Status::NotExportable => format!(
+            "{} is not exportable (keys are created non-exportable unless --exportable)",
+            key(keys.last().map(|(_, id)| *id))
+        ),
+        Status::PolicyDenied => format!(
+            "the vault's policy forbids this: {action} (plaintext import needs the SVSM started \
+             with nitride.plaintext_import=allow; prefer `nitride unwrap`)"
+        ),
+        Status::CapacityExceeded => format!(
+            "the vault is full: it holds at most {KEY_CAPACITY} keys, or its key ids are \
+             exhausted (delete a key with `nitride key delete ID`)"
+        ),
+        Status::InvalidKeyMaterial => {
+            format!("the key material is not a valid key of the requested type ({action})")
+        }
+        Status::AuthenticationFailed => format!(
+            "the input does not authenticate under {} (wrong key, wrong AAD, or altered data)",
+            key(first)
+        ),
+        Status::SignatureInvalid => "signature invalid".to_string(),
+        Status::NonceLimitReached => format!(
+            "{} has reached its AES-GCM invocation limit: generate a new key",
+            key(first)
+        ),
+        Status::EntropyFailure => "the platform could not provide entropy".to_string(),
+        Status::TooLarge => {
+            format!("the request or its answer exceeds the vHSM's size limits ({action})")
+        }
+        Status::AttestationUnavailable => {
+            "the platform could not produce an attestation report".to_string()
+        }
+        Status::InvalidParameter => format!(
+            "a value of the request is out of range ({action}); for a new key, --vmpls must \
+             include the caller's VMPL"
+        ),
+        Status::Malformed | Status::UnsupportedVersion | Status::UnknownOperation => format!(
+            "the vault did not understand the request ({action}): do this tool and the \
+             firmware speak the same vHSM protocol version?"
+        ),
+        Status::Ok => format!("unexpected status Ok ({action})"),
+    };
+    CliError::Refused(Refusal {
+        status: s,
+        keys: keys.iter().map(|(_, id)| *id).collect(),
+        message,
+    })
+}
+
+fn about<'a>(action: &'a str, keys: &'a [(&'a str, u32)]) -> About<'a> {
+    About { action, keys }
+}
+
+/// Read the input (`--in FILE`, `-` or nothing: stdin), refusing more than `max`
+/// bytes of `what` with the limit named.
+fn input(i: &Input, what: &str, max: usize) -> Result<Vec<u8>, CliError> {
+    let (v, from) = match i.input.as_deref() {
+        Some(f) if f != Path::new("-") => (read(f, "input")?, f.display().to_string()),
         _ => {
             let mut v = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut v)
                 .map_err(|e| CliError::Input(format!("stdin: {e}")))?;
-            Ok(v)
+            (v, "stdin".to_string())
         }
+    };
+    if v.len() > max {
+        return Err(CliError::Input(format!(
+            "{from}: {} bytes; {what} is at most {max} bytes",
+            v.len()
+        )));
     }
+    Ok(v)
 }
 
-fn output(p: &Parsed, bytes: &[u8], out: &mut dyn Write) -> Result<(), CliError> {
-    match p.value("--out") {
-        Some(f) if f != "-" => {
-            std::fs::write(f, bytes).map_err(|e| CliError::Input(format!("{f}: {e}")))
+fn output(o: &Output, bytes: &[u8], out: &mut dyn Write) -> Result<(), CliError> {
+    match o.output.as_deref() {
+        Some(f) if f != Path::new("-") => {
+            std::fs::write(f, bytes).map_err(|e| CliError::Input(format!("{}: {e}", f.display())))
         }
         _ => out.write_all(bytes).map_err(io),
     }
-}
-
-const TYPES: &[(&str, KeyType)] = &[
-    ("aes-256", KeyType::Aes256),
-    ("ecdsa-p384", KeyType::EcdsaP384),
-    ("ed25519", KeyType::Ed25519),
-    ("hmac-sha384", KeyType::HmacSha384),
-];
-
-const USAGES: &[(&str, KeyUsage)] = &[
-    ("encrypt", KeyUsage::ENCRYPT),
-    ("decrypt", KeyUsage::DECRYPT),
-    ("sign", KeyUsage::SIGN),
-    ("verify", KeyUsage::VERIFY),
-    ("wrap", KeyUsage::WRAP),
-    ("unwrap", KeyUsage::UNWRAP),
-    ("derive", KeyUsage::DERIVE),
-    ("attest", KeyUsage::ATTEST),
-];
-
-fn type_name(raw: u16) -> &'static str {
-    TYPES
-        .iter()
-        .find(|(_, t)| t.raw() == raw)
-        .map_or("unknown", |(n, _)| n)
-}
-
-fn usage_names(bits: u32) -> Vec<&'static str> {
-    USAGES
-        .iter()
-        .filter(|(_, u)| bits & u.bits() != 0)
-        .map(|(n, _)| *n)
-        .collect()
 }
 
 fn origin_name(raw: u8) -> &'static str {
@@ -248,56 +546,54 @@ fn vmpl_list(bits: u8) -> Vec<u8> {
 }
 
 /// The template from `--type`, `--usage` (default: what the type can do, less
-/// wrap/unwrap/derive/attest: listing a key in the attestation manifest is opt-in), `--vmpls` (default: all) and `--exportable`.
-fn template(p: &Parsed) -> Result<KeyTemplate, CliError> {
-    let t = p
-        .value("--type")
-        .ok_or_else(|| CliError::Usage("--type is required".into()))?;
-    let (_, key_type) = TYPES.iter().find(|(n, _)| *n == t).ok_or_else(|| {
-        CliError::Usage(format!(
-            "unknown key type {t}: one of aes-256, ecdsa-p384, ed25519, hmac-sha384"
-        ))
-    })?;
-    let usage = match p.value("--usage") {
-        None => {
-            key_type.allowed_usage()
-                - (KeyUsage::WRAP | KeyUsage::UNWRAP | KeyUsage::DERIVE | KeyUsage::ATTEST)
-        }
-        Some(list) => list.split(',').try_fold(KeyUsage::empty(), |acc, u| {
-            USAGES
-                .iter()
-                .find(|(n, _)| *n == u.trim())
-                .map(|(_, f)| acc | *f)
-                .ok_or_else(|| CliError::Usage(format!("unknown usage {u}")))
-        })?,
+/// wrap/unwrap/derive/attest: listing a key in the attestation manifest is opt-in),
+/// `--vmpls` (default: all) and `--exportable`. A usage the type cannot have is a
+/// usage error here, before the vault sees it.
+fn template(t: &TemplateArgs, path: &[&str]) -> Result<KeyTemplate, CliError> {
+    let key_type = t.key_type.key_type();
+    let allowed = key_type.allowed_usage();
+    let usage = match &t.usage {
+        None => allowed - (KeyUsage::WRAP | KeyUsage::UNWRAP | KeyUsage::DERIVE | KeyUsage::ATTEST),
+        Some(list) => list.iter().fold(KeyUsage::empty(), |acc, u| acc | u.flag()),
     };
-    let vmpls = match p.value("--vmpls") {
+    if !allowed.contains(usage) {
+        let bad = UsageArg::names((usage - allowed).bits());
+        return Err(super::usage_error(
+            path,
+            clap::error::ErrorKind::ValueValidation,
+            format!(
+                "invalid value for '--usage': a key of type {} cannot have usage {}; it can have {}",
+                t.key_type.name(),
+                bad.join(","),
+                UsageArg::names(allowed.bits()).join(",")
+            ),
+        ));
+    }
+    if usage.is_empty() {
+        return Err(super::usage_error(
+            path,
+            clap::error::ErrorKind::ValueValidation,
+            "invalid value for '--usage': a key needs at least one usage".into(),
+        ));
+    }
+    let vmpls = match &t.vmpls {
         None => VmplSet::all(),
-        Some(list) => {
-            list.split(',')
-                .try_fold(VmplSet::empty(), |acc, v| match v.trim().parse::<u8>() {
-                    Ok(n) if n < 4 => Ok(acc | VmplSet::from_bits_truncate(1 << n)),
-                    _ => Err(CliError::Usage(format!("bad VMPL {v}: 0 to 3"))),
-                })?
-        }
+        Some(list) => list.iter().fold(VmplSet::empty(), |acc, v| {
+            acc | VmplSet::from_bits_truncate(1 << v)
+        }),
     };
-    Ok(KeyTemplate::new(
-        *key_type,
-        usage,
-        vmpls,
-        p.flag("--exportable"),
-    ))
+    Ok(KeyTemplate::new(key_type, usage, vmpls, t.exportable))
 }
 
-fn label(p: &Parsed) -> &[u8] {
-    p.value("--label").unwrap_or_default().as_bytes()
+fn label(t: &TemplateArgs) -> &[u8] {
+    t.label.as_deref().unwrap_or_default().as_bytes()
 }
 
 fn key_json(k: &KeyAttributes) -> Value {
     json!({
         "id": k.key_id.get(),
-        "type": type_name(k.key_type.get()),
-        "usage": usage_names(k.usage.get()),
+        "type": KeyTypeArg::name_of(k.key_type.get()),
+        "usage": UsageArg::names(k.usage.get()),
         "origin": origin_name(k.origin),
         "exportable": k.exportable != 0,
         "vmpls": vmpl_list(k.allowed_vmpls),
@@ -309,8 +605,8 @@ fn key_line(k: &KeyAttributes) -> String {
     format!(
         "key {:<4} {:<12} usage {:<22} origin {:<9} exportable {:<3} vmpls {:?} label {:?}",
         k.key_id.get(),
-        type_name(k.key_type.get()),
-        usage_names(k.usage.get()).join(","),
+        KeyTypeArg::name_of(k.key_type.get()),
+        UsageArg::names(k.usage.get()).join(","),
         origin_name(k.origin),
         if k.exportable != 0 { "yes" } else { "no" },
         vmpl_list(k.allowed_vmpls),
@@ -318,30 +614,56 @@ fn key_line(k: &KeyAttributes) -> String {
     )
 }
 
-fn print_key(p: &Parsed, k: &KeyAttributes, out: &mut dyn Write) -> Result<(), CliError> {
-    if p.flag("--json") {
+fn print_key(json: Json, k: &KeyAttributes, out: &mut dyn Write) -> Result<(), CliError> {
+    if json.json {
         writeln!(out, "{}", key_json(k)).map_err(io)
     } else {
         writeln!(out, "{}", key_line(k)).map_err(io)
     }
 }
 
-fn key_generate(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let t = template(p)?;
-    let k = connect(p)?.generate(t, label(p)).map_err(vhsm)?;
-    print_key(p, &k, out)
+pub(super) fn key(cmd: KeyCmd, out: &mut dyn Write) -> Result<(), CliError> {
+    match cmd {
+        KeyCmd::Generate(a) => key_generate(&a, out),
+        KeyCmd::Import(a) => key_import(&a, out),
+        KeyCmd::List(a) => key_list(&a, out),
+        KeyCmd::Info(a) => key_info(&a, out),
+        KeyCmd::Delete(a) => key_delete(&a, out),
+        KeyCmd::Pubkey(a) => key_pubkey(&a, out),
+    }
 }
 
-fn key_import(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let t = template(p)?;
-    let material = input(p)?;
-    let k = connect(p)?.import(t, label(p), &material).map_err(vhsm)?;
-    print_key(p, &k, out)
+fn key_generate(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let t = template(&a.template, &["key", "generate"])?;
+    let k = connect(&a.conn)?
+        .generate(t, label(&a.template))
+        .map_err(|e| refused(e, &about("generate a key", &[])))?;
+    print_key(a.json, &k, out)
 }
 
-fn key_list(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let keys = connect(p)?.list().map_err(vhsm)?;
-    if p.flag("--json") {
+fn key_import(a: &ImportArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let t = template(&a.template, &["key", "import"])?;
+    let key_type = a.template.key_type;
+    let len = key_type.key_type().material_len();
+    let material = zeroize::Zeroizing::new(input(&a.input, "key material", MAX_DATA_LEN)?);
+    if material.len() != len {
+        return Err(CliError::Input(format!(
+            "the key material is {} bytes; an {} key is exactly {len} bytes",
+            material.len(),
+            key_type.name()
+        )));
+    }
+    let k = connect(&a.conn)?
+        .import(t, label(&a.template), &material)
+        .map_err(|e| refused(e, &about("import a key", &[])))?;
+    print_key(a.json, &k, out)
+}
+
+fn key_list(a: &ListArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let keys = connect(&a.conn)?
+        .list()
+        .map_err(|e| refused(e, &about("list keys", &[])))?;
+    if a.json.json {
         return writeln!(out, "{}", Value::Array(keys.iter().map(key_json).collect())).map_err(io);
     }
     if keys.is_empty() {
@@ -353,55 +675,66 @@ fn key_list(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
     Ok(())
 }
 
-fn key_info(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let k = connect(p)?.attributes(key_id(p, 0)?).map_err(vhsm)?;
-    print_key(p, &k, out)
+fn key_info(a: &KeyIdArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let k = connect(&a.conn)?
+        .attributes(a.id)
+        .map_err(|e| refused(e, &about("show its attributes", &[("", a.id)])))?;
+    print_key(a.json, &k, out)
 }
 
-fn key_delete(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let id = key_id(p, 0)?;
-    connect(p)?.delete(id).map_err(vhsm)?;
-    if p.flag("--json") {
-        writeln!(out, "{}", json!({ "deleted": id })).map_err(io)
+fn key_delete(a: &KeyIdArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    connect(&a.conn)?
+        .delete(a.id)
+        .map_err(|e| refused(e, &about("be deleted", &[("", a.id)])))?;
+    if a.json.json {
+        writeln!(out, "{}", json!({ "deleted": a.id })).map_err(io)
     } else {
-        writeln!(out, "key {id} deleted").map_err(io)
+        writeln!(out, "key {} deleted", a.id).map_err(io)
     }
 }
 
-fn key_pubkey(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let der = connect(p)?.public_key(key_id(p, 0)?).map_err(vhsm)?;
-    if p.flag("--pem") {
+fn key_pubkey(a: &PubkeyArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let der = connect(&a.conn)?
+        .public_key(a.id)
+        .map_err(|e| refused(e, &about("give a public key", &[("", a.id)])))?;
+    if a.pem {
         let pem = der::pem::encode_string("PUBLIC KEY", der::pem::LineEnding::LF, &der)
             .map_err(|e| CliError::Input(format!("PEM encoding: {e}")))?;
-        output(p, pem.as_bytes(), out)
+        output(&a.output, pem.as_bytes(), out)
     } else {
-        output(p, &der, out)
+        output(&a.output, &der, out)
     }
 }
 
-fn sign(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let data = input(p)?;
-    let sig = connect(p)?.sign(key_id(p, 0)?, &data).map_err(vhsm)?;
-    if p.flag("--json") {
+pub(super) fn sign(a: &SignArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let data = input(&a.input, "a message to sign", MAX_DATA_LEN)?;
+    let sig = connect(&a.conn)?
+        .sign(a.id, &data)
+        .map_err(|e| refused(e, &about("sign", &[("", a.id)])))?;
+    if a.json {
         writeln!(out, "{}", json!({ "signature": hex::encode(&sig) })).map_err(io)
     } else {
-        output(p, &sig, out)
+        output(&a.output, &sig, out)
     }
 }
 
-fn verify(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let sig_file = p
-        .value("--signature")
-        .ok_or_else(|| CliError::Usage("--signature FILE is required".into()))?;
-    let sig = read(Path::new(sig_file), "signature")?;
-    let data = input(p)?;
-    let result = connect(p)?.verify(key_id(p, 0)?, &data, &sig);
+pub(super) fn verify(a: &VerifyArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let sig = read(&a.signature, "signature")?;
+    if sig.len() > MAX_SIGNATURE_LEN {
+        return Err(CliError::Input(format!(
+            "{}: {} bytes; a signature is at most {MAX_SIGNATURE_LEN} bytes",
+            a.signature.display(),
+            sig.len()
+        )));
+    }
+    let data = input(&a.input, "a message to verify", MAX_DATA_LEN)?;
+    let result = connect(&a.conn)?.verify(a.id, &data, &sig);
     let valid = match result {
         Ok(()) => true,
         Err(VhsmError::Status(Status::SignatureInvalid)) => false,
-        Err(e) => return Err(vhsm(e)),
+        Err(e) => return Err(refused(e, &about("verify", &[("", a.id)]))),
     };
-    if p.flag("--json") {
+    if a.json {
         writeln!(out, "{}", json!({ "valid": valid })).map_err(io)?;
     } else if valid {
         writeln!(out, "signature valid").map_err(io)?;
@@ -409,68 +742,84 @@ fn verify(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
     if valid {
         Ok(())
     } else {
-        Err(CliError::Vhsm("signature invalid".into()))
+        Err(CliError::SignatureInvalid)
     }
 }
 
-fn aad(p: &Parsed) -> &[u8] {
-    p.value("--aad").unwrap_or_default().as_bytes()
+fn aad(a: &CryptArgs) -> &[u8] {
+    a.aad.as_deref().unwrap_or_default().as_bytes()
 }
 
-fn encrypt(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let data = input(p)?;
-    let ct = connect(p)?
-        .encrypt(key_id(p, 0)?, aad(p), &data)
-        .map_err(vhsm)?;
-    output(p, &ct, out)
+pub(super) fn encrypt(a: &CryptArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let data = zeroize::Zeroizing::new(input(&a.input, "a plaintext", MAX_DATA_LEN)?);
+    let ct = connect(&a.conn)?
+        .encrypt(a.id, aad(a), &data)
+        .map_err(|e| refused(e, &about("encrypt", &[("", a.id)])))?;
+    output(&a.output, &ct, out)
 }
 
-fn decrypt(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let data = input(p)?;
-    let pt = connect(p)?
-        .decrypt(key_id(p, 0)?, aad(p), &data)
-        .map_err(vhsm)?;
-    output(p, &pt, out)
+pub(super) fn decrypt(a: &CryptArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let data = input(&a.input, "a ciphertext", MAX_CIPHERTEXT_LEN)?;
+    if data.len() < GCM_NONCE_LEN + GCM_TAG_LEN {
+        return Err(CliError::Input(format!(
+            "the ciphertext is {} bytes; `nitride encrypt` output is at least {} bytes \
+             (nonce and tag)",
+            data.len(),
+            GCM_NONCE_LEN + GCM_TAG_LEN
+        )));
+    }
+    let pt = zeroize::Zeroizing::new(
+        connect(&a.conn)?
+            .decrypt(a.id, aad(a), &data)
+            .map_err(|e| refused(e, &about("decrypt", &[("", a.id)])))?,
+    );
+    output(&a.output, &pt, out)
 }
 
-fn wrap(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let wrapped = connect(p)?
-        .wrap(key_id(p, 0)?, key_id(p, 1)?)
-        .map_err(vhsm)?;
-    output(p, &wrapped, out)
+pub(super) fn wrap(a: &WrapArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let wrapped = connect(&a.conn)?
+        .wrap(a.wrapping_id, a.key_id)
+        .map_err(|e| {
+            refused(
+                e,
+                &about(
+                    "wrap",
+                    &[("wrapping key", a.wrapping_id), ("key to wrap", a.key_id)],
+                ),
+            )
+        })?;
+    output(&a.output, &wrapped, out)
 }
 
-fn unwrap(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let t = template(p)?;
-    let wrapped = input(p)?;
-    let k = connect(p)?
-        .unwrap_key(key_id(p, 0)?, t, label(p), &wrapped)
-        .map_err(vhsm)?;
-    print_key(p, &k, out)
+pub(super) fn unwrap(a: &UnwrapArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let t = template(&a.template, &["unwrap"])?;
+    let wrapped = input(&a.input, "a wrapped key", MAX_WRAPPED_LEN)?;
+    let k = connect(&a.conn)?
+        .unwrap_key(a.wrapping_id, t, label(&a.template), &wrapped)
+        .map_err(|e| refused(e, &about("unwrap", &[("", a.wrapping_id)])))?;
+    print_key(a.json, &k, out)
 }
 
-fn derive(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let t = template(p)?;
-    let salt = p.value("--salt").unwrap_or_default().as_bytes();
-    let info = p.value("--info").unwrap_or_default().as_bytes();
-    let k = connect(p)?
-        .derive(key_id(p, 0)?, t, label(p), salt, info)
-        .map_err(vhsm)?;
-    print_key(p, &k, out)
+pub(super) fn derive(a: &DeriveArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let t = template(&a.template, &["derive"])?;
+    let salt = a.salt.as_deref().unwrap_or_default().as_bytes();
+    let info = a.info.as_deref().unwrap_or_default().as_bytes();
+    let k = connect(&a.conn)?
+        .derive(a.parent_id, t, label(&a.template), salt, info)
+        .map_err(|e| refused(e, &about("derive", &[("", a.parent_id)])))?;
+    print_key(a.json, &k, out)
 }
 
-fn random(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let n = p.positional(0).unwrap_or_default();
-    let n: u32 = n
-        .parse()
-        .map_err(|_| CliError::Usage(format!("N must be a number, got {n:?}")))?;
-    let bytes = connect(p)?.random(n).map_err(vhsm)?;
-    if p.flag("--json") {
+pub(super) fn random(a: &RandomArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let bytes = connect(&a.conn)?
+        .random(a.n)
+        .map_err(|e| refused(e, &about("give random bytes", &[])))?;
+    if a.json {
         writeln!(out, "{}", json!({ "random": hex::encode(&bytes) })).map_err(io)
-    } else if p.flag("--hex") {
+    } else if a.hex {
         writeln!(out, "{}", hex::encode(&bytes)).map_err(io)
     } else {
-        output(p, &bytes, out)
+        output(&a.output, &bytes, out)
     }
 }
 
@@ -482,14 +831,11 @@ fn status_name(raw: u16) -> String {
     Status::from_raw(raw).map_or_else(|| format!("status#{raw}"), |s| format!("{s:?}"))
 }
 
-fn audit(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
-    let from = p
-        .value("--from")
-        .map(str::parse::<u64>)
-        .transpose()
-        .map_err(|_| CliError::Usage("--from takes a number".into()))?;
-    let entries: Vec<AuditEntry> = connect(p)?.audit(from.unwrap_or(0)).map_err(vhsm)?;
-    if p.flag("--json") {
+pub(super) fn audit(a: &AuditArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let entries: Vec<AuditEntry> = connect(&a.conn)?
+        .audit(a.from.unwrap_or(0))
+        .map_err(|e| refused(e, &about("read the audit log", &[])))?;
+    if a.json.json {
         let v: Vec<Value> = entries
             .iter()
             .map(|e| {
@@ -520,4 +866,51 @@ fn audit(p: &Parsed, out: &mut dyn Write) -> Result<(), CliError> {
         .map_err(io)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn message(status: Status, action: &str, keys: &[(&str, u32)]) -> String {
+        refused(VhsmError::Status(status), &about(action, keys)).to_string()
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        assert_eq!(
+            message(Status::KeyNotFound, "sign", &[("", 99)]),
+            "vHSM: refused: key 99 does not exist or is not usable by this caller (KeyNotFound)"
+        );
+        let m = message(
+            Status::KeyNotFound,
+            "wrap",
+            &[("wrapping key", 3), ("key to wrap", 1)],
+        );
+        assert!(
+            m.contains("key 3 (wrapping key) or key 1 (key to wrap) does not exist"),
+            "{m}"
+        );
+        let m = message(
+            Status::NotExportable,
+            "wrap",
+            &[("wrapping key", 3), ("key to wrap", 1)],
+        );
+        assert!(m.contains("key 1 is not exportable"), "{m}");
+        assert!(m.ends_with("(NotExportable)"), "{m}");
+        let m = message(Status::UsageNotPermitted, "attest", &[("", 4)]);
+        assert!(m.contains("key 4 is not attestable"), "{m}");
+        let m = message(Status::CapacityExceeded, "generate a key", &[]);
+        assert!(m.contains(&format!("at most {KEY_CAPACITY} keys")), "{m}");
+        // Every status gets an explanation of its own.
+        for s in Status::ALL {
+            let e = refused(VhsmError::Status(*s), &about("sign", &[("", 7)]));
+            let CliError::Refused(r) = &e else {
+                panic!("{s:?}: {e}")
+            };
+            assert_eq!((r.status, r.keys.as_slice()), (*s, &[7][..]));
+            assert!(!r.message.is_empty());
+        }
+    }
 }

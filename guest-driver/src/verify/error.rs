@@ -183,6 +183,14 @@ pub enum VerifyError {
         /// CHIP_ID seen.
         report: Vec<u8>,
     },
+    /// The trust anchors the caller named cannot be used (a roots directory without
+    /// an ARK, an ARK that fails its pin, an unreadable development root).
+    RootsUnusable {
+        /// The option and directory (`--roots DIR`).
+        option: String,
+        /// Why.
+        reason: String,
+    },
     /// The endorsement chains to a *development* root (the emulated platform's), not
     /// to AMD, and the caller did not opt into trusting it.
     DevelopmentRoot {
@@ -212,6 +220,7 @@ impl VerifyError {
             Self::TcbMismatch { .. } => "tcb",
             Self::ChipIdMismatch { .. } | Self::VlekChipIdNotMasked { .. } => "chip_id",
             Self::DevelopmentRoot { .. } => "development_root",
+            Self::RootsUnusable { .. } => "roots",
         }
     }
 }
@@ -285,6 +294,10 @@ impl fmt::Display for VerifyError {
                 f,
                 "chip id: a VLEK-signed report must carry a zero CHIP_ID, saw {}",
                 Hex(report)
+            ),
+            Self::RootsUnusable { option, reason } => write!(
+                f,
+                "trust anchors: {option} cannot be used ({reason}); nothing was verified"
             ),
             Self::DevelopmentRoot { evidence } => write!(
                 f,

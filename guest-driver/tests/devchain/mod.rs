@@ -161,9 +161,19 @@ fn der_int(b: &[u8]) -> (&[u8], &[u8]) {
 
 /// A version-2 report at `vmpl` binding `report_data`, signed with `dir/vcek.key`.
 pub fn signed_report(dir: &Path, vmpl: u32, report_data: [u8; 64]) -> Vec<u8> {
+    signed_report_with_policy(dir, vmpl, report_data, 0x3_0000)
+}
+
+/// [`signed_report`] with the guest policy `policy`.
+pub fn signed_report_with_policy(
+    dir: &Path,
+    vmpl: u32,
+    report_data: [u8; 64],
+    policy: u64,
+) -> Vec<u8> {
     let mut r = AttestationReport::new_zeroed();
     r.version = U32::new(2);
-    r.policy = U64::new(0x3_0000);
+    r.policy = U64::new(policy);
     r.vmpl = U32::new(vmpl);
     r.signature_algo = U32::new(1);
     r.report_data = report_data;
