@@ -786,7 +786,7 @@ impl<'a> KeyBinding<'a> {
 
 #[cfg(test)]
 #[allow(clippy::field_reassign_with_default)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Offsets of `struct svsm_attest_call` in Linux (arch/x86/include/asm/sev.h):
