@@ -113,7 +113,12 @@ fn services_attestation_binds_nonce_manifest_and_keys() {
 
     // A changed manifest, a changed nonce: refused.
     let mut other_manifest = ev.manifest.clone();
-    *other_manifest.last_mut().unwrap() ^= 1;
+    // A byte of the listed key's label (table head 48 + vHSM header 32 + identity
+    // 120, then the attributes' label at +16): still a manifest the SVSM could write,
+    // so it is REPORT_DATA that refuses it. (Flipping a byte of a public key makes
+    // it malformed first: see nonce_manifest_must_be_what_the_svsm_writes.)
+    assert_eq!(&other_manifest[216..224], b"attested");
+    other_manifest[216] ^= 1;
     assert!(matches!(
         policy
             .clone()
@@ -189,8 +194,11 @@ fn attest_key_binds_the_public_key_and_attributes() {
             .appraise(&v),
         Err(PolicyError::KeyBindingNonce { .. })
     ));
+    // Another label (the binding's byte 96, the attributes' label): a binding the
+    // vault could write, but not the one the report binds.
     let mut other = ak.binding.clone();
-    *other.last_mut().unwrap() ^= 1;
+    assert_eq!(&other[96..103], b"tls key");
+    other[96] ^= 1;
     assert!(matches!(
         policy.expect_key_binding(&other).appraise(&v),
         Err(PolicyError::KeyBindingReportData { .. })
@@ -406,7 +414,7 @@ fn cli_attest_then_verify() {
     );
     assert_eq!(code, 0, "{err}");
     let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"].to_string();
-    let (key_nonce, other_key_nonce) = ("c0ffee".repeat(32), "c0ffef".repeat(32));
+    let (key_nonce, other_key_nonce) = ("c0ffee00".repeat(16), "c0ffef00".repeat(16));
     let kdir = vm.dir.join("key");
     let kd = kdir.display().to_string();
     let (code, _, err) = nitride(
