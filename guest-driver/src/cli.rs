@@ -528,6 +528,50 @@ mod tests {
         command().debug_assert();
     }
 
+    /// The limits written in the help texts are the protocol's.
+    #[test]
+    fn help_states_the_protocol_limits() {
+        use nitride_protocol::{attest, vhsm};
+        let help = |path: &[&str]| {
+            let mut cmd = command();
+            cmd.build();
+            for name in path {
+                cmd = cmd.find_subcommand(name).unwrap().clone();
+            }
+            cmd.render_long_help().to_string()
+        };
+        for (path, needle) in [
+            (&["random"][..], format!("0 to {}", vhsm::MAX_RANDOM_LEN)),
+            (
+                &["key", "generate"],
+                format!("at most {} bytes", vhsm::MAX_LABEL_LEN),
+            ),
+            (
+                &["encrypt"],
+                format!("at most {} bytes", vhsm::MAX_DATA_LEN),
+            ),
+            (
+                &["derive"],
+                format!("at most {} bytes", vhsm::MAX_DERIVE_INPUT_LEN),
+            ),
+            (
+                &["attest", "services"],
+                format!("exactly {} bytes", attest::NONCE_SIZE),
+            ),
+            (
+                &["attest", "key"],
+                format!("exactly {} bytes", attest::NONCE_SIZE),
+            ),
+            (
+                &["report", "verify"],
+                format!("exactly {} bytes", attest::NONCE_SIZE),
+            ),
+        ] {
+            let h = help(path);
+            assert!(h.contains(&needle), "{path:?} lacks {needle:?}: {h}");
+        }
+    }
+
     #[test]
     fn version_names_the_protocols() {
         let v = LONG_VERSION.as_str();

@@ -23,6 +23,14 @@ pub enum Fault {
     GeneralProtection,
     /// Rust panic.
     Panic,
+    /// Write to the SVSM's own code (W^X: #PF).
+    WriteText,
+    /// Execute the SVSM's writable data (W^X: #PF).
+    ExecData,
+    /// Execute guest RAM (never executable for the SVSM: #PF).
+    ExecGuest,
+    /// Write to the guard page under the boot stack (a stack overflow: #PF).
+    StackGuard,
 }
 
 /// The parsed command line.
@@ -30,7 +38,7 @@ pub enum Fault {
 pub struct Cmdline<'a> {
     /// `nitride.log=warn|info|debug` (default info).
     pub log: LogLevel,
-    /// `nitride.fault=ud|pf|gp|panic`.
+    /// `nitride.fault=ud|pf|gp|panic|write-text|exec-data|exec-guest|stack-guard`.
     pub fault: Option<Fault>,
     /// `nitride.plaintext_import=allow`: the vault accepts plaintext key material
     /// (refused by default).
@@ -68,6 +76,10 @@ impl<'a> Cmdline<'a> {
                         "pf" => Some(Fault::PageFault),
                         "gp" => Some(Fault::GeneralProtection),
                         "panic" => Some(Fault::Panic),
+                        "write-text" => Some(Fault::WriteText),
+                        "exec-data" => Some(Fault::ExecData),
+                        "exec-guest" => Some(Fault::ExecGuest),
+                        "stack-guard" => Some(Fault::StackGuard),
                         _ => {
                             unknown += 1;
                             None
@@ -98,6 +110,15 @@ mod tests {
         let (c, unknown) = Cmdline::parse("-- mode=read");
         assert_eq!(c.guest, "mode=read");
         assert_eq!(unknown, 0);
+        for (word, fault) in [
+            ("write-text", Fault::WriteText),
+            ("exec-data", Fault::ExecData),
+            ("exec-guest", Fault::ExecGuest),
+            ("stack-guard", Fault::StackGuard),
+        ] {
+            let line = std::format!("nitride.fault={word}");
+            assert_eq!(Cmdline::parse(&line).0.fault, Some(fault));
+        }
         let (c, unknown) = Cmdline::parse("bogus nitride.fault=zz");
         assert_eq!(
             (c.log, c.fault, c.guest, unknown),

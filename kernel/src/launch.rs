@@ -1,8 +1,11 @@
 //! Preparing the first guest on the emulated platform: copy the guest image (the
-//! PVH module) into SVSM memory, check it, load its segments into guest RAM, and
-//! write the fixed pages of the guest contract (secrets, CAA, boot info, page
-//! tables). Everything goes through [`Platform`]'s checked guest-memory accessors.
-//! The image is hashed as read (for the launch measurement, [`crate::measure`]).
+//! PVH module) into SVSM memory, check it, zero all of guest RAM (nothing that was
+//! there before the SVSM ran reaches the guest: firmware tables, the loader's data,
+//! fw_cfg file names, the SVSM's own command line, the image as QEMU placed it),
+//! load the image's segments into guest RAM, and write the fixed pages of the guest
+//! contract (secrets, CAA, boot info, page tables). Everything goes through
+//! [`Platform`]'s checked guest-memory accessors. The image is hashed as read (for
+//! the launch measurement, [`crate::measure`]).
 
 use crate::elf::{self, ElfError};
 use crate::guest_setup::{boot_info_page, guest_page_table, secrets_page, Vmpcks};
@@ -60,6 +63,8 @@ pub struct Launched {
     pub entry: u64,
     /// SHA-384 of the guest image exactly as found (before loading).
     pub image_digest: Digest384,
+    /// Bytes of guest RAM zeroed before loading (all of it).
+    pub scrubbed: u64,
 }
 
 /// Load the guest image found at `image` (guest-physical) and write the fixed
@@ -82,6 +87,17 @@ pub fn prepare_guest<P: Platform>(
     p.read_guest(src, &mut file)?;
     let image_digest = measure::guest_digest(&file);
     let parsed = elf::parse(&file).map_err(LaunchError::Elf)?;
+
+    // The guest finds zeros everywhere but its segments and the fixed pages.
+    let map = p.memory().clone();
+    let mut scrubbed = 0;
+    for r in map.ram() {
+        let range = map
+            .boot_range(r.start, r.len())
+            .map_err(LaunchError::FixedPage)?;
+        p.zero_guest(range)?;
+        scrubbed += r.len();
+    }
 
     for seg in &parsed.segments {
         let dest = p
@@ -124,7 +140,6 @@ pub fn prepare_guest<P: Platform>(
         return Err(LaunchError::EntryOutside(parsed.entry));
     }
 
-    let map = p.memory().clone();
     let page = |gpa: u64| map.page(gpa).map_err(LaunchError::FixedPage);
     p.write_guest(
         page(SECRETS_GPA)?,
@@ -142,6 +157,7 @@ pub fn prepare_guest<P: Platform>(
     Ok(Launched {
         entry: parsed.entry,
         image_digest,
+        scrubbed,
     })
 }
 
@@ -193,8 +209,18 @@ mod tests {
             &elf_at(0x14_0000, b"\x90\x90\xF4", 0x14_0001),
         );
         let file = elf_at(0x14_0000, b"\x90\x90\xF4", 0x14_0001);
+        // Leftovers from before the SVSM: a firmware table in low memory and a
+        // fw_cfg file name elsewhere.
+        p.ram[0x9_0000..0x9_0008].copy_from_slice(b"RSD PTR ");
+        let name = nitride_protocol::emulated::dev_psp::FW_CFG_NAME.as_bytes();
+        p.ram[0x1F_0000..0x1F_0000 + name.len()].copy_from_slice(name);
         let launched = prepare_guest(&mut p, Some(img), b"mode=calls", &keys()).unwrap();
         assert_eq!(launched.entry, 0x14_0001);
+        assert_eq!(launched.scrubbed, 0x20_0000);
+        assert!(!p.ram.windows(8).any(|w| w == b"RSD PTR "));
+        assert!(!p.ram.windows(name.len()).any(|w| w == name));
+        // The image as QEMU placed it is gone too; only the loaded segment remains.
+        assert!(p.ram[0x18_0000..0x18_0100].iter().all(|&b| b == 0));
         assert_eq!(launched.image_digest, measure::guest_digest(&file));
         assert_eq!(&p.ram[0x14_0000..0x14_0003], b"\x90\x90\xF4");
         assert!(p.ram[0x14_0003..0x14_2000].iter().all(|&b| b == 0));

@@ -3,6 +3,9 @@
 //! - [`memory`]: guest RAM and the checked constructor for guest ranges.
 //! - [`platform`]: the [`platform::Platform`] trait, the seam to the hardware.
 //! - [`svsm`]: the request loop and the core protocol.
+//! - [`insn`]: decoding the guest instructions the SVSM completes itself, through a
+//!   walk of the guest's page tables.
+//! - [`refusals`]: rate-limited reporting of refused guest accesses.
 //! - [`attest`]: the SVSM attestation protocol (protocol 1).
 //! - [`npt`]: nested page-table construction (which guest addresses exist).
 //! - [`elf`]: parsing the guest image.
@@ -11,7 +14,8 @@
 //! - [`cmdline`]: the SVSM command line.
 //! - [`measure`]: the launch measurement (SVSM and guest image digests).
 //! - [`psp`]: the PSP guest-message client (attestation reports, derived keys).
-//! - [`emulated_psp`]: the emulated AMD Secure Processor the emulated platform talks to.
+//! - [`emulated_psp`]: the emulated platform's channel to the emulated AMD Secure
+//!   Processor (crate `nitride-emulated-psp`).
 //!
 //! The firmware binary (`src/main.rs` and `src/arch/`) adds boot, the CPU tables,
 //! the console and the emulated platform; all unsafe code lives there.
@@ -25,10 +29,12 @@ pub mod cmdline;
 pub mod elf;
 pub mod emulated_psp;
 pub mod guest_setup;
+pub mod insn;
 pub mod launch;
 pub mod measure;
 pub mod memory;
 pub mod npt;
 pub mod platform;
 pub mod psp;
+pub mod refusals;
 pub mod svsm;

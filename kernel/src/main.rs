@@ -12,7 +12,7 @@ mod arch;
 use nitride_rt as _;
 
 use arch::entropy::Sources;
-use arch::{cpu, fw_cfg, heap, image, pvh, serial, svm::Emulated};
+use arch::{cpu, fw_cfg, heap, image, paging, pvh, serial, svm::Emulated};
 use nitride_kernel::cmdline::Cmdline;
 use nitride_kernel::emulated_psp::{DevPspConfig, EmulatedPsp, EmulatedPspChannel, LaunchInfo};
 use nitride_kernel::guest_setup::Vmpcks;
@@ -35,13 +35,22 @@ extern "C" {
 
 #[no_mangle]
 extern "C" fn svsm_main64(start_info: u32) -> ! {
-    serial::init();
     cpu::init();
     let boot =
         pvh::read(start_info).unwrap_or_else(|e| cpu::fatal(format_args!("PVH start info: {e:?}")));
     let cmdline_str = core::str::from_utf8(&boot.cmdline).unwrap_or("");
     let (cmd, unknown) = Cmdline::parse(cmdline_str);
     serial::init_logger(cmd.log);
+    let svsm_region = PhysRange {
+        start: SVSM_BASE,
+        end: SVSM_END,
+    };
+    let map = GuestMemoryMap::new(&boot.ram, svsm_region)
+        .unwrap_or_else(|e| cpu::fatal(format_args!("memory map: {e:?}")));
+    // From here on the SVSM runs on its own W^X tables, which map guest RAM
+    // no-execute and leave the stacks' guard pages out.
+    let layout =
+        paging::init(&map).unwrap_or_else(|e| cpu::fatal(format_args!("page tables: {e:?}")));
     heap::init();
 
     let image_end = core::ptr::addr_of!(__svsm_image_end) as u64;
@@ -58,6 +67,16 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
         (image_end - SVSM_BASE) >> 10,
         heap::HEAP_SIZE >> 10
     );
+    log::info!(
+        "page tables: text {:#x}..{:#x} RX, rodata ..{:#x} R, data+bss ..{:#x} RW NX with {} stack guard pages, guest RAM RW NX ({} pages), {} table pages",
+        layout.text.start,
+        layout.text.end,
+        layout.rodata.end,
+        layout.data.end,
+        layout.guards,
+        if layout.huge_pages { "up to 1 GiB" } else { "up to 2 MiB" },
+        layout.tables
+    );
     if unknown > 0 {
         log::warn!("{unknown} unknown command-line word(s) ignored: {cmdline_str:?}");
     }
@@ -71,12 +90,6 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
         log::warn!("nitride.fault ignored: this image is built without fault injection");
     }
 
-    let svsm_region = PhysRange {
-        start: SVSM_BASE,
-        end: SVSM_END,
-    };
-    let map = GuestMemoryMap::new(&boot.ram, svsm_region)
-        .unwrap_or_else(|e| cpu::fatal(format_args!("memory map: {e:?}")));
     for r in map.ram() {
         log::info!("guest RAM {:#010x}..{:#010x}", r.start, r.end);
     }
@@ -89,6 +102,10 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
     let guest_keys = psp_setup.as_ref().map_or(&no_keys, |s| &s.vmpcks);
     let launched = prepare_guest(&mut platform, boot.module, cmd.guest.as_bytes(), guest_keys)
         .unwrap_or_else(|e| cpu::fatal(format_args!("guest image: {e:?}")));
+    log::info!(
+        "guest RAM scrubbed: {} MiB zeroed before loading (only the guest image and the fixed pages are non-zero)",
+        launched.scrubbed >> 20
+    );
     let measurement = measure::launch_measurement(&svsm_digest, &launched.image_digest);
     log::info!("launch measurement {}", measure::hex(&measurement));
     log::debug!(
@@ -117,7 +134,42 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
         stats.ignored,
         svsm.platform().exits()
     );
-    let code = match stop {
+    for total in svsm.platform().refusals().summary() {
+        log::warn!(
+            "guest {} accesses refused in this run: {} in total ({} not logged one by one)",
+            total.kind.name(),
+            total.count,
+            total.not_logged
+        );
+    }
+    if let Some((own, guest)) = svsm.platform().xcr0_report() {
+        match guest {
+            Some(g) => log::info!(
+                "XCR0: the SVSM ran every exit with its own {own:#x}; the guest's {g:#x} was switched out"
+            ),
+            None => log::info!("XCR0: the SVSM ran every exit with its own {own:#x}"),
+        }
+    }
+    let code = verdict(stop, svsm_region);
+    // The SVSM's code and read-only data must be what was measured at launch.
+    match image::svsm_digest() {
+        Ok(now) if now == svsm_digest => log::info!(
+            "SVSM code and read-only data unchanged since boot (SHA-384 {})",
+            measure::hex(&now)
+        ),
+        Ok(now) => cpu::fatal(format_args!(
+            "SVSM code or read-only data CHANGED since boot (SHA-384 {}, was {})",
+            measure::hex(&now),
+            measure::hex(&svsm_digest)
+        )),
+        Err(e) => cpu::fatal(format_args!("SVSM image: {e:?}")),
+    }
+    cpu::exit_with(code)
+}
+
+/// Log why the guest stopped and give the exit status.
+fn verdict(stop: GuestExit, svsm_region: PhysRange) -> u32 {
+    match stop {
         GuestExit::Violation { gpa, rip, access } => {
             let what = if svsm_region.start <= gpa && gpa < svsm_region.end {
                 "SVSM memory"
@@ -127,12 +179,30 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
             log::error!("isolation: guest {access} of {what} at GPA {gpa:#x} (RIP {rip:#x}) stopped; page not mapped");
             exit::GUEST_VIOLATION
         }
+        GuestExit::ExitRequest { status } => {
+            log::info!("guest ended the run with its status {status:#x}");
+            u32::from(status)
+        }
         GuestExit::Halted { rip } => {
             log::warn!("guest halted with interrupts off at RIP {rip:#x}; stopping");
             exit::GUEST_STOPPED
         }
+        GuestExit::Waited { rip } => {
+            log::warn!("guest waited (MWAIT) with nothing to wake it at RIP {rip:#x}; stopping");
+            exit::GUEST_STOPPED
+        }
         GuestExit::Shutdown { rip } => {
             log::error!("guest shut down (triple fault) near RIP {rip:#x}; stopping");
+            exit::GUEST_STOPPED
+        }
+        GuestExit::PlatformEvent { event, rip } => {
+            log::error!(
+                "the platform sent an {event} while the guest ran (RIP {rip:#x}); stopping"
+            );
+            exit::GUEST_STOPPED
+        }
+        GuestExit::Undecodable { code, rip } => {
+            log::error!("guest instruction for exit {code:#x} at RIP {rip:#x} could not be completed; stopping");
             exit::GUEST_STOPPED
         }
         GuestExit::Unexpected { code, info1, info2 } => {
@@ -143,8 +213,7 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
             log::error!("request loop ended on an SVSM call; stopping");
             exit::GUEST_STOPPED
         }
-    };
-    cpu::exit_qemu(code)
+    }
 }
 
 /// What the emulated PSP needs before the guest is loaded: the chip (from the

@@ -1,9 +1,15 @@
-//! Building the nested page tables that define what the guest can reach.
+//! Building identity-mapping page tables: the nested page tables that define what
+//! the guest can reach, and the SVSM's own page tables.
 //!
-//! Guest-physical addresses map to the same host-physical addresses (identity), but
-//! only for guest RAM: the SVSM region, and everything that is not RAM, is simply
-//! absent, so any guest access there ends in a nested page fault. Entries use 2 MiB
-//! pages where a whole aligned 2 MiB block is guest RAM and 4 KiB pages elsewhere.
+//! Nested tables ([`build_identity`]): guest-physical addresses map to the same
+//! host-physical addresses, but only for guest RAM: the SVSM region, and everything
+//! that is not RAM, is simply absent, so any guest access there ends in a nested page
+//! fault. Entries use 2 MiB pages where a whole aligned 2 MiB block is guest RAM and
+//! 4 KiB pages elsewhere.
+//!
+//! The SVSM's own tables use [`map_identity`] with per-range permissions (text
+//! read/execute, read-only data and every writable page no-execute, guard pages
+//! left out) and, where the CPU has them, 1 GiB pages for guest RAM.
 //!
 //! Pure logic over a [`TablePool`] of page-sized tables, so it is tested on the host;
 //! the kernel hands it a pool in SVSM memory.
@@ -19,8 +25,10 @@ pub const P: u64 = 1 << 0;
 pub const RW: u64 = 1 << 1;
 /// User: nested walks count as user accesses, so every nested entry needs it.
 pub const US: u64 = 1 << 2;
-/// Large page (2 MiB in a page directory).
+/// Large page (2 MiB in a page directory, 1 GiB in a PDPT).
 pub const PS: u64 = 1 << 7;
+/// No-execute (needs EFER.NXE).
+pub const NX: u64 = 1 << 63;
 /// Physical-address bits of an entry.
 pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
@@ -37,6 +45,19 @@ pub enum NptError {
     Unaligned,
     /// A page is already mapped.
     Overlap,
+    /// The root table was not the first table of the pool.
+    NoRoot,
+}
+
+/// The largest leaf pages a mapping may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageSizes {
+    /// 4 KiB pages only.
+    Small,
+    /// 4 KiB and 2 MiB pages.
+    Large,
+    /// 4 KiB, 2 MiB and 1 GiB pages.
+    Huge,
 }
 
 /// Page-sized tables in one physically contiguous array at `base_pa`.
@@ -81,8 +102,9 @@ impl<'a> TablePool<'a> {
         ((pa - self.base_pa) / PAGE) as usize
     }
 
-    /// The table an entry points to, allocating it when the entry is empty.
-    fn child(&mut self, table: usize, slot: usize) -> Result<usize, NptError> {
+    /// The table an entry points to, allocating it (with entry flags `flags`) when
+    /// the entry is empty.
+    fn child(&mut self, table: usize, slot: usize, flags: u64) -> Result<usize, NptError> {
         let entry = self.tables[table][slot];
         if entry & P != 0 {
             if entry & PS != 0 {
@@ -91,7 +113,7 @@ impl<'a> TablePool<'a> {
             return Ok(self.index_of(entry & ADDR_MASK));
         }
         let child = self.alloc()?;
-        self.tables[table][slot] = self.pa(child) | P | RW | US;
+        self.tables[table][slot] = self.pa(child) | flags;
         Ok(child)
     }
 
@@ -108,38 +130,93 @@ impl<'a> TablePool<'a> {
 
 /// Build identity-mapping tables for `ranges` (page aligned, non-overlapping);
 /// returns the physical address of the root (PML4), which is table 0 of the pool.
+/// Every entry is present, writable, executable and user (nested walks count as
+/// user accesses).
 pub fn build_identity(pool: &mut TablePool<'_>, ranges: &[PhysRange]) -> Result<u64, NptError> {
-    let root = pool.alloc()?;
+    let root = new_root(pool)?;
     for r in ranges {
-        if r.start % PAGE != 0 || r.end % PAGE != 0 {
-            return Err(NptError::Unaligned);
-        }
-        let mut addr = r.start;
-        while addr < r.end {
-            let pml4e = ((addr / SIZE_512G) % 512) as usize;
-            let pdpte = ((addr / SIZE_1G) % 512) as usize;
-            let pde = ((addr / SIZE_2M) % 512) as usize;
-            let pdpt = pool.child(root, pml4e)?;
-            let pd = pool.child(pdpt, pdpte)?;
-            let big = addr % SIZE_2M == 0 && r.end - addr >= SIZE_2M;
-            if big {
-                if pool.tables[pd][pde] & P != 0 {
-                    return Err(NptError::Overlap);
-                }
-                pool.tables[pd][pde] = addr | P | RW | US | PS;
-                addr += SIZE_2M;
-            } else {
-                let pt = pool.child(pd, pde)?;
-                let pte = ((addr / PAGE) % 512) as usize;
-                if pool.tables[pt][pte] & P != 0 {
-                    return Err(NptError::Overlap);
-                }
-                pool.tables[pt][pte] = addr | P | RW | US;
-                addr += PAGE;
+        map_identity(pool, *r, P | RW | US, P | RW | US, PageSizes::Large)?;
+    }
+    Ok(root)
+}
+
+/// Start a set of tables: allocate the root (PML4), which must be the pool's first
+/// table, and return its physical address.
+pub fn new_root(pool: &mut TablePool<'_>) -> Result<u64, NptError> {
+    if pool.used != 0 {
+        return Err(NptError::NoRoot);
+    }
+    let root = pool.alloc()?;
+    Ok(pool.table_pa(root))
+}
+
+/// Identity-map `range` (page aligned) in the tables rooted at the pool's first
+/// table: leaf entries get `leaf` (with [`PS`] added for large pages), tables created
+/// on the way get `table`. Leaves are as large as `sizes` allows and alignment
+/// permits.
+pub fn map_identity(
+    pool: &mut TablePool<'_>,
+    range: PhysRange,
+    leaf: u64,
+    table: u64,
+    sizes: PageSizes,
+) -> Result<(), NptError> {
+    if pool.used == 0 {
+        return Err(NptError::NoRoot);
+    }
+    if !range.start.is_multiple_of(PAGE) || !range.end.is_multiple_of(PAGE) {
+        return Err(NptError::Unaligned);
+    }
+    let root = 0;
+    let mut addr = range.start;
+    while addr < range.end {
+        let pml4e = ((addr / SIZE_512G) % 512) as usize;
+        let pdpte = ((addr / SIZE_1G) % 512) as usize;
+        let pde = ((addr / SIZE_2M) % 512) as usize;
+        let left = range.end - addr;
+        let pdpt = pool.child(root, pml4e, table)?;
+        if sizes == PageSizes::Huge && addr.is_multiple_of(SIZE_1G) && left >= SIZE_1G {
+            if pool.tables[pdpt][pdpte] & P != 0 {
+                return Err(NptError::Overlap);
             }
+            pool.tables[pdpt][pdpte] = addr | leaf | PS;
+            addr += SIZE_1G;
+            continue;
+        }
+        let pd = pool.child(pdpt, pdpte, table)?;
+        if sizes != PageSizes::Small && addr.is_multiple_of(SIZE_2M) && left >= SIZE_2M {
+            if pool.tables[pd][pde] & P != 0 {
+                return Err(NptError::Overlap);
+            }
+            pool.tables[pd][pde] = addr | leaf | PS;
+            addr += SIZE_2M;
+        } else {
+            let pt = pool.child(pd, pde, table)?;
+            let pte = ((addr / PAGE) % 512) as usize;
+            if pool.tables[pt][pte] & P != 0 {
+                return Err(NptError::Overlap);
+            }
+            pool.tables[pt][pte] = addr | leaf;
+            addr += PAGE;
         }
     }
-    Ok(pool.table_pa(root))
+    Ok(())
+}
+
+/// The leaf entry that maps `addr` in tables built here, or `None` when unmapped.
+pub fn leaf_entry(pool: &TablePool<'_>, addr: u64) -> Option<u64> {
+    let mut table = 0usize;
+    for (level, shift) in [39u32, 30, 21, 12].iter().enumerate() {
+        let e = pool.tables[table][((addr >> shift) & 511) as usize];
+        if e & P == 0 {
+            return None;
+        }
+        if level == 3 || e & PS != 0 {
+            return Some(e);
+        }
+        table = pool.index_of(e & ADDR_MASK);
+    }
+    None
 }
 
 /// Walk tables built by [`build_identity`]: the physical address `gpa` maps to, or
@@ -217,6 +294,58 @@ mod tests {
         assert_eq!(pool.entry(pd, 8), 0);
         // Every entry on the way is user-accessible (nested walks are user accesses).
         assert_eq!(pool.entry(0, 0) & US, US);
+    }
+
+    #[test]
+    fn permissions_and_page_sizes() {
+        let mut tables = vec![[0u64; 512]; 16];
+        let mut pool = TablePool::new(&mut tables, 0x100_0000);
+        new_root(&mut pool).unwrap();
+        let text = PhysRange {
+            start: 0x100_0000,
+            end: 0x100_2000,
+        };
+        let data = PhysRange {
+            start: 0x100_3000,
+            end: 0x100_4000,
+        };
+        let ram = PhysRange {
+            start: 0x4000_0000,
+            end: 0xC020_0000,
+        };
+        map_identity(&mut pool, text, P, P | RW, PageSizes::Huge).unwrap();
+        map_identity(&mut pool, data, P | RW | NX, P | RW, PageSizes::Huge).unwrap();
+        map_identity(&mut pool, ram, P | RW | NX, P | RW, PageSizes::Huge).unwrap();
+        assert_eq!(leaf_entry(&pool, 0x100_1FFF), Some(0x100_1000 | P));
+        // The page between text and data (a guard) stays unmapped.
+        assert_eq!(leaf_entry(&pool, 0x100_2000), None);
+        assert_eq!(
+            leaf_entry(&pool, 0x100_3000),
+            Some(0x100_3000 | P | RW | NX)
+        );
+        // Two whole GiB as 1 GiB pages, the last 2 MiB as a 2 MiB page.
+        assert_eq!(
+            leaf_entry(&pool, 0x7FFF_FFFF),
+            Some(0x4000_0000 | P | RW | NX | PS)
+        );
+        assert_eq!(
+            leaf_entry(&pool, 0xC010_0000),
+            Some(0xC000_0000 | P | RW | NX | PS)
+        );
+        assert_eq!(translate(&pool, 0x8123_4567), Some(0x8123_4567));
+        assert_eq!(leaf_entry(&pool, 0xC020_0000), None);
+        // Intermediate entries carry the table flags, never NX.
+        assert_eq!(pool.entry(0, 0) & (NX | US), 0);
+        assert_eq!(
+            map_identity(&mut pool, data, P, P, PageSizes::Small),
+            Err(NptError::Overlap)
+        );
+        let mut empty = vec![[0u64; 512]; 2];
+        let mut no_root = TablePool::new(&mut empty, 0);
+        assert_eq!(
+            map_identity(&mut no_root, data, P, P, PageSizes::Small),
+            Err(NptError::NoRoot)
+        );
     }
 
     #[test]

@@ -54,6 +54,33 @@ pub enum GuestExit {
         /// Guest RIP.
         rip: u64,
     },
+    /// The guest asked to end the run with `status`, a value of the guest's own
+    /// range (`nitride_protocol::emulated::exit::is_guest_status`), never one of
+    /// the SVSM's verdicts.
+    ExitRequest {
+        /// The guest's status.
+        status: u8,
+    },
+    /// The guest waited (MWAIT) with nothing that could ever wake it.
+    Waited {
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// The platform interrupted the guest with an event the SVSM does not serve.
+    PlatformEvent {
+        /// Which event.
+        event: PlatformEvent,
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// The SVSM had to complete an intercepted instruction but could not read or
+    /// decode it (e.g. the guest runs without long-mode paging).
+    Undecodable {
+        /// Platform exit code of the instruction.
+        code: u64,
+        /// Guest RIP.
+        rip: u64,
+    },
     /// An exit the platform does not handle.
     Unexpected {
         /// Platform exit code.
@@ -65,11 +92,32 @@ pub enum GuestExit {
     },
 }
 
+/// An event from the platform that ends the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlatformEvent {
+    /// A non-maskable interrupt.
+    Nmi,
+    /// An INIT signal.
+    Init,
+}
+
+impl core::fmt::Display for PlatformEvent {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Nmi => "NMI",
+            Self::Init => "INIT",
+        })
+    }
+}
+
 /// Guest memory access failed after the range was checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestMemoryError {
     /// The buffer's length differs from the range's.
     LengthMismatch,
+    /// The SVSM's page tables do not map the range (the memory map and the page
+    /// tables disagree: an SVSM bug, never a guest input).
+    NotMapped,
 }
 
 /// The machine under the request loop.
@@ -88,6 +136,20 @@ pub trait Platform {
     fn read_guest(&self, range: GuestRange, out: &mut [u8]) -> Result<(), GuestMemoryError>;
     /// Copy SVSM memory into guest memory; `data.len()` must equal `range.len()`.
     fn write_guest(&mut self, range: GuestRange, data: &[u8]) -> Result<(), GuestMemoryError>;
+    /// Zero guest memory. The default writes zeros through [`Platform::write_guest`];
+    /// a platform may skip pages that already read as zero.
+    fn zero_guest(&mut self, range: GuestRange) -> Result<(), GuestMemoryError> {
+        const CHUNK: u64 = 4096;
+        let zeros = [0u8; CHUNK as usize];
+        let mut done = 0;
+        while done < range.len() {
+            let n = (range.len() - done).min(CHUNK);
+            let part = range.sub(done, n).ok_or(GuestMemoryError::LengthMismatch)?;
+            self.write_guest(part, &zeros[..n as usize])?;
+            done += n;
+        }
+        Ok(())
+    }
     /// A monotonic counter for measurements: the TSC on x86 (under QEMU's
     /// `-icount shift=0` an instruction count); 0 where there is none.
     fn cycles(&self) -> u64;

@@ -56,19 +56,34 @@ pub mod boot_info {
     pub const CMDLINE_MAX: usize = 0xC00;
 }
 
-/// I/O ports the guest may use directly; every other port access is intercepted
-/// and answered with #GP.
+/// I/O ports of the emulated platform. The guest may use COM1 and COM2 directly;
+/// every other port access is intercepted: a write to [`ports::DEBUG_EXIT`] is the
+/// guest's request to end the run (the SVSM decides, see [`exit`]), everything else
+/// is answered with #GP.
 pub mod ports {
-    /// COM1: console shared by the SVSM and the guest.
+    /// COM1: the guest's console. The SVSM never writes here.
     pub const COM1: u16 = 0x3F8;
     /// COM2: the relay guest's request channel.
     pub const COM2: u16 = 0x2F8;
-    /// QEMU `isa-debug-exit` (iosize 4).
+    /// QEMU `isa-debug-exit` (iosize 4). Only the SVSM reaches the device; a guest
+    /// write here is intercepted and taken as a request to end the run.
     pub const DEBUG_EXIT: u16 = 0xF4;
+    /// QEMU `isa-debugcon`: the SVSM's own log, which the guest cannot reach (its
+    /// accesses are intercepted and refused).
+    pub const SVSM_LOG: u16 = 0xE9;
 }
 
-/// Values written to the `isa-debug-exit` port. QEMU exits with `value << 1 | 1`.
+/// Exit statuses. Only the SVSM writes QEMU's `isa-debug-exit` port: QEMU exits with
+/// `value << 1 | 1`. The values are split in two ranges that never meet: the
+/// guest's own statuses ([`GUEST_STATUS_FIRST`]..=[`GUEST_STATUS_LAST`]), which the
+/// SVSM passes on when the guest asks to end the run, and the SVSM's verdicts
+/// (0x30..=0x3F). A guest that asks for any other value is refused (#GP). Before it
+/// exits, the SVSM writes its verdict line ([`VERDICT_PREFIX`]) to its own log.
 pub mod exit {
+    /// The first status a guest may end the run with.
+    pub const GUEST_STATUS_FIRST: u32 = 0x20;
+    /// The last status a guest may end the run with.
+    pub const GUEST_STATUS_LAST: u32 = 0x2F;
     /// A guest reports success.
     pub const GUEST_PASS: u32 = 0x21;
     /// A guest reports failure.
@@ -76,10 +91,34 @@ pub mod exit {
     /// The SVSM stopped the guest after an access to SVSM memory.
     pub const GUEST_VIOLATION: u32 = 0x30;
     /// The SVSM stopped the guest because it cannot continue (halted with
-    /// interrupts off, triple fault, unexpected exit).
+    /// interrupts off, MWAIT, triple fault, an NMI or INIT from the platform,
+    /// unexpected exit).
     pub const GUEST_STOPPED: u32 = 0x31;
     /// The SVSM itself failed (CPU exception, panic, boot error).
     pub const SVSM_FATAL: u32 = 0x3F;
+
+    /// The SVSM's verdict line on its log: `[svsm] ` then this prefix, the value in
+    /// hex (`0x21`), a space and [`name`] of the value; e.g.
+    /// `[svsm] verdict: 0x21 guest-pass`.
+    pub const VERDICT_PREFIX: &str = "verdict: ";
+
+    /// Whether a guest may end the run with `value`.
+    pub const fn is_guest_status(value: u32) -> bool {
+        GUEST_STATUS_FIRST <= value && value <= GUEST_STATUS_LAST
+    }
+
+    /// The verdict's name in the log.
+    pub const fn name(value: u32) -> &'static str {
+        match value {
+            GUEST_PASS => "guest-pass",
+            GUEST_FAIL => "guest-fail",
+            GUEST_VIOLATION => "guest-violation",
+            GUEST_STOPPED => "guest-stopped",
+            SVSM_FATAL => "svsm-fatal",
+            v if is_guest_status(v) => "guest-status",
+            _ => "unknown",
+        }
+    }
 
     /// QEMU's process exit status for a value written to the port.
     pub const fn qemu_status(value: u32) -> i32 {

@@ -1,6 +1,15 @@
 //! The host-side runner: builds the firmware and guest images, makes sure QEMU is
 //! installed, and boots the emulated platform with the devices the guest contract
-//! names (COM1 console, `isa-debug-exit`), capturing the console and the exit status.
+//! names (COM1, the guest's console; `isa-debugcon` on port 0xE9, the SVSM's own
+//! log; `isa-debug-exit`), capturing the guest's console, the SVSM's log and the
+//! exit status.
+//!
+//! The SVSM is judged by its own channel only: [`RunOutput::outcome`] accepts an exit
+//! status only when the SVSM's log ends with the matching verdict line, and
+//! [`RunOutput::svsm_lines`] reads the SVSM's log, never COM1 (a guest can print
+//! anything there, `[svsm]` lines included). [`RunOutput::combined`] interleaves both
+//! channels in the order QEMU wrote them, for people and for lining up benchmark
+//! figures, never for a verdict.
 //!
 //! Every boot also hands the firmware the development PSP blob through fw_cfg
 //! ([`dev_chain`]); [`measure`] computes the launch measurement the firmware reports.
@@ -8,7 +17,9 @@
 //! Used by `cargo xtask` (src/main.rs) and by the end-to-end tests in `tests/`.
 
 pub mod dev_chain;
+pub mod igvm;
 pub mod measure;
+pub mod snp;
 
 pub use dev_chain::{dev_psp_blob_path, ensure_dev_chain, DevChain};
 pub use measure::launch_measurement;
@@ -19,6 +30,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nitride_protocol::emulated::{dev_psp, exit, ports};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -85,13 +98,13 @@ pub struct Images {
     pub relay_guest: PathBuf,
 }
 
-const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+pub(crate) const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-fn cargo_build(args: &[&str], target_dir: &Path) -> Result<(), Error> {
+pub(crate) fn cargo_build(args: &[&str], target_dir: &Path) -> Result<(), Error> {
     let status = Command::new(cargo())
         .current_dir(repo_root())
         .args(["build", "--release", "--quiet"])
@@ -213,8 +226,20 @@ pub struct Boot {
     pub extra: Vec<String>,
     /// Kill QEMU after this long.
     pub timeout: Duration,
-    /// Write the console (COM1) to this file instead of QEMU's stdout.
+    /// Once the guest's console shows this text, let QEMU run this much longer and
+    /// then stop it (reported as a timeout), so that a test of a guest that should
+    /// keep running does not depend on how fast the machine boots.
+    pub settle: Option<(String, Duration)>,
+    /// Write the guest's console (COM1) to this file instead of QEMU's stdout.
     pub console_file: Option<PathBuf>,
+    /// Write the SVSM's log (the debug console on port 0xE9) to this file. `None`:
+    /// [`Boot::run`] uses a temporary file; [`Boot::qemu_args`] alone shares the
+    /// terminal with COM1 (or takes it, when COM1 goes to a file).
+    pub svsm_log: Option<PathBuf>,
+    /// Also append both channels, in the order QEMU wrote them, to this file (QEMU's
+    /// chardev `logfile`). For reading along and for benchmarks, never for verdicts:
+    /// the guest controls half of it.
+    pub combined_log: Option<PathBuf>,
     /// Serve COM2 (the relay channel) on this Unix socket.
     pub relay_socket: Option<PathBuf>,
     /// The emulated PSP's blob, passed as fw_cfg file `opt/nitride/dev-psp`
@@ -235,7 +260,10 @@ impl Boot {
             icount: false,
             extra: Vec::new(),
             timeout: Duration::from_secs(60),
+            settle: None,
             console_file: None,
+            svsm_log: None,
+            combined_log: None,
             relay_socket: None,
             dev_psp: Some(dev_psp_blob_path()),
         }
@@ -267,11 +295,42 @@ impl Boot {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        a.push("-serial".into());
-        a.push(match &self.console_file {
-            Some(f) => format!("file:{}", f.display()),
-            None => "stdio".into(),
-        });
+        // COM1 (the guest's console) and the SVSM's log, each on its own chardev.
+        let log = |id: &str| match &self.combined_log {
+            Some(f) => format!("id={id},logfile={},logappend=on", f.display()),
+            None => format!("id={id}"),
+        };
+        match (&self.console_file, &self.svsm_log) {
+            (None, None) => {
+                // Interactive: both on the terminal, through one multiplexer.
+                a.push("-chardev".into());
+                a.push("stdio,mux=on,id=term".into());
+                a.push("-serial".into());
+                a.push("chardev:term".into());
+                a.push("-device".into());
+                a.push(format!(
+                    "isa-debugcon,iobase={:#x},chardev=term",
+                    ports::SVSM_LOG
+                ));
+            }
+            (console, svsm) => {
+                let backend = |file: &Option<PathBuf>| match file {
+                    Some(f) => format!("file,path={}", f.display()),
+                    None => "stdio".to_string(),
+                };
+                a.push("-chardev".into());
+                a.push(format!("{},{}", backend(console), log("com1")));
+                a.push("-serial".into());
+                a.push("chardev:com1".into());
+                a.push("-chardev".into());
+                a.push(format!("{},{}", backend(svsm), log("svsmlog")));
+                a.push("-device".into());
+                a.push(format!(
+                    "isa-debugcon,iobase={:#x},chardev=svsmlog",
+                    ports::SVSM_LOG
+                ));
+            }
+        }
         if let Some(sock) = &self.relay_socket {
             a.push("-serial".into());
             a.push(format!("unix:{},server=on,wait=off", sock.display()));
@@ -315,12 +374,26 @@ impl Boot {
     }
 
     /// Boot, wait for QEMU to exit (or kill it at the timeout), and return what
-    /// happened.
+    /// happened. The SVSM's log and the combined log go to temporary files unless
+    /// [`Boot::svsm_log`] / [`Boot::combined_log`] name them.
     pub fn run(&self) -> Result<RunOutput, Error> {
         self.ensure_inputs()?;
+        let scratch = ScratchDir::new()?;
+        let mut boot = self.clone();
+        let svsm_log = boot
+            .svsm_log
+            .get_or_insert_with(|| scratch.0.join("svsm.log"))
+            .clone();
+        let combined = boot
+            .combined_log
+            .get_or_insert_with(|| scratch.0.join("combined.log"))
+            .clone();
+        for f in [&svsm_log, &combined] {
+            let _ = std::fs::remove_file(f);
+        }
         let start = Instant::now();
         let mut child = Command::new(QEMU)
-            .args(self.qemu_args())
+            .args(boot.qemu_args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -333,22 +406,41 @@ impl Boot {
             .stderr
             .take()
             .ok_or_else(|| Error::Io(std::io::Error::other("no stderr")))?;
-        let out_thread = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = stdout.read_to_end(&mut v);
-            v
-        });
+        let console_bytes = Arc::new(Mutex::new(Vec::new()));
+        let out_thread = {
+            let console_bytes = Arc::clone(&console_bytes);
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = stdout.read(&mut chunk) {
+                    let Some(read) = chunk.get(..n).filter(|r| !r.is_empty()) else {
+                        break;
+                    };
+                    if let Ok(mut v) = console_bytes.lock() {
+                        v.extend_from_slice(read);
+                    }
+                }
+            })
+        };
         let err_thread = std::thread::spawn(move || {
             let mut v = Vec::new();
             let _ = stderr.read_to_end(&mut v);
             v
         });
         let mut timed_out = false;
+        let mut settled_at: Option<Instant> = None;
         let status = loop {
             if let Some(s) = child.try_wait()? {
                 break s.code();
             }
-            if start.elapsed() > self.timeout {
+            if let (Some((text, more)), None) = (&self.settle, settled_at) {
+                let seen = console_bytes
+                    .lock()
+                    .is_ok_and(|v| String::from_utf8_lossy(&v).contains(text.as_str()));
+                if seen {
+                    settled_at = Some(Instant::now() + *more);
+                }
+            }
+            if start.elapsed() > self.timeout || settled_at.is_some_and(|t| Instant::now() > t) {
                 timed_out = true;
                 let _ = child.kill();
                 let _ = child.wait();
@@ -356,12 +448,22 @@ impl Boot {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let console =
-            String::from_utf8_lossy(&out_thread.join().unwrap_or_default()).replace('\r', "");
+        let _ = out_thread.join();
+        let console = console_bytes
+            .lock()
+            .map(|v| String::from_utf8_lossy(&v).replace('\r', ""))
+            .unwrap_or_default();
         let stderr = String::from_utf8_lossy(&err_thread.join().unwrap_or_default()).into_owned();
+        let read = |f: &Path| {
+            std::fs::read(f)
+                .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+                .unwrap_or_default()
+        };
         Ok(RunOutput {
             status,
             console,
+            svsm_log: read(&svsm_log),
+            combined: read(&combined),
             stderr,
             timed_out,
             elapsed: start.elapsed(),
@@ -369,13 +471,54 @@ impl Boot {
     }
 }
 
+/// A directory for one run's files under the system's temporary directory, removed
+/// when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> Result<Self, Error> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "nitride-run-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The address of `symbol` in an ELF file's symbol table (e.g. a label of the SVSM
+/// image, which an attacker knows from the release image).
+pub fn elf_symbol(elf: &Path, symbol: &str) -> Result<u64, Error> {
+    use object::{Object, ObjectSymbol};
+    let data = std::fs::read(elf)?;
+    let file =
+        object::File::parse(&*data).map_err(|e| Error::Build(format!("{}: {e}", elf.display())))?;
+    file.symbols()
+        .find(|s| s.name() == Ok(symbol))
+        .map(|s| s.address())
+        .ok_or_else(|| Error::Build(format!("{}: no symbol {symbol}", elf.display())))
+}
+
 /// What one boot produced.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOutput {
     /// QEMU's exit status (None when killed).
     pub status: Option<i32>,
-    /// Everything on COM1.
+    /// Everything on COM1: the guest's console (the guest writes what it likes).
     pub console: String,
+    /// The SVSM's own log (port 0xE9), which the guest cannot reach.
+    pub svsm_log: String,
+    /// Both, interleaved in the order QEMU wrote them (for reading and benchmarks;
+    /// never for verdicts).
+    pub combined: String,
     /// QEMU's own messages.
     pub stderr: String,
     /// Killed at the timeout.
@@ -404,30 +547,37 @@ pub enum Outcome {
 }
 
 impl RunOutput {
-    /// Classify the exit status.
+    /// Classify the run by the SVSM's verdict: the exit status counts only when the
+    /// SVSM's own log ends with the verdict line for exactly that status.
     pub fn outcome(&self) -> Outcome {
         if self.timed_out {
             return Outcome::TimedOut;
         }
-        let is = |v: u32| self.status == Some(exit::qemu_status(v));
-        if is(exit::GUEST_PASS) {
-            Outcome::GuestPass
-        } else if is(exit::GUEST_FAIL) {
-            Outcome::GuestFail
-        } else if is(exit::GUEST_VIOLATION) {
-            Outcome::Violation
-        } else if is(exit::GUEST_STOPPED) {
-            Outcome::GuestStopped
-        } else if is(exit::SVSM_FATAL) {
-            Outcome::SvsmFatal
-        } else {
-            Outcome::Other(self.status)
+        let Some(v) = self
+            .verdict()
+            .filter(|&v| self.status == Some(exit::qemu_status(v)))
+        else {
+            return Outcome::Other(self.status);
+        };
+        match v {
+            exit::GUEST_PASS => Outcome::GuestPass,
+            exit::GUEST_FAIL => Outcome::GuestFail,
+            exit::GUEST_VIOLATION => Outcome::Violation,
+            exit::GUEST_STOPPED => Outcome::GuestStopped,
+            exit::SVSM_FATAL => Outcome::SvsmFatal,
+            _ => Outcome::Other(self.status),
         }
     }
 
-    /// Console lines the SVSM printed.
+    /// The value of the SVSM's verdict line (`[svsm] verdict: 0x21 guest-pass`), if
+    /// its log has one.
+    pub fn verdict(&self) -> Option<u32> {
+        verdict_in(&self.svsm_log)
+    }
+
+    /// Lines of the SVSM's log.
     pub fn svsm_lines(&self) -> impl Iterator<Item = &str> {
-        self.console
+        self.svsm_log
             .lines()
             .filter_map(|l| l.find("[svsm]").map(|i| &l[i..]))
     }
@@ -440,6 +590,15 @@ impl RunOutput {
     }
 }
 
+/// The last verdict line in an SVSM log.
+pub fn verdict_in(svsm_log: &str) -> Option<u32> {
+    let prefix = format!("[svsm] {}0x", exit::VERDICT_PREFIX);
+    svsm_log.lines().rev().find_map(|l| {
+        let hex = l.strip_prefix(&prefix)?.split(' ').next()?;
+        u32::from_str_radix(hex, 16).ok()
+    })
+}
+
 /// A VM running in the background with the relay guest, its console in a file and
 /// its relay channel on a Unix socket; killed when dropped.
 #[derive(Debug)]
@@ -449,8 +608,10 @@ pub struct RunningVm {
     pub dir: PathBuf,
     /// The relay socket.
     pub socket: PathBuf,
-    /// The console log.
+    /// The guest's console (COM1).
     pub console: PathBuf,
+    /// The SVSM's log (port 0xE9).
+    pub svsm_log: PathBuf,
 }
 
 impl RunningVm {
@@ -465,11 +626,14 @@ impl RunningVm {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("vhsm.sock");
         let console = dir.join("console.log");
-        let _ = std::fs::remove_file(&socket);
-        let _ = std::fs::remove_file(&console);
+        let svsm_log = dir.join("svsm.log");
+        for f in [&socket, &console, &svsm_log] {
+            let _ = std::fs::remove_file(f);
+        }
         let mut boot = Boot::new(svsm, Some(relay_guest), "");
         boot.svsm_args = svsm_args.to_string();
         boot.console_file = Some(console.clone());
+        boot.svsm_log = Some(svsm_log.clone());
         boot.relay_socket = Some(socket.clone());
         boot.ensure_inputs()?;
         let child = Command::new(QEMU)
@@ -483,6 +647,7 @@ impl RunningVm {
             dir: dir.to_path_buf(),
             socket,
             console,
+            svsm_log,
         };
         vm.wait_ready(Duration::from_secs(60))?;
         Ok(vm)
@@ -496,7 +661,8 @@ impl RunningVm {
             }
             if let Some(status) = self.child.try_wait()? {
                 return Err(Error::Io(std::io::Error::other(format!(
-                    "QEMU exited ({status}) before the relay was up:\n{}",
+                    "QEMU exited ({status}) before the relay was up:\n{}\n{}",
+                    self.svsm_log_text(),
                     self.console_text()
                 ))));
             }
@@ -509,11 +675,23 @@ impl RunningVm {
         }
     }
 
-    /// Everything on the console so far.
+    /// Everything on the guest's console so far.
     pub fn console_text(&self) -> String {
         std::fs::read_to_string(&self.console)
             .unwrap_or_default()
             .replace('\r', "")
+    }
+
+    /// Everything on the SVSM's log so far.
+    pub fn svsm_log_text(&self) -> String {
+        std::fs::read_to_string(&self.svsm_log)
+            .unwrap_or_default()
+            .replace('\r', "")
+    }
+
+    /// The SVSM's verdict, once it has ended the run.
+    pub fn verdict(&self) -> Option<u32> {
+        verdict_in(&self.svsm_log_text())
     }
 
     /// QEMU's exit status, if it has exited.

@@ -56,7 +56,7 @@ enum Task {
                             cargo xtask run --guest-args mode=vhsm\n  \
                             cargo xtask run --icount -- -d int -D qemu.log")]
     Run(RunArgs),
-    /// Run every test: host unit tests and the QEMU end-to-end tests
+    /// Run every test: host unit tests, the QEMU end-to-end tests and the test KBS's suite
     #[command(after_help = "Examples:\n  cargo xtask test")]
     Test,
     /// Boot the SVSM and show it at work: SVSM calls, isolation, the vHSM, attestation
@@ -78,6 +78,15 @@ enum Task {
     #[command(after_help = "Examples:\n  cargo xtask measure --guest relay\n  \
                             MEASUREMENT=$(cargo xtask measure --guest relay)")]
     Measure(MeasureArgs),
+    /// Build an IGVM file for the SNP machine and check its launch digest three ways
+    #[command(after_help = "Examples:\n  cargo xtask igvm\n  \
+                            cargo xtask igvm --boot vmpl0.elf --extra vmpl1.elf --out image.igvm")]
+    Igvm(IgvmArgs),
+    /// Boot the virtual SNP machine (QEMU) with an IGVM file, console on this terminal
+    #[command(after_help = "Examples:\n  cargo xtask snp\n  \
+                            cargo xtask snp --icount\n  \
+                            cargo xtask snp --igvm image.igvm --cmdline probe=read:0")]
+    Snp(SnpArgs),
     /// Write nitride's man pages (one per command) to a directory
     #[command(after_help = "Examples:\n  cargo xtask man\n  man -l target/man/nitride.1")]
     Man(ManArgs),
@@ -145,6 +154,33 @@ struct MeasureArgs {
 }
 
 #[derive(Debug, Args)]
+struct IgvmArgs {
+    /// The image started at VMPL0 (entered in 32-bit protected mode at its ELF entry)
+    /// [default: the machine's test program]
+    #[arg(long, value_name = "ELF", value_hint = clap::ValueHint::FilePath)]
+    boot: Option<PathBuf>,
+    /// More images to load and measure (started by the boot image)
+    #[arg(long, value_name = "ELF", requires = "boot", value_hint = clap::ValueHint::FilePath)]
+    extra: Vec<PathBuf>,
+    /// Where to write the file [default: target/images/snp-test.igvm]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct SnpArgs {
+    /// The IGVM file [default: the machine's test program]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    igvm: Option<PathBuf>,
+    /// The guest's command line (the IGVM command-line parameter) [default: none]
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// Deterministic instruction counting (-icount shift=0)
+    #[arg(long)]
+    icount: bool,
+}
+
+#[derive(Debug, Args)]
 struct ManArgs {
     /// The directory to write the pages to (created if needed)
     #[arg(long, value_name = "DIR", default_value = "target/man", value_hint = clap::ValueHint::DirPath)]
@@ -171,6 +207,8 @@ fn main() -> ExitCode {
         Task::Down => down(),
         Task::DevChain(a) => show_dev_chain(&a),
         Task::Measure(a) => measure_cmd(a),
+        Task::Igvm(a) => igvm_cmd(&a),
+        Task::Snp(a) => snp_cmd(&a),
         Task::Man(a) => man(&a),
         Task::Install(a) => install(&a),
     };
@@ -230,15 +268,28 @@ fn test() -> Result<ExitCode, Error> {
     ensure_qemu()?;
     let start = Instant::now();
     build()?;
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["test", "--workspace"])
         .status()?;
+    // The test KBS's own suite (Python, no QEMU): run it even when a Rust test
+    // failed, so one run shows every failure.
+    let kbs = Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s"])
+        .arg(repo_root().join("tests").join("kbs"))
+        .status()?;
+    let passed = cargo.success() && kbs.success();
     println!(
-        "cargo xtask test: {} in {:.1} s",
-        if status.success() { "passed" } else { "FAILED" },
-        start.elapsed().as_secs_f64()
+        "cargo xtask test: {} in {:.1} s{}",
+        if passed { "passed" } else { "FAILED" },
+        start.elapsed().as_secs_f64(),
+        match (cargo.success(), kbs.success()) {
+            (false, false) => " (Rust tests and test KBS tests)",
+            (false, true) => " (Rust tests)",
+            (true, false) => " (test KBS tests: python3 -m unittest discover -s tests/kbs)",
+            (true, true) => "",
+        }
     );
-    Ok(if status.success() {
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -397,7 +448,7 @@ fn bench() -> Result<ExitCode, Error> {
             out.elapsed.as_secs_f64()
         );
         if mode == "mode=bench-attest" {
-            attest_signing = attestation_split(&out.console);
+            attest_signing = attestation_split(&out.combined);
         }
         all_ok &= out.outcome() == Outcome::GuestPass;
     }
@@ -837,12 +888,12 @@ fn vhsm_story(images: &Images) -> Result<bool, Error> {
     ok &= !nitride(&s, &["wrap", "3", "2"]).0;
     ok &= nitride(&s, &["key", "list"]).0;
     ok &= nitride(&s, &["audit"]).0;
-    let console = vm.console_text();
+    let console = vm.svsm_log_text();
     if let Some(l) = console.lines().find(|l| l.contains("vHSM ready")) {
         println!("\n  SVSM console: {}", l.trim());
     }
     ok &= attestation_story(&s, images)?;
-    let console = vm.console_text();
+    let console = vm.svsm_log_text();
     println!();
     for l in console.lines().filter(|l| {
         l.contains("emulated PSP ready")
@@ -1009,6 +1060,79 @@ fn measure_cmd(a: MeasureArgs) -> Result<ExitCode, Error> {
     println!("{}", measure::hex(&m));
     eprintln!("  SVSM  {}\n  guest {}", svsm.display(), guest.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo xtask igvm`: build the file, print where and its launch digest, refuse a
+/// file on which the three implementations disagree.
+fn igvm_cmd(a: &IgvmArgs) -> Result<ExitCode, Error> {
+    use nitride_qemu::igvm;
+    let bad = |e: igvm::Error| Error::Build(e.to_string());
+    let file = match &a.boot {
+        Some(boot) => {
+            let boot = std::fs::read(boot)?;
+            let extra = a
+                .extra
+                .iter()
+                .map(std::fs::read)
+                .collect::<Result<Vec<_>, _>>()?;
+            let extra: Vec<&[u8]> = extra.iter().map(Vec::as_slice).collect();
+            igvm::build(&boot, &extra).map_err(bad)?
+        }
+        None => nitride_qemu::snp::test_igvm(&nitride_qemu::snp::build_snp_images()?)?,
+    };
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| nitride_qemu::images_dir().join("snp-test.igvm"));
+    std::fs::write(&out, &file)?;
+    let ours = igvm::launch_digest(&file).map_err(bad)?;
+    let reference = igvm::reference_digest(&file).map_err(bad)?;
+    let machine = nitride_snp_machine::igvm::parse(&file)
+        .map(|plan| nitride_snp_machine::igvm::launch_digest(&plan))
+        .map_err(|e| Error::Build(format!("the machine refuses the file: {e}")))?;
+    println!("{}", measure::hex(&ours));
+    eprintln!(
+        "  {} ({} bytes, {} launched pages)\n  runner {}\n  igvm crate {}\n  machine {}",
+        out.display(),
+        file.len(),
+        igvm::launched_pages(&file).map_err(bad)?,
+        measure::hex(&ours),
+        measure::hex(&reference),
+        measure::hex(&machine)
+    );
+    if ours != reference || ours != machine {
+        eprintln!("xtask: the launch digests disagree");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo xtask snp`: boot the machine, console on this terminal.
+fn snp_cmd(a: &SnpArgs) -> Result<ExitCode, Error> {
+    ensure_qemu()?;
+    let images = nitride_qemu::snp::build_snp_images()?;
+    let igvm = match &a.igvm {
+        Some(p) => p.clone(),
+        None => nitride_qemu::snp::write_test_igvm(&images)?,
+    };
+    let mut boot = nitride_qemu::snp::SnpBoot::new(&images.machine, &igvm);
+    boot.cmdline = a.cmdline.clone().unwrap_or_default();
+    boot.icount = a.icount;
+    ensure_dev_chain()?;
+    let status = Command::new(QEMU).args(boot.qemu_args()).status()?;
+    let out = nitride_qemu::RunOutput {
+        status: status.code(),
+        ..Default::default()
+    };
+    let outcome = nitride_qemu::snp::outcome(&out);
+    println!("machine: {outcome:?}");
+    Ok(
+        if outcome == nitride_qemu::snp::MachineOutcome::Terminated {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// Write `nitride`'s man pages (`nitride.1` and one per command, `nitride-key-generate.1`

@@ -32,19 +32,19 @@ fn firmware_logs_the_measurement_the_host_predicts() {
         (&i.svsm_fault_injection, &i.test_guest, "mode=calls"),
     ] {
         let out = Boot::new(svsm, Some(guest), args).run().unwrap();
-        assert_eq!(out.outcome(), Outcome::GuestPass, "{}", out.console);
+        assert_eq!(out.outcome(), Outcome::GuestPass, "{}", out.svsm_log);
         let want = measure::hex(&launch_measurement(svsm, guest).unwrap());
         assert_eq!(
-            logged_measurement(&out.console).as_deref(),
+            logged_measurement(&out.svsm_log).as_deref(),
             Some(want.as_str()),
             "{}",
-            out.console
+            out.svsm_log
         );
         let ready = format!("emulated PSP ready: measurement {want}, chip NITRIDE-DEV-CHIP");
         assert!(
             out.svsm_lines().any(|l| l.contains(&ready)),
             "{}",
-            out.console
+            out.svsm_log
         );
     }
     // Different images, different measurements.
@@ -65,20 +65,20 @@ fn boot_without_the_blob_has_no_psp() {
     boot.dev_psp = None;
     assert!(!boot.qemu_args().iter().any(|a| a == "-fw_cfg"));
     let out = boot.run().unwrap();
-    assert_eq!(out.outcome(), Outcome::GuestPass, "{}", out.console);
+    assert_eq!(out.outcome(), Outcome::GuestPass, "{}", out.svsm_log);
     assert!(
         out.svsm_lines()
             .any(|l| l.contains("no dev-PSP blob in fw_cfg")),
         "{}",
-        out.console
+        out.svsm_log
     );
     assert!(
-        !out.console.contains("emulated PSP ready"),
+        !out.svsm_log.contains("emulated PSP ready"),
         "{}",
-        out.console
+        out.svsm_log
     );
     // The measurement is still logged.
-    assert!(logged_measurement(&out.console).is_some());
+    assert!(logged_measurement(&out.svsm_log).is_some());
 }
 
 #[test]
@@ -93,15 +93,15 @@ fn malformed_blob_means_no_psp() {
     let mut boot = Boot::new(&i.svsm, Some(&i.test_guest), "mode=calls");
     boot.dev_psp = Some(bad);
     let out = boot.run().unwrap();
-    assert_eq!(out.outcome(), Outcome::GuestPass, "{}", out.console);
+    assert_eq!(out.outcome(), Outcome::GuestPass, "{}", out.svsm_log);
     assert!(
         out.svsm_lines().any(|l| l.contains("dev-PSP blob refused")),
         "{}",
-        out.console
+        out.svsm_log
     );
     assert!(
-        !out.console.contains("emulated PSP ready"),
+        !out.svsm_log.contains("emulated PSP ready"),
         "{}",
-        out.console
+        out.svsm_log
     );
 }

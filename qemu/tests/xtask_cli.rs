@@ -37,6 +37,8 @@ const COMMANDS: &[&str] = &[
     "down",
     "dev-chain",
     "measure",
+    "igvm",
+    "snp",
     "man",
     "install",
 ];

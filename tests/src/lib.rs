@@ -37,13 +37,14 @@ pub fn run(boot: Boot) -> RunOutput {
     }
 }
 
-/// Panic with the console when `cond` is false.
+/// Panic with the SVSM's log, the guest's console and QEMU's messages when `cond`
+/// is false.
 #[track_caller]
 pub fn expect(out: &RunOutput, cond: bool, what: &str) {
     assert!(
         cond,
-        "{what}\n--- console ---\n{}\n--- stderr ---\n{}",
-        out.console, out.stderr
+        "{what}\n--- SVSM log ---\n{}\n--- guest console ---\n{}\n--- stderr ---\n{}",
+        out.svsm_log, out.console, out.stderr
     );
 }
 

@@ -198,3 +198,107 @@ fn unreachable_firmware_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Refusals name the key or the limit (issue 10, item 17): limits the tool knows are
+/// refused before anything is sent; what only the vault knows is explained naming the
+/// key the request was about.
+#[test]
+fn refusals_name_the_key_or_the_limit() {
+    use nitride_protocol::vhsm::{MAX_DATA_LEN, MAX_LABEL_LEN, MAX_RANDOM_LEN};
+    let (vm, client) = start_relay("cli-refusals", "");
+    drop(client);
+    let s = vm.socket.clone();
+    let d = vm.dir.clone();
+    let f = |name: &str| d.join(name).display().to_string();
+
+    // The tool knows these limits: usage errors naming them, nothing sent.
+    let (code, _, err) = nitride(&s, &["random", "100000"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("at most {MAX_RANDOM_LEN} random bytes")),
+        "{err}"
+    );
+    let long = "x".repeat(MAX_LABEL_LEN + 1);
+    let (code, _, err) = nitride(
+        &s,
+        &["key", "generate", "--type", "aes-256", "--label", &long],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("a label is at most {MAX_LABEL_LEN} bytes")),
+        "{err}"
+    );
+    std::fs::write(f("big"), vec![0u8; MAX_DATA_LEN + 1]).unwrap();
+    let (code, _, err) = nitride(&s, &["sign", "1", "--in", &f("big")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} bytes; a message to sign is at most {MAX_DATA_LEN} bytes",
+            MAX_DATA_LEN + 1
+        )),
+        "{err}"
+    );
+    // The vault: nothing was generated, so key 99 does not exist.
+    std::fs::write(f("msg"), b"hello").unwrap();
+    let (code, _, err) = nitride(&s, &["sign", "99", "--in", &f("msg")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("key 99 does not exist or is not usable by this caller (KeyNotFound)"),
+        "{err}"
+    );
+    // Non-exportable key named; wrapping key and key to wrap named when one is missing.
+    let (_, out, _) = nitride(
+        &s,
+        &[
+            "key",
+            "generate",
+            "--type",
+            "aes-256",
+            "--usage",
+            "wrap,unwrap",
+            "--json",
+        ],
+    );
+    let kek = serde_json::from_slice::<serde_json::Value>(&out).unwrap()["id"].to_string();
+    let (_, out, _) = nitride(&s, &["key", "generate", "--type", "ed25519", "--json"]);
+    let ed = serde_json::from_slice::<serde_json::Value>(&out).unwrap()["id"].to_string();
+    let (code, _, err) = nitride(&s, &["wrap", &kek, &ed]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("key {ed} is not exportable")),
+        "{err}"
+    );
+    let (code, _, err) = nitride(&s, &["wrap", &kek, "77"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!(
+            "key {kek} (wrapping key) or key 77 (key to wrap) does not exist"
+        )),
+        "{err}"
+    );
+    // A key without the attest usage is named as not attestable.
+    let (code, _, err) = nitride(
+        &s,
+        &[
+            "attest",
+            "key",
+            &ed,
+            "--nonce",
+            &"00".repeat(64),
+            "-o",
+            &f("ev"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("key {ed} is not attestable")),
+        "{err}"
+    );
+    // A usage the key does not have.
+    let (code, _, err) = nitride(&s, &["encrypt", &kek, "--in", &f("msg")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("key {kek}'s usage does not allow it to encrypt")),
+        "{err}"
+    );
+}

@@ -12,7 +12,7 @@ fn stopped(mode: &str, access: &str, gpa: &str, what: &str) {
     );
     expect(
         &out,
-        out.console
+        out.svsm_log
             .contains(&format!("isolation: guest {access} of {what} at GPA {gpa}")),
         "violation report",
     );

@@ -1,4 +1,4 @@
-//! The emulated PSP (`nitride_kernel::emulated_psp`): `DevPspConfig::parse` on
+//! The emulated PSP (`nitride_emulated_psp`, through `nitride_kernel::emulated_psp`): `DevPspConfig::parse` on
 //! arbitrary dev-PSP blobs, and `EmulatedPsp::handle` fed arbitrary request pages
 //! (raw, or sealed under one of its VMPCKs with fuzzer-chosen header fields, body
 //! and tag corruption) with arbitrary certificate buffers.
@@ -17,8 +17,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use nitride_kernel::emulated_psp::{DevPspConfig, EmulatedPsp, LaunchInfo};
-use nitride_kernel::psp::{ChannelError, HEADER_SIZE, PSP_PAGE};
+use nitride_kernel::emulated_psp::{DevPspConfig, EmulatedPsp, LaunchInfo, RequestError};
+use nitride_kernel::psp::{HEADER_SIZE, PSP_PAGE};
 use nitride_kernel_fuzz::{open, seal, Script};
 use nitride_protocol::emulated::dev_psp::{self, BlobHeader};
 use nitride_protocol::snp::certs;
@@ -225,7 +225,7 @@ fuzz_target!(|data: &[u8]| {
                         "{e:?} moved a sequence number"
                     );
                 }
-                if let ChannelError::CertificatesTooSmall { pages } = e {
+                if let RequestError::CertificatesTooSmall { pages } = e {
                     let len = cert_len.expect("only an extended request is short of pages");
                     assert!(len < table_len);
                     assert_eq!(pages as usize, table_len.div_ceil(PSP_PAGE));

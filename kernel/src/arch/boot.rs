@@ -1,8 +1,16 @@
 //! PVH entry: QEMU (or any PVH loader) jumps to `pvh_start32` in 32-bit protected
 //! mode with paging off and EBX = physical address of the `hvm_start_info`. This
-//! code zeroes .bss, identity-maps the first 4 GiB with 2 MiB pages, enables SSE
-//! (the precompiled `core` uses it), long mode and NX, and calls `svsm_main64` on
-//! the boot stack with the start-info address as its argument.
+//! code zeroes .bss, identity-maps the first 4 GiB with 2 MiB pages (a bootstrap
+//! mapping, replaced by the W^X tables of [`super::paging`] before anything but the
+//! PVH start info is read), enables SSE (the precompiled `core` uses it), long mode,
+//! NX and write protection, and calls `svsm_main64` on the boot stack with the
+//! start-info address as its argument.
+//!
+//! The stacks live here too, in `.bss.stacks`: the boot stack and the four IST
+//! stacks, each above a guard page that the final page tables leave unmapped, so a
+//! stack that overflows faults instead of running into its neighbour.
+//! `nitride_stack_guards` lists the guard pages and `nitride_ist_tops` the IST
+//! stacks' tops.
 
 core::arch::global_asm!(
     r#"
@@ -108,9 +116,30 @@ boot_pdpt:
     .skip 4096
 boot_pd:
     .skip 4 * 4096
+
+    /* Each stack sits right above its guard page (never mapped). */
+    .section .bss.stacks, "aw", @nobits
+    .p2align 12
+boot_stack_guard:
+    .skip 4096
 boot_stack:
     .skip 128 * 1024
 boot_stack_top:
+    .irp n, 1, 2, 3, 4
+ist\n\()_guard:
+    .skip 4096
+    .skip 32 * 1024
+ist\n\()_top:
+    .endr
+
+    .section .rodata.stacks, "a"
+    .p2align 3
+    .global nitride_stack_guards
+nitride_stack_guards:
+    .quad boot_stack_guard, ist1_guard, ist2_guard, ist3_guard, ist4_guard
+    .global nitride_ist_tops
+nitride_ist_tops:
+    .quad ist1_top, ist2_top, ist3_top, ist4_top
     "#,
     options(att_syntax)
 );

@@ -1,7 +1,9 @@
 //! The SVSM's own CPU tables and failure paths: GDT with a TSS, an IDT whose 32
 //! exception vectors all run on IST stacks (the precompiled `core` uses the red
-//! zone, and the SVSM runs with interrupts masked, so only exceptions arrive), the
-//! exception report, and leaving QEMU with an exit code.
+//! zone, and the SVSM runs with interrupts masked, so only exceptions arrive; the
+//! stacks and their guard pages are defined in `boot.rs`), the exception report, and
+//! leaving QEMU with a verdict: the verdict line on the SVSM's log, then the exit
+//! status.
 
 use super::serial;
 use super::take_once::{phys, TakeOnce};
@@ -14,13 +16,6 @@ use x86_64::structures::tss::TaskStateSegment;
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 
-const IST_STACK_SIZE: usize = 32 * 1024;
-const IST_STACKS: usize = 4;
-
-#[repr(C, align(16))]
-struct IstStacks([[u8; IST_STACK_SIZE]; IST_STACKS]);
-
-static IST: TakeOnce<IstStacks> = TakeOnce::new(IstStacks([[0; IST_STACK_SIZE]; IST_STACKS]));
 static TSS: TakeOnce<TaskStateSegment> = TakeOnce::new(TaskStateSegment::new());
 static GDT: TakeOnce<GlobalDescriptorTable> = TakeOnce::new(GlobalDescriptorTable::new());
 static IDT: TakeOnce<[IdtEntry; 32]> = TakeOnce::new([IdtEntry::MISSING; 32]);
@@ -75,17 +70,18 @@ fn ist_for(vector: usize) -> u8 {
 
 extern "C" {
     static nitride_isr_table: [u64; 32];
+    static nitride_ist_tops: [u64; 4];
 }
 
 /// Load the GDT, TSS and IDT. Call once, first thing.
 pub fn init() {
-    let (Some(ist), Some(tss), Some(gdt), Some(idt)) =
-        (IST.take(), TSS.take(), GDT.take(), IDT.take())
-    else {
+    let (Some(tss), Some(gdt), Some(idt)) = (TSS.take(), GDT.take(), IDT.take()) else {
         fatal(format_args!("cpu::init called twice"));
     };
-    for (i, stack) in ist.0.iter().enumerate() {
-        let top = phys(stack) + IST_STACK_SIZE as u64;
+    // SAFETY: `nitride_ist_tops` is an immutable table of four stack tops defined in
+    // boot.rs's assembly (each stack above a guard page).
+    let tops = unsafe { &nitride_ist_tops };
+    for (i, &top) in tops.iter().enumerate() {
         tss.interrupt_stack_table[i] = VirtAddr::new(top);
     }
     let code = gdt.append(Descriptor::kernel_code_segment());
@@ -176,7 +172,7 @@ extern "C" fn nitride_exception(frame: &ExceptionFrame) -> ! {
         "\n[svsm] FATAL: CPU exception in the SVSM: vector {} {}\n[svsm]   error code {:#x}  RIP {:#018x}  CS {:#x}  RFLAGS {:#x}\n[svsm]   RSP {:#018x}  SS {:#x}  CR2 {:#018x}\n",
         frame.vector, name, frame.error, frame.rip, frame.cs, frame.rflags, frame.rsp, frame.ss, cr2
     );
-    exit_qemu(exit::SVSM_FATAL)
+    exit_with(exit::SVSM_FATAL)
 }
 
 core::arch::global_asm!(
@@ -247,7 +243,19 @@ nitride_isr_table:
     options(att_syntax)
 );
 
-pub use nitride_rt::exit_qemu;
+/// End the run with `value`: the verdict line on the SVSM's log
+/// (`[svsm] verdict: 0x21 guest-pass`), then the debug-exit port, which only the
+/// SVSM reaches.
+pub fn exit_with(value: u32) -> ! {
+    let mut out = serial::Emergency::new();
+    let _ = writeln!(
+        out,
+        "[svsm] {}{value:#x} {}",
+        exit::VERDICT_PREFIX,
+        exit::name(value)
+    );
+    nitride_rt::exit_qemu(value)
+}
 
 /// The time-stamp counter (under QEMU's `-icount shift=0`, an instruction count).
 pub fn tsc() -> u64 {
@@ -260,7 +268,7 @@ pub fn tsc() -> u64 {
 pub fn fatal(args: core::fmt::Arguments<'_>) -> ! {
     let mut out = serial::Emergency::new();
     let _ = writeln!(out, "[svsm] FATAL: {args}");
-    exit_qemu(exit::SVSM_FATAL)
+    exit_with(exit::SVSM_FATAL)
 }
 
 /// Deliberately fault (images built with the `fault-injection` feature only).
@@ -287,5 +295,39 @@ pub fn inject(fault: nitride_kernel::cmdline::Fault) {
             }
         }
         Fault::Panic => panic!("deliberate panic (fault injection)"),
+        Fault::WriteText => {
+            let target = fatal as *const () as u64;
+            log::warn!("writing to SVSM code at {target:#x}");
+            // SAFETY: deliberately writes the SVSM's own code, which W^X maps
+            // read-only: the write must fault (#PF) and the handler never returns.
+            unsafe { core::ptr::write_volatile(target as *mut u8, 0xCC) }
+        }
+        Fault::ExecData => {
+            static RET: TakeOnce<[u8; 16]> = TakeOnce::new([0xC3; 16]);
+            let Some(ret) = RET.take() else { return };
+            let target = phys(ret);
+            log::warn!("calling SVSM data at {target:#x}");
+            // SAFETY: deliberately calls a `ret` in the SVSM's writable data, which
+            // W^X maps no-execute: the fetch must fault (#PF); the handler never
+            // returns (and a plain `ret` would return here if it did not).
+            let f: extern "C" fn() = unsafe { core::mem::transmute(target as usize) };
+            f();
+        }
+        Fault::ExecGuest => {
+            let target = 0x20_0000u64;
+            log::warn!("calling guest RAM at {target:#x}");
+            // SAFETY: deliberately jumps into guest RAM, which the SVSM maps
+            // no-execute: the fetch must fault (#PF) and the handler never returns.
+            let f: extern "C" fn() = unsafe { core::mem::transmute(target as usize) };
+            f();
+        }
+        Fault::StackGuard => {
+            let target = super::paging::boot_stack_guard() + 0xFF8;
+            log::warn!("writing the guard page under the boot stack at {target:#x}");
+            // SAFETY: deliberately writes the unmapped guard page below the boot
+            // stack, as an overflowing stack would: the write must fault (#PF) and
+            // the handler never returns.
+            unsafe { core::ptr::write_volatile(target as *mut u64, 0) }
+        }
     }
 }

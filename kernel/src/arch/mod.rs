@@ -1,6 +1,6 @@
 //! Everything machine-specific and unsafe: boot, CPU tables, console, heap, the PVH
 //! start info, QEMU's fw_cfg, the SVSM's own image (for the launch measurement),
-//! guest-memory access and the SVM world switch. Each module keeps its
+//! the SVSM's W^X page tables, guest-memory access and the SVM world switch. Each module keeps its
 //! unsafe blocks small and offers a safe API.
 
 pub mod boot;
@@ -10,6 +10,7 @@ pub mod fw_cfg;
 pub mod guest_mem;
 pub mod heap;
 pub mod image;
+pub mod paging;
 pub mod pvh;
 pub mod serial;
 pub mod svm;

@@ -1,27 +1,39 @@
-//! The SVSM console: the polled UART on COM1 and the `log` backend on it.
-//! Lines the SVSM prints start with `[svsm]` so they can be told from the guest's
-//! output on the same port.
+//! The SVSM's log: QEMU's debug console (`isa-debugcon`) on port 0xE9, and the `log`
+//! backend on it. The guest cannot reach that port (its accesses are intercepted
+//! and refused), so nothing the guest does can add, hide or reorder a line of the
+//! SVSM's log; the guest's own console is COM1, which the SVSM never touches. Lines
+//! start with `[svsm]`.
 
 use core::fmt::{self, Write};
 use nitride_kernel::cmdline::LogLevel;
 use nitride_protocol::emulated::ports;
-use nitride_rt::uart::Uart;
+use x86_64::instructions::port::Port;
 
-static CONSOLE: spin::Mutex<Uart> = spin::Mutex::new(Uart::new(ports::COM1));
+/// The debug console: every byte written to its port goes to the host's log file.
+#[derive(Debug)]
+struct DebugCon;
 
-/// Program the UART.
-pub fn init() {
-    CONSOLE.lock().init();
+impl Write for DebugCon {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut port: Port<u8> = Port::new(ports::SVSM_LOG);
+        for b in s.bytes() {
+            // SAFETY: writing the debug console's I/O port touches no memory.
+            unsafe { port.write(b) };
+        }
+        Ok(())
+    }
 }
 
-/// A console writer for the failure paths that does not take the console lock
-/// (an exception may strike while it is held).
-pub struct Emergency(Uart);
+static CONSOLE: spin::Mutex<DebugCon> = spin::Mutex::new(DebugCon);
+
+/// A log writer for the failure paths that does not take the log lock (an
+/// exception may strike while it is held).
+pub struct Emergency(DebugCon);
 
 impl Emergency {
-    /// A lock-free writer on COM1.
+    /// A lock-free writer on the SVSM's log.
     pub fn new() -> Self {
-        Self(Uart::new(ports::COM1))
+        Self(DebugCon)
     }
 }
 

@@ -51,6 +51,12 @@ pub fn print_line(args: core::fmt::Arguments<'_>) {
     let _ = writeln!(u, "{args}");
 }
 
+/// Print one line on COM1 exactly as given (a guest may print anything there).
+pub fn print_raw(line: &str) {
+    let mut u = Uart::new(ports::COM1);
+    let _ = writeln!(u, "{line}");
+}
+
 /// Read a fixed guest page the SVSM prepared.
 pub fn fixed_page(gpa: u64) -> &'static [u8; 4096] {
     // SAFETY: the guest contract puts the secrets and boot-info pages at these

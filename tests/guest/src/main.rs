@@ -20,6 +20,7 @@ use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet, MA
 use nitride_test_guest::{cmdline, exit_qemu, say};
 
 mod forgery;
+mod hardening;
 
 /// A page the guest moves its calling area to.
 #[repr(C, align(4096))]
@@ -692,6 +693,7 @@ extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
             say!("I/O port access was not refused");
             exit_qemu(exit::GUEST_FAIL)
         }
+        m if hardening::MODES.contains(&m) => hardening::run(m, &info, cmd),
         other => isolation(other, &info),
     }
 }

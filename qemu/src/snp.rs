@@ -1,0 +1,239 @@
+//! The virtual SNP machine from the host: building the machine image and its test
+//! program, packing IGVM files, booting the machine in QEMU and reading what it
+//! reports (`docs/snp-machine.md`).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nitride_protocol::emulated::dev_psp;
+pub use nitride_snp_machine::exit as machine_exit;
+
+use crate::{dev_psp_blob_path, ensure_dev_chain, images_dir, Error, RunOutput, QEMU};
+
+/// The machine and the test program.
+#[derive(Clone, Debug)]
+pub struct SnpImages {
+    /// The machine (PVH ELF).
+    pub machine: PathBuf,
+    /// The test program's VMPL0 image.
+    pub test_vmpl0: PathBuf,
+    /// The test program's VMPL1 image.
+    pub test_vmpl1: PathBuf,
+}
+
+/// Build the machine and the test program (release).
+pub fn build_snp_images() -> Result<SnpImages, Error> {
+    let dir = images_dir();
+    crate::cargo_build(
+        &[
+            "-p",
+            "nitride-snp-machine",
+            "--bin",
+            "snp-machine",
+            "--features",
+            "firmware",
+        ],
+        &dir.join("snp-machine"),
+    )?;
+    crate::cargo_build(
+        &["--manifest-path", "qemu/snp-machine/test-images/Cargo.toml"],
+        &dir.join("snp-test"),
+    )?;
+    let bin = |sub: &str, name: &str| dir.join(sub).join(crate::TRIPLE).join("release").join(name);
+    Ok(SnpImages {
+        machine: bin("snp-machine", "snp-machine"),
+        test_vmpl0: bin("snp-test", "snp-test-vmpl0"),
+        test_vmpl1: bin("snp-test", "snp-test-vmpl1"),
+    })
+}
+
+/// The test program's IGVM file.
+pub fn test_igvm(images: &SnpImages) -> Result<Vec<u8>, Error> {
+    let vmpl0 = std::fs::read(&images.test_vmpl0)?;
+    let vmpl1 = std::fs::read(&images.test_vmpl1)?;
+    crate::igvm::build(&vmpl0, &[&vmpl1]).map_err(|e| Error::Build(e.to_string()))
+}
+
+/// Write the test program's IGVM file to `target/images/snp-test.igvm`.
+pub fn write_test_igvm(images: &SnpImages) -> Result<PathBuf, Error> {
+    let path = images_dir().join("snp-test.igvm");
+    std::fs::write(&path, test_igvm(images)?)?;
+    Ok(path)
+}
+
+/// One boot of the machine.
+#[derive(Clone, Debug)]
+pub struct SnpBoot {
+    /// The machine image.
+    pub machine: PathBuf,
+    /// The IGVM file.
+    pub igvm: PathBuf,
+    /// The guest's command line (written into the IGVM command-line parameter).
+    pub cmdline: String,
+    /// `-icount shift=0`.
+    pub icount: bool,
+    /// Kill QEMU after this long.
+    pub timeout: Duration,
+}
+
+impl SnpBoot {
+    /// A boot of `machine` with `igvm`.
+    pub fn new(machine: &Path, igvm: &Path) -> Self {
+        Self {
+            machine: machine.to_path_buf(),
+            igvm: igvm.to_path_buf(),
+            cmdline: String::new(),
+            icount: false,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// QEMU's arguments.
+    pub fn qemu_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max,phys-bits=48",
+            "-m",
+            "256M",
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push("-device".into());
+        a.push(format!(
+            "isa-debug-exit,iobase={:#x},iosize=0x04",
+            nitride_protocol::emulated::ports::DEBUG_EXIT
+        ));
+        a.extend(["-kernel".into(), self.machine.display().to_string()]);
+        a.extend(["-initrd".into(), self.igvm.display().to_string()]);
+        if !self.cmdline.is_empty() {
+            a.extend(["-append".into(), self.cmdline.clone()]);
+        }
+        a.push("-fw_cfg".into());
+        a.push(format!(
+            "name={},file={}",
+            dev_psp::FW_CFG_NAME,
+            dev_psp_blob_path().display()
+        ));
+        if self.icount {
+            a.extend(["-icount".into(), "shift=0".into()]);
+        }
+        a
+    }
+
+    /// Boot and wait for QEMU to end.
+    pub fn run(&self) -> Result<RunOutput, Error> {
+        ensure_dev_chain()?;
+        let start = Instant::now();
+        let mut child = Command::new(QEMU)
+            .args(self.qemu_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut out = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Io(std::io::Error::other("no stdout")))?;
+        let mut err = child
+            .stderr
+            .take()
+            .ok_or_else(|| Error::Io(std::io::Error::other("no stderr")))?;
+        let t_out = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v);
+            v
+        });
+        let t_err = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v);
+            v
+        });
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s.code();
+            }
+            if start.elapsed() > self.timeout {
+                timed_out = true;
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let console = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).replace('\r', "");
+        let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+        Ok(RunOutput {
+            status,
+            console,
+            stderr,
+            timed_out,
+            elapsed: start.elapsed(),
+            // The machine and the images it runs share COM1 (stdout) for now.
+            ..Default::default()
+        })
+    }
+}
+
+/// How a machine boot ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MachineOutcome {
+    /// The guest asked to terminate.
+    Terminated,
+    /// A VMPL touched a page it may not.
+    Violation,
+    /// The VM stopped (halt, shutdown, not emulated).
+    Stopped,
+    /// The IGVM file was refused.
+    LaunchRefused,
+    /// The machine failed.
+    MachineFatal,
+    /// Timed out or any other status.
+    Other(Option<i32>),
+}
+
+/// Classify a machine boot.
+pub fn outcome(out: &RunOutput) -> MachineOutcome {
+    use machine_exit::*;
+    let is = |v: u32| out.status == Some(qemu_status(v));
+    if out.timed_out {
+        MachineOutcome::Other(None)
+    } else if is(TERMINATED) {
+        MachineOutcome::Terminated
+    } else if is(VIOLATION) {
+        MachineOutcome::Violation
+    } else if is(GUEST_STOPPED) {
+        MachineOutcome::Stopped
+    } else if is(LAUNCH_REFUSED) {
+        MachineOutcome::LaunchRefused
+    } else if is(MACHINE_FATAL) {
+        MachineOutcome::MachineFatal
+    } else {
+        MachineOutcome::Other(out.status)
+    }
+}
+
+/// The bytes a guest printed as `LABEL i hex` lines (see the test program).
+pub fn hex_lines(console: &str, label: &str) -> Vec<u8> {
+    let mut parts: Vec<(usize, Vec<u8>)> = console
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split(&format!("] {label} ")).nth(1)?;
+            let (i, h) = rest.split_once(' ')?;
+            Some((i.parse().ok()?, hex::decode(h.trim()).ok()?))
+        })
+        .collect();
+    parts.sort_by_key(|p| p.0);
+    parts.into_iter().flat_map(|p| p.1).collect()
+}
