@@ -341,6 +341,11 @@ impl AppraisalPolicy {
                 Some(_) => Err(PolicyError::KeyBindingMissing),
                 None => Ok(CheckedEvidence::None),
             },
+            Expected::NonceManifest { .. } if self.binding_nonce.is_some() => {
+                // A binding nonce is a requirement on a key binding, which a manifest
+                // is not: refuse rather than ignore it.
+                Err(PolicyError::KeyBindingMissing)
+            }
             Expected::NonceManifest { nonce, manifest } => {
                 let malformed = |reason| PolicyError::ManifestMalformed { reason };
                 let (evidence, expected) = if manifest.starts_with(&MANIFEST_TABLE_GUID) {

@@ -378,9 +378,17 @@ fn key_binding_policy() {
             reason: ManifestError::Truncated
         })
     );
-    // A nonce expectation without a binding refuses.
+    // A nonce expectation without a binding refuses, also next to a manifest.
     assert_eq!(
         p.clone().expect_binding_nonce(&n1).appraise(&v),
+        Err(PolicyError::KeyBindingMissing)
+    );
+    assert_eq!(
+        p.clone()
+            .expect_nonce_manifest(&n1, &binding)
+            .expect_binding_nonce(&n1)
+            .appraise(&v)
+            .map(|_| ()),
         Err(PolicyError::KeyBindingMissing)
     );
     // The same binding in a report requested at VMPL 1 fails the VMPL check first.
