@@ -14,6 +14,7 @@
 //! - plaintext import needs [`VaultPolicy::allow_plaintext_import`];
 //! - the store holds at most [`KEY_CAPACITY`] keys; ids are never reused.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -199,10 +200,17 @@ struct NonceState {
 }
 
 /// One stored key.
+///
+/// Its material is boxed, so that the key table holds no secret bytes: the table
+/// moves keys (Delete shifts every key after the deleted one down, and `Vec::remove`
+/// leaves the old last slot's bytes in the table's spare capacity), and a move
+/// copies bytes without dropping, so only the pointer may move. The material is
+/// zeroized in its own allocation when the key is dropped, before that allocation
+/// is freed (`tests/residue.rs` checks every freed block for key bytes).
 #[derive(Debug)]
 struct Key {
     info: KeyInfo,
-    material: Material,
+    material: Box<Material>,
     nonce: NonceState,
 }
 
@@ -380,7 +388,7 @@ impl<P: Platform> Vault<P> {
         };
         self.keys.push(Key {
             info,
-            material,
+            material: Box::new(material),
             nonce,
         });
         self.next_id = next_id;
