@@ -403,6 +403,86 @@ fn encrypt_decrypt_and_nonces() {
     });
 }
 
+/// The fixed nonce field is the vault's nonce base plus the key id: deterministic,
+/// different for every key of a vault (also for two keys with the same material),
+/// and neither creating nor using an AES key draws from the DRBG.
+#[test]
+fn gcm_nonces_are_per_key_and_draw_no_randomness() {
+    let mut v = vault(true);
+    let kek = v
+        .generate(
+            V0,
+            &spec(KeyType::Aes256, KeyUsage::WRAP | KeyUsage::UNWRAP, false),
+        )
+        .unwrap()
+        .id;
+    let mut wrapped = Vec::new();
+    crate::key::kw_wrap(&v.keys_material_for_test(kek), &[7; 32], &mut wrapped).unwrap();
+    // From here on every draw from the DRBG fails: the platform fails and a reseed
+    // is due.
+    v.platform_mut().fail = true;
+    let mut one = [0u8; 1];
+    while v.fill_random(&mut one).is_ok() {}
+    let s = spec(
+        KeyType::Aes256,
+        KeyUsage::ENCRYPT | KeyUsage::DECRYPT | KeyUsage::DERIVE,
+        false,
+    );
+    let a = v.import(V0, &s, &[7; 32]).unwrap().id;
+    let b = v.import(V0, &s, &[7; 32]).unwrap().id;
+    let c = v.unwrap_key(V0, kek, &s, &wrapped).unwrap().id;
+    let d = v.derive(V0, a, &s, b"", b"d").unwrap().id;
+    let base = v.nonce_base();
+    let mut seen = Vec::new();
+    for k in [a, b, c, d] {
+        for i in 0u32..3 {
+            let mut sealed = Vec::new();
+            v.encrypt(V0, k, b"", b"p", &mut sealed).unwrap();
+            let fixed = base.wrapping_add(u64::from(k)).to_be_bytes();
+            assert_eq!(&sealed[..8], &fixed, "key {k}");
+            assert_eq!(&sealed[8..12], &i.to_be_bytes());
+            seen.push(sealed[..12].to_vec());
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        12,
+        "no nonce repeats across keys of one material"
+    );
+    // a, b and c share their material: each decrypts the others' ciphertexts.
+    let mut sealed = Vec::new();
+    v.encrypt(V0, a, b"", b"same", &mut sealed).unwrap();
+    for k in [b, c] {
+        let mut p = Vec::new();
+        v.decrypt(V0, k, b"", &sealed, &mut p).unwrap();
+        assert_eq!(p, b"same");
+    }
+    // Another vault (another start) has another base.
+    assert_ne!(vault(true).nonce_base(), 0);
+    let other = Vault::new(
+        TestPlatform {
+            counter: 77,
+            fail: false,
+        },
+        VaultPolicy::default(),
+    )
+    .unwrap();
+    assert_ne!(other.nonce_base(), base);
+}
+
+#[test]
+fn gcm_nonce_layout() {
+    use crate::vault::gcm_nonce;
+    assert_eq!(
+        gcm_nonce(0x0102_0304_0506_0708, 0x10, 0x0A0B_0C0D),
+        [1, 2, 3, 4, 5, 6, 7, 0x18, 0x0A, 0x0B, 0x0C, 0x0D]
+    );
+    // The fixed field wraps around modulo 2^64.
+    assert_eq!(gcm_nonce(u64::MAX, 2, 0)[..8], 1u64.to_be_bytes());
+}
+
 #[test]
 fn gcm_invocation_limit() {
     let mut v = vault(false);

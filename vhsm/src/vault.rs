@@ -48,6 +48,27 @@ pub const DERIVE_INFO_PREFIX: &[u8] = b"nitride-vhsm derive v1\0";
 /// AES-GCM encryptions allowed per key: the 32-bit invocation counter's range.
 pub const GCM_INVOCATION_LIMIT: u64 = u32::MAX as u64;
 
+/// The AES-GCM nonce of a key's `invocation`-th encryption in a vault whose nonce
+/// base is `base`: `fixed (8 bytes) || invocation (u32 big-endian)`, where `fixed` =
+/// `base + key id` (mod 2^64, big-endian), the deterministic construction of NIST SP
+/// 800-38D section 8.2.1.
+///
+/// Within one vault, key ids are never reused and below 2^32, so no two keys share
+/// a fixed field, and each key's invocation field only grows: no two encryptions
+/// share a nonce, even under two keys with the same material (a key imported twice).
+/// `base` is drawn from the DRBG when a vault starts and kept nowhere else; a vault
+/// started again (a reboot, or a restored sealed state) draws a new one and restarts
+/// every key's invocation field at 0, so a key present in two vaults (with ids `a`
+/// and `b`) repeats a nonce only if `base1 + a = base2 + b`: probability 2^-64 per
+/// pair of vault starts, however often and from whatever saved state it is restored.
+pub fn gcm_nonce(base: u64, key_id: u32, invocation: u32) -> [u8; GCM_NONCE_LEN] {
+    let mut nonce = [0u8; GCM_NONCE_LEN];
+    let (fixed, counter) = nonce.split_at_mut(8);
+    fixed.copy_from_slice(&base.wrapping_add(u64::from(key_id)).to_be_bytes());
+    counter.copy_from_slice(&invocation.to_be_bytes());
+    nonce
+}
+
 /// Draw the vault identity key (P-384) from a freshly seeded DRBG.
 fn identity_key(drbg: &mut VaultDrbg) -> Result<Material, Error> {
     let mut bytes = Zeroizing::new([0u8; 48]);
@@ -187,18 +208,6 @@ impl KeyInfo {
     }
 }
 
-/// Per-key AES-GCM nonce state: `nonce = fixed (8 bytes) || counter (u32 big-endian)`.
-///
-/// `fixed` is drawn from the DRBG when the key enters the vault, `counter` starts at 0
-/// and only grows, so a key never uses a nonce twice; two vault keys that happen to
-/// share material (the same key imported twice) differ in `fixed` except with
-/// probability 2^-64.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct NonceState {
-    fixed: [u8; 8],
-    counter: u32,
-}
-
 /// One stored key.
 ///
 /// Its material is boxed, so that the key table holds no secret bytes: the table
@@ -211,7 +220,9 @@ struct NonceState {
 struct Key {
     info: KeyInfo,
     material: Box<Material>,
-    nonce: NonceState,
+    /// AES-GCM encryptions done with this key in this vault: the invocation field of
+    /// the next nonce (see [`gcm_nonce`]).
+    gcm_invocations: u32,
 }
 
 impl Key {
@@ -239,6 +250,9 @@ pub struct Vault<P> {
     identity_spki: Vec<u8>,
     keys: Vec<Key>,
     next_id: u32,
+    /// This vault's AES-GCM nonce base, drawn once when the vault is created and
+    /// never stored anywhere else: a key's fixed nonce field is this plus its id.
+    nonce_base: u64,
     pub(crate) audit: AuditLog,
 }
 
@@ -263,6 +277,9 @@ impl<P: Platform> Vault<P> {
         let identity = identity_key(&mut drbg)?;
         let mut identity_spki = Vec::new();
         identity.public_key_der(&mut identity_spki)?;
+        let mut base = [0u8; 8];
+        drbg.generate(&mut base, b"gcm nonce base")
+            .map_err(|_| Error::Entropy)?;
         Ok(Self {
             platform,
             policy,
@@ -271,6 +288,7 @@ impl<P: Platform> Vault<P> {
             identity_spki,
             keys: Vec::with_capacity(KEY_CAPACITY),
             next_id: 1,
+            nonce_base: u64::from_be_bytes(base),
             audit: AuditLog::new(),
         })
     }
@@ -373,10 +391,6 @@ impl<P: Platform> Vault<P> {
     ) -> Result<KeyInfo, Error> {
         let id = self.check_room()?;
         let next_id = id.checked_add(1).ok_or(Error::CapacityExceeded)?;
-        let mut nonce = NonceState::default();
-        if spec.key_type == KeyType::Aes256 {
-            self.fill_random(&mut nonce.fixed)?;
-        }
         let info = KeyInfo {
             id,
             key_type: spec.key_type,
@@ -389,7 +403,7 @@ impl<P: Platform> Vault<P> {
         self.keys.push(Key {
             info,
             material: Box::new(material),
-            nonce,
+            gcm_invocations: 0,
         });
         self.next_id = next_id;
         Ok(info)
@@ -497,7 +511,8 @@ impl<P: Platform> Vault<P> {
             .verify(message, signature)
     }
 
-    /// `Encrypt`: append `nonce || ciphertext || tag` (AES-256-GCM, vault-chosen nonce).
+    /// `Encrypt`: append `nonce || ciphertext || tag` (AES-256-GCM, vault-chosen nonce,
+    /// see [`gcm_nonce`]).
     pub fn encrypt(
         &mut self,
         caller: Caller,
@@ -509,20 +524,18 @@ impl<P: Platform> Vault<P> {
         if aad.len() > MAX_DATA_LEN || plaintext.len() > MAX_DATA_LEN {
             return Err(Error::TooLarge);
         }
+        let base = self.nonce_base;
         let index = self.index(caller, key)?;
         let key = self.keys.get_mut(index).ok_or(Error::KeyNotFound)?;
         key.permits(KeyUsage::ENCRYPT)?;
         let aes = key.material.aes_key()?;
-        let counter = key.nonce.counter;
-        if u64::from(counter) >= GCM_INVOCATION_LIMIT {
+        let invocation = key.gcm_invocations;
+        if u64::from(invocation) >= GCM_INVOCATION_LIMIT {
             return Err(Error::NonceLimitReached);
         }
-        let mut nonce = [0u8; GCM_NONCE_LEN];
-        let (fixed, invocation) = nonce.split_at_mut(8);
-        fixed.copy_from_slice(&key.nonce.fixed);
-        invocation.copy_from_slice(&counter.to_be_bytes());
+        let nonce = gcm_nonce(base, key.info.id, invocation);
         gcm_seal(aes, &nonce, aad, plaintext, out)?;
-        key.nonce.counter = counter.checked_add(1).ok_or(Error::NonceLimitReached)?;
+        key.gcm_invocations = invocation.checked_add(1).ok_or(Error::NonceLimitReached)?;
         Ok(())
     }
 
@@ -700,18 +713,23 @@ impl<P: Platform> Vault<P> {
 #[cfg(test)]
 impl<P> Vault<P> {
     /// Everything "unchanged on failure" covers: the keys' attributes and nonce state.
-    pub(crate) fn snapshot(&self) -> Vec<(KeyInfo, [u8; 8], u32)> {
+    pub(crate) fn snapshot(&self) -> Vec<(KeyInfo, u32)> {
         self.keys
             .iter()
-            .map(|k| (k.info, k.nonce.fixed, k.nonce.counter))
+            .map(|k| (k.info, k.gcm_invocations))
             .collect()
     }
 
     /// Move a key's GCM invocation counter (to test the limit).
     pub(crate) fn set_gcm_counter(&mut self, id: u32, counter: u32) {
         for k in self.keys.iter_mut().filter(|k| k.info.id == id) {
-            k.nonce.counter = counter;
+            k.gcm_invocations = counter;
         }
+    }
+
+    /// This vault's nonce base.
+    pub(crate) fn nonce_base(&self) -> u64 {
+        self.nonce_base
     }
 
     /// The platform (to make it fail).
