@@ -31,6 +31,7 @@ pub mod audit;
 pub mod dispatch;
 pub mod drbg;
 pub mod key;
+mod scrub;
 pub mod vault;
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ use zeroize::Zeroizing;
 use crate::audit::AuditLog;
 use crate::drbg::{VaultDrbg, MAX_BYTES_PER_REQUEST};
 use crate::key::{gcm_open, gcm_seal, kw_unwrap, kw_wrap, Material};
+use crate::scrub::{scrubbed, Depth};
 use crate::{Attester, Caller, Error, KeyType, KeyUsage, Origin, Platform, VaultPolicy, VmplSet};
 
 /// Personalization string of the vault's DRBG.
@@ -80,6 +81,29 @@ fn identity_key(drbg: &mut VaultDrbg) -> Result<Material, Error> {
         }
     }
     Err(Error::InvalidKeyMaterial)
+}
+
+/// Fill `out` from `drbg`, reseeding it from `platform` when due. Callers run it
+/// [`scrubbed`]: the DRBG's HMAC states lie on the stack while it runs.
+fn fill<P: Platform>(drbg: &mut VaultDrbg, platform: &mut P, out: &mut [u8]) -> Result<(), Error> {
+    for chunk in out.chunks_mut(MAX_BYTES_PER_REQUEST) {
+        if drbg.needs_reseed() {
+            let mut entropy = Zeroizing::new([0u8; 48]);
+            platform.entropy(&mut entropy[..])?;
+            drbg.reseed(&entropy[..], &[]);
+        }
+        drbg.generate(chunk, &[]).map_err(|_| Error::Entropy)?;
+    }
+    Ok(())
+}
+
+/// How deep signing with `material` may use the stack.
+fn sign_depth(material: &Material) -> Depth {
+    if material.key_type() == KeyType::HmacSha384 {
+        Depth::Hmac
+    } else {
+        Depth::Signing
+    }
 }
 
 /// Attempts at drawing a valid P-384 scalar before giving up (each fails with
@@ -210,16 +234,16 @@ impl KeyInfo {
 
 /// One stored key.
 ///
-/// Its material is boxed, so that the key table holds no secret bytes: the table
-/// moves keys (Delete shifts every key after the deleted one down, and `Vec::remove`
-/// leaves the old last slot's bytes in the table's spare capacity), and a move
-/// copies bytes without dropping, so only the pointer may move. The material is
-/// zeroized in its own allocation when the key is dropped, before that allocation
-/// is freed (`tests/residue.rs` checks every freed block for key bytes).
+/// Its [`Material`] is a tag and a pointer to the secret, so the key table holds no
+/// secret bytes: the table moves keys (Delete shifts every key after the deleted one
+/// down, and `Vec::remove` leaves the old last slot's bytes in the table's spare
+/// capacity), and a move copies bytes without dropping, so only the pointer moves.
+/// The secret is zeroized in its own allocation when the key is dropped, before that
+/// allocation is freed (`tests/residue.rs` checks every freed block for key bytes).
 #[derive(Debug)]
 struct Key {
     info: KeyInfo,
-    material: Box<Material>,
+    material: Material,
     /// AES-GCM encryptions done with this key in this vault: the invocation field of
     /// the next nonce (see [`gcm_nonce`]).
     gcm_invocations: u32,
@@ -236,10 +260,14 @@ impl Key {
 }
 
 /// The vault. `P` provides entropy.
+///
+/// No secret lives inline in this struct (the firmware moves it around when it
+/// starts): the DRBG state, the identity key and every key's material are boxed,
+/// each built in a [`scrubbed`] frame and zeroized in place when dropped.
 pub struct Vault<P> {
     platform: P,
     policy: VaultPolicy,
-    drbg: VaultDrbg,
+    drbg: Box<VaultDrbg>,
     /// The vault identity key (P-384), drawn from the DRBG at creation; never in the
     /// key table, never exported. Zeroizes its scalar on drop. Only its public half
     /// is used so far; secret provisioning (a KBS wrapping secrets to it) will use
@@ -270,16 +298,19 @@ impl<P> fmt::Debug for Vault<P> {
 impl<P: Platform> Vault<P> {
     /// An empty vault, its DRBG seeded from `platform`.
     pub fn new(mut platform: P, policy: VaultPolicy) -> Result<Self, Error> {
-        let mut seed = Zeroizing::new([0u8; 48 + 24]);
-        platform.entropy(&mut seed[..])?;
-        let (entropy, nonce) = seed.split_at(48);
-        let mut drbg = VaultDrbg::new(entropy, nonce, DRBG_PERSONALIZATION);
-        let identity = identity_key(&mut drbg)?;
+        let (drbg, identity, base) = scrubbed(Depth::KeyCreation, || {
+            let mut seed = Zeroizing::new([0u8; 48 + 24]);
+            platform.entropy(&mut seed[..])?;
+            let (entropy, nonce) = seed.split_at(48);
+            let mut drbg = Box::new(VaultDrbg::new(entropy, nonce, DRBG_PERSONALIZATION));
+            let identity = identity_key(&mut drbg)?;
+            let mut base = [0u8; 8];
+            drbg.generate(&mut base, b"gcm nonce base")
+                .map_err(|_| Error::Entropy)?;
+            Ok::<_, Error>((drbg, identity, base))
+        })?;
         let mut identity_spki = Vec::new();
         identity.public_key_der(&mut identity_spki)?;
-        let mut base = [0u8; 8];
-        drbg.generate(&mut base, b"gcm nonce base")
-            .map_err(|_| Error::Entropy)?;
         Ok(Self {
             platform,
             policy,
@@ -317,15 +348,8 @@ impl<P: Platform> Vault<P> {
 
     /// Fill `out` from the DRBG, reseeding from the platform when due.
     pub fn fill_random(&mut self, out: &mut [u8]) -> Result<(), Error> {
-        for chunk in out.chunks_mut(MAX_BYTES_PER_REQUEST) {
-            if self.drbg.needs_reseed() {
-                let mut entropy = Zeroizing::new([0u8; 48]);
-                self.platform.entropy(&mut entropy[..])?;
-                self.drbg.reseed(&entropy[..], &[]);
-            }
-            self.drbg.generate(chunk, &[]).map_err(|_| Error::Entropy)?;
-        }
-        Ok(())
+        let (drbg, platform) = (&mut self.drbg, &mut self.platform);
+        scrubbed(Depth::Signing, || fill(drbg, platform, out))
     }
 
     /// `Random`: `len` bytes (at most [`MAX_RANDOM_LEN`]) appended to `out`.
@@ -402,7 +426,7 @@ impl<P: Platform> Vault<P> {
         };
         self.keys.push(Key {
             info,
-            material: Box::new(material),
+            material,
             gcm_invocations: 0,
         });
         self.next_id = next_id;
@@ -413,16 +437,18 @@ impl<P: Platform> Vault<P> {
     pub fn generate(&mut self, caller: Caller, spec: &KeySpec) -> Result<KeyInfo, Error> {
         spec.check(caller)?;
         self.check_room()?;
-        let mut bytes = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
-        let mut material = Err(Error::InvalidKeyMaterial);
-        for _ in 0..KEYGEN_ATTEMPTS {
-            self.fill_random(&mut bytes)?;
-            material = Material::from_bytes(spec.key_type, &bytes);
-            if material.is_ok() {
-                break;
+        let (drbg, platform) = (&mut self.drbg, &mut self.platform);
+        let material = scrubbed(Depth::KeyCreation, || {
+            let mut bytes = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
+            for _ in 0..KEYGEN_ATTEMPTS {
+                fill(drbg, platform, &mut bytes)?;
+                if let Ok(material) = Material::from_bytes(spec.key_type, &bytes) {
+                    return Ok(material);
+                }
             }
-        }
-        self.insert(spec, Origin::Generated, material?)
+            Err(Error::InvalidKeyMaterial)
+        })?;
+        self.insert(spec, Origin::Generated, material)
     }
 
     /// `Import`: plaintext key material, if the policy allows it.
@@ -437,7 +463,9 @@ impl<P: Platform> Vault<P> {
         }
         spec.check(caller)?;
         self.check_room()?;
-        let material = Material::from_bytes(spec.key_type, material)?;
+        let material = scrubbed(Depth::KeyCreation, || {
+            Material::from_bytes(spec.key_type, material)
+        })?;
         self.insert(spec, Origin::Imported, material)
     }
 
@@ -455,8 +483,10 @@ impl<P: Platform> Vault<P> {
             .aes_key()?;
         spec.check(caller)?;
         self.check_room()?;
-        let plain = kw_unwrap(kek, wrapped)?;
-        let material = Material::from_bytes(spec.key_type, &plain)?;
+        let material = scrubbed(Depth::KeyCreation, || {
+            let plain = kw_unwrap(kek, wrapped)?;
+            Material::from_bytes(spec.key_type, &plain)
+        })?;
         self.insert(spec, Origin::Unwrapped, material)
     }
 
@@ -477,7 +507,9 @@ impl<P: Platform> Vault<P> {
         if !target.info.exportable {
             return Err(Error::NotExportable);
         }
-        kw_wrap(kek, &target.material.to_bytes(), out)
+        scrubbed(Depth::Signing, || {
+            kw_wrap(kek, &target.material.to_bytes(), out)
+        })
     }
 
     /// `GetPublicKey`: append the SPKI DER of an ECDSA or Ed25519 key.
@@ -493,9 +525,8 @@ impl<P: Platform> Vault<P> {
         message: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        self.usable(caller, key, KeyUsage::SIGN)?
-            .material
-            .sign(message, out)
+        let material = &self.usable(caller, key, KeyUsage::SIGN)?.material;
+        scrubbed(sign_depth(material), || material.sign(message, out))
     }
 
     /// `Verify`: `Ok` if `signature` is valid for `message`.
@@ -506,9 +537,13 @@ impl<P: Platform> Vault<P> {
         message: &[u8],
         signature: &[u8],
     ) -> Result<(), Error> {
-        self.usable(caller, key, KeyUsage::VERIFY)?
-            .material
-            .verify(message, signature)
+        let material = &self.usable(caller, key, KeyUsage::VERIFY)?.material;
+        if material.key_type() == KeyType::HmacSha384 {
+            scrubbed(Depth::Hmac, || material.verify(message, signature))
+        } else {
+            // A public-key verification: nothing secret on the stack.
+            material.verify(message, signature)
+        }
     }
 
     /// `Encrypt`: append `nonce || ciphertext || tag` (AES-256-GCM, vault-chosen nonce,
@@ -528,13 +563,15 @@ impl<P: Platform> Vault<P> {
         let index = self.index(caller, key)?;
         let key = self.keys.get_mut(index).ok_or(Error::KeyNotFound)?;
         key.permits(KeyUsage::ENCRYPT)?;
-        let aes = key.material.aes_key()?;
+        let cipher = key.material.gcm()?;
         let invocation = key.gcm_invocations;
         if u64::from(invocation) >= GCM_INVOCATION_LIMIT {
             return Err(Error::NonceLimitReached);
         }
         let nonce = gcm_nonce(base, key.info.id, invocation);
-        gcm_seal(aes, &nonce, aad, plaintext, out)?;
+        scrubbed(Depth::Cipher, || {
+            gcm_seal(cipher, &nonce, aad, plaintext, out)
+        })?;
         key.gcm_invocations = invocation.checked_add(1).ok_or(Error::NonceLimitReached)?;
         Ok(())
     }
@@ -548,11 +585,11 @@ impl<P: Platform> Vault<P> {
         sealed: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        let aes = self
+        let cipher = self
             .usable(caller, key, KeyUsage::DECRYPT)?
             .material
-            .aes_key()?;
-        gcm_open(aes, aad, sealed, out)
+            .gcm()?;
+        scrubbed(Depth::Cipher, || gcm_open(cipher, aad, sealed, out))
     }
 
     /// `Derive`: HKDF-SHA-384 from an AES or HMAC key with DERIVE usage into a new key.
@@ -578,14 +615,17 @@ impl<P: Platform> Vault<P> {
             return Err(Error::PolicyDenied);
         }
         self.check_room()?;
-        let hk = Hkdf::<Sha384>::new(Some(salt), parent.material.derive_input()?);
-        let mut okm = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
-        hk.expand_multi_info(
-            &[DERIVE_INFO_PREFIX, &spec.key_type.raw().to_le_bytes(), info],
-            &mut okm,
-        )
-        .map_err(|_| Error::InvalidParameter)?;
-        let material = Material::from_bytes(spec.key_type, &okm)?;
+        let ikm = parent.material.derive_input()?;
+        let material = scrubbed(Depth::KeyCreation, || {
+            let hk = Hkdf::<Sha384>::new(Some(salt), ikm);
+            let mut okm = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
+            hk.expand_multi_info(
+                &[DERIVE_INFO_PREFIX, &spec.key_type.raw().to_le_bytes(), info],
+                &mut okm,
+            )
+            .map_err(|_| Error::InvalidParameter)?;
+            Material::from_bytes(spec.key_type, &okm)
+        })?;
         self.insert(spec, Origin::Derived, material)
     }
 
