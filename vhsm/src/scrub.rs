@@ -5,16 +5,17 @@
 //! their frames and never wipe them, `hkdf` leaves its PRK and output blocks there,
 //! `aes` expands key schedules into temporaries, the ECDSA and Ed25519 signers leave
 //! scalar bytes and hash states, and every move of a value copies it without wiping
-//! the old place (including the inactive bytes of a union, such as the `aes`
-//! crate's run-time backend choice, which a move carries from wherever they were).
+//! the old place. Bytes a type never writes (padding, the inactive part of a union
+//! such as the `aes` crate's run-time choice of backend) travel along with it,
+//! holding whatever the stack or a register held before, round keys included.
 //!
 //! So the vault runs each computation on secret bytes through [`scrubbed`]: the
 //! computation runs in a frame of its own below the caller's, and afterwards the
 //! stack from the caller's frame down is overwritten with zeros, far enough to cover
-//! the deepest frame the computation used. [`scrubbed`] also overwrites that stack
-//! before the computation runs, so that a value built there and then moved to the
-//! heap (a key's cipher, boxed) carries zeros, not old stack contents, in any bytes
-//! its type never writes.
+//! the deepest frame the computation used. [`scrubbed_around`] also overwrites that
+//! stack before the computation runs, so that a value built there and then moved to
+//! the heap (a key's cipher, boxed) carries zeros, not old stack contents, in any
+//! bytes its type never writes.
 //!
 //! The depths are measured on the host (release build): the vault's deepest
 //! operations (creating a P-384 key, HKDF into a P-384 key) use under 11 KiB below the
@@ -55,15 +56,23 @@ const fn words(bytes: usize) -> usize {
     }
 }
 
-/// Run `f` with the stack below the caller overwritten with zeros before and after,
-/// as deep as `depth` says `f` may use it. The result is returned through the
-/// caller's frame: it must hold no secret (return a `Box` or a `Zeroizing` value, or
-/// write into a buffer the caller owns).
+/// Run `f`, then overwrite the stack below the caller with zeros, as deep as `depth`
+/// says `f` may use it. The result is returned through the caller's frame: it must
+/// hold no secret (return a `Box` or a `Zeroizing` value, or write into a buffer
+/// the caller owns).
 pub(crate) fn scrubbed<T>(depth: Depth, f: impl FnOnce() -> T) -> T {
-    wipe(depth);
     let out = run(f);
     wipe(depth);
     out
+}
+
+/// [`scrubbed`], also overwriting the stack before `f` runs: for computations that
+/// build a value on the stack and move it to the heap, so that the bytes its type
+/// never writes (padding, a union's inactive part) are zeros rather than whatever
+/// an earlier computation left there.
+pub(crate) fn scrubbed_around<T>(depth: Depth, f: impl FnOnce() -> T) -> T {
+    wipe(depth);
+    scrubbed(depth, f)
 }
 
 /// Run `f` in a frame of its own (so that its locals lie in the stack [`wipe`]

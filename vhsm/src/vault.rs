@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 use crate::audit::AuditLog;
 use crate::drbg::{VaultDrbg, MAX_BYTES_PER_REQUEST};
 use crate::key::{gcm_open, gcm_seal, kw_unwrap, kw_wrap, Material};
-use crate::scrub::{scrubbed, Depth};
+use crate::scrub::{scrubbed, scrubbed_around, Depth};
 use crate::{Attester, Caller, Error, KeyType, KeyUsage, Origin, Platform, VaultPolicy, VmplSet};
 
 /// Personalization string of the vault's DRBG.
@@ -263,7 +263,7 @@ impl Key {
 ///
 /// No secret lives inline in this struct (the firmware moves it around when it
 /// starts): the DRBG state, the identity key and every key's material are boxed,
-/// each built in a [`scrubbed`] frame and zeroized in place when dropped.
+/// each built in a [`scrubbed_around`] frame and zeroized in place when dropped.
 pub struct Vault<P> {
     platform: P,
     policy: VaultPolicy,
@@ -298,7 +298,7 @@ impl<P> fmt::Debug for Vault<P> {
 impl<P: Platform> Vault<P> {
     /// An empty vault, its DRBG seeded from `platform`.
     pub fn new(mut platform: P, policy: VaultPolicy) -> Result<Self, Error> {
-        let (drbg, identity, base) = scrubbed(Depth::KeyCreation, || {
+        let (drbg, identity, base) = scrubbed_around(Depth::KeyCreation, || {
             let mut seed = Zeroizing::new([0u8; 48 + 24]);
             platform.entropy(&mut seed[..])?;
             let (entropy, nonce) = seed.split_at(48);
@@ -438,7 +438,7 @@ impl<P: Platform> Vault<P> {
         spec.check(caller)?;
         self.check_room()?;
         let (drbg, platform) = (&mut self.drbg, &mut self.platform);
-        let material = scrubbed(Depth::KeyCreation, || {
+        let material = scrubbed_around(Depth::KeyCreation, || {
             let mut bytes = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
             for _ in 0..KEYGEN_ATTEMPTS {
                 fill(drbg, platform, &mut bytes)?;
@@ -463,7 +463,7 @@ impl<P: Platform> Vault<P> {
         }
         spec.check(caller)?;
         self.check_room()?;
-        let material = scrubbed(Depth::KeyCreation, || {
+        let material = scrubbed_around(Depth::KeyCreation, || {
             Material::from_bytes(spec.key_type, material)
         })?;
         self.insert(spec, Origin::Imported, material)
@@ -483,7 +483,7 @@ impl<P: Platform> Vault<P> {
             .aes_key()?;
         spec.check(caller)?;
         self.check_room()?;
-        let material = scrubbed(Depth::KeyCreation, || {
+        let material = scrubbed_around(Depth::KeyCreation, || {
             let plain = kw_unwrap(kek, wrapped)?;
             Material::from_bytes(spec.key_type, &plain)
         })?;
@@ -616,7 +616,7 @@ impl<P: Platform> Vault<P> {
         }
         self.check_room()?;
         let ikm = parent.material.derive_input()?;
-        let material = scrubbed(Depth::KeyCreation, || {
+        let material = scrubbed_around(Depth::KeyCreation, || {
             let hk = Hkdf::<Sha384>::new(Some(salt), ikm);
             let mut okm = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
             hk.expand_multi_info(

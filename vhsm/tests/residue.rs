@@ -293,6 +293,50 @@ fn operations_leave_nothing() {
     assert_no_residue("wrap, unwrap, sign, verify, derive, delete all, drop");
 }
 
+/// Keys created right after AES work (whose round keys are still in vector
+/// registers, from where the compiler may copy them into bytes a type never writes),
+/// then deleted.
+fn keys_created_after_aes_work() {
+    let c = Caller::SVSM;
+    let aes: [u8; 32] = material(31);
+    add_needles(&aes);
+    let mut v = Vault::new(
+        Counter(3),
+        VaultPolicy {
+            allow_plaintext_import: true,
+        },
+    )
+    .unwrap();
+    let enc = KeyUsage::ENCRYPT | KeyUsage::DECRYPT | KeyUsage::DERIVE;
+    let a = v
+        .import(c, &spec(KeyType::Aes256, enc, false), &aes)
+        .unwrap()
+        .id;
+    for kt in [
+        KeyType::HmacSha384,
+        KeyType::Ed25519,
+        KeyType::EcdsaP384,
+        KeyType::Aes256,
+    ] {
+        let mut sealed = Vec::new();
+        v.encrypt(c, a, b"", &[7; 64], &mut sealed).unwrap();
+        let mut plain = Vec::new();
+        v.decrypt(c, a, b"", &sealed, &mut plain).unwrap();
+        let usage = kt.allowed_usage() & (KeyUsage::ENCRYPT | KeyUsage::SIGN);
+        let g = v.generate(c, &spec(kt, usage, false)).unwrap().id;
+        v.encrypt(c, a, b"", &[7; 64], &mut sealed).unwrap();
+        let d = v
+            .derive(c, a, &spec(kt, usage, false), b"", b"")
+            .unwrap()
+            .id;
+        v.delete(c, g).unwrap();
+        v.delete(c, d).unwrap();
+    }
+    v.delete(c, a).unwrap();
+    drop(v);
+    assert_no_residue("keys created and deleted right after AES work");
+}
+
 /// Bytes of stack checked below the current frame: more than any vault operation
 /// uses in a debug build.
 const SPAN: usize = 96 * 1024;
@@ -505,6 +549,7 @@ fn main() {
         .spawn(|| {
             delete_last_and_middle();
             operations_leave_nothing();
+            keys_created_after_aes_work();
             stack_is_scrubbed();
         })
         .unwrap()
