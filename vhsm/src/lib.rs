@@ -144,10 +144,9 @@ impl Caller {
 pub enum Error {
     /// A parameter is out of range (type, usage, VMPL set, label, length).
     InvalidParameter,
-    /// No such key.
+    /// No such key, or none the caller's VMPL may use (the vault never tells the
+    /// two apart; the wire's `AccessDenied` status is not used).
     KeyNotFound,
-    /// The caller's VMPL may not use the key.
-    AccessDenied,
     /// The key's usage flags do not permit the operation.
     UsageNotPermitted,
     /// The key (or, for derivation, its parent) is not exportable.
@@ -180,7 +179,6 @@ impl Error {
         match self {
             Self::InvalidParameter => Status::InvalidParameter,
             Self::KeyNotFound => Status::KeyNotFound,
-            Self::AccessDenied => Status::AccessDenied,
             Self::UsageNotPermitted => Status::UsageNotPermitted,
             Self::NotExportable => Status::NotExportable,
             Self::PolicyDenied => Status::PolicyDenied,

@@ -250,11 +250,11 @@ fn vmpl_access_rules() {
     // Other VMPLs, including VMPL0, cannot use, see or delete it.
     for c in [V0, v2(), Caller::new(3).unwrap()] {
         let mut o = Vec::new();
-        assert_eq!(v.sign(c, k, b"m", &mut o).unwrap_err(), Error::AccessDenied);
-        assert_eq!(v.verify(c, k, b"m", &out).unwrap_err(), Error::AccessDenied);
-        assert_eq!(v.public_key(c, k, &mut o).unwrap_err(), Error::AccessDenied);
-        assert_eq!(v.attributes(c, k).unwrap_err(), Error::AccessDenied);
-        fails_unchanged(&mut v, Error::AccessDenied, |v| v.delete(c, k));
+        assert_eq!(v.sign(c, k, b"m", &mut o).unwrap_err(), Error::KeyNotFound);
+        assert_eq!(v.verify(c, k, b"m", &out).unwrap_err(), Error::KeyNotFound);
+        assert_eq!(v.public_key(c, k, &mut o).unwrap_err(), Error::KeyNotFound);
+        assert_eq!(v.attributes(c, k).unwrap_err(), Error::KeyNotFound);
+        fails_unchanged(&mut v, Error::KeyNotFound, |v| v.delete(c, k));
         assert_eq!(v.list(c).count(), 0);
         assert!(o.is_empty());
     }
@@ -263,6 +263,126 @@ fn vmpl_access_rules() {
         v.sign(v1(), 999, b"m", &mut out).unwrap_err(),
         Error::KeyNotFound
     );
+}
+
+/// Every request naming `x`, a key of any type: each operation that takes a key id,
+/// with `own` (an AES key usable for everything by the caller) in the other key
+/// role where there is one.
+fn requests_naming(x: u32, own: u32) -> Vec<Vec<u8>> {
+    let t = nitride_protocol::vhsm::KeyTemplate::new(
+        KeyType::Aes256,
+        KeyUsage::ENCRYPT,
+        VmplSet::all(),
+        false,
+    );
+    let sealed = [0u8; 40];
+    let reqs = [
+        Request::Unwrap {
+            unwrapping_key: x,
+            template: t,
+            label: b"",
+            wrapped: &[0; 40],
+        },
+        Request::Wrap {
+            wrapping_key: x,
+            key: own,
+        },
+        Request::Wrap {
+            wrapping_key: own,
+            key: x,
+        },
+        Request::GetPublicKey { key: x },
+        Request::Sign {
+            key: x,
+            message: b"m",
+        },
+        Request::Verify {
+            key: x,
+            message: b"m",
+            signature: &[0; 64],
+        },
+        Request::Encrypt {
+            key: x,
+            aad: b"",
+            plaintext: b"p",
+        },
+        Request::Decrypt {
+            key: x,
+            aad: b"",
+            ciphertext: &sealed,
+        },
+        Request::Derive {
+            parent: x,
+            template: t,
+            label: b"",
+            salt: b"",
+            info: b"",
+        },
+        Request::GetAttributes { key: x },
+        Request::AttestKey {
+            key: x,
+            nonce: b"n",
+        },
+        Request::Delete { key: x },
+        Request::List,
+    ];
+    reqs.iter()
+        .map(|r| {
+            let mut buf = vec![0u8; 512];
+            let n = r.encode(77, &mut buf).unwrap();
+            buf.truncate(n);
+            buf
+        })
+        .collect()
+}
+
+/// What a caller observes of one request: the response bytes, and its own audit
+/// entry without the sequence number.
+fn observe(v: &mut Vault<TestPlatform>, caller: Caller, req: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let resp = v.handle(caller, req);
+    let mut entry = v.audit_log().since(0).last().copied().unwrap();
+    assert_eq!(entry.caller_vmpl, caller.vmpl());
+    entry.seq = Default::default();
+    (resp, zerocopy::IntoBytes::as_bytes(&entry).to_vec())
+}
+
+/// A key the caller may not use answers every request exactly like a key that does
+/// not exist: status, response bytes and the audit entry the caller can see. The
+/// same requests are sent while the key exists (usable by VMPL1 only) and after its
+/// owner deleted it; a VMPL2 caller must not tell the two apart.
+#[test]
+fn invisible_keys_answer_like_missing_ones() {
+    let mut v = vault(true);
+    let own = v
+        .generate(
+            v2(),
+            &KeySpec::new(KeyType::Aes256, aes_all(), VmplSet::VMPL2, true),
+        )
+        .unwrap()
+        .id;
+    for kt in [
+        KeyType::Aes256,
+        KeyType::EcdsaP384,
+        KeyType::Ed25519,
+        KeyType::HmacSha384,
+    ] {
+        let only1 = KeySpec::new(kt, kt.allowed_usage(), VmplSet::VMPL1, true);
+        let x = v.generate(v1(), &only1).unwrap().id;
+        let requests = requests_naming(x, own);
+        let hidden: Vec<_> = requests.iter().map(|r| observe(&mut v, v2(), r)).collect();
+        v.delete(v1(), x).unwrap();
+        let missing: Vec<_> = requests.iter().map(|r| observe(&mut v, v2(), r)).collect();
+        for (i, (h, m)) in hidden.iter().zip(&missing).enumerate() {
+            assert_eq!(h, m, "{kt:?}, request {i}");
+        }
+        // And what they say is: no such key (List: nothing).
+        for (resp, _) in &missing[..missing.len() - 1] {
+            assert_eq!(
+                Response::decode(resp).unwrap().status(),
+                Some(Status::KeyNotFound)
+            );
+        }
+    }
 }
 
 #[test]
@@ -803,7 +923,6 @@ fn errors_map_to_distinct_statuses() {
     let all = [
         Error::InvalidParameter,
         Error::KeyNotFound,
-        Error::AccessDenied,
         Error::UsageNotPermitted,
         Error::NotExportable,
         Error::PolicyDenied,
@@ -985,7 +1104,7 @@ fn attest_key_checks_and_failures() {
     let mut att = FakeAttester::default();
     let cases = [
         (V0, 999, Status::KeyNotFound),
-        (v1(), only_v0.id, Status::AccessDenied),
+        (v1(), only_v0.id, Status::KeyNotFound),
         (V0, plain.id, Status::UsageNotPermitted),
     ];
     for (caller, key, status) in cases {

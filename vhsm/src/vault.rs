@@ -1,8 +1,9 @@
 //! The vault: a bounded key store and the typed operations on it.
 //!
-//! Every operation takes the [`Caller`] and checks, in this order: the key exists, the
-//! caller's VMPL is in the key's allowed set, the key's usage flags permit the
-//! operation, then the operation's own rules (exportability, policy, capacity). All
+//! Every operation takes the [`Caller`] and checks, in this order: the key exists and
+//! the caller's VMPL is in the key's allowed set (a key the caller may not use is
+//! reported exactly like a key that does not exist), the key's usage flags permit
+//! the operation, then the operation's own rules (exportability, policy, capacity). All
 //! checks run before anything changes, so a failed operation leaves the key store, the
 //! keys' attributes and their nonce counters exactly as they were (the DRBG may have
 //! advanced; the dispatcher records the failure in the audit log).
@@ -377,18 +378,19 @@ impl<P: Platform> Vault<P> {
     }
 
     /// The index of a key the caller may use.
+    ///
+    /// A key the caller's VMPL may not use is, to that caller, a key that does not
+    /// exist: the same error, at the same point, so that every later step (and the
+    /// response and audit entry) is the same as for an id never issued. The search
+    /// looks at every key whatever it finds, so that it takes as long either way.
     fn index(&self, caller: Caller, id: u32) -> Result<usize, Error> {
-        let (index, key) = self
-            .keys
-            .iter()
-            .enumerate()
-            .find(|(_, k)| k.info.id == id)
-            .ok_or(Error::KeyNotFound)?;
-        if key.info.allowed.contains(caller.as_set()) {
-            Ok(index)
-        } else {
-            Err(Error::AccessDenied)
+        let mut found = None;
+        for (index, key) in self.keys.iter().enumerate() {
+            if key.info.id == id && key.info.allowed.contains(caller.as_set()) {
+                found = Some(index);
+            }
         }
+        found.ok_or(Error::KeyNotFound)
     }
 
     /// A key the caller may use, with `usage`.

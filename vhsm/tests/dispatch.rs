@@ -264,7 +264,7 @@ fn policy_and_errors_map_to_statuses() {
     );
     c.fails(Request::Delete { key: 12345 }, Status::KeyNotFound);
 
-    // Another VMPL is denied.
+    // To another VMPL the key does not exist.
     c.caller = Caller::new(2).unwrap();
     c.fails(
         Request::Encrypt {
@@ -272,7 +272,7 @@ fn policy_and_errors_map_to_statuses() {
             aad: b"",
             plaintext: b"",
         },
-        Status::AccessDenied,
+        Status::KeyNotFound,
     );
     assert!(list(&mut c).is_empty());
 }
@@ -441,7 +441,7 @@ fn audit_log_records_every_request_without_key_bytes() {
             aad: b"",
             plaintext: b"x",
         },
-        Status::AccessDenied,
+        Status::KeyNotFound,
     );
     let body = c.ok(Request::ReadAudit { from_seq: 0 });
     assert!(
@@ -467,7 +467,7 @@ fn audit_log_records_every_request_without_key_bytes() {
             (1, Op::Import.raw(), k, 1, Status::Ok.raw()),
             (2, Op::Encrypt.raw(), k, 1, Status::Ok.raw()),
             (3, Op::Decrypt.raw(), k, 1, Status::UsageNotPermitted.raw()),
-            (4, Op::Encrypt.raw(), k, 2, Status::AccessDenied.raw()),
+            (4, Op::Encrypt.raw(), k, 2, Status::KeyNotFound.raw()),
         ]
     );
     // from_seq filters; the read itself is recorded afterwards.
