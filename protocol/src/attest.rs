@@ -326,24 +326,15 @@ impl<'a> ManifestTable<'a> {
 
 /// Magic of the vHSM's service manifest.
 pub const VHSM_MANIFEST_MAGIC: [u8; 8] = *b"NTRDVHSM";
-/// Version of the vHSM manifest layout.
-pub const VHSM_MANIFEST_VERSION: u32 = 1;
+/// Version of the vHSM manifest layout. Version 2 appended the vault policy and the
+/// audit log's count and chain to the header.
+pub const VHSM_MANIFEST_VERSION: u32 = 2;
 
-/// Head of the vHSM's service manifest (32 bytes). Followed by the vault identity
+/// Head of the vHSM's service manifest (96 bytes). Followed by the vault identity
 /// key (SPKI DER, `identity_len` bytes), then `key_count` records of
 /// [`ManifestKeyHead`] + that key's SPKI DER (empty for symmetric keys).
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
 )]
 #[repr(C)]
 pub struct VhsmManifestHeader {
@@ -363,8 +354,24 @@ pub struct VhsmManifestHeader {
     pub identity_len: U32,
     /// Zero.
     pub reserved2: U32,
+    /// The vault policy: `vhsm::VaultPolicyFlags` bits.
+    pub policy_flags: U32,
+    /// Zero.
+    pub reserved3: U32,
+    /// Audit entries the vault has recorded since it started (the last one's
+    /// sequence number).
+    pub audit_count: U64,
+    /// The audit chain value after that entry (`vhsm::AuditEntry::chain`; zeros when
+    /// none was recorded).
+    pub audit_chain: [u8; 48],
 }
-const _: () = assert!(size_of::<VhsmManifestHeader>() == 32);
+const _: () = assert!(size_of::<VhsmManifestHeader>() == 96);
+
+impl Default for VhsmManifestHeader {
+    fn default() -> Self {
+        zerocopy::FromZeros::new_zeroed()
+    }
+}
 
 /// One attestable key in the vHSM manifest: its attributes and its SPKI's length.
 #[derive(
@@ -625,7 +632,7 @@ mod tests {
         let mut bytes = std::vec::Vec::new();
         let header = VhsmManifestHeader {
             magic: VHSM_MANIFEST_MAGIC,
-            manifest_version: U32::new(1),
+            manifest_version: U32::new(VHSM_MANIFEST_VERSION),
             protocol_version: U32::new(1),
             wire_version: U16::new(1),
             key_count: U32::new(2),

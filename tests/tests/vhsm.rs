@@ -422,10 +422,10 @@ fn bad_input_gets_its_documented_error_and_the_svsm_keeps_serving() {
         status_of(&c.transport().request(&unknown_op).unwrap().payload),
         Some(Status::UnknownOperation)
     );
-    let mut v2 = req.clone();
-    v2[0] = 2;
+    let mut other_version = req.clone();
+    other_version[0] = 3;
     assert_eq!(
-        status_of(&c.transport().request(&v2).unwrap().payload),
+        status_of(&c.transport().request(&other_version).unwrap().payload),
         Some(Status::UnsupportedVersion)
     );
     // Bytes on the channel that are no frame at all: the relay resynchronises.

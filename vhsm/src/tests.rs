@@ -336,14 +336,14 @@ fn requests_naming(x: u32, own: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// What a caller observes of one request: the response bytes, and its own audit
-/// entry without the sequence number.
+/// What a caller observes of one request: the response bytes, and what its own
+/// audit entry records (all but the sequence number, salt and chain value, which
+/// differ for every entry).
 fn observe(v: &mut Vault<TestPlatform>, caller: Caller, req: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let resp = v.handle(caller, req);
-    let mut entry = v.audit_log().since(0).last().copied().unwrap();
+    let entry = v.audit_log().since(0).last().copied().unwrap();
     assert_eq!(entry.caller_vmpl, caller.vmpl());
-    entry.seq = Default::default();
-    (resp, zerocopy::IntoBytes::as_bytes(&entry).to_vec())
+    (resp, zerocopy::IntoBytes::as_bytes(&entry)[8..24].to_vec())
 }
 
 /// A key the caller may not use answers every request exactly like a key that does
@@ -1162,7 +1162,7 @@ fn manifest_lists_exactly_the_attestable_keys() {
     let empty = v.manifest();
     let m = VhsmManifest::parse(&empty).unwrap();
     assert_eq!(m.header.key_count.get(), 0);
-    assert_eq!(m.header.manifest_version.get(), 1);
+    assert_eq!(m.header.manifest_version.get(), 2);
     assert_eq!(
         m.header.protocol_version.get(),
         nitride_protocol::svsm::VHSM_PROTOCOL_VERSION
@@ -1215,6 +1215,56 @@ fn manifest_lists_exactly_the_attestable_keys() {
     assert_eq!(ids, [b.id, c.id]);
 }
 
+/// The manifest reports the vault policy (fixed by the SVSM's unmeasured command
+/// line) and the audit log's entry count and chain, so that evidence shows both.
+#[test]
+fn manifest_reports_policy_and_audit_log() {
+    let random = {
+        let mut buf = [0u8; 64];
+        let n = Request::Random { len: 8 }.encode(1, &mut buf).unwrap();
+        buf[..n].to_vec()
+    };
+    for (allow, flags) in [(false, 0u32), (true, 1)] {
+        let mut v = vault(allow);
+        let bytes = v.manifest();
+        let m = VhsmManifest::parse(&bytes).unwrap();
+        assert_eq!(m.header.policy_flags.get(), flags);
+        assert_eq!(
+            m.header.policy_flags.get(),
+            v.policy().flags().bits(),
+            "the flags are the policy's"
+        );
+        assert_eq!(m.header.reserved3.get(), 0);
+        assert_eq!(m.header.audit_count.get(), 0);
+        assert_eq!(m.header.audit_chain, [0; 48]);
+        // Two "attestations" with requests in between: the count says how many, and
+        // the chain value is that of the last entry.
+        for _ in 0..3 {
+            v.handle(v1(), &random);
+        }
+        let first = VhsmManifest::parse(&v.manifest()).unwrap().header;
+        assert_eq!(first.audit_count.get(), 3);
+        let third = v.audit_log().since(3).next().copied().unwrap();
+        assert_eq!(first.audit_chain, third.chain);
+        // A flood that overwrites the whole ring cannot hide: the count grows by
+        // every entry and the chain keeps moving.
+        for _ in 0..2 * nitride_protocol::vhsm::AUDIT_CAPACITY {
+            v.handle(Caller::new(3).unwrap(), &random);
+        }
+        let second = VhsmManifest::parse(&v.manifest()).unwrap().header;
+        assert_eq!(
+            second.audit_count.get() - first.audit_count.get(),
+            2 * nitride_protocol::vhsm::AUDIT_CAPACITY as u64
+        );
+        assert_eq!(&second.audit_chain, v.audit_log().head());
+        assert_ne!(second.audit_chain, first.audit_chain);
+        assert_eq!(
+            v.audit_log().since(0).next().unwrap().seq.get(),
+            3 + 256 + 1
+        );
+    }
+}
+
 #[test]
 fn manifest_of_a_full_vault_stays_small() {
     let mut v = vault(false);
@@ -1228,7 +1278,7 @@ fn manifest_of_a_full_vault_stays_small() {
         KEY_CAPACITY
     );
     assert!(
-        bytes.len() < 32 + 120 + KEY_CAPACITY * (52 + 120),
+        bytes.len() < 96 + 120 + KEY_CAPACITY * (52 + 120),
         "{}",
         bytes.len()
     );

@@ -31,7 +31,7 @@ use nitride_protocol::vhsm::{
 };
 use nitride_protocol::vhsm::{MAX_RESPONSE_SIZE, VERSION as WIRE_VERSION};
 use sha2::{Digest, Sha384, Sha512};
-use zerocopy::little_endian::{U16, U32};
+use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::IntoBytes;
 use zeroize::Zeroizing;
 
@@ -299,7 +299,7 @@ impl<P> fmt::Debug for Vault<P> {
 impl<P: Platform> Vault<P> {
     /// An empty vault, its DRBG seeded from `platform`.
     pub fn new(mut platform: P, policy: VaultPolicy) -> Result<Self, Error> {
-        let (drbg, identity, base) = scrubbed_around(Depth::KeyCreation, || {
+        let (drbg, identity, base, audit) = scrubbed_around(Depth::KeyCreation, || {
             let mut seed = Zeroizing::new([0u8; 48 + 24]);
             platform.entropy(&mut seed[..])?;
             let (entropy, nonce) = seed.split_at(48);
@@ -308,7 +308,11 @@ impl<P: Platform> Vault<P> {
             let mut base = [0u8; 8];
             drbg.generate(&mut base, b"gcm nonce base")
                 .map_err(|_| Error::Entropy)?;
-            Ok::<_, Error>((drbg, identity, base))
+            let mut salt_key = Zeroizing::new([0u8; 32]);
+            drbg.generate(&mut salt_key[..], b"audit salt key")
+                .map_err(|_| Error::Entropy)?;
+            let audit = AuditLog::new(&salt_key);
+            Ok::<_, Error>((drbg, identity, base, audit))
         })?;
         let mut identity_spki = Vec::new();
         identity.public_key_der(&mut identity_spki)?;
@@ -321,7 +325,7 @@ impl<P: Platform> Vault<P> {
             keys: Vec::with_capacity(KEY_CAPACITY),
             next_id: 1,
             nonce_base: u64::from_be_bytes(base),
-            audit: AuditLog::new(),
+            audit,
         })
     }
 
@@ -652,7 +656,8 @@ impl<P: Platform> Vault<P> {
     }
 
     /// The vHSM's service manifest (`nitride_protocol::attest::VhsmManifest`
-    /// layout): the header, the vault identity key, then every key with
+    /// layout): the header (with the vault policy, and the audit log's entry count
+    /// and chain value at this moment), the vault identity key, then every key with
     /// [`KeyUsage::ATTEST`] in id order, each as its attributes and SPKI DER (empty
     /// for AES and HMAC keys). It lists every attestable key whatever VMPLs may use
     /// it: attestable keys are public knowledge by design.
@@ -689,6 +694,10 @@ impl<P: Platform> Vault<P> {
             key_count: U32::new(count),
             identity_len: U32::new(u32::try_from(self.identity_spki.len()).unwrap_or(0)),
             reserved2: U32::new(0),
+            policy_flags: U32::new(self.policy.flags().bits()),
+            reserved3: U32::new(0),
+            audit_count: U64::new(self.audit.count()),
+            audit_chain: *self.audit.head(),
         };
         let mut out = Vec::with_capacity(
             size_of::<VhsmManifestHeader>() + self.identity_spki.len() + keys.len(),
