@@ -348,8 +348,11 @@ fn make_vault(policy: VaultPolicy) -> Option<FirmwareVault> {
     }
     match Vault::new(CpuEntropy(sources), policy) {
         Ok(vault) => {
+            // The policy comes from the command line, which the launch measurement
+            // does not cover; the vHSM manifest reports it (policy flags), so
+            // attestation evidence shows it.
             log::info!(
-                "vHSM ready: protocol {:#x} v{}, entropy {}, plaintext import {}",
+                "vHSM ready: protocol {:#x} v{}, entropy {}, plaintext import {} (manifest policy flags {:#x})",
                 nitride_protocol::svsm::protocol::VHSM,
                 nitride_protocol::svsm::VHSM_PROTOCOL_VERSION,
                 sources.describe(),
@@ -357,7 +360,8 @@ fn make_vault(policy: VaultPolicy) -> Option<FirmwareVault> {
                     "allowed"
                 } else {
                     "refused"
-                }
+                },
+                policy.flags().bits()
             );
             Some(FirmwareVault { vault, served: 0 })
         }

@@ -689,7 +689,7 @@ pub(crate) mod tests {
 
     use nitride_protocol::attest::{
         attest_call, GuestBuffer, ManifestTable, ServicesRequest, SingleServiceRequest,
-        VhsmManifest, NONCE_SIZE, VHSM_SERVICE_GUID, VTPM_SERVICE_GUID,
+        VhsmManifest, NONCE_SIZE, VHSM_MANIFEST_VERSION, VHSM_SERVICE_GUID, VTPM_SERVICE_GUID,
     };
     use nitride_protocol::snp::report::REPORT_SIZE;
     use nitride_vhsm::{Caller, KeySpec, KeyType, KeyUsage, VmplSet};
@@ -868,8 +868,8 @@ pub(crate) mod tests {
         let mut p = attest_platform();
         let requests = [
             single(services(0), VHSM_SERVICE_GUID, 0),
-            single(services(0x1000), VHSM_SERVICE_GUID, 1),
-            single(services(0), VHSM_SERVICE_GUID, 2),
+            single(services(0x1000), VHSM_SERVICE_GUID, VHSM_MANIFEST_VERSION),
+            single(services(0), VHSM_SERVICE_GUID, VHSM_MANIFEST_VERSION + 1),
             single(services(0), VTPM_SERVICE_GUID, 0),
             single(services(0), [0; 16], 0),
         ];

@@ -444,24 +444,15 @@ impl<'a> ManifestTable<'a> {
 
 /// Magic of the vHSM's service manifest.
 pub const VHSM_MANIFEST_MAGIC: [u8; 8] = *b"NTRDVHSM";
-/// Version of the vHSM manifest layout.
-pub const VHSM_MANIFEST_VERSION: u32 = 1;
+/// Version of the vHSM manifest layout. Version 2 appended the vault policy and the
+/// audit log's count and chain to the header.
+pub const VHSM_MANIFEST_VERSION: u32 = 2;
 
-/// Head of the vHSM's service manifest (32 bytes). Followed by the vault identity
+/// Head of the vHSM's service manifest (96 bytes). Followed by the vault identity
 /// key (SPKI DER, `identity_len` bytes), then `key_count` records of
 /// [`ManifestKeyHead`] + that key's SPKI DER (empty for symmetric keys).
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
 )]
 #[repr(C)]
 pub struct VhsmManifestHeader {
@@ -481,13 +472,29 @@ pub struct VhsmManifestHeader {
     pub identity_len: U32,
     /// Zero.
     pub reserved2: U32,
+    /// The vault policy: `vhsm::VaultPolicyFlags` bits.
+    pub policy_flags: U32,
+    /// Zero.
+    pub reserved3: U32,
+    /// Audit entries the vault has recorded since it started (the last one's
+    /// sequence number).
+    pub audit_count: U64,
+    /// The audit chain value after that entry (`vhsm::AuditEntry::chain`; zeros when
+    /// none was recorded).
+    pub audit_chain: [u8; 48],
 }
-const _: () = assert!(size_of::<VhsmManifestHeader>() == 32);
+const _: () = assert!(size_of::<VhsmManifestHeader>() == 96);
+
+impl Default for VhsmManifestHeader {
+    fn default() -> Self {
+        zerocopy::FromZeros::new_zeroed()
+    }
+}
 
 impl VhsmManifestHeader {
     /// Whether every reserved field is zero (the parser requires it).
     pub fn reserved_zero(&self) -> bool {
-        self.reserved.get() == 0 && self.reserved2.get() == 0
+        self.reserved.get() == 0 && self.reserved2.get() == 0 && self.reserved3.get() == 0
     }
 }
 
@@ -993,7 +1000,7 @@ pub(crate) mod tests {
         ];
         let bytes = vhsm_manifest(&keys);
         assert_eq!(&bytes[..8], b"NTRDVHSM");
-        assert_eq!(bytes.len(), 32 + 120 + 3 * 52 + 120 + 44);
+        assert_eq!(bytes.len(), 96 + 120 + 3 * 52 + 120 + 44);
         let m = VhsmManifest::parse(&bytes).unwrap();
         assert_eq!(m.identity, &p384_spki(0x11)[..]);
         assert_eq!(m.header.key_count.get(), 3);

@@ -16,8 +16,10 @@ use bitflags::bitflags;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-/// Protocol version carried in every header.
-pub const VERSION: u16 = 1;
+/// Protocol version carried in every header. Version 2: audit entries carry a salt
+/// and a hash chain value ([`AuditEntry`]), ReadAudit returns only the entries the
+/// caller may see, and a key the caller may not use is reported as `KeyNotFound`.
+pub const VERSION: u16 = 2;
 
 /// Largest request accepted, header included. The firmware copies a request from guest
 /// memory into a private buffer of this size before parsing it. Large enough for the
@@ -51,6 +53,30 @@ pub const KEY_CAPACITY: usize = 64;
 
 /// Number of audit entries kept; older entries are overwritten.
 pub const AUDIT_CAPACITY: usize = 256;
+
+/// Domain separator of the audit hash chain (see [`audit_chain_input`]).
+pub const AUDIT_CHAIN_DOMAIN: [u8; 16] = *b"NITRIDE-AUDIT-V1";
+
+/// The part of an [`AuditEntry`] the chain hashes: everything before `chain`.
+pub const AUDIT_CHAINED_LEN: usize = 40;
+
+/// Length of one link's hash input: domain, previous chain value, entry.
+pub const AUDIT_CHAIN_INPUT_LEN: usize = AUDIT_CHAIN_DOMAIN.len() + 48 + AUDIT_CHAINED_LEN;
+
+/// The SHA-384 input of `entry`'s link in the audit chain:
+/// `AUDIT_CHAIN_DOMAIN || previous || entry[0..40]` (seq, key id, op, status, caller
+/// VMPL, reserved, salt), where `previous` is the `chain` of the entry recorded just
+/// before (48 zero bytes for the vault's first entry). SHA-384 of it is
+/// `entry.chain`. 104 bytes: one SHA-512 block.
+pub fn audit_chain_input(previous: &[u8; 48], entry: &AuditEntry) -> [u8; AUDIT_CHAIN_INPUT_LEN] {
+    let mut input = [0u8; AUDIT_CHAIN_INPUT_LEN];
+    let (domain, rest) = input.split_at_mut(AUDIT_CHAIN_DOMAIN.len());
+    let (prev, body) = rest.split_at_mut(48);
+    domain.copy_from_slice(&AUDIT_CHAIN_DOMAIN);
+    prev.copy_from_slice(previous);
+    body.copy_from_slice(&entry.as_bytes()[..AUDIT_CHAINED_LEN]);
+    input
+}
 
 /// AES-GCM nonce length; the nonce prefixes every ciphertext.
 pub const GCM_NONCE_LEN: usize = 12;
@@ -326,6 +352,20 @@ bitflags! {
 }
 
 bitflags! {
+    /// The vault's policy as the vHSM manifest reports it
+    /// (`attest::VhsmManifestHeader::policy_flags`, `u32`). The SVSM fixes the
+    /// policy when it starts, from its command line, which the launch measurement does
+    /// not cover: the manifest, which a VMPL0 report binds, is where a relying party
+    /// learns it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct VaultPolicyFlags: u32 {
+        /// Plaintext key material may be imported (`Import`); without it, keys enter
+        /// the vault only generated, derived or unwrapped.
+        const PLAINTEXT_IMPORT = 1 << 0;
+    }
+}
+
+bitflags! {
     /// A set of VMPLs, bit n for VMPL n (`u8` on the wire).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct VmplSet: u8 {
@@ -433,19 +473,17 @@ impl KeyAttributes {
     }
 }
 
-/// One audit log entry. Never contains key material.
+/// One audit log entry (88 bytes). Never contains key material.
+///
+/// `chain` links the entry to every entry recorded before it, whoever recorded it:
+/// `chain = SHA-384(audit_chain_input(previous chain, entry))`. The vHSM manifest
+/// carries the latest `chain` and the number of entries ever recorded, so an
+/// attestation report commits to the whole log. `salt` is unpredictable to anyone
+/// who cannot read the entry (a keyed function of `seq` under a key that never leaves
+/// the vault), so the chain values of entries a caller can see tell it nothing about
+/// the entries between them it cannot.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
 )]
 #[repr(C)]
 pub struct AuditEntry {
@@ -461,8 +499,19 @@ pub struct AuditEntry {
     pub caller_vmpl: u8,
     /// Zero.
     pub reserved: [u8; 7],
+    /// Per-entry salt, hashed into `chain`.
+    pub salt: [u8; 16],
+    /// The audit chain after this entry.
+    pub chain: [u8; 48],
 }
-const _: () = assert!(core::mem::size_of::<AuditEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<AuditEntry>() == 88);
+
+impl Default for AuditEntry {
+    fn default() -> Self {
+        zerocopy::FromZeros::new_zeroed()
+    }
+}
+const _: () = assert!(core::mem::offset_of!(AuditEntry, chain) == AUDIT_CHAINED_LEN);
 
 /// Why a message could not be decoded or encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1189,12 +1238,14 @@ mod tests {
         let n = Request::List.encode(1, &mut buf).unwrap();
         assert_eq!(n, HEADER_SIZE);
         assert_eq!(Request::decode(&buf[..n - 1]), Err(WireError::Malformed));
-        let mut bad = buf;
-        bad[0] = 2;
-        assert_eq!(
-            Request::decode(&bad[..n]),
-            Err(WireError::UnsupportedVersion)
-        );
+        for version in [1, 3] {
+            let mut bad = buf;
+            bad[0] = version;
+            assert_eq!(
+                Request::decode(&bad[..n]),
+                Err(WireError::UnsupportedVersion)
+            );
+        }
         let mut bad = buf;
         bad[2] = 0xff;
         assert_eq!(Request::decode(&bad[..n]), Err(WireError::UnknownOperation));
@@ -1275,26 +1326,48 @@ mod tests {
             op: U16::new(6),
             ..Default::default()
         };
-        let mut msg = [0u8; HEADER_SIZE + 4 + 48];
-        let header = response_header(15, 7, Status::Ok, 28);
+        let body = 4 + size_of::<AuditEntry>();
+        let mut msg = [0u8; HEADER_SIZE + 4 + 88 + 8];
+        let header = response_header(15, 7, Status::Ok, body as u32);
         msg[..HEADER_SIZE].copy_from_slice(header.as_bytes());
         msg[HEADER_SIZE..HEADER_SIZE + 4].copy_from_slice(&1u32.to_le_bytes());
-        msg[HEADER_SIZE + 4..HEADER_SIZE + 28].copy_from_slice(entry.as_bytes());
-        let resp = Response::decode(&msg[..HEADER_SIZE + 28]).unwrap();
+        msg[HEADER_SIZE + 4..HEADER_SIZE + body].copy_from_slice(entry.as_bytes());
+        let resp = Response::decode(&msg[..HEADER_SIZE + body]).unwrap();
         assert_eq!(resp.status(), Some(Status::Ok));
         assert_eq!(resp.audit_entries().unwrap(), &[entry]);
         // A count that disagrees with the body length is malformed.
         assert_eq!(
             Response {
                 header,
-                body: &msg[HEADER_SIZE..HEADER_SIZE + 27]
+                body: &msg[HEADER_SIZE..HEADER_SIZE + body - 1]
             }
             .audit_entries(),
             Err(WireError::Malformed)
         );
         assert_eq!(
-            Response::decode(&msg[..HEADER_SIZE + 27]),
+            Response::decode(&msg[..HEADER_SIZE + body - 1]),
             Err(WireError::Malformed)
         );
+    }
+
+    #[test]
+    fn audit_chain_input_layout() {
+        let entry = AuditEntry {
+            seq: U64::new(0x0102),
+            key_id: U32::new(7),
+            op: U16::new(8),
+            status: U16::new(15),
+            caller_vmpl: 2,
+            salt: [0xAB; 16],
+            chain: [0xCD; 48],
+            ..Default::default()
+        };
+        let input = audit_chain_input(&[0x11; 48], &entry);
+        assert_eq!(&input[..16], b"NITRIDE-AUDIT-V1");
+        assert_eq!(&input[16..64], &[0x11; 48]);
+        assert_eq!(&input[64..72], &[2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&input[72..80], &[7, 0, 0, 0, 8, 0, 15, 0]);
+        assert_eq!(&input[80..88], &[2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&input[88..], &[0xAB; 16]);
     }
 }

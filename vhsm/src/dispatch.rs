@@ -156,7 +156,11 @@ impl<P: Platform> Vault<P> {
                 (0, put_counted(out, &keys))
             }
             Request::ReadAudit { from_seq } => {
-                let entries: Vec<_> = self.audit.since(from_seq).copied().collect();
+                let entries: Vec<_> = self
+                    .audit
+                    .visible_since(caller, from_seq)
+                    .copied()
+                    .collect();
                 (0, put_counted(out, &entries))
             }
             Request::AttestKey { key, nonce } => {

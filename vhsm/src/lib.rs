@@ -11,12 +11,13 @@
 //!   request ([`nitride_protocol::vhsm`]), runs it, records it in the audit log and
 //!   encodes the response. Never panics on any input. AttestKey reports come from an
 //!   [`Attester`] the kernel passes with each request.
-//! - [`Vault::manifest`]: the vHSM's attestation manifest (the vault identity key and
-//!   every attestable key), which the SVSM attestation protocol binds into a report.
+//! - [`Vault::manifest`]: the vHSM's attestation manifest (the vault policy, the audit
+//!   log's count and chain, the vault identity key and every attestable key), which
+//!   the SVSM attestation protocol binds into a report.
 //! - [`key`]: key material (zeroized on drop, `[REDACTED]` in `Debug`) and the
 //!   cryptography on it.
 //! - [`drbg`]: the HMAC-DRBG (SP 800-90A, HMAC-SHA-384) every random byte comes from.
-//! - [`audit`]: the bounded audit ring.
+//! - [`audit`]: the bounded audit ring and the hash chain over every entry.
 //!
 //! `docs/vault.md` describes the design; `docs/vhsm-protocol.md` the wire format.
 #![no_std]
@@ -31,12 +32,13 @@ pub mod audit;
 pub mod dispatch;
 pub mod drbg;
 pub mod key;
+mod scrub;
 pub mod vault;
 
 #[cfg(test)]
 mod tests;
 
-pub use nitride_protocol::vhsm::{KeyType, KeyUsage, Origin, Status, VmplSet};
+pub use nitride_protocol::vhsm::{KeyType, KeyUsage, Origin, Status, VaultPolicyFlags, VmplSet};
 pub use vault::{KeyInfo, KeySpec, Vault};
 
 /// Why the platform could not serve a request.
@@ -100,12 +102,25 @@ impl Attester for NoAttester {
     }
 }
 
-/// Vault-wide policy, fixed at construction.
+/// Vault-wide policy, fixed at construction and reported in the vHSM manifest
+/// ([`VaultPolicy::flags`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VaultPolicy {
     /// Whether plaintext key material may be imported (`Import`). Off by default:
     /// keys then enter the vault only generated, derived or wrapped.
     pub allow_plaintext_import: bool,
+}
+
+impl VaultPolicy {
+    /// The policy as the manifest reports it.
+    pub fn flags(self) -> VaultPolicyFlags {
+        let mut flags = VaultPolicyFlags::empty();
+        flags.set(
+            VaultPolicyFlags::PLAINTEXT_IMPORT,
+            self.allow_plaintext_import,
+        );
+        flags
+    }
 }
 
 /// The identity of a request's sender, as established by the kernel.
@@ -143,10 +158,9 @@ impl Caller {
 pub enum Error {
     /// A parameter is out of range (type, usage, VMPL set, label, length).
     InvalidParameter,
-    /// No such key.
+    /// No such key, or none the caller's VMPL may use (the vault never tells the
+    /// two apart; the wire's `AccessDenied` status is not used).
     KeyNotFound,
-    /// The caller's VMPL may not use the key.
-    AccessDenied,
     /// The key's usage flags do not permit the operation.
     UsageNotPermitted,
     /// The key (or, for derivation, its parent) is not exportable.
@@ -179,7 +193,6 @@ impl Error {
         match self {
             Self::InvalidParameter => Status::InvalidParameter,
             Self::KeyNotFound => Status::KeyNotFound,
-            Self::AccessDenied => Status::AccessDenied,
             Self::UsageNotPermitted => Status::UsageNotPermitted,
             Self::NotExportable => Status::NotExportable,
             Self::PolicyDenied => Status::PolicyDenied,

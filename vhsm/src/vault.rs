@@ -1,8 +1,9 @@
 //! The vault: a bounded key store and the typed operations on it.
 //!
-//! Every operation takes the [`Caller`] and checks, in this order: the key exists, the
-//! caller's VMPL is in the key's allowed set, the key's usage flags permit the
-//! operation, then the operation's own rules (exportability, policy, capacity). All
+//! Every operation takes the [`Caller`] and checks, in this order: the key exists and
+//! the caller's VMPL is in the key's allowed set (a key the caller may not use is
+//! reported exactly like a key that does not exist), the key's usage flags permit
+//! the operation, then the operation's own rules (exportability, policy, capacity). All
 //! checks run before anything changes, so a failed operation leaves the key store, the
 //! keys' attributes and their nonce counters exactly as they were (the DRBG may have
 //! advanced; the dispatcher records the failure in the audit log).
@@ -14,6 +15,7 @@
 //! - plaintext import needs [`VaultPolicy::allow_plaintext_import`];
 //! - the store holds at most [`KEY_CAPACITY`] keys; ids are never reused.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -29,12 +31,13 @@ use nitride_protocol::vhsm::{
 };
 use nitride_protocol::vhsm::{MAX_RESPONSE_SIZE, VERSION as WIRE_VERSION};
 use sha2::Sha384;
-use zerocopy::little_endian::{U16, U32};
+use zerocopy::little_endian::{U16, U32, U64};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
 use crate::drbg::{VaultDrbg, MAX_BYTES_PER_REQUEST};
 use crate::key::{gcm_open, gcm_seal, kw_unwrap, kw_wrap, Material};
+use crate::scrub::{scrubbed, scrubbed_around, Depth};
 use crate::{Attester, Caller, Error, KeyType, KeyUsage, Origin, Platform, VaultPolicy, VmplSet};
 
 /// Personalization string of the vault's DRBG.
@@ -45,6 +48,27 @@ pub const DERIVE_INFO_PREFIX: &[u8] = b"nitride-vhsm derive v1\0";
 
 /// AES-GCM encryptions allowed per key: the 32-bit invocation counter's range.
 pub const GCM_INVOCATION_LIMIT: u64 = u32::MAX as u64;
+
+/// The AES-GCM nonce of a key's `invocation`-th encryption in a vault whose nonce
+/// base is `base`: `fixed (8 bytes) || invocation (u32 big-endian)`, where `fixed` =
+/// `base + key id` (mod 2^64, big-endian), the deterministic construction of NIST SP
+/// 800-38D section 8.2.1.
+///
+/// Within one vault, key ids are never reused and below 2^32, so no two keys share
+/// a fixed field, and each key's invocation field only grows: no two encryptions
+/// share a nonce, even under two keys with the same material (a key imported twice).
+/// `base` is drawn from the DRBG when a vault starts and kept nowhere else; a vault
+/// started again (a reboot, or a restored sealed state) draws a new one and restarts
+/// every key's invocation field at 0, so a key present in two vaults (with ids `a`
+/// and `b`) repeats a nonce only if `base1 + a = base2 + b`: probability 2^-64 per
+/// pair of vault starts, however often and from whatever saved state it is restored.
+pub fn gcm_nonce(base: u64, key_id: u32, invocation: u32) -> [u8; GCM_NONCE_LEN] {
+    let mut nonce = [0u8; GCM_NONCE_LEN];
+    let (fixed, counter) = nonce.split_at_mut(8);
+    fixed.copy_from_slice(&base.wrapping_add(u64::from(key_id)).to_be_bytes());
+    counter.copy_from_slice(&invocation.to_be_bytes());
+    nonce
+}
 
 /// Draw the vault identity key (P-384) from a freshly seeded DRBG.
 fn identity_key(drbg: &mut VaultDrbg) -> Result<Material, Error> {
@@ -57,6 +81,29 @@ fn identity_key(drbg: &mut VaultDrbg) -> Result<Material, Error> {
         }
     }
     Err(Error::InvalidKeyMaterial)
+}
+
+/// Fill `out` from `drbg`, reseeding it from `platform` when due. Callers run it
+/// [`scrubbed`]: the DRBG's HMAC states lie on the stack while it runs.
+fn fill<P: Platform>(drbg: &mut VaultDrbg, platform: &mut P, out: &mut [u8]) -> Result<(), Error> {
+    for chunk in out.chunks_mut(MAX_BYTES_PER_REQUEST) {
+        if drbg.needs_reseed() {
+            let mut entropy = Zeroizing::new([0u8; 48]);
+            platform.entropy(&mut entropy[..])?;
+            drbg.reseed(&entropy[..], &[]);
+        }
+        drbg.generate(chunk, &[]).map_err(|_| Error::Entropy)?;
+    }
+    Ok(())
+}
+
+/// How deep signing with `material` may use the stack.
+fn sign_depth(material: &Material) -> Depth {
+    if material.key_type() == KeyType::HmacSha384 {
+        Depth::Hmac
+    } else {
+        Depth::Signing
+    }
 }
 
 /// Attempts at drawing a valid P-384 scalar before giving up (each fails with
@@ -185,24 +232,21 @@ impl KeyInfo {
     }
 }
 
-/// Per-key AES-GCM nonce state: `nonce = fixed (8 bytes) || counter (u32 big-endian)`.
-///
-/// `fixed` is drawn from the DRBG when the key enters the vault, `counter` starts at 0
-/// and only grows, so a key never uses a nonce twice; two vault keys that happen to
-/// share material (the same key imported twice) differ in `fixed` except with
-/// probability 2^-64.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct NonceState {
-    fixed: [u8; 8],
-    counter: u32,
-}
-
 /// One stored key.
+///
+/// Its [`Material`] is a tag and a pointer to the secret, so the key table holds no
+/// secret bytes: the table moves keys (Delete shifts every key after the deleted one
+/// down, and `Vec::remove` leaves the old last slot's bytes in the table's spare
+/// capacity), and a move copies bytes without dropping, so only the pointer moves.
+/// The secret is zeroized in its own allocation when the key is dropped, before that
+/// allocation is freed (`tests/residue.rs` checks every freed block for key bytes).
 #[derive(Debug)]
 struct Key {
     info: KeyInfo,
     material: Material,
-    nonce: NonceState,
+    /// AES-GCM encryptions done with this key in this vault: the invocation field of
+    /// the next nonce (see [`gcm_nonce`]).
+    gcm_invocations: u32,
 }
 
 impl Key {
@@ -216,10 +260,14 @@ impl Key {
 }
 
 /// The vault. `P` provides entropy.
+///
+/// No secret lives inline in this struct (the firmware moves it around when it
+/// starts): the DRBG state, the identity key and every key's material are boxed,
+/// each built in a [`scrubbed_around`] frame and zeroized in place when dropped.
 pub struct Vault<P> {
     platform: P,
     policy: VaultPolicy,
-    drbg: VaultDrbg,
+    drbg: Box<VaultDrbg>,
     /// The vault identity key (P-384), drawn from the DRBG at creation; never in the
     /// key table, never exported. Zeroizes its scalar on drop. Only its public half
     /// is used so far; secret provisioning (a KBS wrapping secrets to it) will use
@@ -230,6 +278,9 @@ pub struct Vault<P> {
     identity_spki: Vec<u8>,
     keys: Vec<Key>,
     next_id: u32,
+    /// This vault's AES-GCM nonce base, drawn once when the vault is created and
+    /// never stored anywhere else: a key's fixed nonce field is this plus its id.
+    nonce_base: u64,
     pub(crate) audit: AuditLog,
 }
 
@@ -247,11 +298,21 @@ impl<P> fmt::Debug for Vault<P> {
 impl<P: Platform> Vault<P> {
     /// An empty vault, its DRBG seeded from `platform`.
     pub fn new(mut platform: P, policy: VaultPolicy) -> Result<Self, Error> {
-        let mut seed = Zeroizing::new([0u8; 48 + 24]);
-        platform.entropy(&mut seed[..])?;
-        let (entropy, nonce) = seed.split_at(48);
-        let mut drbg = VaultDrbg::new(entropy, nonce, DRBG_PERSONALIZATION);
-        let identity = identity_key(&mut drbg)?;
+        let (drbg, identity, base, audit) = scrubbed_around(Depth::KeyCreation, || {
+            let mut seed = Zeroizing::new([0u8; 48 + 24]);
+            platform.entropy(&mut seed[..])?;
+            let (entropy, nonce) = seed.split_at(48);
+            let mut drbg = Box::new(VaultDrbg::new(entropy, nonce, DRBG_PERSONALIZATION));
+            let identity = identity_key(&mut drbg)?;
+            let mut base = [0u8; 8];
+            drbg.generate(&mut base, b"gcm nonce base")
+                .map_err(|_| Error::Entropy)?;
+            let mut salt_key = Zeroizing::new([0u8; 32]);
+            drbg.generate(&mut salt_key[..], b"audit salt key")
+                .map_err(|_| Error::Entropy)?;
+            let audit = AuditLog::new(&salt_key);
+            Ok::<_, Error>((drbg, identity, base, audit))
+        })?;
         let mut identity_spki = Vec::new();
         identity.public_key_der(&mut identity_spki)?;
         Ok(Self {
@@ -262,7 +323,8 @@ impl<P: Platform> Vault<P> {
             identity_spki,
             keys: Vec::with_capacity(KEY_CAPACITY),
             next_id: 1,
-            audit: AuditLog::new(),
+            nonce_base: u64::from_be_bytes(base),
+            audit,
         })
     }
 
@@ -290,15 +352,8 @@ impl<P: Platform> Vault<P> {
 
     /// Fill `out` from the DRBG, reseeding from the platform when due.
     pub fn fill_random(&mut self, out: &mut [u8]) -> Result<(), Error> {
-        for chunk in out.chunks_mut(MAX_BYTES_PER_REQUEST) {
-            if self.drbg.needs_reseed() {
-                let mut entropy = Zeroizing::new([0u8; 48]);
-                self.platform.entropy(&mut entropy[..])?;
-                self.drbg.reseed(&entropy[..], &[]);
-            }
-            self.drbg.generate(chunk, &[]).map_err(|_| Error::Entropy)?;
-        }
-        Ok(())
+        let (drbg, platform) = (&mut self.drbg, &mut self.platform);
+        scrubbed(Depth::Signing, || fill(drbg, platform, out))
     }
 
     /// `Random`: `len` bytes (at most [`MAX_RANDOM_LEN`]) appended to `out`.
@@ -326,18 +381,19 @@ impl<P: Platform> Vault<P> {
     }
 
     /// The index of a key the caller may use.
+    ///
+    /// A key the caller's VMPL may not use is, to that caller, a key that does not
+    /// exist: the same error, at the same point, so that every later step (and the
+    /// response and audit entry) is the same as for an id never issued. The search
+    /// looks at every key whatever it finds, so that it takes as long either way.
     fn index(&self, caller: Caller, id: u32) -> Result<usize, Error> {
-        let (index, key) = self
-            .keys
-            .iter()
-            .enumerate()
-            .find(|(_, k)| k.info.id == id)
-            .ok_or(Error::KeyNotFound)?;
-        if key.info.allowed.contains(caller.as_set()) {
-            Ok(index)
-        } else {
-            Err(Error::AccessDenied)
+        let mut found = None;
+        for (index, key) in self.keys.iter().enumerate() {
+            if key.info.id == id && key.info.allowed.contains(caller.as_set()) {
+                found = Some(index);
+            }
         }
+        found.ok_or(Error::KeyNotFound)
     }
 
     /// A key the caller may use, with `usage`.
@@ -364,10 +420,6 @@ impl<P: Platform> Vault<P> {
     ) -> Result<KeyInfo, Error> {
         let id = self.check_room()?;
         let next_id = id.checked_add(1).ok_or(Error::CapacityExceeded)?;
-        let mut nonce = NonceState::default();
-        if spec.key_type == KeyType::Aes256 {
-            self.fill_random(&mut nonce.fixed)?;
-        }
         let info = KeyInfo {
             id,
             key_type: spec.key_type,
@@ -380,7 +432,7 @@ impl<P: Platform> Vault<P> {
         self.keys.push(Key {
             info,
             material,
-            nonce,
+            gcm_invocations: 0,
         });
         self.next_id = next_id;
         Ok(info)
@@ -390,16 +442,18 @@ impl<P: Platform> Vault<P> {
     pub fn generate(&mut self, caller: Caller, spec: &KeySpec) -> Result<KeyInfo, Error> {
         spec.check(caller)?;
         self.check_room()?;
-        let mut bytes = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
-        let mut material = Err(Error::InvalidKeyMaterial);
-        for _ in 0..KEYGEN_ATTEMPTS {
-            self.fill_random(&mut bytes)?;
-            material = Material::from_bytes(spec.key_type, &bytes);
-            if material.is_ok() {
-                break;
+        let (drbg, platform) = (&mut self.drbg, &mut self.platform);
+        let material = scrubbed_around(Depth::KeyCreation, || {
+            let mut bytes = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
+            for _ in 0..KEYGEN_ATTEMPTS {
+                fill(drbg, platform, &mut bytes)?;
+                if let Ok(material) = Material::from_bytes(spec.key_type, &bytes) {
+                    return Ok(material);
+                }
             }
-        }
-        self.insert(spec, Origin::Generated, material?)
+            Err(Error::InvalidKeyMaterial)
+        })?;
+        self.insert(spec, Origin::Generated, material)
     }
 
     /// `Import`: plaintext key material, if the policy allows it.
@@ -414,7 +468,9 @@ impl<P: Platform> Vault<P> {
         }
         spec.check(caller)?;
         self.check_room()?;
-        let material = Material::from_bytes(spec.key_type, material)?;
+        let material = scrubbed_around(Depth::KeyCreation, || {
+            Material::from_bytes(spec.key_type, material)
+        })?;
         self.insert(spec, Origin::Imported, material)
     }
 
@@ -432,8 +488,10 @@ impl<P: Platform> Vault<P> {
             .aes_key()?;
         spec.check(caller)?;
         self.check_room()?;
-        let plain = kw_unwrap(kek, wrapped)?;
-        let material = Material::from_bytes(spec.key_type, &plain)?;
+        let material = scrubbed_around(Depth::KeyCreation, || {
+            let plain = kw_unwrap(kek, wrapped)?;
+            Material::from_bytes(spec.key_type, &plain)
+        })?;
         self.insert(spec, Origin::Unwrapped, material)
     }
 
@@ -454,7 +512,9 @@ impl<P: Platform> Vault<P> {
         if !target.info.exportable {
             return Err(Error::NotExportable);
         }
-        kw_wrap(kek, &target.material.to_bytes(), out)
+        scrubbed(Depth::Signing, || {
+            kw_wrap(kek, &target.material.to_bytes(), out)
+        })
     }
 
     /// `GetPublicKey`: append the SPKI DER of an ECDSA or Ed25519 key.
@@ -470,9 +530,8 @@ impl<P: Platform> Vault<P> {
         message: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        self.usable(caller, key, KeyUsage::SIGN)?
-            .material
-            .sign(message, out)
+        let material = &self.usable(caller, key, KeyUsage::SIGN)?.material;
+        scrubbed(sign_depth(material), || material.sign(message, out))
     }
 
     /// `Verify`: `Ok` if `signature` is valid for `message`.
@@ -483,12 +542,17 @@ impl<P: Platform> Vault<P> {
         message: &[u8],
         signature: &[u8],
     ) -> Result<(), Error> {
-        self.usable(caller, key, KeyUsage::VERIFY)?
-            .material
-            .verify(message, signature)
+        let material = &self.usable(caller, key, KeyUsage::VERIFY)?.material;
+        if material.key_type() == KeyType::HmacSha384 {
+            scrubbed(Depth::Hmac, || material.verify(message, signature))
+        } else {
+            // A public-key verification: nothing secret on the stack.
+            material.verify(message, signature)
+        }
     }
 
-    /// `Encrypt`: append `nonce || ciphertext || tag` (AES-256-GCM, vault-chosen nonce).
+    /// `Encrypt`: append `nonce || ciphertext || tag` (AES-256-GCM, vault-chosen nonce,
+    /// see [`gcm_nonce`]).
     pub fn encrypt(
         &mut self,
         caller: Caller,
@@ -500,20 +564,20 @@ impl<P: Platform> Vault<P> {
         if aad.len() > MAX_DATA_LEN || plaintext.len() > MAX_DATA_LEN {
             return Err(Error::TooLarge);
         }
+        let base = self.nonce_base;
         let index = self.index(caller, key)?;
         let key = self.keys.get_mut(index).ok_or(Error::KeyNotFound)?;
         key.permits(KeyUsage::ENCRYPT)?;
-        let aes = key.material.aes_key()?;
-        let counter = key.nonce.counter;
-        if u64::from(counter) >= GCM_INVOCATION_LIMIT {
+        let cipher = key.material.gcm()?;
+        let invocation = key.gcm_invocations;
+        if u64::from(invocation) >= GCM_INVOCATION_LIMIT {
             return Err(Error::NonceLimitReached);
         }
-        let mut nonce = [0u8; GCM_NONCE_LEN];
-        let (fixed, invocation) = nonce.split_at_mut(8);
-        fixed.copy_from_slice(&key.nonce.fixed);
-        invocation.copy_from_slice(&counter.to_be_bytes());
-        gcm_seal(aes, &nonce, aad, plaintext, out)?;
-        key.nonce.counter = counter.checked_add(1).ok_or(Error::NonceLimitReached)?;
+        let nonce = gcm_nonce(base, key.info.id, invocation);
+        scrubbed(Depth::Cipher, || {
+            gcm_seal(cipher, &nonce, aad, plaintext, out)
+        })?;
+        key.gcm_invocations = invocation.checked_add(1).ok_or(Error::NonceLimitReached)?;
         Ok(())
     }
 
@@ -526,11 +590,11 @@ impl<P: Platform> Vault<P> {
         sealed: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        let aes = self
+        let cipher = self
             .usable(caller, key, KeyUsage::DECRYPT)?
             .material
-            .aes_key()?;
-        gcm_open(aes, aad, sealed, out)
+            .gcm()?;
+        scrubbed(Depth::Cipher, || gcm_open(cipher, aad, sealed, out))
     }
 
     /// `Derive`: HKDF-SHA-384 from an AES or HMAC key with DERIVE usage into a new key.
@@ -556,14 +620,17 @@ impl<P: Platform> Vault<P> {
             return Err(Error::PolicyDenied);
         }
         self.check_room()?;
-        let hk = Hkdf::<Sha384>::new(Some(salt), parent.material.derive_input()?);
-        let mut okm = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
-        hk.expand_multi_info(
-            &[DERIVE_INFO_PREFIX, &spec.key_type.raw().to_le_bytes(), info],
-            &mut okm,
-        )
-        .map_err(|_| Error::InvalidParameter)?;
-        let material = Material::from_bytes(spec.key_type, &okm)?;
+        let ikm = parent.material.derive_input()?;
+        let material = scrubbed_around(Depth::KeyCreation, || {
+            let hk = Hkdf::<Sha384>::new(Some(salt), ikm);
+            let mut okm = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
+            hk.expand_multi_info(
+                &[DERIVE_INFO_PREFIX, &spec.key_type.raw().to_le_bytes(), info],
+                &mut okm,
+            )
+            .map_err(|_| Error::InvalidParameter)?;
+            Material::from_bytes(spec.key_type, &okm)
+        })?;
         self.insert(spec, Origin::Derived, material)
     }
 
@@ -588,11 +655,11 @@ impl<P: Platform> Vault<P> {
     }
 
     /// The vHSM's service manifest (`nitride_protocol::attest::VhsmManifest`
-    /// layout, written by `write_vhsm_manifest`): the header, the vault identity
-    /// key, then every key with [`KeyUsage::ATTEST`] in id order, each as its
-    /// attributes and SPKI DER (empty for AES and HMAC keys). It lists every
-    /// attestable key whatever VMPLs may use it: attestable keys are public
-    /// knowledge by design.
+    /// layout): the header (with the vault policy, and the audit log's entry count
+    /// and chain value at this moment), the vault identity key, then every key with
+    /// [`KeyUsage::ATTEST`] in id order, each as its attributes and SPKI DER (empty
+    /// for AES and HMAC keys). It lists every attestable key whatever VMPLs may use
+    /// it: attestable keys are public knowledge by design.
     pub fn manifest(&self) -> Vec<u8> {
         // Keys are kept in id order (ids only grow, keys are appended).
         let mut spkis: Vec<(KeyAttributes, Vec<u8>)> = Vec::new();
@@ -617,6 +684,9 @@ impl<P: Platform> Vault<P> {
         let header = VhsmManifestHeader {
             protocol_version: U32::new(VHSM_PROTOCOL_VERSION),
             wire_version: U16::new(WIRE_VERSION),
+            policy_flags: U32::new(self.policy.flags().bits()),
+            audit_count: U64::new(self.audit.count()),
+            audit_chain: *self.audit.head(),
             ..VhsmManifestHeader::default()
         };
         // Under 12 KiB with the 64-key capacity: the length always fits, and the
@@ -681,18 +751,23 @@ impl<P: Platform> Vault<P> {
 #[cfg(test)]
 impl<P> Vault<P> {
     /// Everything "unchanged on failure" covers: the keys' attributes and nonce state.
-    pub(crate) fn snapshot(&self) -> Vec<(KeyInfo, [u8; 8], u32)> {
+    pub(crate) fn snapshot(&self) -> Vec<(KeyInfo, u32)> {
         self.keys
             .iter()
-            .map(|k| (k.info, k.nonce.fixed, k.nonce.counter))
+            .map(|k| (k.info, k.gcm_invocations))
             .collect()
     }
 
     /// Move a key's GCM invocation counter (to test the limit).
     pub(crate) fn set_gcm_counter(&mut self, id: u32, counter: u32) {
         for k in self.keys.iter_mut().filter(|k| k.info.id == id) {
-            k.nonce.counter = counter;
+            k.gcm_invocations = counter;
         }
+    }
+
+    /// This vault's nonce base.
+    pub(crate) fn nonce_base(&self) -> u64 {
+        self.nonce_base
     }
 
     /// The platform (to make it fail).

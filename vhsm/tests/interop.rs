@@ -398,3 +398,45 @@ print(HKDF(hashes.SHA384(), 32, salt, info).derive(ikm).hex())
     assert_eq!(material, expected);
     assert!(Path::new(&dir.path("kw.in")).exists());
 }
+
+/// Python's `hashlib` re-checks the audit chain from the ReadAudit body alone (the
+/// layout documented in docs/vhsm-protocol.md), and finds the vault's head.
+#[test]
+fn audit_chain_checks_out_in_python() {
+    let mut c = Client::new(false);
+    c.caller = nitride_vhsm::Caller::SVSM;
+    let k = c.generate(KeyType::Aes256, KeyUsage::ENCRYPT, false);
+    c.ok(Request::Encrypt {
+        key: k,
+        aad: b"",
+        plaintext: b"x",
+    });
+    c.fails(Request::GetPublicKey { key: k }, Status::WrongKeyType);
+    let body = c.ok(Request::ReadAudit { from_seq: 0 });
+    // The ReadAudit itself is entry 4; the head covers it.
+    let head = *c.vault.audit_log().head();
+    let script = r#"
+import hashlib, struct, sys
+body = bytes.fromhex(sys.argv[1])
+(count,) = struct.unpack_from("<I", body, 0)
+assert len(body) == 4 + 88 * count
+prev = bytes(48)
+for i in range(count):
+    e = body[4 + 88 * i: 4 + 88 * (i + 1)]
+    seq, key_id, op, status, vmpl = struct.unpack_from("<QIHHB", e, 0)
+    assert seq == i + 1 and e[17:24] == bytes(7)
+    link = hashlib.sha384(b"NITRIDE-AUDIT-V1" + prev + e[:40]).digest()
+    assert link == e[40:88], i
+    prev = link
+print(prev.hex())
+"#;
+    let last = python(script, &[&hex::encode(&body)]);
+    let fourth = c.vault.audit_log().since(4).next().copied().unwrap();
+    use sha2::Digest;
+    let expected: [u8; 48] = sha2::Sha384::digest(nitride_protocol::vhsm::audit_chain_input(
+        &last.try_into().unwrap(),
+        &fourth,
+    ))
+    .into();
+    assert_eq!(expected, head);
+}
