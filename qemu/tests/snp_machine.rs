@@ -57,6 +57,7 @@ const CHECKS: &[&str] = &[
     "msr-hv-features",
     "psc-and-register-ghcb",
     "vc-cpuid",
+    "cpuid-page",
     "vc-rdmsr",
     "vc-rdmsr-refused",
     "ghcb-msr-gp",
