@@ -58,6 +58,7 @@ const CHECKS: &[&str] = &[
     "psc-and-register-ghcb",
     "vc-cpuid",
     "cpuid-page",
+    "ap-destroy",
     "vc-rdmsr",
     "vc-rdmsr-refused",
     "ghcb-msr-gp",

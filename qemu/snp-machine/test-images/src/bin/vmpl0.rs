@@ -612,6 +612,14 @@ extern "C" fn vmpl0_main() -> ! {
         f1 == 0 && p1 > 0,
         format_args!("VMPL1: {p1} passed, {f1} failed, {runs} runs"),
     );
+    // AP destruction: VMPL1's VMSA is withdrawn, so it can no longer be run.
+    let destroyed = ghcb_call(0x8000_0013, (1 << 16) | 2, 0, &[]);
+    let after = ghcb_call(0x8000_0018, 1, 0, &[]);
+    c.check(
+        "ap-destroy",
+        destroyed == (0, 0) && after == (2, 5),
+        format_args!("destroy {destroyed:?}, SNP_RUN_VMPL(1) after it {after:?}"),
+    );
     say!(
         "snp-test: {} passed, {} failed",
         c.passed + p1,
