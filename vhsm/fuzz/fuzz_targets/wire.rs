@@ -39,7 +39,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(4 + entries.as_bytes().len(), body);
         }
         if let Ok(e) = response.attest_key() {
-            assert_eq!(12 + e.binding.len() + e.report.len() + e.certificates.len(), body);
+            assert_eq!(
+                12 + e.binding.len() + e.report.len() + e.certificates.len(),
+                body
+            );
         }
     }
 });
