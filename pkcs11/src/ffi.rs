@@ -143,7 +143,8 @@ unsafe fn mechanism(p: *const CK_MECHANISM) -> Result<(Mechanism, usize), Rv> {
         CKM_AES_GCM if !m.pParameter.is_null() => {
             // SAFETY: the caller's parameter of its stated length.
             let g: CK_GCM_PARAMS = unsafe { param(m.pParameter, m.ulParameterLen) }?;
-            if g.ulIvBits != g.ulIvLen.saturating_mul(8) {
+            // ulIvBits is often left 0 by clients (PyKCS11 does; SoftHSM ignores it).
+            if g.ulIvBits != 0 && g.ulIvBits != g.ulIvLen.saturating_mul(8) {
                 return Err(CKR_MECHANISM_PARAM_INVALID);
             }
             // SAFETY: the caller promises the IV and AAD cover their lengths.

@@ -657,10 +657,15 @@ impl Token {
         {
             return Err(CKR_TEMPLATE_INCONSISTENT);
         }
-        // Each half's usage attributes only mean something on that half.
+        // Each half's usage attributes only mean something on that half. CKA_DERIVE
+        // (ECDH), which pkcs11-tool asks for on every EC pair, is not granted: the
+        // objects then show CKA_DERIVE false (ECDH arrives with P-256, issue 12).
         let on = (ws.usage_on & KeyUsage::SIGN) | (wp.usage_on & KeyUsage::VERIFY);
         let off = (ws.usage_off & KeyUsage::SIGN) | (wp.usage_off & KeyUsage::VERIFY);
-        if !(ws.usage_on | wp.usage_on).difference(on).is_empty() {
+        if !(ws.usage_on | wp.usage_on)
+            .difference(on | KeyUsage::DERIVE)
+            .is_empty()
+        {
             return Err(CKR_TEMPLATE_INCONSISTENT);
         }
         let t = vault_template(kt, on, off, ws.extractable.unwrap_or(false))?;
