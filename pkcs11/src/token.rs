@@ -1124,8 +1124,12 @@ impl Token {
         let mut sealed = iv.to_vec();
         sealed.extend_from_slice(ciphertext);
         sealed.extend_from_slice(tag);
-        self.vault(|c| c.decrypt(key, aad, &sealed))
-            .map(Zeroizing::new)
+        match self.vault(|c| c.decrypt(key, aad, &sealed)) {
+            Ok(pt) => Ok(Zeroizing::new(pt)),
+            // PKCS#11 3.0's code for a failed AEAD tag in the message API.
+            Err(CKR_ENCRYPTED_DATA_INVALID) => Err(CKR_AEAD_DECRYPT_FAILED),
+            Err(e) => Err(e),
+        }
     }
 
     /// C_MessageEncryptFinal / C_MessageDecryptFinal.

@@ -55,20 +55,25 @@ s.login(pin)
 out = {}
 
 
+def CKR(code):
+    """The CKR_ name of a return value (PyKCS11 lacks the 3.0 ones)."""
+    return {0x42: "CKR_AEAD_DECRYPT_FAILED"}.get(code) or PyKCS11.CKR[code]
+
+
 def rv(f):
     """The CKR_ name of the error `f` raises, or "CKR_OK"."""
     try:
         f()
         return "CKR_OK"
     except PyKCS11.PyKCS11Error as e:
-        return PyKCS11.CKR[e.value]
+        return CKR(e.value)
 
 
 def value_rv(o):
     """The CK_RV of C_GetAttributeValue(CKA_VALUE) (PyKCS11 hides it)."""
     t = LowLevel.ckattrlist(1)
     t[0].SetType(CKA_VALUE)
-    return PyKCS11.CKR[s.lib.C_GetAttributeValue(s.session, o, t)]
+    return CKR(s.lib.C_GetAttributeValue(s.session, o, t))
 
 
 def attrs(o, names):
@@ -128,6 +133,72 @@ out["gcm_tampered"] = rv(lambda: s.decrypt(
     aes, bytes(tampered), PyKCS11.AES_GCM_Mechanism(iv, b"aad", 128)))
 out["gcm_wrong_key_type"] = rv(lambda: s.sign(aes, MSG, PyKCS11.Mechanism(
     PyKCS11.CKM_SHA384_HMAC)))
+
+# --- AES-GCM through the PKCS#11 3.0 message API (ctypes: PyKCS11 lacks it); the
+# token generates the IV. SoftHSMv2 2.6 has no 3.0 interface. ---
+def message_api():
+    import ctypes
+    dll = ctypes.CDLL(module)
+    if not hasattr(dll, "C_GetInterface"):
+        return "no PKCS#11 3.0 interface"
+    version = (ctypes.c_ubyte * 2)(3, 0)
+    iface = ctypes.c_void_p()
+    r = dll.C_GetInterface(b"PKCS 11", version, ctypes.byref(iface), ctypes.c_ulong(0))
+    if r != 0:
+        return CKR(r)
+    flist = ctypes.c_void_p.from_address(iface.value + 8).value
+    # CK_FUNCTION_LIST_3_0: CK_VERSION (padded to 8), then the functions; the 2.40 list's
+    # 68, C_GetInterfaceList, C_GetInterface, C_LoginUser, C_SessionCancel, then these.
+    ul, vp = ctypes.c_ulong, ctypes.c_void_p
+
+    def fn(index, *args):
+        addr = ctypes.c_void_p.from_address(flist + 8 + 8 * index).value
+        return ctypes.CFUNCTYPE(ul, *args)(addr)
+
+    enc_init = fn(72, ul, vp, ul)
+    enc = fn(73, ul, vp, ul, ctypes.c_char_p, ul, ctypes.c_char_p, ul, vp, ctypes.POINTER(ul))
+    enc_final = fn(76, ul)
+    dec_init = fn(77, ul, vp, ul)
+    dec = fn(78, ul, vp, ul, ctypes.c_char_p, ul, ctypes.c_char_p, ul, vp, ctypes.POINTER(ul))
+    dec_final = fn(81, ul)
+
+    class Mech(ctypes.Structure):
+        _fields_ = [("mechanism", ul), ("pParameter", vp), ("ulParameterLen", ul)]
+
+    class GcmMessageParams(ctypes.Structure):
+        _fields_ = [("pIv", vp), ("ulIvLen", ul), ("ulIvFixedBits", ul),
+                    ("ivGenerator", ul), ("pTag", vp), ("ulTagBits", ul)]
+
+    sess, key = s.session.value(), aes.value()
+    mech = Mech(PyKCS11.CKM_AES_GCM, None, 0)
+    iv, tag = ctypes.create_string_buffer(12), ctypes.create_string_buffer(16)
+    p = GcmMessageParams(ctypes.cast(iv, vp), 12, 0, 1, ctypes.cast(tag, vp), 128)  # CKG_GENERATE
+    ct = ctypes.create_string_buffer(len(MSG))
+    n = ul(len(MSG))
+    results = [CKR(enc_init(sess, ctypes.byref(mech), key))]
+    results.append(CKR(enc(sess, ctypes.byref(p), ctypes.sizeof(p), b"aad", 3, MSG,
+                                   len(MSG), ctypes.cast(ct, vp), ctypes.byref(n))))
+    first_iv = iv.raw
+    results.append(AESGCM(AES_KEY).decrypt(iv.raw, ct.raw[: n.value] + tag.raw, b"aad") == MSG)
+    enc(sess, ctypes.byref(p), ctypes.sizeof(p), b"aad", 3, MSG, len(MSG),
+        ctypes.cast(ct, vp), ctypes.byref(n))
+    results.append(iv.raw != first_iv)  # a fresh IV per message
+    results.append(CKR(enc_final(sess)))
+    pt = ctypes.create_string_buffer(len(MSG))
+    results.append(CKR(dec_init(sess, ctypes.byref(mech), key)))
+    results.append(CKR(dec(sess, ctypes.byref(p), ctypes.sizeof(p), b"aad", 3,
+                                   ct.raw[: n.value], n.value, ctypes.cast(pt, vp),
+                                   ctypes.byref(ul(len(MSG))))))
+    results.append(pt.raw == MSG)
+    tag[0] = tag.raw[0] ^ 1
+    results.append(CKR(dec(sess, ctypes.byref(p), ctypes.sizeof(p), b"aad", 3,
+                                   ct.raw[: n.value], n.value, ctypes.cast(pt, vp),
+                                   ctypes.byref(ul(len(MSG))))))
+    results.append(CKR(dec_final(sess)))
+    return results
+
+
+out["gcm_message_api"] = message_api()
 
 # --- HMAC-SHA-384 over a known key equals Python's. ---
 hk = secret(HMAC_KEY, CKK_GENERIC_SECRET, "hmac", False, sign=True, verify=True)
@@ -191,7 +262,7 @@ try:
     expected = HKDF(hashes.SHA384(), 32, salt, hinfo).derive(AES_KEY)
     out["hkdf"] = "matches python" if value == expected else "differs"
 except PyKCS11.PyKCS11Error as e:
-    out["hkdf"] = PyKCS11.CKR[e.value]
+    out["hkdf"] = CKR(e.value)
 
 # --- ECDSA P-384: raw r||s signatures that Python verifies. ---
 pub, priv = s.generateKeyPair(
@@ -225,7 +296,7 @@ try:
     sig = bytes(s.sign(priv, MSG, PyKCS11.Mechanism(PyKCS11.CKM_ECDSA_SHA384)))
     out["ecdsa_sha384"] = [len(sig), check(sig, MSG, ec.ECDSA(hashes.SHA384()))]
 except PyKCS11.PyKCS11Error as e:
-    out["ecdsa_sha384"] = PyKCS11.CKR[e.value]
+    out["ecdsa_sha384"] = CKR(e.value)
 digest = hashlib.sha384(MSG).digest()
 sig = bytes(s.sign(priv, digest, PyKCS11.Mechanism(PyKCS11.CKM_ECDSA)))
 out["ecdsa_digest"] = [len(sig), check(sig, digest, ec.ECDSA(utils.Prehashed(hashes.SHA384())))]
