@@ -1072,7 +1072,17 @@ pub(crate) mod tests {
         }
         // Identity that is not a P-384 SPKI.
         let mut bad_identity = ok.clone();
-        bad_identity[32 + 5] ^= 1;
+        bad_identity[96 + 5] ^= 1;
+        // Every reserved field of the header: offsets 18 (u16), 28 and 36 (u32).
+        for at in [18, 28, 36] {
+            let mut m = ok.clone();
+            m[at] = 1;
+            assert_eq!(
+                VhsmManifest::parse(&m),
+                Err(ManifestError::ReservedNotZero),
+                "{at}"
+            );
+        }
         assert_eq!(
             VhsmManifest::parse(&bad_identity),
             Err(ManifestError::BadPublicKey)
