@@ -115,8 +115,7 @@ pub enum Output {
     Done(Zeroizing<Vec<u8>>),
 }
 
-/// A signing or verifying operation.
-#[derive(Debug)]
+/// A signing or verifying operation (`Debug` shows no data).
 struct SignOp {
     mechanism: CK_MECHANISM_TYPE,
     key: u32,
@@ -126,8 +125,7 @@ struct SignOp {
     pending: Option<Zeroizing<Vec<u8>>>,
 }
 
-/// A single-part GCM operation.
-#[derive(Debug)]
+/// A single-part GCM operation (`Debug` shows no data).
 struct CipherOp {
     key: u32,
     iv: Vec<u8>,
@@ -135,7 +133,26 @@ struct CipherOp {
     /// A computed result a too-small buffer did not take (with the IV it used).
     pending: Option<(Zeroizing<Vec<u8>>, Vec<u8>)>,
     /// The caller's IV buffer (an address the FFI layer owns), for encryption.
-    pub iv_out: usize,
+    iv_out: usize,
+}
+
+impl std::fmt::Debug for SignOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignOp")
+            .field("mechanism", &self.mechanism)
+            .field("key", &self.key)
+            .field("data", &"[REDACTED]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for CipherOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CipherOp")
+            .field("key", &self.key)
+            .field("data", &"[REDACTED]")
+            .finish_non_exhaustive()
+    }
 }
 
 /// One session's state.
@@ -1295,6 +1312,32 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(secret_type(&g), Err(CKR_ATTRIBUTE_VALUE_INVALID));
+    }
+
+    #[test]
+    fn debug_shows_no_data() {
+        let mut t = Token::new(PathBuf::from("/nonexistent/vhsm.sock"));
+        let h = t.open_session(CKF_SERIAL_SESSION).unwrap();
+        let s = t.session(h).unwrap();
+        s.decrypt = Some(CipherOp {
+            key: 1,
+            iv: vec![0; 12],
+            aad: Vec::new(),
+            pending: Some((Zeroizing::new(b"plaintext secret".to_vec()), vec![0; 12])),
+            iv_out: 0,
+        });
+        s.sign = Some(SignOp {
+            mechanism: CKM_SHA384_HMAC,
+            key: 2,
+            key_type: KeyType::HmacSha384,
+            data: Zeroizing::new(b"message secret".to_vec()),
+            pending: Some(Zeroizing::new(vec![0xAB; 48])),
+        });
+        let text = format!("{t:?}");
+        assert!(text.contains("[REDACTED]"), "{text}");
+        // The bytes of "secret", in any Debug rendering of a byte vector.
+        assert!(!text.contains("115, 101, 99, 114, 101, 116"), "{text}");
+        assert!(!text.contains("171, 171"), "{text}");
     }
 
     #[test]
