@@ -227,6 +227,29 @@ impl<T: VhsmTransport> VhsmClient<T> {
         self.call(&Request::Sign { key, message })
     }
 
+    /// Sign a caller-computed `digest` with an ECDSA key: raw `r || s`.
+    pub fn sign_digest(&mut self, key: u32, digest: &[u8]) -> Result<Vec<u8>, VhsmError> {
+        self.call(&Request::SignDigest { key, digest })
+    }
+
+    /// Plain RFC 5869 HKDF-SHA-384 from `parent` into a new vault key.
+    pub fn hkdf_derive(
+        &mut self,
+        parent: u32,
+        template: KeyTemplate,
+        label: &[u8],
+        salt: &[u8],
+        info: &[u8],
+    ) -> Result<KeyAttributes, VhsmError> {
+        self.attributes_of(&Request::HkdfDerive {
+            parent,
+            template,
+            label,
+            salt,
+            info,
+        })
+    }
+
     /// Verify `signature` over `message`.
     pub fn verify(&mut self, key: u32, message: &[u8], signature: &[u8]) -> Result<(), VhsmError> {
         self.call(&Request::Verify {

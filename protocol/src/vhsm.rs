@@ -51,6 +51,13 @@ pub const MAX_SIGNATURE_LEN: usize = 128;
 /// Number of keys the vault holds at most.
 pub const KEY_CAPACITY: usize = 64;
 
+/// Shortest digest SignDigest accepts: half the P-384 field (FIPS 186-5 needs the
+/// hash to be at least as strong as half the curve order's size).
+pub const MIN_DIGEST_LEN: usize = 24;
+
+/// Longest digest SignDigest accepts (SHA-512); longer digests are refused, not cut.
+pub const MAX_DIGEST_LEN: usize = 64;
+
 /// Number of audit entries kept; older entries are overwritten.
 pub const AUDIT_CAPACITY: usize = 256;
 
@@ -218,6 +225,14 @@ wire_enum! {
         /// A VMPL0 attestation report binding a key (one with ATTEST usage), its
         /// attributes and a caller nonce (`attest::KeyBinding`).
         AttestKey = 16,
+        // 17-31: sealing (issue 11) and provisioning (issue 12).
+        // --- PKCS#11 support (issue 16): operations 32-39. ---
+        /// Sign a caller-computed digest with an ECDSA key (PKCS#11 CKM_ECDSA); the
+        /// signature is raw `r || s`.
+        SignDigest = 32,
+        /// Plain RFC 5869 HKDF-SHA-384 from a vault key into a new vault key
+        /// (PKCS#11 CKM_HKDF_DERIVE): no vault prefix on `info`.
+        HkdfDerive = 33,
     }
 }
 
@@ -776,6 +791,31 @@ pub enum Request<'a> {
         /// The caller's nonce.
         nonce: &'a crate::attest::Nonce,
     },
+    /// `id key, bytes digest` (the digest [`MIN_DIGEST_LEN`]..=[`MAX_DIGEST_LEN`]
+    /// bytes, else the vault answers InvalidParameter). Response body: the raw
+    /// signature `r || s`, each the curve's field size (96 bytes for P-384).
+    SignDigest {
+        /// An ECDSA key with SIGN usage.
+        key: u32,
+        /// The digest, used as is (a longer one is truncated to the curve order's bit
+        /// length as FIPS 186-5 says).
+        digest: &'a [u8],
+    },
+    /// `id parent, KeyTemplate, bytes label, bytes salt, bytes info`, as Derive; the
+    /// new key's material is exactly RFC 5869 HKDF-SHA-384(salt, parent material,
+    /// info) of the new type's material length.
+    HkdfDerive {
+        /// AES-256 or HMAC-SHA-384 key with DERIVE usage.
+        parent: u32,
+        /// Properties of the new key.
+        template: KeyTemplate,
+        /// Label.
+        label: &'a [u8],
+        /// HKDF salt (empty: the RFC 5869 default, a hash-length string of zeros).
+        salt: &'a [u8],
+        /// HKDF info.
+        info: &'a [u8],
+    },
 }
 
 /// Largest ciphertext field accepted by Decrypt.
@@ -807,6 +847,8 @@ impl<'a> Request<'a> {
             Self::GetAttributes { .. } => Op::GetAttributes,
             Self::ReadAudit { .. } => Op::ReadAudit,
             Self::AttestKey { .. } => Op::AttestKey,
+            Self::SignDigest { .. } => Op::SignDigest,
+            Self::HkdfDerive { .. } => Op::HkdfDerive,
         }
     }
 
@@ -880,6 +922,17 @@ impl<'a> Request<'a> {
                     .try_into()
                     .map_err(|_| WireError::Malformed)?,
             },
+            Op::SignDigest => Self::SignDigest {
+                key: r.u32()?,
+                digest: r.bytes(MAX_DIGEST_LEN)?,
+            },
+            Op::HkdfDerive => Self::HkdfDerive {
+                parent: r.u32()?,
+                template: r.fixed()?,
+                label: r.bytes(MAX_LABEL_LEN)?,
+                salt: r.bytes(MAX_DERIVE_INPUT_LEN)?,
+                info: r.bytes(MAX_DERIVE_INPUT_LEN)?,
+            },
         };
         r.finish()?;
         Ok(request)
@@ -919,7 +972,11 @@ impl<'a> Request<'a> {
             Self::GetPublicKey { key } | Self::Delete { key } | Self::GetAttributes { key } => {
                 w.u32(key)
             }
-            Self::Sign { key, message } => {
+            Self::Sign { key, message }
+            | Self::SignDigest {
+                key,
+                digest: message,
+            } => {
                 w.u32(key)?;
                 w.bytes(message)
             }
@@ -947,6 +1004,13 @@ impl<'a> Request<'a> {
                 w.bytes(data)
             }
             Self::Derive {
+                parent,
+                template,
+                label,
+                salt,
+                info,
+            }
+            | Self::HkdfDerive {
                 parent,
                 template,
                 label,
@@ -1202,6 +1266,17 @@ mod tests {
             Request::List,
             Request::GetAttributes { key: 4 },
             Request::ReadAudit { from_seq: 17 },
+            Request::SignDigest {
+                key: 2,
+                digest: &[0x5A; 48],
+            },
+            Request::HkdfDerive {
+                parent: 5,
+                template: t,
+                label: b"h",
+                salt: b"",
+                info: b"ctx",
+            },
             Request::AttestKey {
                 key: 4,
                 nonce: &[0x6E; 64],

@@ -166,6 +166,21 @@ impl<P: Platform> Vault<P> {
             Request::AttestKey { key, nonce } => {
                 (key, self.attest_key(caller, key, nonce, attester, out))
             }
+            Request::SignDigest { key, digest } => {
+                (key, self.sign_digest(caller, key, digest, out))
+            }
+            Request::HkdfDerive {
+                parent,
+                template,
+                label,
+                salt,
+                info,
+            } => created(
+                parent,
+                KeySpec::from_wire(&template, label)
+                    .and_then(|spec| self.hkdf_derive(caller, parent, &spec, salt, info)),
+                out,
+            ),
         }
     }
 }

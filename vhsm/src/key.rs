@@ -18,7 +18,8 @@ use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use ed25519_dalek::pkcs8::EncodePublicKey as _;
 use hmac::{Hmac, Mac};
-use nitride_protocol::vhsm::{KeyType, GCM_NONCE_LEN, GCM_TAG_LEN};
+use nitride_protocol::vhsm::{KeyType, GCM_NONCE_LEN, GCM_TAG_LEN, MAX_DIGEST_LEN, MIN_DIGEST_LEN};
+use p384::ecdsa::signature::hazmat::PrehashSigner as _;
 use p384::ecdsa::signature::{Signer as _, Verifier as _};
 use sha2::Sha384;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -214,6 +215,26 @@ impl Material {
             Self::Aes256(_) => return Err(Error::WrongKeyType),
         }
         Ok(())
+    }
+
+    /// Append the raw ECDSA signature `r || s` over a caller-computed `digest`
+    /// (deterministic nonce, RFC 6979). The digest must be
+    /// `MIN_DIGEST_LEN..=MAX_DIGEST_LEN` bytes; a longer one than the order is
+    /// truncated to its bit length (FIPS 186-5). Other key types: `WrongKeyType`.
+    pub fn sign_digest(&self, digest: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        if !(MIN_DIGEST_LEN..=MAX_DIGEST_LEN).contains(&digest.len()) {
+            return Err(Error::InvalidParameter);
+        }
+        match self {
+            Self::EcdsaP384(k) => {
+                let sig: p384::ecdsa::Signature = k
+                    .sign_prehash(digest)
+                    .map_err(|_| Error::InvalidParameter)?;
+                out.extend_from_slice(&sig.to_bytes());
+                Ok(())
+            }
+            Self::Aes256(_) | Self::Ed25519(_) | Self::HmacSha384(_) => Err(Error::WrongKeyType),
+        }
     }
 
     /// Check a signature made by [`Material::sign`] (or any standard implementation).

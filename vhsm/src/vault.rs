@@ -534,6 +534,19 @@ impl<P: Platform> Vault<P> {
         scrubbed(sign_depth(material), || material.sign(message, out))
     }
 
+    /// `SignDigest`: append the raw ECDSA signature `r || s` over a caller-computed
+    /// digest (PKCS#11 `CKM_ECDSA`).
+    pub fn sign_digest(
+        &self,
+        caller: Caller,
+        key: u32,
+        digest: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let material = &self.usable(caller, key, KeyUsage::SIGN)?.material;
+        scrubbed(sign_depth(material), || material.sign_digest(digest, out))
+    }
+
     /// `Verify`: `Ok` if `signature` is valid for `message`.
     pub fn verify(
         &self,
@@ -611,6 +624,44 @@ impl<P: Platform> Vault<P> {
         salt: &[u8],
         info: &[u8],
     ) -> Result<KeyInfo, Error> {
+        self.hkdf_into_key(
+            caller,
+            parent,
+            spec,
+            salt,
+            &[DERIVE_INFO_PREFIX, &spec.key_type.raw().to_le_bytes(), info],
+        )
+    }
+
+    /// `HkdfDerive`: plain RFC 5869 HKDF-SHA-384 (PKCS#11 `CKM_HKDF_DERIVE`).
+    ///
+    /// `OKM = HKDF-SHA-384(salt, IKM = parent material, info)`, of the new type's
+    /// material length, with the same checks as [`Vault::derive`]: DERIVE usage on
+    /// the parent, the new key exportable only if the parent is, and usable only by
+    /// VMPLs that may use the parent. Without the type in `info`, keys of two types
+    /// derived with the same salt and info share a prefix; that reveals nothing new,
+    /// because a key derived from a non-exportable parent is itself non-exportable,
+    /// and an exportable parent can be exported anyway.
+    pub fn hkdf_derive(
+        &mut self,
+        caller: Caller,
+        parent: u32,
+        spec: &KeySpec,
+        salt: &[u8],
+        info: &[u8],
+    ) -> Result<KeyInfo, Error> {
+        self.hkdf_into_key(caller, parent, spec, salt, &[info])
+    }
+
+    /// HKDF-SHA-384 from `parent` with `info` the concatenation of `info_parts`.
+    fn hkdf_into_key(
+        &mut self,
+        caller: Caller,
+        parent: u32,
+        spec: &KeySpec,
+        salt: &[u8],
+        info_parts: &[&[u8]],
+    ) -> Result<KeyInfo, Error> {
         let parent = self.usable(caller, parent, KeyUsage::DERIVE)?;
         spec.check(caller)?;
         if spec.exportable && !parent.info.exportable {
@@ -624,11 +675,8 @@ impl<P: Platform> Vault<P> {
         let material = scrubbed_around(Depth::KeyCreation, || {
             let hk = Hkdf::<Sha384>::new(Some(salt), ikm);
             let mut okm = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
-            hk.expand_multi_info(
-                &[DERIVE_INFO_PREFIX, &spec.key_type.raw().to_le_bytes(), info],
-                &mut okm,
-            )
-            .map_err(|_| Error::InvalidParameter)?;
+            hk.expand_multi_info(info_parts, &mut okm)
+                .map_err(|_| Error::InvalidParameter)?;
             Material::from_bytes(spec.key_type, &okm)
         })?;
         self.insert(spec, Origin::Derived, material)
