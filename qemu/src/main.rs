@@ -66,8 +66,11 @@ enum Task {
     #[command(after_help = "Examples:\n  cargo xtask bench")]
     Bench,
     /// Start the firmware with the relay guest in the background, for `nitride`
-    #[command(after_help = "Examples:\n  cargo xtask up\n  nitride key list\n  cargo xtask down")]
-    Up,
+    #[command(
+        after_help = "Examples:\n  cargo xtask up\n  nitride key list\n  cargo xtask down\n  \
+                            cargo xtask up --state vault.sealed   # keys that survive `down`"
+    )]
+    Up(UpArgs),
     /// Stop the firmware started by `cargo xtask up`
     #[command(after_help = "Examples:\n  cargo xtask down")]
     Down,
@@ -95,6 +98,15 @@ enum Task {
         after_help = "Examples:\n  cargo xtask install\n  cargo xtask install --root ~/.local"
     )]
     Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Keep the vault's persistent keys in FILE: import it at start (through the
+    /// relay, as a guest would; created when missing), write the new sealed state
+    /// back after every change (`nitride` does) and at `down` [default: no state]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    state: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -203,7 +215,7 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Demo => demo(),
         Task::Bench => bench(),
-        Task::Up => up(),
+        Task::Up(a) => up(&a),
         Task::Down => down(),
         Task::DevChain(a) => show_dev_chain(&a),
         Task::Measure(a) => measure_cmd(a),
@@ -717,12 +729,26 @@ fn up_dir() -> std::path::PathBuf {
     repo_root().join("target").join("nitride-up")
 }
 
-fn up() -> Result<ExitCode, Error> {
+fn up(args: &UpArgs) -> Result<ExitCode, Error> {
     ensure_qemu()?;
     down_quietly();
     let images = build_images()?;
     let dir = up_dir();
+    let marker = dir.join(nitride_guest_driver::cli::seal::STATE_FILE_MARKER);
+    let _ = std::fs::remove_file(&marker);
     let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir, "")?;
+    if let Some(state) = &args.state {
+        // An absolute path: `nitride` may run from anywhere.
+        let state = std::path::absolute(state)?;
+        match load_state(&vm.socket, &state) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("xtask: up: {}: {e}; stopping", state.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        std::fs::write(&marker, state.as_os_str().as_encoded_bytes())?;
+    }
     std::fs::write(dir.join("qemu.pid"), vm.pid().to_string())?;
     println!("Nitride is up (QEMU pid {}).", vm.pid());
     println!("  relay socket: {}", vm.socket.display());
@@ -737,11 +763,85 @@ fn up() -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `up --state FILE`: import FILE into the fresh vault (writing back the blob
+/// resealed at the current TCB, if the vault made one), or, when FILE does not exist,
+/// export the empty state into it.
+fn load_state(socket: &Path, state: &Path) -> Result<String, String> {
+    use nitride_guest_driver::cli::seal::write_state;
+    use nitride_guest_driver::relay::RelayClient;
+    use nitride_guest_driver::vhsm::VhsmClient;
+    let relay = RelayClient::connect(socket).map_err(|e| e.to_string())?;
+    let mut client = VhsmClient::new(relay);
+    match std::fs::read(state) {
+        Ok(blob) => {
+            let i = client.import_state(&blob).map_err(|e| e.to_string())?;
+            if let Some(resealed) = &i.resealed {
+                write_state(state, resealed).map_err(|e| e.to_string())?;
+            }
+            Ok(format!(
+                "Restored {} persistent key(s) from {} (state generation {}{}).",
+                i.keys,
+                state.display(),
+                i.generation,
+                if i.resealed.is_some() {
+                    "; it was sealed at an older TCB and now holds the state sealed at the current one"
+                } else {
+                    ""
+                }
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (generation, blob) = client.export_state().map_err(|e| e.to_string())?;
+            write_state(state, &blob).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "New vault state in {} (generation {generation}): keys made with --persistent are kept there.",
+                state.display()
+            ))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// At `down`: the running vault's state into the state file `up --state` named.
+fn save_state() -> Option<String> {
+    use nitride_guest_driver::relay::RelayClient;
+    use nitride_guest_driver::vhsm::VhsmClient;
+    let dir = up_dir();
+    let marker = dir.join(nitride_guest_driver::cli::seal::STATE_FILE_MARKER);
+    let state = PathBuf::from(std::fs::read_to_string(&marker).ok()?.trim());
+    let _ = std::fs::remove_file(&marker);
+    let result = RelayClient::connect(&dir.join("vhsm.sock"))
+        .map_err(|e| e.to_string())
+        .and_then(|relay| {
+            VhsmClient::new(relay)
+                .export_state()
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|(generation, blob)| {
+            nitride_guest_driver::cli::seal::write_state(&state, &blob)
+                .map(|()| generation)
+                .map_err(|e| e.to_string())
+        });
+    Some(match result {
+        Ok(g) => format!(
+            "Vault state (generation {g}) saved to {}.",
+            state.display()
+        ),
+        Err(e) => format!(
+            "warning: the vault state could not be saved to {} at down: {e} (the file holds the state of the last change)",
+            state.display()
+        ),
+    })
+}
+
 fn down_quietly() -> bool {
     let pidfile = up_dir().join("qemu.pid");
     let Ok(pid) = std::fs::read_to_string(&pidfile) else {
         return false;
     };
+    if let Some(line) = save_state() {
+        println!("{line}");
+    }
     let _ = std::fs::remove_file(&pidfile);
     Command::new("kill")
         .arg(pid.trim())
