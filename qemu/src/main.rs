@@ -418,10 +418,11 @@ fn demo() -> Result<ExitCode, Error> {
         );
     }
     all_ok &= vhsm_story(&images)?;
+    all_ok &= sealing_story(&images)?;
     println!(
         "\n{}",
         if all_ok {
-            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified."
+            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified, a key survived a restart."
         } else {
             "Demo found problems (see above)."
         }
@@ -1002,6 +1003,110 @@ fn vhsm_story(images: &Images) -> Result<bool, Error> {
     }) {
         println!("  SVSM console: {}", l.trim());
     }
+    Ok(ok)
+}
+
+/// Part 6 of the demo: a persistent key survives a restart. The state file is kept as
+/// `cargo xtask up --state` keeps it: imported at start, written by `nitride` after
+/// every change.
+fn sealing_story(images: &Images) -> Result<bool, Error> {
+    println!("\n== 6. Sealing: a persistent key survives a restart; only this image on this chip opens its state\n");
+    let dir = repo_root().join("target").join("demo-seal");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::env::set_current_dir(&dir)?;
+    println!("  (in {})", dir.display());
+    let state = dir.join("vault.sealed");
+    let marker = |vm: &RunningVm| {
+        std::fs::write(
+            vm.dir
+                .join(nitride_guest_driver::cli::seal::STATE_FILE_MARKER),
+            state.as_os_str().as_encoded_bytes(),
+        )
+    };
+    std::fs::write(dir.join("note.txt"), b"signed before and after a restart\n")?;
+    std::fs::write(dir.join("disk.key"), b"0123456789abcdef0123456789abcdef")?;
+    let mut ok = true;
+    let vm_dir = dir.join("vm");
+    {
+        let vm = RunningVm::start(&images.svsm, &images.relay_guest, &vm_dir, "")?;
+        let s = vm.socket.clone();
+        match load_state(&s, &state) {
+            Ok(line) => println!("  {line}"),
+            Err(e) => {
+                println!("  state: {e}");
+                ok = false;
+            }
+        }
+        marker(&vm)?;
+        ok &= nitride(
+            &s,
+            &[
+                "key",
+                "generate",
+                "--type",
+                "ecdsa-p384",
+                "--persistent",
+                "--label",
+                "long-lived",
+            ],
+        )
+        .0;
+        ok &= nitride(
+            &s,
+            &["key", "pubkey", "1", "--pem", "--out", "long-lived.pem"],
+        )
+        .0;
+        ok &= nitride(
+            &s,
+            &[
+                "seal",
+                "--vmpls",
+                "1",
+                "--in",
+                "disk.key",
+                "--out",
+                "disk.key.sealed",
+            ],
+        )
+        .0;
+        println!(
+            "  ({} now holds the state: {} bytes; the VM stops)",
+            state.display(),
+            std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0)
+        );
+    }
+    let vm = RunningVm::start(&images.svsm, &images.relay_guest, &vm_dir, "")?;
+    let s = vm.socket.clone();
+    println!("  (a new VM: same SVSM and guest images, same chip)");
+    match load_state(&s, &state) {
+        Ok(line) => println!("  {line}"),
+        Err(e) => {
+            println!("  state: {e}");
+            ok = false;
+        }
+    }
+    marker(&vm)?;
+    ok &= nitride(&s, &["key", "list"]).0;
+    ok &= nitride(&s, &["sign", "1", "--in", "note.txt", "--out", "note.sig"]).0;
+    let args = [
+        "dgst",
+        "-sha384",
+        "-verify",
+        "long-lived.pem",
+        "-signature",
+        "note.sig",
+        "note.txt",
+    ];
+    println!(
+        "  $ openssl {}   # the public key exported before the restart",
+        args.join(" ")
+    );
+    let ossl = Command::new("openssl").args(args).output()?;
+    println!("    {}", String::from_utf8_lossy(&ossl.stdout).trim());
+    ok &= ossl.status.success();
+    let (unsealed, out) = nitride(&s, &["unseal", "--in", "disk.key.sealed"]);
+    ok &= unsealed && out == std::fs::read(dir.join("disk.key"))?;
     Ok(ok)
 }
 
