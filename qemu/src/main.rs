@@ -440,7 +440,12 @@ fn bench() -> Result<ExitCode, Error> {
     let mut all_ok = true;
     let mut firmware = Vec::new();
     let mut attest_signing = None;
-    for mode in ["mode=bench", "mode=bench-vhsm", "mode=bench-attest"] {
+    for mode in [
+        "mode=bench",
+        "mode=bench-vhsm",
+        "mode=bench-attest",
+        "mode=bench-seal",
+    ] {
         let mut boot = Boot::new(&images.svsm, Some(&images.test_guest), mode);
         boot.icount = true;
         boot.timeout = std::time::Duration::from_secs(600);
