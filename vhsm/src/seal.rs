@@ -145,8 +145,8 @@ pub(crate) fn open(
     Ok((header, plain))
 }
 
-/// One key of a state payload.
-pub(crate) struct StateKey {
+/// One key of a state payload (`Debug` redacts the material).
+pub struct StateKey {
     /// Attributes as stored: PERSISTENT set, RESTORED clear.
     pub attributes: KeyAttributes,
     /// The key's AES-GCM invocation counter (lifetime).
@@ -164,12 +164,38 @@ pub(crate) struct StateKey {
 /// ```
 ///
 /// little-endian, keys in increasing id order, each material of its type's length.
-pub(crate) struct StatePayload {
+/// (Public for the fuzz target; only the vault builds and opens state blobs.)
+pub struct StatePayload {
+    /// The id the next key gets.
     pub next_id: u32,
+    /// Audit entries recorded when the state was exported.
     pub audit_count: u64,
+    /// The audit chain head then.
     pub audit_chain: [u8; 48],
+    /// The vault identity key's scalar.
     pub identity: Zeroizing<Vec<u8>>,
+    /// The persistent keys.
     pub keys: Vec<StateKey>,
+}
+
+impl core::fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StateKey")
+            .field("attributes", &self.attributes)
+            .field("gcm_invocations", &self.gcm_invocations)
+            .field("material", &"[REDACTED]")
+            .finish()
+    }
+}
+
+impl core::fmt::Debug for StatePayload {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StatePayload")
+            .field("next_id", &self.next_id)
+            .field("audit_count", &self.audit_count)
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Length of the identity scalar.
