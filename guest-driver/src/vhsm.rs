@@ -476,10 +476,14 @@ mod tests {
         });
         assert_eq!(c.random(16), Ok(vec![7; 16]));
         c.transport().status = Status::AccessDenied;
+        // An error with a body is no response the vault writes.
+        assert!(matches!(c.sign(1, b"m"), Err(VhsmError::BadResponse(_))));
+        c.transport().body.clear();
         assert_eq!(
             c.sign(1, b"m"),
             Err(VhsmError::Status(Status::AccessDenied))
         );
+        c.transport().body = vec![7; 16];
         c.transport().status = Status::Ok;
         c.transport().tamper_id = true;
         assert_eq!(

@@ -1076,6 +1076,27 @@ pub(crate) mod tests {
         // Identity that is not a P-384 SPKI.
         let mut bad_identity = ok.clone();
         bad_identity[size_of::<VhsmManifestHeader>() + 5] ^= 1;
+        // Every reserved field of the header: offsets 18 (u16) and 28 (u32). Offset 36
+        // is the state generation (sealing): any value parses and reads back.
+        for at in [18, 28] {
+            let mut m = ok.clone();
+            m[at] = 1;
+            assert_eq!(
+                VhsmManifest::parse(&m),
+                Err(ManifestError::ReservedNotZero),
+                "{at}"
+            );
+        }
+        let mut generation = ok.clone();
+        generation[36] = 7;
+        assert_eq!(
+            VhsmManifest::parse(&generation)
+                .unwrap()
+                .header
+                .state_generation
+                .get(),
+            7
+        );
         assert_eq!(
             VhsmManifest::parse(&bad_identity),
             Err(ManifestError::BadPublicKey)

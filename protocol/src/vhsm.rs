@@ -1128,7 +1128,14 @@ impl<'a> Response<'a> {
         if header.version.get() != VERSION {
             return Err(WireError::UnsupportedVersion);
         }
+        if header.flags.get() & !RESPONSE_STATE_CHANGED != 0 || header.reserved2.get() != 0 {
+            return Err(WireError::Malformed);
+        }
         if usize::try_from(header.body_len.get()).ok() != Some(body.len()) {
+            return Err(WireError::Malformed);
+        }
+        // Only a success carries a body (canonical: one encoding per answer).
+        if header.status.get() != Status::Ok.raw() && !body.is_empty() {
             return Err(WireError::Malformed);
         }
         Ok(Self { header, body })
@@ -1531,6 +1538,30 @@ mod tests {
         assert_eq!(
             Response::decode(&msg[..HEADER_SIZE + body - 1]),
             Err(WireError::Malformed)
+        );
+        // Undefined flag bits (offset 6: only bit 0 is defined) and the reserved field
+        // (offset 20) must be zero.
+        for (at, value) in [(6, 2), (7, 1), (20, 1)] {
+            let mut m = msg;
+            m[at] = value;
+            assert_eq!(
+                Response::decode(&m[..HEADER_SIZE + body]),
+                Err(WireError::Malformed),
+                "{at}"
+            );
+        }
+        // An error carries no body.
+        let mut m = msg;
+        let refused = response_header(15, 7, Status::KeyNotFound, body as u32);
+        m[..HEADER_SIZE].copy_from_slice(refused.as_bytes());
+        assert_eq!(
+            Response::decode(&m[..HEADER_SIZE + body]),
+            Err(WireError::Malformed)
+        );
+        let empty = response_header(15, 7, Status::KeyNotFound, 0);
+        assert_eq!(
+            Response::decode(empty.as_bytes()).map(|r| r.status()),
+            Ok(Some(Status::KeyNotFound))
         );
     }
 

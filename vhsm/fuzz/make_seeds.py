@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Write a seed corpus for the `dispatch` fuzz target (one valid request of each
-operation, framed as the target expects, and sequences naming the key only VMPL0 may
-use) into the directory given as argument."""
+"""Write seed corpora into the directory given as argument: for the `dispatch` fuzz
+target (one valid request of each operation, framed as the target expects, and
+sequences naming the key only VMPL0 may use) in it, and for the `wire` target (each
+request alone, and responses of each body kind) in its `wire/` subdirectory."""
 import os
 import struct
 import sys
@@ -56,3 +57,21 @@ for name, who, ops in [("p384", 0, ["generate_p384", "sign", "pubkey", "attrs"])
                        ("hidden_vmpl0", 0, ["hidden_sign", "hidden_attest", "hidden_delete", "audit"])]:
     with open(os.path.join(out, name), "wb") as f:
         f.write(bytes([who]) + b"".join(struct.pack("<H", len(seeds[k])) + seeds[k] for k in ops))
+
+# The wire target: bare requests, and responses (header: version, op, status,
+# reserved, request id, body length, reserved).
+wire = os.path.join(out, "wire")
+os.makedirs(wire, exist_ok=True)
+def resp(op, status, body):
+    return struct.pack("<HHHHQII", 2, op, status, 0, 1, len(body), 0) + body
+attrs = bytes(48)
+responses = {
+    "r_attrs": resp(14, 0, attrs),
+    "r_list": resp(13, 0, u32(2) + attrs + attrs),
+    "r_audit": resp(15, 0, u32(1) + bytes(88)),
+    "r_attest": resp(16, 0, b(bytes(256)) + b(bytes(0x4A0)) + b(b"")),
+    "r_error": resp(6, 5, b""),
+}
+for name, r in list(seeds.items()) + list(responses.items()):
+    with open(os.path.join(wire, name), "wb") as f:
+        f.write(r)
