@@ -39,6 +39,7 @@ use nitride_protocol::snp::Guid;
 use nitride_protocol::svsm::{CallRegs, ResultCode};
 use nitride_vhsm::{AttestError, Attester, Evidence};
 use zerocopy::FromBytes;
+use zeroize::Zeroizing;
 
 use crate::memory::{GuestRange, PhysRange, MAX_GUEST_RANGE, PAGE};
 use crate::platform::Platform;
@@ -55,6 +56,15 @@ impl<P: Platform> Attester for PlatformAttester<'_, P> {
         certificates: bool,
     ) -> Result<Evidence, AttestError> {
         self.0.attestation_report(report_data, certificates)
+    }
+
+    fn sealing_tcb(&mut self) -> Result<[u8; 8], AttestError> {
+        self.0.committed_tcb()
+    }
+
+    fn sealing_key(&mut self, tcb: [u8; 8]) -> Result<Zeroizing<[u8; 32]>, AttestError> {
+        self.0
+            .derived_key(&nitride_protocol::sealed::sealing_key_request(tcb))
     }
 }
 

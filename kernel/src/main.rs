@@ -277,6 +277,8 @@ fn attach_emulated_psp(platform: &mut Emulated, setup: PspSetup, measurement: [u
         report_id,
     };
     let certs = config.cert_table().len();
+    // Genoa layout: bootloader, TEE, 4 reserved, SNP, microcode.
+    let tcb = config.tcb_version().to_le_bytes();
     let psp = EmulatedPsp::new(config, launch, vmpcks).with_clock(cpu::tsc);
     platform.attach_psp(PspClient::new(EmulatedPspChannel::new(psp), vmpck0, 0));
     let chip = &dev_psp::CHIP_ID;
@@ -286,10 +288,10 @@ fn attach_emulated_psp(platform: &mut Emulated, setup: PspSetup, measurement: [u
         measure::hex(&measurement),
         core::str::from_utf8(&chip[..name_len]).unwrap_or("?"),
         dev_psp::PRODUCT_NAME,
-        dev_psp::TCB_BOOTLOADER,
-        dev_psp::TCB_TEE,
-        dev_psp::TCB_SNP,
-        dev_psp::TCB_MICROCODE,
+        tcb[0],
+        tcb[1],
+        tcb[6],
+        tcb[7],
     );
 }
 

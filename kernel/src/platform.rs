@@ -7,8 +7,12 @@
 //! RMPADJUST) will implement the same trait.
 
 use crate::memory::{GuestMemoryMap, GuestRange};
+use nitride_protocol::snp::msg::KeyReq;
+use nitride_protocol::snp::report::AttestationReport;
 use nitride_protocol::svsm::CallRegs;
 pub use nitride_vhsm::{AttestError, Evidence};
+use zerocopy::FromBytes;
+use zeroize::Zeroizing;
 
 /// What kind of access a guest made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,4 +167,19 @@ pub trait Platform {
         report_data: &[u8; 64],
         certificates: bool,
     ) -> Result<Evidence, AttestError>;
+    /// MSG_KEY_REQ on VMPCK0: the key the PSP derives for `request`. A non-zero
+    /// status, and an all-zero key (one platform answers so, with status 0, for a
+    /// TCB above its committed one), are errors. The default: no PSP.
+    fn derived_key(&mut self, request: &KeyReq) -> Result<Zeroizing<[u8; 32]>, AttestError> {
+        let _ = request;
+        Err(AttestError::Unavailable)
+    }
+    /// The chip's committed TCB_VERSION (raw 8 bytes): the highest TCB a KEY_REQ may
+    /// name. The default reads it from an attestation report.
+    fn committed_tcb(&mut self) -> Result<[u8; 8], AttestError> {
+        let evidence = self.attestation_report(&[0; 64], false)?;
+        let (report, _) = AttestationReport::ref_from_prefix(&evidence.report)
+            .map_err(|_| AttestError::Failed)?;
+        Ok(report.committed_tcb.get().to_le_bytes())
+    }
 }

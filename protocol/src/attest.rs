@@ -474,8 +474,11 @@ pub struct VhsmManifestHeader {
     pub reserved2: U32,
     /// The vault policy: `vhsm::VaultPolicyFlags` bits.
     pub policy_flags: U32,
-    /// Zero.
-    pub reserved3: U32,
+    /// The generation of the vault's persistent state (`sealed`, ExportState): 0
+    /// until a state was exported or imported, then the generation of the latest
+    /// (saturating at `u32::MAX`). A relying party that tracks it sees a rollback to
+    /// an older state blob.
+    pub state_generation: U32,
     /// Audit entries the vault has recorded since it started (the last one's
     /// sequence number).
     pub audit_count: U64,
@@ -494,7 +497,7 @@ impl Default for VhsmManifestHeader {
 impl VhsmManifestHeader {
     /// Whether every reserved field is zero (the parser requires it).
     pub fn reserved_zero(&self) -> bool {
-        self.reserved.get() == 0 && self.reserved2.get() == 0 && self.reserved3.get() == 0
+        self.reserved.get() == 0 && self.reserved2.get() == 0
     }
 }
 
@@ -547,7 +550,7 @@ pub fn check_attestable_attributes(a: &KeyAttributes) -> Result<KeyType, Manifes
         && VmplSet::from_bits(a.allowed_vmpls).is_some()
         && usage.contains(KeyUsage::ATTEST)
         && key_type.allowed_usage().contains(usage)
-        && a.exportable <= 1
+        && a.flags().is_some()
         && label_ok;
     if a.reserved.get() != 0 {
         return Err(ManifestError::ReservedNotZero);
@@ -1072,9 +1075,10 @@ pub(crate) mod tests {
         }
         // Identity that is not a P-384 SPKI.
         let mut bad_identity = ok.clone();
-        bad_identity[96 + 5] ^= 1;
-        // Every reserved field of the header: offsets 18 (u16), 28 and 36 (u32).
-        for at in [18, 28, 36] {
+        bad_identity[size_of::<VhsmManifestHeader>() + 5] ^= 1;
+        // Every reserved field of the header: offsets 18 (u16) and 28 (u32). Offset 36
+        // is the state generation (sealing): any value parses and reads back.
+        for at in [18, 28] {
             let mut m = ok.clone();
             m[at] = 1;
             assert_eq!(
@@ -1083,6 +1087,16 @@ pub(crate) mod tests {
                 "{at}"
             );
         }
+        let mut generation = ok.clone();
+        generation[36] = 7;
+        assert_eq!(
+            VhsmManifest::parse(&generation)
+                .unwrap()
+                .header
+                .state_generation
+                .get(),
+            7
+        );
         assert_eq!(
             VhsmManifest::parse(&bad_identity),
             Err(ManifestError::BadPublicKey)

@@ -150,8 +150,8 @@ pub struct ResponseHeader {
     pub op: U16,
     /// A [`Status`] value.
     pub status: U16,
-    /// Zero.
-    pub reserved: U16,
+    /// Response flags: [`RESPONSE_STATE_CHANGED`], else zero.
+    pub flags: U16,
     /// The request's `request_id`, echoed (0 if the request header was unreadable).
     pub request_id: U64,
     /// Number of body bytes that follow; zero unless `status` is [`Status::Ok`].
@@ -225,7 +225,15 @@ wire_enum! {
         /// A VMPL0 attestation report binding a key (one with ATTEST usage), its
         /// attributes and a caller nonce (`attest::KeyBinding`).
         AttestKey = 16,
-        // 17-31: sealing (issue 11) and provisioning (issue 12).
+        // Sealing (17-23).
+        /// Seal caller data to this SVSM image on this chip (`sealed` format).
+        Seal = 17,
+        /// Open a blob from `Seal`.
+        Unseal = 18,
+        /// The vault's persistent state as one sealed blob.
+        ExportState = 19,
+        /// Restore a state blob into an empty vault.
+        ImportState = 20,
         // --- PKCS#11 support (issue 16): operations 32-39. ---
         /// Sign a caller-computed digest with an ECDSA key (PKCS#11 CKM_ECDSA); the
         /// signature is raw `r || s`.
@@ -281,6 +289,21 @@ wire_enum! {
         /// The platform could not produce an attestation report (no PSP, or the PSP
         /// channel failed and was shut).
         AttestationUnavailable = 18,
+        // Sealing (19-26).
+        /// The platform could not derive a sealing key (no PSP, a PSP error status,
+        /// or an all-zero key), e.g. a blob's TCB above the chip's.
+        SealingUnavailable = 19,
+        /// The blob is not one this SVSM writes (magic, version, purpose, a header
+        /// field, its length), or it does not open: another image, another chip,
+        /// a changed byte.
+        SealedBlobInvalid = 20,
+        /// The blob's unsealing rule does not include the caller's VMPL.
+        SealRuleDenied = 21,
+        /// ImportState into a vault that already holds keys.
+        VaultNotEmpty = 22,
+        /// ImportState of a state blob older (lower generation) than one already
+        /// imported or exported in this boot.
+        StateRollback = 23,
     }
 }
 
@@ -329,7 +352,8 @@ impl KeyType {
 }
 
 wire_enum! {
-    /// Where a key came from.
+    /// Where a key came from. A key restored from a sealed state keeps its origin;
+    /// [`KeyFlags::RESTORED`] marks it.
     Origin: u8 {
         /// Generated inside the vault.
         Generated = 1,
@@ -363,6 +387,20 @@ bitflags! {
         /// Attestable: listed in the vHSM's attestation manifest and usable with
         /// AttestKey. Any key type may carry it.
         const ATTEST = 1 << 7;
+    }
+}
+
+bitflags! {
+    /// Key flags: the `exportable` byte of [`KeyTemplate`] and [`KeyAttributes`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct KeyFlags: u8 {
+        /// The key may leave the vault, wrapped.
+        const EXPORTABLE = 1 << 0;
+        /// The key is part of the vault's persistent state (ExportState).
+        const PERSISTENT = 1 << 1;
+        /// The key was restored from a sealed state (ImportState); set by the vault
+        /// only, never in a template.
+        const RESTORED = 1 << 2;
     }
 }
 
@@ -422,7 +460,9 @@ pub struct KeyTemplate {
     pub key_type: U16,
     /// A [`VmplSet`]: the VMPLs that may use the key.
     pub allowed_vmpls: u8,
-    /// 1 if the key may leave the vault (wrapped), 0 if never.
+    /// Key flags ([`KeyFlags`]; the byte keeps its first bit's name): bit 0 the key
+    /// may leave the vault (wrapped), bit 1 it is persistent. `RESTORED` is never
+    /// requested.
     pub exportable: u8,
     /// [`KeyUsage`] bits.
     pub usage: U32,
@@ -438,6 +478,12 @@ impl KeyTemplate {
             exportable: u8::from(exportable),
             usage: U32::new(usage.bits()),
         }
+    }
+
+    /// This template, asking for a persistent key.
+    pub fn persistent(mut self) -> Self {
+        self.exportable |= KeyFlags::PERSISTENT.bits();
+        self
     }
 }
 
@@ -468,7 +514,8 @@ pub struct KeyAttributes {
     pub allowed_vmpls: u8,
     /// [`KeyUsage`] bits.
     pub usage: U32,
-    /// 1 if exportable, else 0.
+    /// Key flags ([`KeyFlags`]; the byte keeps its first bit's name, so old encodings,
+    /// 0 or 1, read as before): exportable, persistent, restored.
     pub exportable: u8,
     /// Number of meaningful bytes in `label`.
     pub label_len: u8,
@@ -480,6 +527,11 @@ pub struct KeyAttributes {
 const _: () = assert!(core::mem::size_of::<KeyAttributes>() == 48);
 
 impl KeyAttributes {
+    /// The key flags, if only defined bits are set.
+    pub fn flags(&self) -> Option<KeyFlags> {
+        KeyFlags::from_bits(self.exportable)
+    }
+
     /// The meaningful bytes of the label.
     pub fn label(&self) -> &[u8] {
         self.label
@@ -791,6 +843,29 @@ pub enum Request<'a> {
         /// The caller's nonce.
         nonce: &'a crate::attest::Nonce,
     },
+    /// `u32 rule, bytes data` (data at most `sealed::MAX_SEAL_DATA_LEN`). `rule` is a
+    /// [`VmplSet`]: the VMPLs that may unseal; it must include the caller's. Response
+    /// body: `bytes blob`.
+    Seal {
+        /// VMPLs that may unseal.
+        rule: u32,
+        /// The data.
+        data: &'a [u8],
+    },
+    /// `bytes blob`. Response body: `u32 flags` ([`SEAL_RESEALED`]), `bytes data`,
+    /// `bytes resealed` (empty unless resealed).
+    Unseal {
+        /// A blob from Seal.
+        blob: &'a [u8],
+    },
+    /// Empty body. Response body: `u64 generation, bytes blob`.
+    ExportState,
+    /// `bytes blob`. Response body: `u64 generation, u32 keys restored, u32 flags`
+    /// ([`SEAL_RESEALED`]), `bytes resealed` (empty unless resealed).
+    ImportState {
+        /// A blob from ExportState.
+        blob: &'a [u8],
+    },
     /// `id key, bytes digest` (the digest [`MIN_DIGEST_LEN`]..=[`MAX_DIGEST_LEN`]
     /// bytes, else the vault answers InvalidParameter). Response body: the raw
     /// signature `r || s`, each the curve's field size (96 bytes for P-384).
@@ -847,6 +922,10 @@ impl<'a> Request<'a> {
             Self::GetAttributes { .. } => Op::GetAttributes,
             Self::ReadAudit { .. } => Op::ReadAudit,
             Self::AttestKey { .. } => Op::AttestKey,
+            Self::Seal { .. } => Op::Seal,
+            Self::Unseal { .. } => Op::Unseal,
+            Self::ExportState => Op::ExportState,
+            Self::ImportState { .. } => Op::ImportState,
             Self::SignDigest { .. } => Op::SignDigest,
             Self::HkdfDerive { .. } => Op::HkdfDerive,
         }
@@ -921,6 +1000,17 @@ impl<'a> Request<'a> {
                     .bytes(crate::attest::NONCE_SIZE)?
                     .try_into()
                     .map_err(|_| WireError::Malformed)?,
+            },
+            Op::Seal => Self::Seal {
+                rule: r.u32()?,
+                data: r.bytes(crate::sealed::MAX_SEAL_DATA_LEN)?,
+            },
+            Op::Unseal => Self::Unseal {
+                blob: r.bytes(crate::sealed::MAX_SEALED_LEN)?,
+            },
+            Op::ExportState => Self::ExportState,
+            Op::ImportState => Self::ImportState {
+                blob: r.bytes(crate::sealed::MAX_SEALED_LEN)?,
             },
             Op::SignDigest => Self::SignDigest {
                 key: r.u32()?,
@@ -1024,12 +1114,17 @@ impl<'a> Request<'a> {
                 w.bytes(info)
             }
             Self::Random { len } => w.u32(len),
-            Self::List => Ok(()),
+            Self::List | Self::ExportState => Ok(()),
             Self::ReadAudit { from_seq } => w.u64(from_seq),
             Self::AttestKey { key, nonce } => {
                 w.u32(key)?;
                 w.bytes(nonce)
             }
+            Self::Seal { rule, data } => {
+                w.u32(rule)?;
+                w.bytes(data)
+            }
+            Self::Unseal { blob } | Self::ImportState { blob } => w.bytes(blob),
         }
     }
 
@@ -1096,7 +1191,7 @@ impl<'a> Response<'a> {
         if header.version.get() != VERSION {
             return Err(WireError::UnsupportedVersion);
         }
-        if header.reserved.get() != 0 || header.reserved2.get() != 0 {
+        if header.flags.get() & !RESPONSE_STATE_CHANGED != 0 || header.reserved2.get() != 0 {
             return Err(WireError::Malformed);
         }
         if usize::try_from(header.body_len.get()).ok() != Some(body.len()) {
@@ -1143,6 +1238,84 @@ impl<'a> Response<'a> {
     }
 }
 
+impl<'a> Response<'a> {
+    /// Whether the response says the vault's persistent state changed.
+    pub fn state_changed(&self) -> bool {
+        self.header.flags.get() & RESPONSE_STATE_CHANGED != 0
+    }
+
+    /// A Seal body: `bytes blob`.
+    pub fn sealed_blob(&self) -> Result<&'a [u8], WireError> {
+        let mut r = Reader::new(self.body);
+        let blob = r.bytes(crate::sealed::MAX_SEALED_LEN)?;
+        r.finish()?;
+        Ok(blob)
+    }
+
+    /// An Unseal body: `u32 flags, bytes data, bytes resealed`.
+    pub fn unsealed(&self) -> Result<Unsealed<'a>, WireError> {
+        let mut r = Reader::new(self.body);
+        let flags = r.u32()?;
+        let data = r.bytes(crate::sealed::MAX_SEAL_DATA_LEN)?;
+        let resealed = r.bytes(crate::sealed::MAX_SEALED_LEN)?;
+        r.finish()?;
+        if flags & !SEAL_RESEALED != 0 || (flags & SEAL_RESEALED != 0) == resealed.is_empty() {
+            return Err(WireError::Malformed);
+        }
+        Ok(Unsealed {
+            data,
+            resealed: (!resealed.is_empty()).then_some(resealed),
+        })
+    }
+
+    /// An ExportState body: `u64 generation, bytes blob`.
+    pub fn exported_state(&self) -> Result<(u64, &'a [u8]), WireError> {
+        let mut r = Reader::new(self.body);
+        let generation = r.u64()?;
+        let blob = r.bytes(crate::sealed::MAX_SEALED_LEN)?;
+        r.finish()?;
+        Ok((generation, blob))
+    }
+
+    /// An ImportState body: `u64 generation, u32 keys, u32 flags, bytes resealed`.
+    pub fn imported_state(&self) -> Result<ImportedState<'a>, WireError> {
+        let mut r = Reader::new(self.body);
+        let generation = r.u64()?;
+        let keys = r.u32()?;
+        let flags = r.u32()?;
+        let resealed = r.bytes(crate::sealed::MAX_SEALED_LEN)?;
+        r.finish()?;
+        if flags & !SEAL_RESEALED != 0 || (flags & SEAL_RESEALED != 0) == resealed.is_empty() {
+            return Err(WireError::Malformed);
+        }
+        Ok(ImportedState {
+            generation,
+            keys,
+            resealed: (!resealed.is_empty()).then_some(resealed),
+        })
+    }
+}
+
+/// What Unseal returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsealed<'a> {
+    /// The data.
+    pub data: &'a [u8],
+    /// The same data sealed at the current TCB, when the blob's TCB was older.
+    pub resealed: Option<&'a [u8]>,
+}
+
+/// What ImportState returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportedState<'a> {
+    /// The restored state's generation.
+    pub generation: u64,
+    /// Keys restored.
+    pub keys: u32,
+    /// The state sealed at the current TCB, when the blob's TCB was older.
+    pub resealed: Option<&'a [u8]>,
+}
+
 /// What AttestKey returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttestKeyEvidence<'a> {
@@ -1175,12 +1348,22 @@ pub fn response_header(op: u16, request_id: u64, status: Status, body_len: u32) 
         version: U16::new(VERSION),
         op: U16::new(op),
         status: U16::new(status.raw()),
-        reserved: U16::new(0),
+        flags: U16::new(0),
         request_id: U64::new(request_id),
         body_len: U32::new(body_len),
         reserved2: U32::new(0),
     }
 }
+
+/// [`ResponseHeader::flags`] bit: this request changed the vault's persistent state
+/// (a persistent key created, deleted, or its GCM counter moved; a state imported):
+/// the state blob the caller holds is stale, ExportState gives the current one.
+pub const RESPONSE_STATE_CHANGED: u16 = 1 << 0;
+
+/// Unseal / ImportState response flag (`u32 flags` in the body): the blob was sealed
+/// at an older TCB; the response carries the same contents sealed at the current TCB,
+/// which the caller should store instead.
+pub const SEAL_RESEALED: u32 = 1 << 0;
 
 #[cfg(test)]
 mod tests {
@@ -1391,8 +1574,8 @@ mod tests {
             assert_eq!(Status::from_raw(s.raw()), Some(s));
         }
         assert_eq!(Op::from_raw(0), None);
-        assert_eq!(Op::from_raw(17), None);
-        assert_eq!(Status::from_raw(19), None);
+        assert_eq!(Op::from_raw(21), None);
+        assert_eq!(Status::from_raw(24), None);
         assert_eq!(KeyType::from_raw(5), None);
         assert_eq!(Origin::from_raw(0), None);
         assert!(VmplSet::VMPL2.contains_vmpl(2));
@@ -1430,10 +1613,11 @@ mod tests {
             Response::decode(&msg[..HEADER_SIZE + body - 1]),
             Err(WireError::Malformed)
         );
-        // Reserved header fields (offsets 6 and 20) must be zero.
-        for at in [6, 20] {
+        // Undefined flag bits (offset 6: only bit 0 is defined) and the reserved field
+        // (offset 20) must be zero.
+        for (at, value) in [(6, 2), (7, 1), (20, 1)] {
             let mut m = msg;
-            m[at] = 1;
+            m[at] = value;
             assert_eq!(
                 Response::decode(&m[..HEADER_SIZE + body]),
                 Err(WireError::Malformed),

@@ -638,6 +638,18 @@ impl RunningVm {
         dir: &Path,
         svsm_args: &str,
     ) -> Result<Self, Error> {
+        Self::start_with_psp(svsm, relay_guest, dir, svsm_args, None)
+    }
+
+    /// [`RunningVm::start`], handing the emulated PSP `dev_psp` (a dev-PSP blob: another
+    /// chip secret, another TCB) instead of the runner's.
+    pub fn start_with_psp(
+        svsm: &Path,
+        relay_guest: &Path,
+        dir: &Path,
+        svsm_args: &str,
+        dev_psp: Option<&Path>,
+    ) -> Result<Self, Error> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("vhsm.sock");
         let console = dir.join("console.log");
@@ -651,6 +663,9 @@ impl RunningVm {
         boot.svsm_log = Some(svsm_log.clone());
         boot.relay_socket = Some(socket.clone());
         boot.ensure_inputs()?;
+        if let Some(blob) = dev_psp {
+            boot.dev_psp = Some(blob.to_path_buf());
+        }
         let child = Command::new(QEMU)
             .args(boot.qemu_args())
             .stdin(Stdio::null())

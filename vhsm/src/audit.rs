@@ -111,6 +111,14 @@ impl AuditLog {
             .filter(move |e| e.caller_vmpl >= caller.vmpl())
     }
 
+    /// Continue the chain of a restored vault state: the next entry links to `head`
+    /// and its sequence number follows both the `count` entries the state recorded
+    /// and those of this boot, so sequence numbers keep growing.
+    pub fn resume(&mut self, count: u64, head: [u8; 48]) {
+        self.next_seq = self.next_seq.saturating_add(count);
+        self.head = head;
+    }
+
     /// The sequence number the next entry will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

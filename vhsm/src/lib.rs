@@ -18,6 +18,8 @@
 //!   cryptography on it.
 //! - [`drbg`]: the HMAC-DRBG (SP 800-90A, HMAC-SHA-384) every random byte comes from.
 //! - [`audit`]: the bounded audit ring and the hash chain over every entry.
+//! - [`seal`]: sealed blobs (Seal/Unseal, the vault's persistent state) under keys the
+//!   PSP derives at VMPL0 ([`Attester::sealing_key`]).
 //!
 //! `docs/vault.md` describes the design; `docs/vhsm-protocol.md` the wire format.
 #![no_std]
@@ -28,15 +30,21 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 
+use zeroize::Zeroizing;
+
 pub mod audit;
 pub mod dispatch;
 pub mod drbg;
 pub mod key;
 mod scrub;
+pub mod seal;
 pub mod vault;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod seal_tests;
 
 pub use nitride_protocol::vhsm::{KeyType, KeyUsage, Origin, Status, VaultPolicyFlags, VmplSet};
 pub use vault::{KeyInfo, KeySpec, Vault};
@@ -90,6 +98,21 @@ pub trait Attester {
         report_data: &[u8; 64],
         certificates: bool,
     ) -> Result<Evidence, AttestError>;
+
+    /// The TCB sealing keys are derived at now (the raw 8 bytes of the chip's
+    /// committed TCB_VERSION). The default: no PSP.
+    fn sealing_tcb(&mut self) -> Result<[u8; 8], AttestError> {
+        Err(AttestError::Unavailable)
+    }
+
+    /// The sealing key at `tcb`: the PSP's MSG_KEY_REQ answer to
+    /// `nitride_protocol::sealed::sealing_key_request(tcb)` (root VCEK, KEY_SEL VCEK,
+    /// VMPL 0, guest policy, measurement and TCB mixed in). An error status, or a
+    /// `tcb` above the committed TCB, is an error. The default: no PSP.
+    fn sealing_key(&mut self, tcb: [u8; 8]) -> Result<Zeroizing<[u8; 32]>, AttestError> {
+        let _ = tcb;
+        Err(AttestError::Unavailable)
+    }
 }
 
 /// An [`Attester`] for platforms without a PSP: every request fails.
@@ -185,6 +208,16 @@ pub enum Error {
     TooLarge,
     /// The platform could not produce an attestation report.
     AttestationUnavailable,
+    /// The platform could not derive a sealing key.
+    SealingUnavailable,
+    /// A sealed blob is malformed or does not open.
+    SealedBlobInvalid,
+    /// The blob's unsealing rule excludes the caller's VMPL.
+    SealRuleDenied,
+    /// ImportState into a vault that holds keys.
+    VaultNotEmpty,
+    /// ImportState of a state older than one seen in this boot.
+    StateRollback,
 }
 
 impl Error {
@@ -205,6 +238,11 @@ impl Error {
             Self::Entropy => Status::EntropyFailure,
             Self::TooLarge => Status::TooLarge,
             Self::AttestationUnavailable => Status::AttestationUnavailable,
+            Self::SealingUnavailable => Status::SealingUnavailable,
+            Self::SealedBlobInvalid => Status::SealedBlobInvalid,
+            Self::SealRuleDenied => Status::SealRuleDenied,
+            Self::VaultNotEmpty => Status::VaultNotEmpty,
+            Self::StateRollback => Status::StateRollback,
         }
     }
 }

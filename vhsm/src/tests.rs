@@ -905,6 +905,8 @@ fn key_info_wire_form() {
         usage: KeyUsage::SIGN,
         allowed: VmplSet::VMPL1,
         exportable: true,
+        persistent: false,
+        restored: false,
         origin: Origin::Derived,
         label: Label::new(b"abc").unwrap(),
     };
@@ -916,6 +918,14 @@ fn key_info_wire_form() {
     assert_eq!(w.usage.get(), 4);
     assert_eq!(w.exportable, 1);
     assert_eq!(w.label(), b"abc");
+    // The flags byte: bit 1 persistent, bit 2 restored.
+    let flags = KeyInfo {
+        persistent: true,
+        restored: true,
+        exportable: false,
+        ..info
+    };
+    assert_eq!(flags.to_wire().exportable, 0b110);
 }
 
 #[test]
@@ -935,6 +945,11 @@ fn errors_map_to_distinct_statuses() {
         Error::Entropy,
         Error::TooLarge,
         Error::AttestationUnavailable,
+        Error::SealingUnavailable,
+        Error::SealedBlobInvalid,
+        Error::SealRuleDenied,
+        Error::VaultNotEmpty,
+        Error::StateRollback,
     ];
     let mut statuses: Vec<u16> = all.iter().map(|e| e.status().raw()).collect();
     assert!(!statuses.contains(&0));
@@ -1247,7 +1262,7 @@ fn manifest_reports_policy_and_audit_log() {
             v.policy().flags().bits(),
             "the flags are the policy's"
         );
-        assert_eq!(m.header.reserved3.get(), 0);
+        assert_eq!(m.header.state_generation.get(), 0);
         assert_eq!(m.header.audit_count.get(), 0);
         assert_eq!(m.header.audit_chain, [0; 48]);
         // Two "attestations" with requests in between: the count says how many, and

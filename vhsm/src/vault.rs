@@ -26,7 +26,7 @@ use nitride_protocol::attest::{
 };
 use nitride_protocol::svsm::VHSM_PROTOCOL_VERSION;
 use nitride_protocol::vhsm::{
-    KeyAttributes, KeyTemplate, GCM_NONCE_LEN, KEY_CAPACITY, MAX_DATA_LEN, MAX_LABEL_LEN,
+    KeyAttributes, KeyFlags, KeyTemplate, GCM_NONCE_LEN, KEY_CAPACITY, MAX_DATA_LEN, MAX_LABEL_LEN,
     MAX_RANDOM_LEN,
 };
 use nitride_protocol::vhsm::{MAX_RESPONSE_SIZE, VERSION as WIRE_VERSION};
@@ -38,7 +38,9 @@ use crate::audit::AuditLog;
 use crate::drbg::{VaultDrbg, MAX_BYTES_PER_REQUEST};
 use crate::key::{gcm_open, gcm_seal, kw_unwrap, kw_wrap, Material};
 use crate::scrub::{scrubbed, scrubbed_around, Depth};
+use crate::seal::{self, BlobParams, StateKey, StatePayload};
 use crate::{Attester, Caller, Error, KeyType, KeyUsage, Origin, Platform, VaultPolicy, VmplSet};
+use nitride_protocol::sealed::{Purpose, MAX_SEAL_DATA_LEN};
 
 /// Personalization string of the vault's DRBG.
 const DRBG_PERSONALIZATION: &[u8] = b"nitride-vhsm drbg v1";
@@ -153,6 +155,8 @@ pub struct KeySpec {
     pub allowed: VmplSet,
     /// Whether the key may leave the vault (wrapped).
     pub exportable: bool,
+    /// Whether the key is part of the vault's persistent state (ExportState).
+    pub persistent: bool,
     /// Label.
     pub label: Label,
 }
@@ -165,21 +169,29 @@ impl KeySpec {
             usage,
             allowed,
             exportable,
+            persistent: false,
             label: Label::default(),
         }
     }
 
+    /// This spec, for a persistent key.
+    pub fn persistent(mut self) -> Self {
+        self.persistent = true;
+        self
+    }
+
     /// Parse the wire form, rejecting unknown types and bits.
     pub fn from_wire(template: &KeyTemplate, label: &[u8]) -> Result<Self, Error> {
+        // Exportable and persistent may be asked for; restored is the vault's mark.
+        let flags = KeyFlags::from_bits(template.exportable)
+            .filter(|f| !f.contains(KeyFlags::RESTORED))
+            .ok_or(Error::InvalidParameter)?;
         Ok(Self {
             key_type: KeyType::from_raw(template.key_type.get()).ok_or(Error::InvalidParameter)?,
             usage: KeyUsage::from_bits(template.usage.get()).ok_or(Error::InvalidParameter)?,
             allowed: VmplSet::from_bits(template.allowed_vmpls).ok_or(Error::InvalidParameter)?,
-            exportable: match template.exportable {
-                0 => false,
-                1 => true,
-                _ => return Err(Error::InvalidParameter),
-            },
+            exportable: flags.contains(KeyFlags::EXPORTABLE),
+            persistent: flags.contains(KeyFlags::PERSISTENT),
             label: Label::new(label)?,
         })
     }
@@ -209,6 +221,11 @@ pub struct KeyInfo {
     pub allowed: VmplSet,
     /// Whether the key may leave the vault (wrapped).
     pub exportable: bool,
+    /// Whether the key is part of the vault's persistent state.
+    pub persistent: bool,
+    /// Whether the key was restored from a sealed state (its origin is the
+    /// original one).
+    pub restored: bool,
     /// Where it came from.
     pub origin: Origin,
     /// Label.
@@ -216,6 +233,15 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
+    /// The key flags.
+    pub fn flags(&self) -> KeyFlags {
+        let mut flags = KeyFlags::empty();
+        flags.set(KeyFlags::EXPORTABLE, self.exportable);
+        flags.set(KeyFlags::PERSISTENT, self.persistent);
+        flags.set(KeyFlags::RESTORED, self.restored);
+        flags
+    }
+
     /// The wire form.
     pub fn to_wire(&self) -> KeyAttributes {
         KeyAttributes {
@@ -224,7 +250,7 @@ impl KeyInfo {
             origin: self.origin.raw(),
             allowed_vmpls: self.allowed.bits(),
             usage: U32::new(self.usage.bits()),
-            exportable: u8::from(self.exportable),
+            exportable: self.flags().bits(),
             label_len: self.label.len,
             reserved: U16::new(0),
             label: self.label.bytes,
@@ -268,10 +294,11 @@ pub struct Vault<P> {
     platform: P,
     policy: VaultPolicy,
     drbg: Box<VaultDrbg>,
-    /// The vault identity key (P-384), drawn from the DRBG at creation; never in the
-    /// key table, never exported. Zeroizes its scalar on drop. Only its public half
-    /// is used so far; secret provisioning (a KBS wrapping secrets to it) will use
-    /// the private half.
+    /// The vault identity key (P-384), drawn from the DRBG at creation (or restored
+    /// with a sealed state, which always carries it); never in the key table, never
+    /// exported otherwise. Zeroizes its scalar on drop. Only its public half is used
+    /// so far; secret provisioning (a KBS wrapping secrets to it) will use the
+    /// private half.
     #[allow(dead_code)]
     identity: Material,
     /// Its public key, SPKI DER.
@@ -282,6 +309,48 @@ pub struct Vault<P> {
     /// never stored anywhere else: a key's fixed nonce field is this plus its id.
     nonce_base: u64,
     pub(crate) audit: AuditLog,
+    /// Where the persistent state stands (ExportState / ImportState).
+    persist: Persist,
+}
+
+/// The vault's persistent-state bookkeeping.
+#[derive(Clone, Copy, Debug, Default)]
+struct Persist {
+    /// Changes to the persistent state in this boot (a persistent key created,
+    /// deleted, or its GCM counter moved; a state imported).
+    changes: u64,
+    /// `changes` when the current generation's blob was exported or imported.
+    synced_at: Option<u64>,
+    /// The generation of the latest state exported or imported (0: none).
+    generation: u64,
+    /// The highest generation exported or imported in this boot.
+    highest: u64,
+}
+
+impl Persist {
+    fn changed(&mut self) {
+        self.changes = self.changes.saturating_add(1);
+    }
+}
+
+/// What `Unseal` returns.
+#[derive(Debug)]
+pub struct Unsealed {
+    /// The data.
+    pub data: Zeroizing<Vec<u8>>,
+    /// The blob sealed again at the current TCB, when it was sealed at another.
+    pub resealed: Option<Vec<u8>>,
+}
+
+/// What `ImportState` returns.
+#[derive(Debug)]
+pub struct ImportedState {
+    /// The restored state's generation.
+    pub generation: u64,
+    /// Keys restored.
+    pub keys: u32,
+    /// The state sealed again at the current TCB, when it was sealed at another.
+    pub resealed: Option<Vec<u8>>,
 }
 
 impl<P> fmt::Debug for Vault<P> {
@@ -325,6 +394,221 @@ impl<P: Platform> Vault<P> {
             next_id: 1,
             nonce_base: u64::from_be_bytes(base),
             audit,
+            persist: Persist::default(),
+        })
+    }
+
+    /// Changes to the persistent state so far in this boot (the dispatcher flags a
+    /// response whose request moved it).
+    pub fn state_changes(&self) -> u64 {
+        self.persist.changes
+    }
+
+    /// The generation of the latest state exported or imported (0: none yet).
+    pub fn state_generation(&self) -> u64 {
+        self.persist.generation
+    }
+
+    /// A fresh 32-byte salt from the DRBG.
+    fn salt(&mut self) -> Result<[u8; 32], Error> {
+        let mut salt = [0u8; 32];
+        self.fill_random(&mut salt)?;
+        Ok(salt)
+    }
+
+    /// `Seal`: seal `data` for the VMPLs in `rule` (which must include the caller's)
+    /// to this SVSM image, launch policy and chip, at the current TCB.
+    pub fn seal(
+        &mut self,
+        caller: Caller,
+        rule: u32,
+        data: &[u8],
+        attester: &mut dyn Attester,
+    ) -> Result<Vec<u8>, Error> {
+        let rule = u8::try_from(rule)
+            .ok()
+            .and_then(VmplSet::from_bits)
+            .filter(|r| r.contains(caller.as_set()))
+            .ok_or(Error::InvalidParameter)?;
+        if data.len() > MAX_SEAL_DATA_LEN {
+            return Err(Error::TooLarge);
+        }
+        let params = BlobParams {
+            purpose: Purpose::Data,
+            rule,
+            generation: 0,
+            salt: self.salt()?,
+        };
+        seal::seal(attester, params, data)
+    }
+
+    /// `Unseal`: open a blob from `Seal` if the caller's VMPL is in its rule; when it
+    /// was sealed at another TCB than the current one, also seal it again at the
+    /// current TCB.
+    pub fn unseal(
+        &mut self,
+        caller: Caller,
+        blob: &[u8],
+        attester: &mut dyn Attester,
+    ) -> Result<Unsealed, Error> {
+        let (header, data) = seal::open(attester, Purpose::Data, blob)?;
+        let rule = VmplSet::from_bits(header.vmpl_rule).ok_or(Error::SealedBlobInvalid)?;
+        if !rule.contains(caller.as_set()) {
+            return Err(Error::SealRuleDenied);
+        }
+        let current = attester
+            .sealing_tcb()
+            .map_err(|_| Error::SealingUnavailable)?;
+        let resealed = if current == header.tcb {
+            None
+        } else {
+            let params = BlobParams {
+                purpose: Purpose::Data,
+                rule,
+                generation: 0,
+                salt: self.salt()?,
+            };
+            Some(seal::seal_at(attester, current, params, &data)?)
+        };
+        Ok(Unsealed { data, resealed })
+    }
+
+    /// The persistent state's payload now.
+    fn state_payload(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let keys = self
+            .keys
+            .iter()
+            .filter(|k| k.info.persistent)
+            .map(|k| {
+                let mut attributes = k.info.to_wire();
+                attributes.exportable &= !KeyFlags::RESTORED.bits();
+                StateKey {
+                    attributes,
+                    gcm_invocations: k.gcm_invocations,
+                    material: k.material.to_bytes(),
+                }
+            })
+            .collect();
+        StatePayload {
+            next_id: self.next_id,
+            audit_count: self.audit.count(),
+            audit_chain: *self.audit.head(),
+            identity: self.identity.to_bytes(),
+            keys,
+        }
+        .encode()
+    }
+
+    /// `ExportState`: the persistent state (the identity key, every persistent key
+    /// with its attributes and GCM counter, the next key id, the audit chain head)
+    /// sealed at the current TCB, VMPL0-only, with its generation. The generation
+    /// grows by one when the state changed since the last export or import.
+    pub fn export_state(&mut self, attester: &mut dyn Attester) -> Result<(u64, Vec<u8>), Error> {
+        let generation = if self.persist.synced_at == Some(self.persist.changes) {
+            self.persist.generation
+        } else {
+            self.persist
+                .generation
+                .checked_add(1)
+                .ok_or(Error::CapacityExceeded)?
+        };
+        let payload = scrubbed(Depth::Signing, || self.state_payload())?;
+        let params = BlobParams {
+            purpose: Purpose::VaultState,
+            rule: VmplSet::VMPL0,
+            generation,
+            salt: self.salt()?,
+        };
+        let blob = seal::seal(attester, params, &payload)?;
+        self.persist.generation = generation;
+        self.persist.synced_at = Some(self.persist.changes);
+        self.persist.highest = self.persist.highest.max(generation);
+        Ok((generation, blob))
+    }
+
+    /// `ImportState`: restore a state blob into a vault that holds no key. Refused if
+    /// the blob does not open, or is older than a state already exported or imported
+    /// in this boot; nothing changes then. Restored keys keep their ids, attributes,
+    /// origin and GCM counters, and carry the restored mark; the vault identity key
+    /// becomes the stored one; a new GCM nonce base is drawn (see [`gcm_nonce`]).
+    pub fn import_state(
+        &mut self,
+        blob: &[u8],
+        attester: &mut dyn Attester,
+    ) -> Result<ImportedState, Error> {
+        if !self.keys.is_empty() {
+            return Err(Error::VaultNotEmpty);
+        }
+        let (header, payload) = seal::open(attester, Purpose::VaultState, blob)?;
+        let generation = header.generation.get();
+        if generation < self.persist.highest {
+            return Err(Error::StateRollback);
+        }
+        let current = attester
+            .sealing_tcb()
+            .map_err(|_| Error::SealingUnavailable)?;
+        let state = StatePayload::decode(&payload)?;
+        // Build everything before changing anything.
+        let (identity, mut keys) = scrubbed_around(Depth::KeyCreation, || {
+            let identity = Material::from_bytes(KeyType::EcdsaP384, &state.identity)?;
+            let mut keys = Vec::with_capacity(KEY_CAPACITY);
+            for k in &state.keys {
+                let a = &k.attributes;
+                let key_type =
+                    KeyType::from_raw(a.key_type.get()).ok_or(Error::SealedBlobInvalid)?;
+                let info = KeyInfo {
+                    id: a.key_id.get(),
+                    key_type,
+                    usage: KeyUsage::from_bits(a.usage.get()).ok_or(Error::SealedBlobInvalid)?,
+                    allowed: VmplSet::from_bits(a.allowed_vmpls).ok_or(Error::SealedBlobInvalid)?,
+                    exportable: a.exportable & KeyFlags::EXPORTABLE.bits() != 0,
+                    persistent: true,
+                    restored: true,
+                    origin: Origin::from_raw(a.origin).ok_or(Error::SealedBlobInvalid)?,
+                    label: Label::new(a.label())?,
+                };
+                let material = Material::from_bytes(key_type, &k.material)
+                    .map_err(|_| Error::SealedBlobInvalid)?;
+                keys.push(Key {
+                    info,
+                    material,
+                    gcm_invocations: k.gcm_invocations,
+                });
+            }
+            Ok::<_, Error>((identity, keys))
+        })?;
+        let mut identity_spki = Vec::new();
+        identity.public_key_der(&mut identity_spki)?;
+        let mut base = [0u8; 8];
+        self.fill_random(&mut base)?;
+        let count = u32::try_from(keys.len()).map_err(|_| Error::TooLarge)?;
+        // Commit.
+        self.identity = identity;
+        self.identity_spki = identity_spki;
+        self.keys.append(&mut keys);
+        self.next_id = self.next_id.max(state.next_id);
+        self.nonce_base = u64::from_be_bytes(base);
+        self.audit.resume(state.audit_count, state.audit_chain);
+        self.persist.changed();
+        self.persist.generation = generation;
+        self.persist.synced_at = Some(self.persist.changes);
+        self.persist.highest = self.persist.highest.max(generation);
+        let resealed = if current == header.tcb {
+            None
+        } else {
+            let payload = scrubbed(Depth::Signing, || self.state_payload())?;
+            let params = BlobParams {
+                purpose: Purpose::VaultState,
+                rule: VmplSet::VMPL0,
+                generation,
+                salt: self.salt()?,
+            };
+            seal::seal_at(attester, current, params, &payload).ok()
+        };
+        Ok(ImportedState {
+            generation,
+            keys: count,
+            resealed,
         })
     }
 
@@ -426,9 +710,14 @@ impl<P: Platform> Vault<P> {
             usage: spec.usage,
             allowed: spec.allowed,
             exportable: spec.exportable,
+            persistent: spec.persistent,
+            restored: false,
             origin,
             label: spec.label,
         };
+        if info.persistent {
+            self.persist.changed();
+        }
         self.keys.push(Key {
             info,
             material,
@@ -591,6 +880,9 @@ impl<P: Platform> Vault<P> {
             gcm_seal(cipher, &nonce, aad, plaintext, out)
         })?;
         key.gcm_invocations = invocation.checked_add(1).ok_or(Error::NonceLimitReached)?;
+        if key.info.persistent {
+            self.persist.changed();
+        }
         Ok(())
     }
 
@@ -685,7 +977,11 @@ impl<P: Platform> Vault<P> {
     /// `Delete`: remove a key; its material is zeroized as it is dropped.
     pub fn delete(&mut self, caller: Caller, key: u32) -> Result<(), Error> {
         let index = self.index(caller, key)?;
-        drop(self.keys.remove(index));
+        let removed = self.keys.remove(index);
+        if removed.info.persistent {
+            self.persist.changed();
+        }
+        drop(removed);
         Ok(())
     }
 
@@ -735,6 +1031,7 @@ impl<P: Platform> Vault<P> {
             policy_flags: U32::new(self.policy.flags().bits()),
             audit_count: U64::new(self.audit.count()),
             audit_chain: *self.audit.head(),
+            state_generation: U32::new(u32::try_from(self.persist.generation).unwrap_or(u32::MAX)),
             ..VhsmManifestHeader::default()
         };
         // Under 12 KiB with the 64-key capacity: the length always fits, and the

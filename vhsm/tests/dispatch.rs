@@ -203,14 +203,20 @@ fn policy_and_errors_map_to_statuses() {
         },
         Status::InvalidParameter,
     );
-    let bad_export = KeyTemplate { exportable: 2, ..t };
-    c.fails(
-        Request::Generate {
-            template: bad_export,
-            label: b"",
-        },
-        Status::InvalidParameter,
-    );
+    // Flags: bit 1 persistent may be asked for; bit 2 (restored) and unknown bits not.
+    for flags in [0b100, 0b1000, 0x80] {
+        let bad_export = KeyTemplate {
+            exportable: flags,
+            ..t
+        };
+        c.fails(
+            Request::Generate {
+                template: bad_export,
+                label: b"",
+            },
+            Status::InvalidParameter,
+        );
+    }
     c.fails(
         Request::Generate {
             template: t,

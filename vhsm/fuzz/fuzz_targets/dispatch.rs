@@ -8,7 +8,8 @@
 //! (bit 2), then each request is `u16 LE length || bytes`. Every key carries its
 //! type's full usage, ATTEST included, so AttestKey runs against a fake attester (a
 //! fixed report whose REPORT_DATA must be SHA-512 of the returned binding, and a
-//! certificate table). Checked for every request:
+//! certificate table), which also derives a fixed sealing key per TCB (Seal, Unseal,
+//! ExportState, ImportState). Checked for every request:
 //! - the dispatcher never panics, every response is a well-formed message within
 //!   `MAX_RESPONSE_SIZE`, an error response has an empty body, and a failed request
 //!   leaves every key's attributes unchanged;
@@ -54,6 +55,24 @@ impl Attester for FakeAttester {
             report,
             certificates,
         })
+    }
+
+    fn sealing_tcb(&mut self) -> Result<[u8; 8], AttestError> {
+        if self.fail {
+            return Err(AttestError::Failed);
+        }
+        Ok([9, 0, 0, 0, 0, 0, 23, 72])
+    }
+
+    /// A fixed key per TCB, so Seal, Unseal, ExportState and ImportState run their
+    /// whole paths (a blob the input carries opens only if it was made with it).
+    fn sealing_key(&mut self, tcb: [u8; 8]) -> Result<zeroize::Zeroizing<[u8; 32]>, AttestError> {
+        if self.fail {
+            return Err(AttestError::Failed);
+        }
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&Sha384::digest(tcb)[..32]);
+        Ok(key)
     }
 }
 

@@ -4,7 +4,8 @@
 //! - a request that decodes encodes back to exactly the input (one encoding per
 //!   request: nothing unreferenced, no second form);
 //! - a response that decodes is exactly its header and body; its typed bodies
-//!   (attributes, key list, audit entries, AttestKey evidence) account for every
+//!   (attributes, key list, audit entries, AttestKey evidence, the sealing
+//!   operations' bodies) account for every
 //!   body byte when they decode;
 //! - nothing panics.
 #![no_main]
@@ -43,6 +44,18 @@ fuzz_target!(|data: &[u8]| {
                 12 + e.binding.len() + e.report.len() + e.certificates.len(),
                 body
             );
+        }
+        if let Ok(blob) = response.sealed_blob() {
+            assert_eq!(4 + blob.len(), body);
+        }
+        if let Ok(u) = response.unsealed() {
+            assert_eq!(12 + u.data.len() + u.resealed.map_or(0, <[u8]>::len), body);
+        }
+        if let Ok((_, blob)) = response.exported_state() {
+            assert_eq!(12 + blob.len(), body);
+        }
+        if let Ok(i) = response.imported_state() {
+            assert_eq!(20 + i.resealed.map_or(0, <[u8]>::len), body);
         }
     }
 });
