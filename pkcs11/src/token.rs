@@ -328,7 +328,9 @@ fn secret_type(w: &Wanted) -> Result<KeyType, Rv> {
 
 /// The vault template: usage = what the type can do (except ATTEST), minus what the
 /// template turns off; an asked-for usage the type cannot have is refused.
-/// Non-exportable unless CKA_EXTRACTABLE is true.
+/// Non-exportable unless CKA_EXTRACTABLE is true. Persistent: every object is a token
+/// object (CKA_TOKEN true), so the vault seals it into its state and a restart that
+/// restores the state brings it back under the same CKA_ID (docs/sealing.md).
 fn vault_template(
     kt: KeyType,
     on: KeyUsage,
@@ -340,7 +342,7 @@ fn vault_template(
         return Err(CKR_TEMPLATE_INCONSISTENT);
     }
     let usage = allowed - off;
-    Ok(KeyTemplate::new(kt, usage, VmplSet::all(), extractable))
+    Ok(KeyTemplate::new(kt, usage, VmplSet::all(), extractable).persistent())
 }
 
 impl Token {
@@ -1261,6 +1263,7 @@ impl Token {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use nitride_protocol::vhsm::KeyFlags;
 
     fn b(v: bool) -> Vec<u8> {
         vec![u8::from(v)]
@@ -1281,7 +1284,11 @@ mod tests {
         let usage = KeyUsage::from_bits_truncate(t.usage.get());
         assert!(usage.contains(KeyUsage::ENCRYPT | KeyUsage::DECRYPT));
         assert!(!usage.contains(KeyUsage::WRAP) && !usage.contains(KeyUsage::ATTEST));
-        assert_eq!(t.exportable, 0, "non-exportable unless asked");
+        assert_eq!(
+            KeyFlags::from_bits(t.exportable),
+            Some(KeyFlags::PERSISTENT),
+            "non-exportable unless asked; persistent"
+        );
         // A usage the type cannot have, a clear key, a caller-chosen id: refused.
         let sign_aes = read_template(&[(CKA_SIGN, b(true))]).unwrap();
         assert_eq!(
