@@ -520,3 +520,96 @@ fn pkcs11_check(module: &str, sock: &Path, dir: &Path) {
     assert_eq!(summary["error"], 0);
     assert!(summary["passed"].as_u64().unwrap() >= 100, "{summary}");
 }
+
+/// Issue 16's "CKA_ID stable across reboots when the state is sealed and restored":
+/// a key pair made through the module, the vault's state exported, the VM stopped, a
+/// new VM with the state imported: `pkcs11-tool` finds the key under the same CKA_ID
+/// and label, and its signature verifies (openssl) with the public key read before
+/// the restart.
+#[test]
+fn a_key_made_through_pkcs11_keeps_its_id_across_a_restart() {
+    let so = module();
+    let m = so.to_str().unwrap();
+    let tool = |sock: &Path, args: &[&str]| {
+        let mut all = vec!["--module", m];
+        all.extend_from_slice(args);
+        run("pkcs11-tool", &all, &[("NITRIDE_SOCKET", sock)], "opensc")
+    };
+
+    // First boot: the key pair, its public key, the sealed state.
+    let (vm, client) = start_relay("pkcs11-restart-1", "");
+    drop(client);
+    let gen = ok(
+        &tool(
+            &vm.socket,
+            &[
+                "--keypairgen",
+                "--key-type",
+                "EC:secp384r1",
+                "--label",
+                "kept",
+            ],
+        ),
+        "P-384 keypairgen",
+    );
+    let id = printed_id(&gen);
+    let key = u32::from_str_radix(&id, 16).unwrap();
+    let mut c = VhsmClient::new(RelayClient::connect(&vm.socket).unwrap());
+    let spki = c.public_key(key).unwrap();
+    let (_, state) = c.export_state().unwrap();
+    drop(c);
+    drop(vm);
+
+    // Second boot: the state imported as `cargo xtask up --state` does.
+    let (vm, mut c) = start_relay("pkcs11-restart-2", "");
+    let restored = c.import_state(&state).unwrap();
+    assert!(restored.keys >= 1, "{restored:?}");
+    drop(c);
+    let listed = ok(&tool(&vm.socket, &["-O"]), "pkcs11-tool -O after restart");
+    let has = |want: &[&str]| {
+        listed
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == want)
+    };
+    assert!(has(&["ID:", &id]) && has(&["label:", "kept"]), "{listed}");
+    let dir = vm.dir.clone();
+    let f = |n: &str| dir.join(n).display().to_string();
+    std::fs::write(dir.join("msg"), b"signed after the restart").unwrap();
+    std::fs::write(dir.join("pub.der"), &spki).unwrap();
+    ok(
+        &tool(
+            &vm.socket,
+            &[
+                "--sign",
+                "-m",
+                "ECDSA-SHA384",
+                "--id",
+                &id,
+                "-i",
+                &f("msg"),
+                "-o",
+                &f("sig"),
+                "--signature-format",
+                "openssl",
+            ],
+        ),
+        "pkcs11-tool --sign after restart",
+    );
+    let v = run(
+        "openssl",
+        &[
+            "dgst",
+            "-sha384",
+            "-keyform",
+            "DER",
+            "-verify",
+            &f("pub.der"),
+            "-signature",
+            &f("sig"),
+            &f("msg"),
+        ],
+        &[],
+        "openssl",
+    );
+    assert!(ok(&v, "openssl dgst -verify").contains("Verified OK"));
+}
