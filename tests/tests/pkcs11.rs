@@ -469,18 +469,21 @@ fn direct_rate(sock: &Path, n: u32) -> f64 {
 /// `pkcs11-check` (PyPI, Python 3.12): where it is installed, its smoke suite must
 /// fail only where docs/pkcs11.md says (no RSA in the vault).
 fn pkcs11_check(module: &str, sock: &Path, dir: &Path) {
-    let found = std::env::var_os("PATH")
+    // The Python 3.12 installs of pyenv first, then PATH without pyenv's shims (a
+    // shim runs only under the globally selected Python version).
+    let found = std::env::var_os("HOME")
+        .map(|h| Path::new(&h).join(".pyenv").join("versions"))
+        .and_then(|v| std::fs::read_dir(v).ok())
         .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("3.12"))
+        .map(|e| e.path().join("bin"))
         .chain(
-            std::env::var_os("HOME")
-                .map(|h| Path::new(&h).join(".pyenv").join("versions"))
-                .and_then(|v| std::fs::read_dir(v).ok())
+            std::env::var_os("PATH")
                 .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("3.12"))
-                .map(|e| e.path().join("bin")),
+                .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .filter(|d| !d.ends_with(".pyenv/shims")),
         )
         .map(|d| d.join("pkcs11-check"))
         .find(|p| p.exists());
@@ -506,8 +509,15 @@ fn pkcs11_check(module: &str, sock: &Path, dir: &Path) {
         .filter_map(|l| l.strip_prefix("FAILED "))
         .filter_map(|l| l.split("testcases/").nth(1))
         .collect();
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+    let Ok(json) = std::fs::read(&results) else {
+        panic!(
+            "{} wrote no results ({}):\n{text}\n{}",
+            check.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let summary: serde_json::Value = serde_json::from_slice(&json).unwrap();
     let summary = &summary["summary"];
     eprintln!("pkcs11-check smoke: {summary}; failed: {failed:?}");
     assert_eq!(
