@@ -419,10 +419,11 @@ fn demo() -> Result<ExitCode, Error> {
     }
     all_ok &= vhsm_story(&images)?;
     all_ok &= sealing_story(&images)?;
+    all_ok &= pkcs11_story(&images)?;
     println!(
         "\n{}",
         if all_ok {
-            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified, a key survived a restart."
+            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified, a key survived a restart, a PKCS#11 client signed with a vHSM key."
         } else {
             "Demo found problems (see above)."
         }
@@ -1112,6 +1113,103 @@ fn sealing_story(images: &Images) -> Result<bool, Error> {
     ok &= ossl.status.success();
     let (unsealed, out) = nitride(&s, &["unseal", "--in", "disk.key.sealed"]);
     ok &= unsealed && out == std::fs::read(dir.join("disk.key"))?;
+    Ok(ok)
+}
+
+/// Part 7 of the demo: an unmodified PKCS#11 client (OpenSC's `pkcs11-tool`) makes a
+/// key in the vHSM and signs through `libnitride_pkcs11.so`; `openssl` verifies with
+/// the public key `nitride` exports. Skipped (not failed) where `pkcs11-tool` is not
+/// installed.
+fn pkcs11_story(images: &Images) -> Result<bool, Error> {
+    println!("\n== 7. PKCS#11: pkcs11-tool uses a vHSM key through libnitride_pkcs11.so\n");
+    if Command::new("pkcs11-tool").arg("--help").output().is_err() {
+        println!("  skipped: pkcs11-tool is not installed (Debian: opensc; .ci/run installs it)");
+        return Ok(true);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "--quiet", "--release", "-p", "nitride-pkcs11"])
+        .current_dir(repo_root())
+        .status()?;
+    if !built.success() {
+        println!("  building nitride-pkcs11 failed");
+        return Ok(false);
+    }
+    let module = repo_root()
+        .join("target")
+        .join("x86_64-unknown-linux-gnu")
+        .join("release")
+        .join("libnitride_pkcs11.so");
+    let dir = repo_root().join("target").join("demo-pkcs11");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::env::set_current_dir(&dir)?;
+    println!("  (in {})", dir.display());
+    let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir.join("vm"), "")?;
+    let s = vm.socket.clone();
+    std::fs::write(dir.join("release.tar"), b"a release to sign\n")?;
+    let m = module.display().to_string();
+    let tool = |args: &[&str]| -> Result<(bool, String), Error> {
+        println!(
+            "  $ pkcs11-tool --module libnitride_pkcs11.so {}",
+            args.join(" ")
+        );
+        let o = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(&m)
+            .args(args)
+            .env("NITRIDE_SOCKET", &s)
+            .output()?;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        for l in out
+            .lines()
+            .chain(String::from_utf8_lossy(&o.stderr).lines())
+        {
+            println!("    {l}");
+        }
+        Ok((o.status.success(), out))
+    };
+    let (mut ok, gen) = tool(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:secp384r1",
+        "--label",
+        "signer",
+    ])?;
+    let id = gen
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ID:"))
+        .map(|i| i.trim().to_owned())
+        .unwrap_or_default();
+    ok &= tool(&[
+        "--sign",
+        "-m",
+        "ECDSA-SHA384",
+        "--id",
+        &id,
+        "-i",
+        "release.tar",
+        "-o",
+        "release.sig",
+        "--signature-format",
+        "openssl",
+    ])?
+    .0;
+    let key = u32::from_str_radix(&id, 16).unwrap_or(0).to_string();
+    ok &= nitride(&s, &["key", "pubkey", &key, "--pem", "--out", "signer.pem"]).0;
+    let args = [
+        "dgst",
+        "-sha384",
+        "-verify",
+        "signer.pem",
+        "-signature",
+        "release.sig",
+        "release.tar",
+    ];
+    println!("  $ openssl {}", args.join(" "));
+    let ossl = Command::new("openssl").args(args).output()?;
+    println!("    {}", String::from_utf8_lossy(&ossl.stdout).trim());
+    ok &= ossl.status.success();
     Ok(ok)
 }
 
