@@ -12,7 +12,7 @@ mod arch;
 use nitride_rt as _;
 
 use arch::entropy::Sources;
-use arch::{cpu, fw_cfg, heap, image, paging, pvh, serial, svm::Emulated};
+use arch::{cpu, heap, image, paging, pvh, serial, svm::Emulated};
 use nitride_kernel::cmdline::Cmdline;
 use nitride_kernel::emulated_psp::{DevPspConfig, EmulatedPsp, EmulatedPspChannel, LaunchInfo};
 use nitride_kernel::guest_setup::Vmpcks;
@@ -26,6 +26,7 @@ use nitride_kernel::svsm::VhsmService;
 use nitride_protocol::emulated::{
     dev_psp, exit, BOOT_INFO_GPA, CAA_GPA, SECRETS_GPA, SVSM_BASE, SVSM_END,
 };
+use nitride_rt::fw_cfg;
 use nitride_vhsm::{PlatformError, Vault, VaultPolicy};
 use zeroize::Zeroizing;
 
