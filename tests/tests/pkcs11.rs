@@ -508,6 +508,8 @@ fn pkcs11_check(module: &str, sock: &Path, dir: &Path) {
         .lines()
         .filter_map(|l| l.strip_prefix("FAILED "))
         .filter_map(|l| l.split("testcases/").nth(1))
+        // pytest adds " - <message>" when the terminal is wide enough.
+        .map(|l| l.split(" - ").next().unwrap_or(l))
         .collect();
     let Ok(json) = std::fs::read(&results) else {
         panic!(
