@@ -1,12 +1,28 @@
 #!/usr/bin/env python3
 """Write seed corpora for the attestation fuzz targets (attest_manifest, key_binding,
-attest_relay) into <dir>/<target>/, valid inputs framed as each target expects
-(a selector byte first where the target has one). Usage: make_seeds.py fuzz/corpus"""
+attest_relay, report_data_forms) into <dir>/<target>/, valid inputs framed as each
+target expects (a selector byte first where the target has one). Public keys are
+real (Python `cryptography`), so the verifier's curve check passes on the seeds.
+Usage: make_seeds.py fuzz/corpus"""
 import hashlib
 import os
 import struct
 import sys
 import uuid
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+
+def spki(key):
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+P384_A = spki(ec.generate_private_key(ec.SECP384R1()))
+P384_B = spki(ec.generate_private_key(ec.SECP384R1()))
+ED = spki(ed25519.Ed25519PrivateKey.generate())
 
 def g(s):
     return uuid.UUID(s).bytes_le
@@ -20,6 +36,7 @@ ASK = g("4ab7b379-bbac-4fe4-a02f-05aef327c782")
 ARK = g("c0b406a4-a803-4952-9743-3fb6014cd0ae")
 
 def attrs(key_id, key_type=2, usage=0x8C, label=b"k"):
+    # usage 0x8C = SIGN | VERIFY | ATTEST; AES: 0x83 = ENCRYPT | DECRYPT | ATTEST
     # key_id u32, key_type u16, origin u8, vmpls u8, usage u32, exportable u8,
     # label_len u8, reserved u16, label[32]
     return struct.pack("<IHBBIBBH", key_id, key_type, 1, 0xF, usage, 0, len(label), 0) + label.ljust(32, b"\0")
@@ -41,7 +58,8 @@ def vhsm_manifest(identity, keys):
     return out
 
 def binding(nonce, spki, a):
-    return b"NITRIDE-KEYBIND1" + struct.pack("<II", len(nonce), len(spki)) + a + nonce + spki
+    assert len(nonce) == 64
+    return nonce + b"NITRIDE-KEYBIND2" + a + struct.pack("<II", len(spki), 0) + spki
 
 def cert_table(certs):
     head = 24 * (len(certs) + 1)
@@ -52,12 +70,15 @@ def cert_table(certs):
         body += c
     return out + bytes(24) + body
 
-man = vhsm_manifest(b"\x30\x76" + bytes(118), [(attrs(2), b"\x30\x59" + bytes(89)), (attrs(3, 1, 0x3), b"")])
-tbl = table([(VHSM, man), (VTPM, b"tpm")])
-bind = binding(b"nonce-0123456789", b"\x30\x59" + bytes(89), attrs(2))
+NONCE = bytes(range(64))
+man = vhsm_manifest(P384_A, [(attrs(2), P384_B), (attrs(3, 1, 0x83), b""), (attrs(5, 3), ED)])
+tbl = table([(VHSM, man)])
+tbl2 = table([(VHSM, man), (VTPM, b"tpm")])
+bind = binding(NONCE, P384_B, attrs(2))
 seeds = {
     "attest_manifest": {
         "table": b"\0" + tbl,
+        "table_two": b"\0" + tbl2,
         "empty_table": b"\0" + table([]),
         "manifest": b"\0" + man,
         "services_request": b"\0" + struct.pack("<QII", 0x1000, 0x4A0, 0) * 4,
@@ -66,9 +87,11 @@ seeds = {
     },
     "key_binding": {
         "binding": b"\0" + bind,
-        "binding_no_spki": b"\0" + binding(b"n", b"", attrs(3, 1, 0x3)),
-        "policy": b"\x01" + bytes([0x02, 16]) + b"nonce-0123456789" + bind,
-        "policy_no_nonce": b"\x01" + bytes([0x00, 0]) + bind,
+        "binding_no_spki": b"\0" + binding(NONCE, b"", attrs(3, 1, 0x83)),
+        "binding_ed25519": b"\0" + binding(NONCE, ED, attrs(5, 3)),
+        "policy": b"\x01" + bytes([0x02]) + NONCE + bind,
+        "policy_no_nonce": b"\x01" + bytes([0x00]) + NONCE + bind,
+        "request": b"\x03" + struct.pack("<HHIQII", 1, 16, 0, 7, 72, 0) + struct.pack("<II", 2, 64) + NONCE,
         "certs": b"\x02" + cert_table([(VCEK, b"vcek"), (ASK, b"ask"), (ARK, b"ark")]),
         "certs_vlek": b"\x02" + cert_table([(VLEK, b"vlek"), (ASK, b"asvk"), (ARK, b"ark")]),
     },
@@ -90,6 +113,18 @@ seeds["attest_relay"] = {
     "retry": relay_seed(3, (0x4A0, 16, 16), (0x8000_0005, 200, 300, 0x4A0),
                         relay_answer(0x8000_0005, len(tbl), 12, 0x4A0) + ok),
     "error": relay_seed(2, (4096, 4096, 4096), (0x8000_0000, 0, 0, 0), relay_answer(0x8000_0000, 0, 0, 0)),
+}
+
+seeds["report_data_forms"] = {
+    "services": NONCE + tbl,
+    "services_empty": NONCE + table([]),
+    "single": NONCE + man,
+    "binding": bind,
+    "binding_aes": binding(NONCE, b"", attrs(3, 1, 0x83)),
+    # The old forgery shapes: a longer "nonce" carrying a table head and a fake
+    # manifest in front of the real table; a v1 binding around a real table.
+    "long_nonce": NONCE + table([(VHSM, man), (VTPM, tbl)])[:24 + 48] + man + tbl,
+    "old_binding": b"NITRIDE-KEYBIND1" + struct.pack("<II", 0, len(P384_B) + len(tbl)) + attrs(2) + P384_B + tbl,
 }
 
 out = sys.argv[1]

@@ -14,7 +14,7 @@
 use core::mem::size_of;
 
 use nitride_protocol::attest::{
-    attest_call, GuestBuffer, ServicesRequest, SingleServiceRequest, MAX_NONCE_SIZE,
+    attest_call, GuestBuffer, Nonce, ServicesRequest, SingleServiceRequest, NONCE_SIZE,
 };
 use nitride_protocol::snp::Guid;
 use nitride_protocol::svsm::{self, ResultCode};
@@ -103,12 +103,12 @@ pub struct AttestSizes {
 /// Why an attestation call did not produce evidence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttestError {
-    /// The nonce is longer than the SVSM accepts or than the nonce buffer.
-    NonceTooLarge {
-        /// Nonce length.
+    /// The nonce buffer cannot hold the 64-byte nonce.
+    NonceBufferTooSmall {
+        /// Its size.
         len: usize,
-        /// Largest accepted.
-        max: usize,
+        /// Needed ([`NONCE_SIZE`]).
+        needed: usize,
     },
     /// The request buffer cannot hold the request structure.
     RequestBufferTooSmall {
@@ -143,8 +143,8 @@ pub enum AttestError {
 impl core::fmt::Display for AttestError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::NonceTooLarge { len, max } => {
-                write!(f, "nonce of {len} bytes exceeds the {max}-byte limit")
+            Self::NonceBufferTooSmall { len, needed } => {
+                write!(f, "nonce buffer of {len} bytes, the nonce needs {needed}")
             }
             Self::RequestBufferTooSmall { len, needed } => {
                 write!(f, "request buffer of {len} bytes, the request needs {needed}")
@@ -257,7 +257,7 @@ pub fn decode_result(
 pub struct AttestBuffers<'a> {
     /// Where the request structure is built (at least 0x58 bytes).
     pub request: GuestBuf<'a>,
-    /// Where the nonce is copied.
+    /// Where the nonce is copied (at least [`NONCE_SIZE`] bytes).
     pub nonce: GuestBuf<'a>,
     /// The report buffer (at least [`REPORT_SIZE`] bytes for success).
     pub report: GuestBuf<'a>,
@@ -282,23 +282,25 @@ pub struct Evidence {
     pub certificates_len: usize,
 }
 
-/// Attest `target` with `nonce`: build the request in `bufs.request`, copy the nonce,
-/// call protocol 1 and decode the result. On success the report, manifest and
-/// certificates are at the start of their buffers, with the returned lengths.
+/// Attest `target` with `nonce` (exactly 64 bytes, as the SVSM requires): build the
+/// request in `bufs.request`, copy the nonce, call protocol 1 and decode the result.
+/// On success the report, manifest and certificates are at the start of their
+/// buffers, with the returned lengths.
 pub fn attest<T: Transport>(
     svsm: &mut SvsmClient<T>,
     target: Target,
-    nonce: &[u8],
+    nonce: &Nonce,
     bufs: &mut AttestBuffers<'_>,
 ) -> Result<Evidence, AttestError> {
-    let max = bufs.nonce.bytes.len().min(MAX_NONCE_SIZE as usize);
-    if nonce.len() > max {
-        return Err(AttestError::NonceTooLarge {
-            len: nonce.len(),
-            max,
-        });
-    }
-    bufs.nonce.bytes[..nonce.len()].copy_from_slice(nonce);
+    let len = bufs.nonce.bytes.len();
+    bufs.nonce
+        .bytes
+        .get_mut(..NONCE_SIZE)
+        .ok_or(AttestError::NonceBufferTooSmall {
+            len,
+            needed: NONCE_SIZE,
+        })?
+        .copy_from_slice(nonce);
     let (cert_gpa, cert_len) = bufs
         .certificates
         .as_ref()
@@ -425,7 +427,8 @@ mod tests {
             guid: VHSM_SERVICE_GUID,
             manifest_version: 3,
         };
-        let ev = attest(&mut svsm, target, b"fresh nonce", &mut bufs).unwrap();
+        let fresh = [0x5Au8; 64];
+        let ev = attest(&mut svsm, target, &fresh, &mut bufs).unwrap();
         assert_eq!(
             ev,
             Evidence {
@@ -444,7 +447,7 @@ mod tests {
         );
         assert_eq!(
             (r.base.nonce.gpa.get(), r.base.nonce.size.get()),
-            (0x2000, 11)
+            (0x2000, 64)
         );
         assert_eq!(
             (r.base.manifest.gpa.get(), r.base.manifest.size.get()),
@@ -459,12 +462,12 @@ mod tests {
         );
         assert_eq!(r.service_guid, VHSM_SERVICE_GUID);
         assert_eq!(r.manifest_version.get(), 3);
-        assert_eq!(&bufs.nonce.bytes[..11], b"fresh nonce");
+        assert_eq!(bufs.nonce.bytes[..], fresh[..]);
 
         // No certificates: size 0, services request (0x40 bytes, call 0).
         bufs.certificates = None;
         svsm.transport().needed.certificates = 0;
-        attest(&mut svsm, Target::Services, &[], &mut bufs).unwrap();
+        attest(&mut svsm, Target::Services, &fresh, &mut bufs).unwrap();
         assert_eq!(svsm.transport().seen.unwrap().rax, 1 << 32);
         let r = ServicesRequest::read_from_bytes(&bufs.request.bytes[..0x40]).unwrap();
         assert_eq!(
@@ -475,13 +478,21 @@ mod tests {
         // A claim beyond the buffers is refused.
         svsm.transport().needed.manifest = 257;
         assert!(matches!(
-            attest(&mut svsm, Target::Services, &[], &mut bufs),
+            attest(&mut svsm, Target::Services, &fresh, &mut bufs),
             Err(AttestError::BadLengths { .. })
         ));
-        // Nonce larger than its buffer.
+        // A nonce buffer that cannot hold the nonce.
+        let mut small = [0u8; 63];
+        bufs.nonce = GuestBuf {
+            bytes: &mut small,
+            gpa: 0x2000,
+        };
         assert_eq!(
-            attest(&mut svsm, Target::Services, &[0; 65], &mut bufs),
-            Err(AttestError::NonceTooLarge { len: 65, max: 64 })
+            attest(&mut svsm, Target::Services, &fresh, &mut bufs),
+            Err(AttestError::NonceBufferTooSmall {
+                len: 63,
+                needed: 64
+            })
         );
     }
 

@@ -27,6 +27,7 @@ use crate::verify::Error as RejectError;
 
 mod attest;
 mod report;
+pub mod seal;
 pub mod values;
 mod vhsm;
 
@@ -246,6 +247,20 @@ pub enum Cmd {
     /// Read the vHSM's audit log
     #[command(after_help = vhsm::AUDIT_EXAMPLES)]
     Audit(vhsm::AuditArgs),
+    /// Seal data to this SVSM image on this chip (an opaque blob you store)
+    #[command(after_help = seal::SEAL_EXAMPLES)]
+    Seal(seal::SealArgs),
+    /// Open a blob made by `nitride seal`
+    #[command(after_help = seal::UNSEAL_EXAMPLES)]
+    Unseal(seal::UnsealArgs),
+    /// Save or restore the vault's persistent keys as one sealed blob
+    #[command(
+        subcommand,
+        subcommand_required = true,
+        arg_required_else_help = true,
+        after_help = seal::STATE_EXAMPLES
+    )]
+    State(seal::StateCmd),
     /// Fetch attestation evidence from the running firmware (SVSM attestation, AttestKey)
     #[command(
         subcommand,
@@ -327,6 +342,9 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Cmd::Derive(a) => vhsm::derive(&a, out),
         Cmd::Random(a) => vhsm::random(&a, out),
         Cmd::Audit(a) => vhsm::audit(&a, out),
+        Cmd::Seal(a) => seal::seal(&a, out),
+        Cmd::Unseal(a) => seal::unseal(&a, out),
+        Cmd::State(c) => seal::state(c, out),
         Cmd::Attest(c) => attest::run(c, out),
         Cmd::Report(c) => report::run(c, out),
         Cmd::Completions(a) => {
@@ -556,11 +574,15 @@ mod tests {
             ),
             (
                 &["attest", "services"],
-                format!("1 to {} bytes", attest::MAX_NONCE_SIZE),
+                format!("exactly {} bytes", attest::NONCE_SIZE),
             ),
             (
                 &["attest", "key"],
-                format!("1 to {} bytes", attest::MAX_KEY_BINDING_NONCE),
+                format!("exactly {} bytes", attest::NONCE_SIZE),
+            ),
+            (
+                &["report", "verify"],
+                format!("exactly {} bytes", attest::NONCE_SIZE),
             ),
         ] {
             let h = help(path);

@@ -290,7 +290,10 @@ impl RelayClient {
 pub struct AttestParams<'a> {
     /// All services or one.
     pub target: Target,
-    /// The caller's nonce (at most `attest::MAX_NONCE_SIZE` bytes for the SVSM to accept it).
+    /// The caller's nonce. The SVSM accepts exactly `attest::NONCE_SIZE` (64)
+    /// bytes, which [`AttestParams::new`] enforces; the relay carries any length up
+    /// to [`AttestParams::MAX_NONCE`] so that tests can set another and see it
+    /// refused.
     pub nonce: &'a [u8],
     /// Ask for the certificate table.
     pub want_certificates: bool,
@@ -304,7 +307,7 @@ pub struct AttestParams<'a> {
 
 impl<'a> AttestParams<'a> {
     /// `target` with `nonce`, certificates wanted, offering the relay's whole buffers.
-    pub fn new(target: Target, nonce: &'a [u8]) -> Self {
+    pub fn new(target: Target, nonce: &'a nitride_protocol::attest::Nonce) -> Self {
         Self {
             target,
             nonce,
@@ -315,7 +318,8 @@ impl<'a> AttestParams<'a> {
         }
     }
 
-    /// The largest nonce the relay carries in its buffer.
+    /// The longest nonce the relay carries in its buffer (the SVSM refuses every
+    /// length but 64).
     pub const MAX_NONCE: usize = ATTEST_NONCE_BUFFER_SIZE;
 }
 
@@ -439,7 +443,7 @@ mod tests {
             (inval, 100, 10, 0x4A0, Vec::new()),
             (0, 100, 10, 0x4A0, body),
         ]);
-        let mut p = AttestParams::new(Target::Services, b"nonce");
+        let mut p = AttestParams::new(Target::Services, &[0x4E; 64]);
         p.manifest_size = 16;
         p.cert_size = 4;
         let ev = c.attest(&p).unwrap();
@@ -457,7 +461,7 @@ mod tests {
         assert_eq!((m0, c0), (16, 4));
         assert_eq!((m1, c1), (100, 10));
         let (nonce_len, want) = (heads[1].nonce_len, heads[1].want_certificates);
-        assert_eq!((nonce_len, want), (5, 1));
+        assert_eq!((nonce_len, want), (64, 1));
     }
 
     #[test]
@@ -472,7 +476,7 @@ mod tests {
             // Success whose lengths do not match the payload.
             (0, 5, 0, 0x4A0, vec![0u8; 10]),
         ]);
-        let mut p = AttestParams::new(Target::Services, b"n");
+        let mut p = AttestParams::new(Target::Services, &[0x4E; 64]);
         p.manifest_size = 16;
         assert!(matches!(
             c.attest(&p),
@@ -488,7 +492,7 @@ mod tests {
             )))
         ));
         assert!(matches!(
-            c.attest(&AttestParams::new(Target::Services, b"n")),
+            c.attest(&AttestParams::new(Target::Services, &[0x4E; 64])),
             Err(RelayError::BadFrame(_))
         ));
         relay.join().unwrap();

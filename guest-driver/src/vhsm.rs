@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use nitride_protocol::svsm::{self, vhsm_call, ResultCode};
 use nitride_protocol::vhsm::{
-    AuditEntry, KeyAttributes, KeyTemplate, Op, Request, Response, Status, WireError,
+    AuditEntry, KeyAttributes, KeyTemplate, Op, Request, Response, Status, VmplSet, WireError,
     MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE,
 };
 
@@ -132,6 +132,8 @@ pub struct VhsmClient<T> {
     next_id: u64,
     /// Encoding buffer, allocated once.
     buf: Vec<u8>,
+    /// Whether the last response said the vault's persistent state changed.
+    state_changed: bool,
 }
 
 impl<T: VhsmTransport> VhsmClient<T> {
@@ -141,7 +143,14 @@ impl<T: VhsmTransport> VhsmClient<T> {
             transport,
             next_id: 1,
             buf: vec![0u8; MAX_REQUEST_SIZE],
+            state_changed: false,
         }
+    }
+
+    /// Whether the last response said the vault's persistent state changed (the
+    /// state blob the caller holds is stale: [`VhsmClient::export_state`]).
+    pub fn last_changed_state(&self) -> bool {
+        self.state_changed
     }
 
     /// The transport.
@@ -159,6 +168,7 @@ impl<T: VhsmTransport> VhsmClient<T> {
         if resp.header.request_id.get() != id || resp.header.op.get() != req.op().raw() {
             return Err(VhsmError::BadResponse("answers another request"));
         }
+        self.state_changed = resp.state_changed();
         match resp.status() {
             Some(Status::Ok) => Ok(resp.body.to_vec()),
             Some(s) => Err(VhsmError::Status(s)),
@@ -225,6 +235,29 @@ impl<T: VhsmTransport> VhsmClient<T> {
     /// Sign `message` (ECDSA P-384/SHA-384 DER, Ed25519, or HMAC-SHA-384).
     pub fn sign(&mut self, key: u32, message: &[u8]) -> Result<Vec<u8>, VhsmError> {
         self.call(&Request::Sign { key, message })
+    }
+
+    /// Sign a caller-computed `digest` with an ECDSA key: raw `r || s`.
+    pub fn sign_digest(&mut self, key: u32, digest: &[u8]) -> Result<Vec<u8>, VhsmError> {
+        self.call(&Request::SignDigest { key, digest })
+    }
+
+    /// Plain RFC 5869 HKDF-SHA-384 from `parent` into a new vault key.
+    pub fn hkdf_derive(
+        &mut self,
+        parent: u32,
+        template: KeyTemplate,
+        label: &[u8],
+        salt: &[u8],
+        info: &[u8],
+    ) -> Result<KeyAttributes, VhsmError> {
+        self.attributes_of(&Request::HkdfDerive {
+            parent,
+            template,
+            label,
+            salt,
+            info,
+        })
     }
 
     /// Verify `signature` over `message`.
@@ -308,8 +341,12 @@ impl<T: VhsmTransport> VhsmClient<T> {
     }
 
     /// AttestKey: a VMPL0 attestation report binding `key` (ATTEST usage), its
-    /// attributes and `nonce` (at most `attest::MAX_KEY_BINDING_NONCE` bytes).
-    pub fn attest_key(&mut self, key: u32, nonce: &[u8]) -> Result<AttestedKey, VhsmError> {
+    /// attributes and the 64-byte `nonce`.
+    pub fn attest_key(
+        &mut self,
+        key: u32,
+        nonce: &nitride_protocol::attest::Nonce,
+    ) -> Result<AttestedKey, VhsmError> {
         let body = self.call(&Request::AttestKey { key, nonce })?;
         let ev = body_response(&body)
             .attest_key()
@@ -321,6 +358,54 @@ impl<T: VhsmTransport> VhsmClient<T> {
         })
     }
 
+    /// Seal `data` for the VMPLs in `rule` (which must include the caller's): an
+    /// opaque blob only this SVSM image on this chip opens.
+    pub fn seal(&mut self, rule: VmplSet, data: &[u8]) -> Result<Vec<u8>, VhsmError> {
+        let body = self.call(&Request::Seal {
+            rule: u32::from(rule.bits()),
+            data,
+        })?;
+        body_response(&body)
+            .sealed_blob()
+            .map(<[u8]>::to_vec)
+            .map_err(|_| VhsmError::BadResponse("sealed blob"))
+    }
+
+    /// Open a blob from [`VhsmClient::seal`]; `resealed` is set when the blob was
+    /// sealed at an older TCB (store it instead).
+    pub fn unseal(&mut self, blob: &[u8]) -> Result<Unsealed, VhsmError> {
+        let body = self.call(&Request::Unseal { blob })?;
+        let u = body_response(&body)
+            .unsealed()
+            .map_err(|_| VhsmError::BadResponse("unsealed data"))?;
+        Ok(Unsealed {
+            data: u.data.to_vec(),
+            resealed: u.resealed.map(<[u8]>::to_vec),
+        })
+    }
+
+    /// The vault's persistent state as a sealed blob, with its generation.
+    pub fn export_state(&mut self) -> Result<(u64, Vec<u8>), VhsmError> {
+        let body = self.call(&Request::ExportState)?;
+        body_response(&body)
+            .exported_state()
+            .map(|(g, b)| (g, b.to_vec()))
+            .map_err(|_| VhsmError::BadResponse("state blob"))
+    }
+
+    /// Restore a state blob into the (empty) vault.
+    pub fn import_state(&mut self, blob: &[u8]) -> Result<ImportedState, VhsmError> {
+        let body = self.call(&Request::ImportState { blob })?;
+        let i = body_response(&body)
+            .imported_state()
+            .map_err(|_| VhsmError::BadResponse("import result"))?;
+        Ok(ImportedState {
+            generation: i.generation,
+            keys: i.keys,
+            resealed: i.resealed.map(<[u8]>::to_vec),
+        })
+    }
+
     /// Audit entries with sequence numbers from `from_seq` on.
     pub fn audit(&mut self, from_seq: u64) -> Result<Vec<AuditEntry>, VhsmError> {
         let body = self.call(&Request::ReadAudit { from_seq })?;
@@ -329,6 +414,35 @@ impl<T: VhsmTransport> VhsmClient<T> {
             .map_err(|_| VhsmError::BadResponse("audit entries"))?;
         Ok(entries.to_vec())
     }
+}
+
+/// What Unseal returned, owned.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Unsealed {
+    /// The data.
+    pub data: Vec<u8>,
+    /// The same data sealed at the current TCB, when the blob's TCB was older.
+    pub resealed: Option<Vec<u8>>,
+}
+
+impl core::fmt::Debug for Unsealed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Unsealed")
+            .field("data", &"[REDACTED]")
+            .field("resealed", &self.resealed.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// What ImportState returned, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedState {
+    /// The restored state's generation.
+    pub generation: u64,
+    /// Keys restored.
+    pub keys: u32,
+    /// The state sealed at the current TCB, when the blob's TCB was older.
+    pub resealed: Option<Vec<u8>>,
 }
 
 /// What AttestKey returned, owned.
@@ -385,10 +499,14 @@ mod tests {
         });
         assert_eq!(c.random(16), Ok(vec![7; 16]));
         c.transport().status = Status::AccessDenied;
+        // An error with a body is no response the vault writes.
+        assert!(matches!(c.sign(1, b"m"), Err(VhsmError::BadResponse(_))));
+        c.transport().body.clear();
         assert_eq!(
             c.sign(1, b"m"),
             Err(VhsmError::Status(Status::AccessDenied))
         );
+        c.transport().body = vec![7; 16];
         c.transport().status = Status::Ok;
         c.transport().tamper_id = true;
         assert_eq!(
@@ -409,13 +527,13 @@ mod tests {
             body.extend_from_slice(part);
         }
         c.transport().body = body;
-        let got = c.attest_key(3, b"nonce").unwrap();
+        let got = c.attest_key(3, &[9; 64]).unwrap();
         assert_eq!(got.binding, b"bind");
         assert_eq!(got.report, vec![7u8; 0x4A0]);
         assert!(got.certificates.is_empty());
         c.transport().body = vec![1, 0, 0];
         assert_eq!(
-            c.attest_key(3, b"nonce"),
+            c.attest_key(3, &[9; 64]),
             Err(VhsmError::BadResponse("attest-key evidence"))
         );
     }

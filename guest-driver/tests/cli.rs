@@ -127,9 +127,23 @@ fn verify_rejections_exit_non_zero_with_the_check() {
     assert!(stderr(&o).contains("policy report_data"), "{}", stderr(&o));
     let manifest = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(manifest.path(), b"manifest").unwrap();
+    let nonce = "11".repeat(64);
+    // A nonce of any other length than 64 bytes is a usage error that says so.
     let o = run(&[
         "--nonce",
         "0011",
+        "--manifest",
+        &manifest.path().to_string_lossy(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("the nonce is 2 bytes; it must be exactly 64 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "--nonce",
+        &nonce,
         "--manifest",
         &manifest.path().to_string_lossy(),
         "--json",
@@ -141,7 +155,7 @@ fn verify_rejections_exit_non_zero_with_the_check() {
     assert_eq!(got["check"], "policy_vmpl", "{got}");
     let o = run(&[
         "--nonce",
-        "0011",
+        &nonce,
         "--manifest",
         &manifest.path().to_string_lossy(),
         "--expect-vmpl",
@@ -150,7 +164,8 @@ fn verify_rejections_exit_non_zero_with_the_check() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(got["check"], "policy_report_data");
+    // Not a manifest the SVSM writes: refused before any hash is compared.
+    assert_eq!(got["check"], "policy_manifest", "{got}");
     // The same for a key binding; a binding that does not parse is named as such.
     let o = run(&[
         "--key-binding",
@@ -342,4 +357,97 @@ fn verify_from_certificate_table_and_attest_dir() {
     std::fs::write(d.join("vcek.der"), &v.ek).unwrap();
     let o = nitride(&["report", "verify", "-d", &ds]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Issue 10 item 4 on the real vectors: every verdict (valid or rejected, text or
+/// JSON) shows the guest policy bits; --require-smt-off, --require-single-socket and
+/// --min-tcb refuse what they should; a refused --roots directory still gives a
+/// JSON verdict.
+#[test]
+fn verify_policy_bits_and_options() {
+    for v in common::all() {
+        let report = path(&v, "report.bin");
+        let ek = v.ek_path.to_string_lossy().into_owned();
+        let run = |extra: &[&str]| {
+            let o = nitride(
+                &[
+                    &["report", "verify", report.as_str(), "--vcek", ek.as_str()][..],
+                    &["--allow-debug", "--json"],
+                    extra,
+                ]
+                .concat(),
+            );
+            let verdict: serde_json::Value = serde_json::from_slice(&o.stdout)
+                .unwrap_or_else(|e| panic!("{}: {e}: {}", v.name, stderr(&o)));
+            (o.status.code(), verdict)
+        };
+        let (code, ok) = run(&[]);
+        assert_eq!(code, Some(0), "{}: {ok}", v.name);
+        let policy = &ok["guest_policy"];
+        assert_eq!(policy["value"], v.expected["policy"], "{}", v.name);
+        assert_eq!(policy["smt_allowed"], true, "{}", v.name);
+        assert_eq!(policy["reserved_bit_17_set"], true, "{}", v.name);
+        assert_eq!(policy["migrate_ma"], false, "{}", v.name);
+        assert_eq!(policy["single_socket"], false, "{}", v.name);
+        // Every vector's guest policy allows SMT: refused when SMT must be off.
+        let (code, r) = run(&["--require-smt-off"]);
+        assert_eq!(code, Some(1), "{}", v.name);
+        assert_eq!(r["check"], "policy_smt", "{r}");
+        assert_eq!(r["guest_policy"], *policy, "rejections show the bits too");
+        let (code, r) = run(&["--require-single-socket"]);
+        assert_eq!(
+            (code, &r["check"]),
+            (Some(1), &"policy_single_socket".into())
+        );
+        // Its own REPORTED_TCB passes as the minimum; one microcode SPL more fails.
+        let t = &v.expected["reported_tcb"];
+        let mut spec = format!(
+            "bootloader={},tee={},snp={},microcode={}",
+            t["bootloader"], t["tee"], t["snp"], t["microcode"]
+        );
+        if let Some(fmc) = t.get("fmc") {
+            spec.push_str(&format!(",fmc={fmc}"));
+        }
+        let (code, r) = run(&["--min-tcb", &spec]);
+        assert_eq!(code, Some(0), "{}: {spec}: {r}", v.name);
+        let more = format!("microcode={}", t["microcode"].as_u64().unwrap() + 1);
+        let (code, r) = run(&["--min-tcb", &more]);
+        assert_eq!(code, Some(1), "{}", v.name);
+        assert_eq!(r["check"], "policy_tcb", "{r}");
+        assert!(r["error"].as_str().unwrap().contains("microcode"), "{r}");
+    }
+    // The text verdict shows them as well.
+    let v = common::load("genoa-v3-routex");
+    let o = nitride(&[
+        "report",
+        "verify",
+        &path(&v, "report.bin"),
+        "--vcek",
+        &v.ek_path.to_string_lossy(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        text.contains("guest_policy:") && text.contains("  migrate_ma: false"),
+        "{text}"
+    );
+
+    // A --roots directory without roots: a rejected verdict, in JSON, naming it.
+    let empty = tempfile::tempdir().unwrap();
+    let o = nitride(&[
+        "report",
+        "verify",
+        &path(&v, "report.bin"),
+        "--vcek",
+        &v.ek_path.to_string_lossy(),
+        "--roots",
+        &empty.path().to_string_lossy(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["verdict"], "rejected", "{r}");
+    assert_eq!(r["check"], "roots", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("--roots"), "{r}");
+    assert_eq!(r["guest_policy"]["value"], v.expected["policy"], "{r}");
 }

@@ -13,6 +13,9 @@ use std::process::{Command, Output, Stdio};
 
 use nitride_protocol::vhsm::{MAX_DATA_LEN, MAX_LABEL_LEN, MAX_RANDOM_LEN};
 
+/// A nonce of the one size accepted (64 bytes).
+static NONCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "4e".repeat(64));
+
 /// Run `nitride ARGS` with a fixed terminal width, no colour and no socket from the
 /// environment, so that its output does not depend on who runs the test.
 fn nitride(args: &[&str]) -> Output {
@@ -289,14 +292,58 @@ fn bad_values_are_refused_at_parse_time_naming_the_limit() {
         "00",
     ]);
     assert!(e.contains("expected exactly 48"), "{e}");
-    let nonce = "00".repeat(4097);
-    let e = usage_error(&["attest", "services", "--nonce", &nonce, "-o", "x"]);
-    assert!(e.contains("1 to 4096 bytes"), "{e}");
+    // Nonces are exactly 64 bytes, for both attest commands and report verify.
+    for len in [1, 32, 63, 65, 4097] {
+        let nonce = "00".repeat(len);
+        for args in [
+            &["attest", "services", "--nonce", &nonce, "-o", "x"][..],
+            &["attest", "key", "1", "--nonce", &nonce, "-o", "x"][..],
+            &[
+                "report",
+                "verify",
+                "r",
+                "--vcek",
+                "v",
+                "--manifest",
+                "m",
+                "--nonce",
+                &nonce,
+            ][..],
+        ] {
+            let e = usage_error(args);
+            assert!(
+                e.contains(&format!(
+                    "the nonce is {len} bytes; it must be exactly 64 bytes"
+                )),
+                "{e}"
+            );
+        }
+    }
+    let e = usage_error(&[
+        "report",
+        "verify",
+        "r",
+        "--vcek",
+        "v",
+        "--min-tcb",
+        "ucode=3",
+    ]);
+    assert!(e.contains("not a TCB component"), "{e}");
+    let e = usage_error(&[
+        "report",
+        "verify",
+        "r",
+        "--vcek",
+        "v",
+        "--min-tcb",
+        "snp=300",
+    ]);
+    assert!(e.contains("0 to 255"), "{e}");
     let e = usage_error(&[
         "attest",
         "services",
         "--nonce",
-        "00",
+        &NONCE,
         "--service",
         "nope",
         "-o",
@@ -348,7 +395,7 @@ fn conflicting_options_are_refused() {
         "--key-binding",
         "b",
         "--nonce",
-        "00",
+        &NONCE,
     ]);
     assert!(e.contains("cannot be used with"), "{e}");
     let rd = "00".repeat(64);
@@ -361,7 +408,7 @@ fn conflicting_options_are_refused() {
         "--report-data",
         &rd,
         "--nonce",
-        "00",
+        &NONCE,
     ]);
     assert!(e.contains("cannot be used with"), "{e}");
     let j = json_usage_error(&["random", "4", "--hex"]);
@@ -370,7 +417,7 @@ fn conflicting_options_are_refused() {
         "attest",
         "services",
         "--nonce",
-        "00",
+        &NONCE,
         "--manifest-version",
         "1",
         "-o",

@@ -4,216 +4,44 @@
 //! CLI says why. Key bindings and the VMPL 0 default are checked on the same report.
 #![allow(clippy::unwrap_used)]
 
+mod devchain;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
-use nitride_guest_driver::verify::{verify, RootUsed, TrustAnchors, VerifyError};
+use devchain::{make_chain, p384_key, signed_report, signed_report_with_policy};
+use nitride_guest_driver::verify::{
+    verify, AppraisalPolicy, PolicyError, RootUsed, TrustAnchors, VerifyError,
+};
 use nitride_protocol::attest::KeyBinding;
-use nitride_protocol::snp::{AttestationReport, Generation};
-use nitride_protocol::vhsm::KeyAttributes;
+use nitride_protocol::snp::Generation;
+use nitride_protocol::vhsm::{KeyAttributes, KeyType, KeyUsage, Origin, VmplSet};
 use sha2::{Digest, Sha512};
-use zerocopy::byteorder::little_endian::{U32, U64};
-use zerocopy::{FromZeros, IntoBytes};
+use zerocopy::byteorder::little_endian::{U16, U32};
 
-const CHIP_ID: [u8; 64] = [0x5A; 64];
-// bootloader, tee, snp, microcode
-const TCB: (u8, u8, u8, u8) = (9, 0, 23, 72);
+/// The nonce of these tests.
+const NONCE: [u8; 64] = [0x74; 64];
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is required (apt-get install openssl): {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-const PSS: [&str; 7] = [
-    "-sha384",
-    "-sigopt",
-    "rsa_padding_mode:pss",
-    "-sigopt",
-    "rsa_pss_saltlen:48",
-    "-sigopt",
-    "rsa_mgf1_md:sha384",
-];
-
-/// ark.pem, ask.pem, vcek.pem, vcek.der and vcek.key in `dir`.
-fn make_chain(dir: &Path) {
-    let hwid: Vec<String> = CHIP_ID.iter().map(|b| format!("{b:02X}")).collect();
-    let cnf = format!(
-        "[v3_ca]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign\n\
-         [v3_vcek]\n\
-         1.3.6.1.4.1.3704.1.1 = ASN1:INTEGER:0\n\
-         1.3.6.1.4.1.3704.1.2 = ASN1:IA5STRING:Genoa\n\
-         1.3.6.1.4.1.3704.1.3.1 = ASN1:INTEGER:{}\n\
-         1.3.6.1.4.1.3704.1.3.2 = ASN1:INTEGER:{}\n\
-         1.3.6.1.4.1.3704.1.3.3 = ASN1:INTEGER:{}\n\
-         1.3.6.1.4.1.3704.1.3.8 = ASN1:INTEGER:{}\n\
-         1.3.6.1.4.1.3704.1.4 = DER:{}\n\
-         [req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = unused\n",
-        TCB.0,
-        TCB.1,
-        TCB.2,
-        TCB.3,
-        hwid.join(":")
-    );
-    std::fs::write(dir.join("openssl.cnf"), cnf).unwrap();
-    for (key, alg, opt) in [
-        ("ark.key", "RSA", "rsa_keygen_bits:2048"),
-        ("ask.key", "RSA", "rsa_keygen_bits:2048"),
-        ("vcek.key", "EC", "ec_paramgen_curve:P-384"),
-    ] {
-        openssl(
-            dir,
-            &["genpkey", "-algorithm", alg, "-pkeyopt", opt, "-out", key],
-        );
-    }
-    let subj = |cn: &str| format!("/O=Nitride development, NOT AMD/CN=Nitride DEVELOPMENT {cn}");
-    let ark_subj = subj("ARK-Genoa");
-    let mut args = vec![
-        "req",
-        "-x509",
-        "-new",
-        "-config",
-        "openssl.cnf",
-        "-extensions",
-        "v3_ca",
-        "-key",
-        "ark.key",
-        "-subj",
-        &ark_subj,
-        "-days",
-        "30",
-        "-out",
-        "ark.pem",
-    ];
-    args.extend(PSS);
-    openssl(dir, &args);
-    for (key, cn, issuer, issuer_key, section, out) in [
-        (
-            "ask.key",
-            "SEV-Genoa",
-            "ark.pem",
-            "ark.key",
-            "v3_ca",
-            "ask.pem",
-        ),
-        (
-            "vcek.key", "SEV-VCEK", "ask.pem", "ask.key", "v3_vcek", "vcek.pem",
-        ),
-    ] {
-        let s = subj(cn);
-        openssl(
-            dir,
-            &[
-                "req",
-                "-new",
-                "-config",
-                "openssl.cnf",
-                "-key",
-                key,
-                "-subj",
-                &s,
-                "-out",
-                "req.csr",
-            ],
-        );
-        let mut args = vec![
-            "x509",
-            "-req",
-            "-in",
-            "req.csr",
-            "-CA",
-            issuer,
-            "-CAkey",
-            issuer_key,
-            "-set_serial",
-            "0",
-            "-days",
-            "30",
-            "-extfile",
-            "openssl.cnf",
-            "-extensions",
-            section,
-            "-out",
-            out,
-        ];
-        args.extend(PSS);
-        openssl(dir, &args);
-    }
-    for (pem, der) in [
-        ("vcek.pem", "vcek.der"),
-        ("ask.pem", "ask.der"),
-        ("ark.pem", "ark.der"),
-    ] {
-        openssl(dir, &["x509", "-in", pem, "-outform", "DER", "-out", der]);
-    }
-}
-
-/// Read one DER INTEGER at the front of `b`: (value without leading zeros, rest).
-fn der_int(b: &[u8]) -> (&[u8], &[u8]) {
-    assert_eq!(b[0], 0x02);
-    let len = b[1] as usize;
-    let (v, rest) = b[2..].split_at(len);
-    let v = if v[0] == 0 { &v[1..] } else { v };
-    (v, rest)
-}
-
-/// A version-2 report at `vmpl` binding `report_data`, signed with `dir/vcek.key`.
-fn signed_report(dir: &Path, vmpl: u32, report_data: [u8; 64]) -> Vec<u8> {
-    let mut r = AttestationReport::new_zeroed();
-    r.version = U32::new(2);
-    r.policy = U64::new(0x3_0000);
-    r.vmpl = U32::new(vmpl);
-    r.signature_algo = U32::new(1);
-    r.report_data = report_data;
-    r.measurement = [0x11; 48];
-    r.chip_id = CHIP_ID;
-    let tcb = u64::from(TCB.0)
-        | (u64::from(TCB.1) << 8)
-        | (u64::from(TCB.2) << 48)
-        | (u64::from(TCB.3) << 56);
-    r.reported_tcb = U64::new(tcb);
-    r.current_tcb = U64::new(tcb);
-    std::fs::write(dir.join("signed.bin"), r.signed_bytes()).unwrap();
-    openssl(
-        dir,
-        &[
-            "dgst",
-            "-sha384",
-            "-sign",
-            "vcek.key",
-            "-out",
-            "sig.der",
-            "signed.bin",
-        ],
-    );
-    let sig = std::fs::read(dir.join("sig.der")).unwrap();
-    assert_eq!(sig[0], 0x30);
-    let (rv, rest) = der_int(&sig[2..]);
-    let (sv, _) = der_int(rest);
-    for (dst, v) in [(&mut r.signature.r, rv), (&mut r.signature.s, sv)] {
-        for (i, b) in v.iter().rev().enumerate() {
-            dst[i] = *b;
-        }
-    }
-    r.as_bytes().to_vec()
-}
-
-fn binding(nonce: &[u8]) -> Vec<u8> {
+/// A key binding of a P-384 key (its SPKI made by OpenSSL) with `nonce`.
+fn binding(dir: &Path, nonce: &[u8; 64]) -> Vec<u8> {
+    let spki = p384_key(dir, "bound.key");
+    let mut label = [0u8; 32];
+    label[..5].copy_from_slice(b"bound");
     let attributes = KeyAttributes {
         key_id: U32::new(7),
-        ..Default::default()
+        key_type: U16::new(KeyType::EcdsaP384.raw()),
+        origin: Origin::Generated.raw(),
+        allowed_vmpls: VmplSet::all().bits(),
+        usage: U32::new((KeyUsage::SIGN | KeyUsage::ATTEST).bits()),
+        exportable: 0,
+        label_len: 5,
+        reserved: U16::new(0),
+        label,
     };
     let b = KeyBinding {
         attributes,
         nonce,
-        spki: b"not really an spki",
+        spki: &spki,
     };
     let mut out = vec![0u8; b.encoded_len()];
     b.write(&mut out).unwrap();
@@ -237,7 +65,7 @@ fn development_root_only_when_trusted_explicitly() {
     let chain = tmp.path().join("chain");
     std::fs::create_dir(&chain).unwrap();
     make_chain(&chain);
-    let bind = binding(b"the nonce");
+    let bind = binding(&chain, &NONCE);
     let report = signed_report(&chain, 0, Sha512::digest(&bind).into());
     let vcek = std::fs::read(chain.join("vcek.der")).unwrap();
 
@@ -311,7 +139,7 @@ fn development_root_only_when_trusted_explicitly() {
         "--key-binding",
         &kb,
         "--nonce",
-        &hex::encode(b"the nonce"),
+        &hex::encode(NONCE),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
@@ -330,7 +158,7 @@ fn development_root_only_when_trusted_explicitly() {
         "--key-binding",
         &kb,
         "--nonce",
-        "00",
+        &"00".repeat(64),
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
@@ -338,8 +166,10 @@ fn development_root_only_when_trusted_explicitly() {
         "{}",
         stderr(&o)
     );
+    // Another label (byte 96: the first of the attributes' label), still a binding
+    // the vault could write.
     let mut altered = bind.clone();
-    *altered.last_mut().unwrap() ^= 1;
+    altered[96] ^= 1;
     std::fs::write(ev.join("altered.bin"), &altered).unwrap();
     let o = nitride(&[
         "report",
@@ -376,5 +206,91 @@ fn development_root_only_when_trusted_explicitly() {
         stderr(&o).contains("VMPL 1, expected VMPL 0"),
         "{}",
         stderr(&o)
+    );
+}
+
+/// The guest policy bits a signed report carries: MIGRATE_MA (bit 18) is refused
+/// unless allowed, a clear must-be-one bit 17 is refused always, by the library and
+/// by `nitride report verify` (whose verdict shows the bits).
+#[test]
+fn migrate_ma_and_the_must_be_one_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chain = tmp.path().join("chain");
+    std::fs::create_dir(&chain).unwrap();
+    make_chain(&chain);
+    let mut anchors = TrustAnchors::empty();
+    anchors.add_dev_root_dir(&chain).unwrap();
+    let vcek = std::fs::read(chain.join("vcek.der")).unwrap();
+    let cases = [
+        (0x3_0000u64, None),
+        (0x7_0000, Some("policy_migrate_ma")),
+        (0x1_0000, Some("policy_reserved_bit")),
+    ];
+    for (policy, refused) in cases {
+        let report = signed_report_with_policy(&chain, 0, [0x11; 64], policy);
+        let v = verify(&anchors, &report, &vcek).unwrap();
+        let got = AppraisalPolicy::new()
+            .appraise(&v)
+            .map(|a| a.guest_policy.0);
+        match refused {
+            None => assert_eq!(got, Ok(policy)),
+            Some(check) => assert_eq!(got.unwrap_err().check(), check, "{policy:#x}"),
+        }
+        let dir = tmp.path().join(format!("ev-{policy:x}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("report.bin"), &report).unwrap();
+        std::fs::write(dir.join("vcek.der"), &vcek).unwrap();
+        let (d, c) = (dir.to_string_lossy(), chain.to_string_lossy());
+        let args = [
+            "report",
+            "verify",
+            "-d",
+            &d,
+            "--trust-dev-root",
+            &c,
+            "--json",
+        ];
+        let o = nitride(&args);
+        let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            verdict["guest_policy"]["value"],
+            format!("{policy:#x}"),
+            "{verdict}"
+        );
+        match refused {
+            None => assert!(o.status.success(), "{verdict}"),
+            Some(check) => {
+                assert_eq!(o.status.code(), Some(1), "{verdict}");
+                assert_eq!(verdict["check"], check, "{verdict}");
+            }
+        }
+    }
+    // MIGRATE_MA allowed explicitly.
+    let report = signed_report_with_policy(&chain, 0, [0x11; 64], 0x7_0000);
+    let v = verify(&anchors, &report, &vcek).unwrap();
+    assert!(AppraisalPolicy::new()
+        .allow_migrate_ma(true)
+        .appraise(&v)
+        .is_ok());
+    assert_eq!(
+        AppraisalPolicy::new().appraise(&v).map(|_| ()),
+        Err(PolicyError::MigrateMa { policy: 0x7_0000 })
+    );
+    let dir = tmp.path().join("ev-70000");
+    let (d, c) = (dir.to_string_lossy(), chain.to_string_lossy());
+    let o = nitride(&[
+        "report",
+        "verify",
+        "-d",
+        &d,
+        "--trust-dev-root",
+        &c,
+        "--allow-migrate-ma",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("migrate_ma: true"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
     );
 }

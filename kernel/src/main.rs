@@ -14,7 +14,7 @@ use nitride_rt as _;
 use arch::entropy::Sources;
 use arch::{cpu, heap};
 #[cfg(not(feature = "snp"))]
-use arch::{fw_cfg, image, paging, pvh, serial, svm::Emulated};
+use arch::{image, paging, pvh, serial, svm::Emulated};
 #[cfg(not(feature = "snp"))]
 use nitride_kernel::cmdline::Cmdline;
 #[cfg(not(feature = "snp"))]
@@ -40,6 +40,8 @@ use nitride_kernel::svsm::VhsmService;
 use nitride_protocol::emulated::{
     dev_psp, exit, BOOT_INFO_GPA, CAA_GPA, SECRETS_GPA, SVSM_BASE, SVSM_END,
 };
+#[cfg(not(feature = "snp"))]
+use nitride_rt::fw_cfg;
 use nitride_vhsm::{PlatformError, Vault, VaultPolicy};
 #[cfg(not(feature = "snp"))]
 use zeroize::Zeroizing;
@@ -302,6 +304,8 @@ fn attach_emulated_psp(platform: &mut Emulated, setup: PspSetup, measurement: [u
         report_id,
     };
     let certs = config.cert_table().len();
+    // Genoa layout: bootloader, TEE, 4 reserved, SNP, microcode.
+    let tcb = config.tcb_version().to_le_bytes();
     let psp = EmulatedPsp::new(config, launch, vmpcks).with_clock(cpu::tsc);
     platform.attach_psp(PspClient::new(EmulatedPspChannel::new(psp), vmpck0, 0));
     let chip = &dev_psp::CHIP_ID;
@@ -311,10 +315,10 @@ fn attach_emulated_psp(platform: &mut Emulated, setup: PspSetup, measurement: [u
         measure::hex(&measurement),
         core::str::from_utf8(&chip[..name_len]).unwrap_or("?"),
         dev_psp::PRODUCT_NAME,
-        dev_psp::TCB_BOOTLOADER,
-        dev_psp::TCB_TEE,
-        dev_psp::TCB_SNP,
-        dev_psp::TCB_MICROCODE,
+        tcb[0],
+        tcb[1],
+        tcb[6],
+        tcb[7],
     );
 }
 
@@ -373,8 +377,11 @@ fn make_vault(policy: VaultPolicy) -> Option<FirmwareVault> {
     }
     match Vault::new(CpuEntropy(sources), policy) {
         Ok(vault) => {
+            // The policy comes from the command line, which the launch measurement
+            // does not cover; the vHSM manifest reports it (policy flags), so
+            // attestation evidence shows it.
             log::info!(
-                "vHSM ready: protocol {:#x} v{}, entropy {}, plaintext import {}",
+                "vHSM ready: protocol {:#x} v{}, entropy {}, plaintext import {} (manifest policy flags {:#x})",
                 nitride_protocol::svsm::protocol::VHSM,
                 nitride_protocol::svsm::VHSM_PROTOCOL_VERSION,
                 sources.describe(),
@@ -382,7 +389,8 @@ fn make_vault(policy: VaultPolicy) -> Option<FirmwareVault> {
                     "allowed"
                 } else {
                     "refused"
-                }
+                },
+                policy.flags().bits()
             );
             Some(FirmwareVault { vault, served: 0 })
         }

@@ -10,8 +10,12 @@ pub mod emulated;
 pub mod snp;
 
 use crate::memory::{GuestMemoryMap, GuestRange};
+use nitride_protocol::snp::msg::KeyReq;
+use nitride_protocol::snp::report::AttestationReport;
 use nitride_protocol::svsm::CallRegs;
 pub use nitride_vhsm::{AttestError, Evidence};
+use zerocopy::FromBytes;
+use zeroize::Zeroizing;
 
 /// What kind of access a guest made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,5 +247,20 @@ pub trait Platform {
     fn delete_vcpu(&mut self, vmsa: u64) -> Result<(), VcpuError> {
         let _ = vmsa;
         Err(VcpuError::Unsupported)
+    }
+    /// MSG_KEY_REQ on VMPCK0: the key the PSP derives for `request`. A non-zero
+    /// status, and an all-zero key (one platform answers so, with status 0, for a
+    /// TCB above its committed one), are errors. The default: no PSP.
+    fn derived_key(&mut self, request: &KeyReq) -> Result<Zeroizing<[u8; 32]>, AttestError> {
+        let _ = request;
+        Err(AttestError::Unavailable)
+    }
+    /// The chip's committed TCB_VERSION (raw 8 bytes): the highest TCB a KEY_REQ may
+    /// name. The default reads it from an attestation report.
+    fn committed_tcb(&mut self) -> Result<[u8; 8], AttestError> {
+        let evidence = self.attestation_report(&[0; 64], false)?;
+        let (report, _) = AttestationReport::ref_from_prefix(&evidence.report)
+            .map_err(|_| AttestError::Failed)?;
+        Ok(report.committed_tcb.get().to_le_bytes())
     }
 }

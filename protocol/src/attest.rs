@@ -3,18 +3,25 @@
 //!
 //! - [`ServicesRequest`] / [`SingleServiceRequest`]: the request structures of
 //!   ATTEST_SERVICES and ATTEST_SINGLE_SERVICE, byte for byte as Linux's configfs-tsm
-//!   SVSM path writes them (`struct svsm_attest_call`).
+//!   SVSM path writes them (`struct svsm_attest_call`). The nonce is exactly
+//!   [`NONCE_SIZE`] (64) bytes.
 //! - The services manifest: a GUID table (header GUID [`MANIFEST_TABLE_GUID`], total
-//!   length, entry count; 24-byte entries; then the data). [`ManifestTable`] reads
-//!   one; [`manifest_table_len`] / [`write_manifest_table`] build one.
+//!   length, entry count; 24-byte entries; then the data, each entry's right after
+//!   the previous one's). [`ManifestTable`] reads one; [`manifest_table_len`] /
+//!   [`write_manifest_table`] build one.
 //! - The vHSM's entry in that table ([`VHSM_SERVICE_GUID`]): a [`VhsmManifestHeader`],
 //!   the vault identity public key, then one [`ManifestKeyHead`] + SPKI per attestable
-//!   key. [`VhsmManifest`] reads one.
+//!   key. [`VhsmManifest`] reads one, [`write_vhsm_manifest`] builds one.
 //! - The key binding hashed into REPORT_DATA by the vHSM's AttestKey operation:
-//!   [`KeyBindingHead`], the caller's nonce, the key's SPKI ([`KeyBinding`] reads one).
+//!   [`KeyBindingHead`] (the caller's nonce, a magic, the key's attributes), then the
+//!   key's SPKI ([`KeyBinding`] reads and writes one).
+//! - [`report_data`]: every REPORT_DATA form Nitride asks the PSP for, built in one
+//!   place, and why no input of one form reads as another (`docs/attestation.md`).
 //!
-//! REPORT_DATA is always SHA-512 of the bytes a relying party receives: `nonce ||
-//! manifest` for the attestation protocol, the key-binding bytes for AttestKey.
+//! Every decoder here is canonical: it accepts exactly the bytes its encoder
+//! writes (decode then encode gives the input back), with no unreferenced bytes,
+//! reserved fields zero, and every public key a strict DER SubjectPublicKeyInfo of
+//! the key's type with nothing after it.
 
 use core::mem::{offset_of, size_of};
 
@@ -22,7 +29,12 @@ use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::snp::{guid, Guid};
-use crate::vhsm::KeyAttributes;
+use crate::vhsm::{KeyAttributes, KeyType, KeyUsage, Origin, VmplSet, MAX_LABEL_LEN};
+
+mod public_key;
+pub mod report_data;
+
+pub use public_key::{check_spki, ED25519_SPKI_LEN, P384_SPKI_LEN};
 
 /// Call numbers of protocol 1.
 pub mod attest_call {
@@ -35,8 +47,13 @@ pub mod attest_call {
 /// The attestation protocol version served.
 pub const ATTEST_PROTOCOL_VERSION: u32 = 1;
 
-/// Largest nonce the SVSM accepts (Linux passes 64 bytes).
-pub const MAX_NONCE_SIZE: u32 = 4096;
+/// The size of every nonce Nitride's evidence carries: protocol 1's (what Linux's
+/// configfs-tsm sends, and what other SVSMs enforce) and AttestKey's. Any other
+/// size is refused with INVALID_PARAMETER.
+pub const NONCE_SIZE: usize = 64;
+
+/// A caller's nonce.
+pub type Nonce = [u8; NONCE_SIZE];
 
 /// A guest buffer named by an attestation request: GPA, size, reserved.
 ///
@@ -213,10 +230,58 @@ pub enum ManifestError {
     BadMagic,
     /// A version this code does not know.
     UnsupportedVersion,
-    /// An entry points outside the table or overlaps the header.
+    /// A table entry does not start where the previous one ended (the first right
+    /// after the entry array), or the entries do not end at the table's end.
     BadEntry,
-    /// A length does not fit in 32 bits, or an output buffer is too small.
+    /// Two table entries name the same service.
+    DuplicateService,
+    /// A service this code does not know how to check.
+    UnknownService,
+    /// A reserved field is not zero.
+    ReservedNotZero,
+    /// Key attributes that the vault never writes (unknown type, origin or usage
+    /// bits, usage the type cannot have, no ATTEST usage, key id 0, a label with
+    /// bytes after its length, a flag other than 0 or 1).
+    BadAttributes,
+    /// Key records not in strictly increasing key-id order.
+    KeyOrder,
+    /// A public key that is not the strict DER SubjectPublicKeyInfo of its key type
+    /// (or, for a symmetric key, not empty).
+    BadPublicKey,
+    /// A nonce that is not [`NONCE_SIZE`] bytes.
+    BadNonce,
+    /// A length does not fit in 32 bits, or an output buffer has the wrong size.
     TooLarge,
+}
+
+impl core::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Truncated => "shorter than the lengths it declares",
+            Self::TrailingBytes => "bytes after its end",
+            Self::BadMagic => "wrong magic or header GUID",
+            Self::UnsupportedVersion => "unsupported version",
+            Self::BadEntry => {
+                "table entries do not follow each other exactly from the entry array to the end"
+            }
+            Self::DuplicateService => "two table entries name the same service",
+            Self::UnknownService => "a service this verifier does not know",
+            Self::ReservedNotZero => "a reserved field is not zero",
+            Self::BadAttributes => "key attributes the vault never writes",
+            Self::KeyOrder => "key records not in increasing key-id order",
+            Self::BadPublicKey => {
+                "a public key that is not the strict DER SubjectPublicKeyInfo of its key type"
+            }
+            Self::BadNonce => "a nonce that is not 64 bytes",
+            Self::TooLarge => "a length over 32 bits or an output buffer of the wrong size",
+        })
+    }
+}
+
+fn u32_of(n: usize) -> Result<U32, ManifestError> {
+    u32::try_from(n)
+        .map(U32::new)
+        .map_err(|_| ManifestError::TooLarge)
 }
 
 /// The length of a services manifest table holding `entries` (GUID, data).
@@ -230,7 +295,8 @@ pub fn manifest_table_len(entries: &[(Guid, &[u8])]) -> Option<usize> {
 
 /// Write a services manifest table for `entries` into `out`, which must be exactly
 /// [`manifest_table_len`] bytes. Entries keep their order; data follows the entries
-/// in the same order.
+/// in the same order, each right after the previous. The GUIDs must be distinct
+/// (else [`ManifestError::DuplicateService`]): what is written always parses.
 pub fn write_manifest_table(
     entries: &[(Guid, &[u8])],
     out: &mut [u8],
@@ -239,21 +305,26 @@ pub fn write_manifest_table(
     if out.len() != total {
         return Err(ManifestError::TooLarge);
     }
-    let u32_of = |n: usize| u32::try_from(n).map_err(|_| ManifestError::TooLarge);
+    for (i, (g, _)) in entries.iter().enumerate() {
+        if entries[..i].iter().any(|(h, _)| h == g) {
+            return Err(ManifestError::DuplicateService);
+        }
+    }
     let head = ManifestTableHead {
         guid: MANIFEST_TABLE_GUID,
-        total_len: U32::new(u32_of(total)?),
-        entry_count: U32::new(u32_of(entries.len())?),
+        total_len: u32_of(total)?,
+        entry_count: u32_of(entries.len())?,
     };
     let (h, mut rest) = out.split_at_mut(size_of::<ManifestTableHead>());
     h.copy_from_slice(head.as_bytes());
+    // Cannot overflow: `total` is their sum.
     let mut data_at =
         size_of::<ManifestTableHead>() + entries.len() * size_of::<ManifestTableEntry>();
     for (g, data) in entries {
         let entry = ManifestTableEntry {
             guid: *g,
-            offset: U32::new(u32_of(data_at)?),
-            len: U32::new(u32_of(data.len())?),
+            offset: u32_of(data_at)?,
+            len: u32_of(data.len())?,
         };
         let (e, r) = rest.split_at_mut(size_of::<ManifestTableEntry>());
         e.copy_from_slice(entry.as_bytes());
@@ -268,8 +339,11 @@ pub fn write_manifest_table(
     Ok(())
 }
 
-/// A services manifest table, checked: every entry lies inside the table, after the
-/// entry array.
+/// A services manifest table, checked to be exactly what [`write_manifest_table`]
+/// writes: `total_len` is the length of the bytes; the first entry's data starts
+/// right after the entry array, each next one right where the previous ended, and
+/// the last ends at the end of the table; no two entries name the same service.
+/// Every byte is therefore either head, entry record or one entry's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ManifestTable<'a> {
     bytes: &'a [u8],
@@ -294,15 +368,22 @@ impl<'a> ManifestTable<'a> {
         let count = head.entry_count.get() as usize;
         let (entries, _) = <[ManifestTableEntry]>::ref_from_prefix_with_elems(rest, count)
             .map_err(|_| ManifestError::Truncated)?;
-        let data_start = size_of::<ManifestTableHead>() + count * size_of::<ManifestTableEntry>();
-        for e in entries {
-            let start = e.offset.get() as usize;
-            let end = start
-                .checked_add(e.len.get() as usize)
-                .ok_or(ManifestError::BadEntry)?;
-            if start < data_start || end > total {
+        // In range: the entry array lies inside `bytes`.
+        let mut next = size_of::<ManifestTableHead>() + size_of_val(entries);
+        for (i, e) in entries.iter().enumerate() {
+            if e.offset.get() as usize != next {
                 return Err(ManifestError::BadEntry);
             }
+            next = next
+                .checked_add(e.len.get() as usize)
+                .filter(|end| *end <= total)
+                .ok_or(ManifestError::BadEntry)?;
+            if entries[..i].iter().any(|f| f.guid == e.guid) {
+                return Err(ManifestError::DuplicateService);
+            }
+        }
+        if next != total {
+            return Err(ManifestError::BadEntry);
         }
         Ok(Self { bytes, entries })
     }
@@ -318,32 +399,60 @@ impl<'a> ManifestTable<'a> {
         })
     }
 
-    /// The manifest of one service, if listed.
+    /// The manifest of one service, if listed (GUIDs are unique).
     pub fn find(&self, service: &Guid) -> Option<&'a [u8]> {
         self.entries().find(|(g, _)| g == service).map(|(_, d)| d)
+    }
+
+    /// The length of the table ([`Self::write`] writes exactly this many bytes).
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Encode the table again from its entries (exactly [`Self::encoded_len`]
+    /// bytes): the same bytes it was parsed from.
+    pub fn write(&self, out: &mut [u8]) -> Result<(), ManifestError> {
+        if out.len() != self.bytes.len() {
+            return Err(ManifestError::TooLarge);
+        }
+        let head = ManifestTableHead {
+            guid: MANIFEST_TABLE_GUID,
+            total_len: u32_of(self.bytes.len())?,
+            entry_count: u32_of(self.entries.len())?,
+        };
+        let mut put = |at: usize, data: &[u8]| -> Result<usize, ManifestError> {
+            let end = at.checked_add(data.len()).ok_or(ManifestError::TooLarge)?;
+            out.get_mut(at..end)
+                .ok_or(ManifestError::TooLarge)?
+                .copy_from_slice(data);
+            Ok(end)
+        };
+        let mut record = put(0, head.as_bytes())?;
+        let mut at = record + size_of_val(self.entries);
+        for (guid, data) in self.entries() {
+            let entry = ManifestTableEntry {
+                guid,
+                offset: u32_of(at)?,
+                len: u32_of(data.len())?,
+            };
+            record = put(record, entry.as_bytes())?;
+            at = put(at, data)?;
+        }
+        Ok(())
     }
 }
 
 /// Magic of the vHSM's service manifest.
 pub const VHSM_MANIFEST_MAGIC: [u8; 8] = *b"NTRDVHSM";
-/// Version of the vHSM manifest layout.
-pub const VHSM_MANIFEST_VERSION: u32 = 1;
+/// Version of the vHSM manifest layout. Version 2 appended the vault policy and the
+/// audit log's count and chain to the header.
+pub const VHSM_MANIFEST_VERSION: u32 = 2;
 
-/// Head of the vHSM's service manifest (32 bytes). Followed by the vault identity
+/// Head of the vHSM's service manifest (96 bytes). Followed by the vault identity
 /// key (SPKI DER, `identity_len` bytes), then `key_count` records of
 /// [`ManifestKeyHead`] + that key's SPKI DER (empty for symmetric keys).
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
 )]
 #[repr(C)]
 pub struct VhsmManifestHeader {
@@ -363,8 +472,34 @@ pub struct VhsmManifestHeader {
     pub identity_len: U32,
     /// Zero.
     pub reserved2: U32,
+    /// The vault policy: `vhsm::VaultPolicyFlags` bits.
+    pub policy_flags: U32,
+    /// The generation of the vault's persistent state (`sealed`, ExportState): 0
+    /// until a state was exported or imported, then the generation of the latest
+    /// (saturating at `u32::MAX`). A relying party that tracks it sees a rollback to
+    /// an older state blob.
+    pub state_generation: U32,
+    /// Audit entries the vault has recorded since it started (the last one's
+    /// sequence number).
+    pub audit_count: U64,
+    /// The audit chain value after that entry (`vhsm::AuditEntry::chain`; zeros when
+    /// none was recorded).
+    pub audit_chain: [u8; 48],
 }
-const _: () = assert!(size_of::<VhsmManifestHeader>() == 32);
+const _: () = assert!(size_of::<VhsmManifestHeader>() == 96);
+
+impl Default for VhsmManifestHeader {
+    fn default() -> Self {
+        zerocopy::FromZeros::new_zeroed()
+    }
+}
+
+impl VhsmManifestHeader {
+    /// Whether every reserved field is zero (the parser requires it).
+    pub fn reserved_zero(&self) -> bool {
+        self.reserved.get() == 0 && self.reserved2.get() == 0
+    }
+}
 
 /// One attestable key in the vHSM manifest: its attributes and its SPKI's length.
 #[derive(
@@ -389,7 +524,49 @@ pub struct ManifestKeyHead {
 }
 const _: () = assert!(size_of::<ManifestKeyHead>() == 52);
 
-/// A parsed vHSM service manifest.
+/// One key of a vHSM manifest: its attributes and its public key (SPKI DER; empty
+/// for AES and HMAC keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ManifestKey<'a> {
+    /// The key's attributes.
+    pub attributes: KeyAttributes,
+    /// Its SPKI DER, or empty.
+    pub spki: &'a [u8],
+}
+
+/// Check key attributes as the vault writes them, for a key with ATTEST usage
+/// (the only keys that appear in evidence); returns the key type.
+pub fn check_attestable_attributes(a: &KeyAttributes) -> Result<KeyType, ManifestError> {
+    let bad = ManifestError::BadAttributes;
+    let key_type = KeyType::from_raw(a.key_type.get()).ok_or(bad)?;
+    let usage = KeyUsage::from_bits(a.usage.get()).ok_or(bad)?;
+    let label_len = usize::from(a.label_len);
+    let label_ok = label_len <= MAX_LABEL_LEN
+        && a.label
+            .get(label_len..)
+            .is_some_and(|pad| pad.iter().all(|&b| b == 0));
+    let ok = a.key_id.get() != 0
+        && Origin::from_raw(a.origin).is_some()
+        && VmplSet::from_bits(a.allowed_vmpls).is_some()
+        && usage.contains(KeyUsage::ATTEST)
+        && key_type.allowed_usage().contains(usage)
+        && a.flags().is_some()
+        && label_ok;
+    if a.reserved.get() != 0 {
+        return Err(ManifestError::ReservedNotZero);
+    }
+    if ok {
+        Ok(key_type)
+    } else {
+        Err(bad)
+    }
+}
+
+/// A parsed vHSM service manifest, checked to be exactly what
+/// [`write_vhsm_manifest`] writes: magic and version, reserved fields zero, the
+/// identity a strict P-384 SPKI, `key_count` key records in strictly increasing
+/// key-id order, each with attributes the vault writes for an attestable key and
+/// the strict SPKI of its type (empty for AES and HMAC keys), nothing after the last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VhsmManifest<'a> {
     /// The header.
@@ -407,8 +584,7 @@ fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], ManifestError> {
 }
 
 impl<'a> VhsmManifest<'a> {
-    /// Parse and check a vHSM manifest (every record complete, nothing after the
-    /// last).
+    /// Parse and check a vHSM manifest.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ManifestError> {
         let (header, mut rest) =
             VhsmManifestHeader::read_from_prefix(bytes).map_err(|_| ManifestError::Truncated)?;
@@ -418,11 +594,22 @@ impl<'a> VhsmManifest<'a> {
         if header.manifest_version.get() != VHSM_MANIFEST_VERSION {
             return Err(ManifestError::UnsupportedVersion);
         }
+        if !header.reserved_zero() {
+            return Err(ManifestError::ReservedNotZero);
+        }
         let identity = take(&mut rest, header.identity_len.get() as usize)?;
+        check_spki(KeyType::EcdsaP384, identity)?;
         let keys = rest;
         let mut check = keys;
+        let mut last_id = 0u32;
         for _ in 0..header.key_count.get() {
-            next_key(&mut check)?;
+            let key = next_key(&mut check)?;
+            let id = key.attributes.key_id.get();
+            if id <= last_id {
+                return Err(ManifestError::KeyOrder);
+            }
+            last_id = id;
+            check_spki(check_attestable_attributes(&key.attributes)?, key.spki)?;
         }
         if !check.is_empty() {
             return Err(ManifestError::TrailingBytes);
@@ -434,89 +621,158 @@ impl<'a> VhsmManifest<'a> {
         })
     }
 
-    /// The attestable keys: attributes and SPKI DER.
-    pub fn keys(&self) -> impl Iterator<Item = (KeyAttributes, &'a [u8])> + '_ {
+    /// The attestable keys, in key-id order.
+    pub fn keys(&self) -> impl Iterator<Item = ManifestKey<'a>> + Clone + '_ {
         let mut rest = self.keys;
         (0..self.header.key_count.get()).map_while(move |_| next_key(&mut rest).ok())
     }
+
+    /// The encoded length ([`Self::write`] writes exactly this many bytes).
+    pub fn encoded_len(&self) -> usize {
+        size_of::<VhsmManifestHeader>() + self.identity.len() + self.keys.len()
+    }
+
+    /// Encode the manifest again from its parts (exactly [`Self::encoded_len`]
+    /// bytes): the same bytes it was parsed from.
+    pub fn write(&self, out: &mut [u8]) -> Result<(), ManifestError> {
+        write_vhsm_manifest(&self.header, self.identity, self.keys(), out)
+    }
 }
 
-fn next_key<'a>(rest: &mut &'a [u8]) -> Result<(KeyAttributes, &'a [u8]), ManifestError> {
+fn next_key<'a>(rest: &mut &'a [u8]) -> Result<ManifestKey<'a>, ManifestError> {
     let head = ManifestKeyHead::read_from_bytes(take(rest, size_of::<ManifestKeyHead>())?)
         .map_err(|_| ManifestError::Truncated)?;
     let spki = take(rest, head.spki_len.get() as usize)?;
-    Ok((head.attributes, spki))
+    Ok(ManifestKey {
+        attributes: head.attributes,
+        spki,
+    })
 }
 
-/// Magic of a key binding.
-pub const KEY_BINDING_MAGIC: [u8; 16] = *b"NITRIDE-KEYBIND1";
-/// Largest nonce AttestKey accepts.
-pub const MAX_KEY_BINDING_NONCE: usize = 256;
+/// The length of a vHSM manifest with `identity` and `keys`.
+pub fn vhsm_manifest_len<'k>(
+    identity: &[u8],
+    keys: impl IntoIterator<Item = ManifestKey<'k>>,
+) -> Option<usize> {
+    keys.into_iter().try_fold(
+        size_of::<VhsmManifestHeader>().checked_add(identity.len())?,
+        |acc, k| acc.checked_add(size_of::<ManifestKeyHead>() + k.spki.len()),
+    )
+}
+
+/// Write a vHSM manifest into `out` (exactly [`vhsm_manifest_len`] bytes): the
+/// header (magic, version, `key_count` and `identity_len` set here, every other
+/// field taken from `header`), the identity key, then each key's record, in the
+/// order given (the vault gives them in key-id order).
+pub fn write_vhsm_manifest<'k, I>(
+    header: &VhsmManifestHeader,
+    identity: &[u8],
+    keys: I,
+    out: &mut [u8],
+) -> Result<(), ManifestError>
+where
+    I: IntoIterator<Item = ManifestKey<'k>>,
+    I::IntoIter: Clone,
+{
+    let keys = keys.into_iter();
+    let total = vhsm_manifest_len(identity, keys.clone()).ok_or(ManifestError::TooLarge)?;
+    if out.len() != total {
+        return Err(ManifestError::TooLarge);
+    }
+    let header = VhsmManifestHeader {
+        magic: VHSM_MANIFEST_MAGIC,
+        manifest_version: U32::new(VHSM_MANIFEST_VERSION),
+        key_count: u32_of(keys.clone().count())?,
+        identity_len: u32_of(identity.len())?,
+        ..*header
+    };
+    let mut rest = out;
+    let mut put = |data: &[u8]| {
+        // In range: `out` is exactly the sum of the parts.
+        let (d, r) = core::mem::take(&mut rest).split_at_mut(data.len());
+        d.copy_from_slice(data);
+        rest = r;
+    };
+    put(header.as_bytes());
+    put(identity);
+    for k in keys {
+        let head = ManifestKeyHead {
+            attributes: k.attributes,
+            spki_len: u32_of(k.spki.len())?,
+        };
+        put(head.as_bytes());
+        put(k.spki);
+    }
+    Ok(())
+}
+
+/// Magic of a key binding (version 2: the nonce first, then this magic at offset
+/// 64, where every protocol-1 REPORT_DATA input has its manifest's own tag).
+pub const KEY_BINDING_MAGIC: [u8; 16] = *b"NITRIDE-KEYBIND2";
 
 /// Head of a key binding (the bytes whose SHA-512 is the REPORT_DATA of an
-/// AttestKey report): magic, lengths, the key's attributes; then `nonce_len` bytes
-/// of the caller's nonce, then `spki_len` bytes of the key's SPKI DER (empty for
-/// symmetric keys).
+/// AttestKey report, 136 bytes): the caller's nonce, the magic, the key's
+/// attributes, the SPKI's length, a reserved zero; then `spki_len` bytes of the
+/// key's SPKI DER (empty for symmetric keys).
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
 )]
 #[repr(C)]
 pub struct KeyBindingHead {
+    /// The caller's nonce.
+    pub nonce: Nonce,
     /// [`KEY_BINDING_MAGIC`].
     pub magic: [u8; 16],
-    /// Length of the nonce.
-    pub nonce_len: U32,
-    /// Length of the SPKI.
-    pub spki_len: U32,
     /// The key's attributes at the time of the report.
     pub attributes: KeyAttributes,
+    /// Length of the SPKI.
+    pub spki_len: U32,
+    /// Zero.
+    pub reserved: U32,
 }
-const _: () = assert!(size_of::<KeyBindingHead>() == 72);
+const _: () = assert!(size_of::<KeyBindingHead>() == 136);
+const _: () = assert!(offset_of!(KeyBindingHead, magic) == NONCE_SIZE);
 
-/// A parsed key binding.
+/// A key binding, checked when parsed: magic, reserved zero, attributes the vault
+/// writes for an attestable key, the strict SPKI of the key's type (empty for
+/// symmetric keys), nothing after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyBinding<'a> {
+    /// The caller's nonce.
+    pub nonce: &'a Nonce,
     /// The key's attributes.
     pub attributes: KeyAttributes,
-    /// The caller's nonce.
-    pub nonce: &'a [u8],
     /// The key's SPKI DER (empty for symmetric keys).
     pub spki: &'a [u8],
 }
 
 impl<'a> KeyBinding<'a> {
-    /// Parse a key binding; nothing may follow the SPKI.
+    /// Parse and check a key binding.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ManifestError> {
         let (head, mut rest) =
-            KeyBindingHead::read_from_prefix(bytes).map_err(|_| ManifestError::Truncated)?;
+            KeyBindingHead::ref_from_prefix(bytes).map_err(|_| ManifestError::Truncated)?;
         if head.magic != KEY_BINDING_MAGIC {
             return Err(ManifestError::BadMagic);
         }
-        let nonce = take(&mut rest, head.nonce_len.get() as usize)?;
+        if head.reserved.get() != 0 {
+            return Err(ManifestError::ReservedNotZero);
+        }
+        let key_type = check_attestable_attributes(&head.attributes)?;
         let spki = take(&mut rest, head.spki_len.get() as usize)?;
         if !rest.is_empty() {
             return Err(ManifestError::TrailingBytes);
         }
+        check_spki(key_type, spki)?;
         Ok(Self {
+            nonce: &head.nonce,
             attributes: head.attributes,
-            nonce,
             spki,
         })
     }
 
     /// The encoded length of this binding.
     pub fn encoded_len(&self) -> usize {
-        size_of::<KeyBindingHead>() + self.nonce.len() + self.spki.len()
+        size_of::<KeyBindingHead>() + self.spki.len()
     }
 
     /// Encode into `out` (exactly [`Self::encoded_len`] bytes).
@@ -524,17 +780,15 @@ impl<'a> KeyBinding<'a> {
         if out.len() != self.encoded_len() {
             return Err(ManifestError::TooLarge);
         }
-        let u32_of = |n: usize| u32::try_from(n).map_err(|_| ManifestError::TooLarge);
         let head = KeyBindingHead {
+            nonce: *self.nonce,
             magic: KEY_BINDING_MAGIC,
-            nonce_len: U32::new(u32_of(self.nonce.len())?),
-            spki_len: U32::new(u32_of(self.spki.len())?),
             attributes: self.attributes,
+            spki_len: u32_of(self.spki.len())?,
+            reserved: U32::new(0),
         };
-        let (h, rest) = out.split_at_mut(size_of::<KeyBindingHead>());
+        let (h, s) = out.split_at_mut(size_of::<KeyBindingHead>());
         h.copy_from_slice(head.as_bytes());
-        let (n, s) = rest.split_at_mut(self.nonce.len());
-        n.copy_from_slice(self.nonce);
         s.copy_from_slice(self.spki);
         Ok(())
     }
@@ -542,7 +796,7 @@ impl<'a> KeyBinding<'a> {
 
 #[cfg(test)]
 #[allow(clippy::field_reassign_with_default)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Offsets of `struct svsm_attest_call` in Linux (arch/x86/include/asm/sev.h):
@@ -588,30 +842,73 @@ mod tests {
         assert_eq!(VHSM_SERVICE_GUID[..4], [0xbe, 0x3f, 0x3b, 0x2c]);
     }
 
+    /// A P-384 SPKI DER (RFC 5480) around `point` (0x04 || X || Y, not checked to
+    /// be on the curve: only the encoding matters here).
+    pub(crate) fn p384_spki(fill: u8) -> std::vec::Vec<u8> {
+        let mut v = std::vec![
+            0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x05, 0x2b, 0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00, 0x04,
+        ];
+        v.extend_from_slice(&[fill; 96]);
+        v
+    }
+
+    /// An Ed25519 SPKI DER (RFC 8410).
+    pub(crate) fn ed25519_spki(fill: u8) -> std::vec::Vec<u8> {
+        let mut v =
+            std::vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+        v.extend_from_slice(&[fill; 32]);
+        v
+    }
+
+    pub(crate) fn attrs(id: u32, key_type: KeyType) -> KeyAttributes {
+        let mut a = KeyAttributes::default();
+        a.key_id = U32::new(id);
+        a.key_type = U16::new(key_type.raw());
+        a.origin = Origin::Generated.raw();
+        a.allowed_vmpls = VmplSet::all().bits();
+        a.usage = U32::new(
+            (KeyUsage::ATTEST | key_type.allowed_usage().intersection(KeyUsage::SIGN)).bits(),
+        );
+        a.label_len = 3;
+        a.label[..3].copy_from_slice(b"key");
+        a
+    }
+
+    fn table(entries: &[(Guid, &[u8])]) -> std::vec::Vec<u8> {
+        let mut out = std::vec![0u8; manifest_table_len(entries).unwrap()];
+        write_manifest_table(entries, &mut out).unwrap();
+        out
+    }
+
     #[test]
     fn manifest_table_round_trip() {
         let entries: [(Guid, &[u8]); 2] = [(VHSM_SERVICE_GUID, b"vault"), (VTPM_SERVICE_GUID, b"")];
         let len = manifest_table_len(&entries).unwrap();
         assert_eq!(len, 24 + 48 + 5);
-        let mut out = [0u8; 77];
-        write_manifest_table(&entries, &mut out).unwrap();
+        let out = table(&entries);
         let t = ManifestTable::parse(&out).unwrap();
         let got: std::vec::Vec<_> = t.entries().collect();
         assert_eq!(got, entries.to_vec());
         assert_eq!(t.find(&VHSM_SERVICE_GUID), Some(&b"vault"[..]));
         assert_eq!(t.find(&MANIFEST_TABLE_GUID), None);
+        // Decode then encode is the identity.
+        let mut again = [0u8; 77];
+        t.write(&mut again).unwrap();
+        assert_eq!(again[..], out[..]);
+        assert_eq!(t.write(&mut [0u8; 76]), Err(ManifestError::TooLarge));
         // Entry pointing into the entry array, or past the end.
-        let mut bad = out;
+        let mut bad = out.clone();
         bad[24 + 16] = 30;
         assert_eq!(ManifestTable::parse(&bad), Err(ManifestError::BadEntry));
-        let mut bad = out;
+        let mut bad = out.clone();
         bad[24 + 20] = 6;
         assert_eq!(ManifestTable::parse(&bad), Err(ManifestError::BadEntry));
         assert_eq!(
             ManifestTable::parse(&out[..76]),
             Err(ManifestError::Truncated)
         );
-        let mut bad = out;
+        let mut bad = out.clone();
         bad[0] ^= 1;
         assert_eq!(ManifestTable::parse(&bad), Err(ManifestError::BadMagic));
         assert_eq!(
@@ -620,57 +917,273 @@ mod tests {
         );
     }
 
+    /// The table is exactly what the writer writes: entries in order, each right
+    /// after the previous, covering the table; nothing unreferenced; no GUID twice.
     #[test]
-    fn vhsm_manifest_parse() {
-        let mut bytes = std::vec::Vec::new();
+    fn manifest_table_is_canonical() {
+        let out = table(&[(VHSM_SERVICE_GUID, b"vault"), (VTPM_SERVICE_GUID, b"tpm")]);
+        assert!(ManifestTable::parse(&out).is_ok());
+        // Unreferenced bytes at the end, covered by total_len: refused.
+        let mut longer = out.clone();
+        longer.extend_from_slice(b"junk");
+        let n = longer.len() as u32;
+        longer[16..20].copy_from_slice(&n.to_le_bytes());
+        assert_eq!(ManifestTable::parse(&longer), Err(ManifestError::BadEntry));
+        // Unreferenced bytes between the entry array and the first entry.
+        let mut gap = out.clone();
+        gap.insert(72, 0);
+        let n = gap.len() as u32;
+        gap[16..20].copy_from_slice(&n.to_le_bytes());
+        for e in 0..2 {
+            let o = 24 + e * 24 + 16;
+            let v = u32::from_le_bytes(gap[o..o + 4].try_into().unwrap()) + 1;
+            gap[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(ManifestTable::parse(&gap), Err(ManifestError::BadEntry));
+        // Entries out of order (the second's data first): refused.
+        let mut swapped = out.clone();
+        swapped[24 + 16..24 + 20].copy_from_slice(&75u32.to_le_bytes());
+        swapped[48 + 16..48 + 20].copy_from_slice(&72u32.to_le_bytes());
+        assert_eq!(ManifestTable::parse(&swapped), Err(ManifestError::BadEntry));
+        // Overlapping entries.
+        let mut overlap = out.clone();
+        overlap[48 + 16..48 + 20].copy_from_slice(&74u32.to_le_bytes());
+        assert_eq!(ManifestTable::parse(&overlap), Err(ManifestError::BadEntry));
+        // The same GUID twice: refused by parser and writer.
+        let dup = [
+            (VHSM_SERVICE_GUID, &b"a"[..]),
+            (VHSM_SERVICE_GUID, &b"b"[..]),
+        ];
+        let mut twice = out.clone();
+        twice[48..64].copy_from_slice(&VHSM_SERVICE_GUID);
+        assert_eq!(
+            ManifestTable::parse(&twice),
+            Err(ManifestError::DuplicateService)
+        );
+        let mut buf = [0u8; 74];
+        assert_eq!(
+            write_manifest_table(&dup, &mut buf),
+            Err(ManifestError::DuplicateService)
+        );
+        // An empty table is the head alone.
+        let empty = table(&[]);
+        assert_eq!(empty.len(), 24);
+        assert_eq!(ManifestTable::parse(&empty).unwrap().entries().count(), 0);
+    }
+
+    fn vhsm_manifest(keys: &[ManifestKey<'_>]) -> std::vec::Vec<u8> {
+        let identity = p384_spki(0x11);
         let header = VhsmManifestHeader {
-            magic: VHSM_MANIFEST_MAGIC,
-            manifest_version: U32::new(1),
             protocol_version: U32::new(1),
             wire_version: U16::new(1),
-            key_count: U32::new(2),
-            identity_len: U32::new(3),
             ..Default::default()
         };
-        bytes.extend_from_slice(header.as_bytes());
-        bytes.extend_from_slice(b"IDK");
-        for (id, spki) in [(5u32, &b"spki5"[..]), (6, &b""[..])] {
-            let mut head = ManifestKeyHead::default();
-            head.attributes.key_id = U32::new(id);
-            head.spki_len = U32::new(spki.len() as u32);
-            bytes.extend_from_slice(head.as_bytes());
-            bytes.extend_from_slice(spki);
-        }
+        let len = vhsm_manifest_len(&identity, keys.iter().copied()).unwrap();
+        let mut out = std::vec![0u8; len];
+        write_vhsm_manifest(&header, &identity, keys.iter().copied(), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn vhsm_manifest_parse() {
+        let (ec, ed) = (p384_spki(0x22), ed25519_spki(0x33));
+        let keys = [
+            ManifestKey {
+                attributes: attrs(5, KeyType::EcdsaP384),
+                spki: &ec,
+            },
+            ManifestKey {
+                attributes: attrs(6, KeyType::Aes256),
+                spki: b"",
+            },
+            ManifestKey {
+                attributes: attrs(9, KeyType::Ed25519),
+                spki: &ed,
+            },
+        ];
+        let bytes = vhsm_manifest(&keys);
+        assert_eq!(&bytes[..8], b"NTRDVHSM");
+        assert_eq!(bytes.len(), 96 + 120 + 3 * 52 + 120 + 44);
         let m = VhsmManifest::parse(&bytes).unwrap();
-        assert_eq!(m.identity, b"IDK");
-        let keys: std::vec::Vec<_> = m.keys().map(|(a, s)| (a.key_id.get(), s)).collect();
-        assert_eq!(keys, [(5, &b"spki5"[..]), (6, &b""[..])]);
+        assert_eq!(m.identity, &p384_spki(0x11)[..]);
+        assert_eq!(m.header.key_count.get(), 3);
+        assert!(m.keys().eq(keys.iter().copied()));
+        // Decode then encode is the identity.
+        let mut again = std::vec![0u8; m.encoded_len()];
+        m.write(&mut again).unwrap();
+        assert_eq!(again, bytes);
         assert_eq!(
             VhsmManifest::parse(&bytes[..bytes.len() - 1]),
             Err(ManifestError::Truncated)
         );
-        bytes.push(0);
+        let mut longer = bytes.clone();
+        longer.push(0);
         assert_eq!(
-            VhsmManifest::parse(&bytes),
+            VhsmManifest::parse(&longer),
             Err(ManifestError::TrailingBytes)
         );
+        // Reserved fields.
+        for at in [18, 28] {
+            let mut bad = bytes.clone();
+            bad[at] = 1;
+            assert_eq!(
+                VhsmManifest::parse(&bad),
+                Err(ManifestError::ReservedNotZero)
+            );
+        }
+    }
+
+    /// Every key and the identity must be the strict SPKI of their type; attributes
+    /// as the vault writes them, ids increasing.
+    #[test]
+    fn vhsm_manifest_is_strict() {
+        let ec = p384_spki(0x22);
+        let one = |attributes: KeyAttributes, spki: &[u8]| {
+            vhsm_manifest(&[ManifestKey { attributes, spki }])
+        };
+        let ok = one(attrs(5, KeyType::EcdsaP384), &ec);
+        assert!(VhsmManifest::parse(&ok).is_ok());
+        // An SPKI followed by anything (OpenSSL would read the first key).
+        let mut trailing = ec.clone();
+        trailing.push(0);
+        let m = one(attrs(5, KeyType::EcdsaP384), &trailing);
+        assert_eq!(VhsmManifest::parse(&m), Err(ManifestError::BadPublicKey));
+        // The wrong key type's SPKI; an SPKI for a symmetric key.
+        for (t, spki) in [
+            (KeyType::Ed25519, ec.clone()),
+            (KeyType::EcdsaP384, ed25519_spki(1)),
+            (KeyType::HmacSha384, ec.clone()),
+        ] {
+            assert_eq!(
+                VhsmManifest::parse(&one(attrs(5, t), &spki)),
+                Err(ManifestError::BadPublicKey),
+                "{t:?}"
+            );
+        }
+        // A compressed point, a non-minimal length, another curve's OID.
+        let mut compressed = ec.clone();
+        compressed[23] = 0x02;
+        let mut long_len = ec.clone();
+        long_len.splice(1..2, [0x81, 0x76]);
+        let mut p256 = ec.clone();
+        p256[19] = 0x23;
+        for spki in [compressed, long_len, p256] {
+            assert_eq!(
+                VhsmManifest::parse(&one(attrs(5, KeyType::EcdsaP384), &spki)),
+                Err(ManifestError::BadPublicKey)
+            );
+        }
+        // Identity that is not a P-384 SPKI.
+        let mut bad_identity = ok.clone();
+        bad_identity[size_of::<VhsmManifestHeader>() + 5] ^= 1;
+        // Every reserved field of the header: offsets 18 (u16) and 28 (u32). Offset 36
+        // is the state generation (sealing): any value parses and reads back.
+        for at in [18, 28] {
+            let mut m = ok.clone();
+            m[at] = 1;
+            assert_eq!(
+                VhsmManifest::parse(&m),
+                Err(ManifestError::ReservedNotZero),
+                "{at}"
+            );
+        }
+        let mut generation = ok.clone();
+        generation[36] = 7;
+        assert_eq!(
+            VhsmManifest::parse(&generation)
+                .unwrap()
+                .header
+                .state_generation
+                .get(),
+            7
+        );
+        assert_eq!(
+            VhsmManifest::parse(&bad_identity),
+            Err(ManifestError::BadPublicKey)
+        );
+        // Attributes the vault never writes.
+        let mut no_attest = attrs(5, KeyType::EcdsaP384);
+        no_attest.usage = U32::new(KeyUsage::SIGN.bits());
+        let mut bad_type = attrs(5, KeyType::EcdsaP384);
+        bad_type.key_type = U16::new(9);
+        let mut label_junk = attrs(5, KeyType::EcdsaP384);
+        label_junk.label[20] = 1;
+        let mut wrong_usage = attrs(5, KeyType::EcdsaP384);
+        wrong_usage.usage = U32::new((KeyUsage::ATTEST | KeyUsage::ENCRYPT).bits());
+        let mut zero_id = attrs(5, KeyType::EcdsaP384);
+        zero_id.key_id = U32::new(0);
+        assert_eq!(
+            check_attestable_attributes(&zero_id),
+            Err(ManifestError::BadAttributes)
+        );
+        for a in [no_attest, bad_type, label_junk, wrong_usage] {
+            assert_eq!(
+                VhsmManifest::parse(&one(a, &ec)),
+                Err(ManifestError::BadAttributes),
+                "{a:?}"
+            );
+        }
+        let mut reserved = attrs(5, KeyType::EcdsaP384);
+        reserved.reserved = U16::new(1);
+        assert_eq!(
+            VhsmManifest::parse(&one(reserved, &ec)),
+            Err(ManifestError::ReservedNotZero)
+        );
+        // Ids must increase.
+        let k = |id| ManifestKey {
+            attributes: attrs(id, KeyType::Aes256),
+            spki: b"",
+        };
+        assert!(VhsmManifest::parse(&vhsm_manifest(&[k(1), k(2)])).is_ok());
+        for keys in [[k(2), k(1)], [k(2), k(2)]] {
+            assert_eq!(
+                VhsmManifest::parse(&vhsm_manifest(&keys)),
+                Err(ManifestError::KeyOrder)
+            );
+        }
     }
 
     #[test]
     fn key_binding_round_trip() {
-        let mut attributes = KeyAttributes::default();
-        attributes.key_id = U32::new(9);
+        let spki = p384_spki(0x44);
+        let nonce = [0x6E; 64];
         let b = KeyBinding {
-            attributes,
-            nonce: &[1, 2, 3],
-            spki: &[4, 5],
+            nonce: &nonce,
+            attributes: attrs(9, KeyType::EcdsaP384),
+            spki: &spki,
         };
-        let mut out = [0u8; 77];
+        let mut out = std::vec![0u8; b.encoded_len()];
+        assert_eq!(out.len(), 136 + 120);
         b.write(&mut out).unwrap();
-        assert_eq!(&out[..16], b"NITRIDE-KEYBIND1");
-        assert_eq!(&out[16..24], &[3, 0, 0, 0, 2, 0, 0, 0]);
-        assert_eq!(&out[72..], &[1, 2, 3, 4, 5]);
+        assert_eq!(&out[..64], &nonce);
+        assert_eq!(&out[64..80], b"NITRIDE-KEYBIND2");
+        assert_eq!(&out[128..136], &[120, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&out[136..], &spki[..]);
         assert_eq!(KeyBinding::parse(&out), Ok(b));
-        assert_eq!(KeyBinding::parse(&out[..76]), Err(ManifestError::Truncated));
+        assert_eq!(
+            KeyBinding::parse(&out[..out.len() - 1]),
+            Err(ManifestError::Truncated)
+        );
+        let mut longer = out.clone();
+        longer.push(0);
+        assert_eq!(
+            KeyBinding::parse(&longer),
+            Err(ManifestError::TrailingBytes)
+        );
+        // An SPKI with bytes after the key inside its declared length: refused.
+        let mut padded = out.clone();
+        padded.push(0);
+        padded[128] += 1;
+        assert_eq!(KeyBinding::parse(&padded), Err(ManifestError::BadPublicKey));
+        let mut reserved = out.clone();
+        reserved[132] = 1;
+        assert_eq!(
+            KeyBinding::parse(&reserved),
+            Err(ManifestError::ReservedNotZero)
+        );
+        // The old layout (magic first) is not a binding.
+        let mut old = std::vec::Vec::from(&b"NITRIDE-KEYBIND1"[..]);
+        old.extend_from_slice(&out);
+        assert_eq!(KeyBinding::parse(&old), Err(ManifestError::BadMagic));
     }
 }

@@ -137,13 +137,13 @@ pub mod exit {
 /// boots like the real chip's) and the certificate table it returns to extended
 /// requests.
 pub mod dev_psp {
-    use zerocopy::byteorder::little_endian::U32;
+    use zerocopy::byteorder::little_endian::{U32, U64};
     use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
     /// The fw_cfg file the blob is passed in.
     pub const FW_CFG_NAME: &str = "opt/nitride/dev-psp";
-    /// Magic at the start of the blob.
-    pub const MAGIC: [u8; 8] = *b"NDPSP001";
+    /// Magic at the start of the blob (version 2: with the chip's TCB).
+    pub const MAGIC: [u8; 8] = *b"NDPSP002";
     /// Largest certificate table accepted.
     pub const MAX_CERT_TABLE: usize = 16 * 1024;
 
@@ -161,8 +161,15 @@ pub mod dev_psp {
         pub cert_table_len: U32,
         /// Zero.
         pub reserved: U32,
+        /// The chip's TCB_VERSION: what its reports carry as the current, reported,
+        /// committed and launch TCB, and the highest TCB KEY_REQ derives at. The
+        /// runner writes [`TCB_VERSION`], which the development VCEK certificate
+        /// names; a test raises it to play a firmware update (its reports then no
+        /// longer match the VCEK certificate's TCB, as on a real chip until the new
+        /// VCEK is fetched).
+        pub tcb_version: U64,
     }
-    const _: () = assert!(core::mem::size_of::<BlobHeader>() == 96);
+    const _: () = assert!(core::mem::size_of::<BlobHeader>() == 104);
 
     impl core::fmt::Debug for BlobHeader {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

@@ -10,6 +10,7 @@
 //!   manifest entry and the AttestKey key binding.
 //! - [`emulated`]: the emulated platform's guest contract (addresses, ports, exit codes).
 //! - [`relay`]: framing between host tools and the relay guest.
+//! - [`sealed`]: the sealed blob format (Seal, the vault's persistent state).
 //! - [`snp`]: SEV-SNP attestation report, certificate table and guest-message layouts.
 //! - [`vhsm`]: the vHSM request/response wire format.
 #![no_std]
@@ -22,6 +23,7 @@ extern crate std;
 pub mod attest;
 pub mod emulated;
 pub mod relay;
+pub mod sealed;
 pub mod snp;
 pub mod svsm;
 pub mod vhsm;

@@ -29,9 +29,10 @@
 //! into its nonce buffer, and offers its report, manifest and certificate buffers with
 //! the sizes the frame asks for (clamped to [`ATTEST_REPORT_BUFFER_SIZE`],
 //! [`ATTEST_MANIFEST_BUFFER_SIZE`], [`ATTEST_CERT_BUFFER_SIZE`]; certificate size 0
-//! when `want_certificates` is 0). A nonce longer than [`ATTEST_NONCE_BUFFER_SIZE`] is
-//! read and dropped but announced with its real length, so the SVSM's limit check is
-//! what answers it. The answer is `"NRS1"` with RAX and RCX (manifest length) of the
+//! when `want_certificates` is 0). The relay passes on any nonce length: the SVSM
+//! accepts exactly `attest::NONCE_SIZE` (64) bytes and answers every other length with
+//! INVALID_PARAMETER; a nonce longer than [`ATTEST_NONCE_BUFFER_SIZE`] is read and
+//! dropped but announced with its real length, so that check is what answers it. The answer is `"NRS1"` with RAX and RCX (manifest length) of the
 //! call and a payload of [`AttestResultHead`] (RDX = certificate length, R8 = report
 //! length), followed on SUCCESS by report (R8 bytes) || manifest (RCX bytes) ||
 //! certificates (RDX bytes). On INVALID_PARAMETER the registers carry the sizes the
@@ -69,8 +70,10 @@ pub const REQUEST_BUFFER_SIZE: usize = crate::vhsm::MAX_REQUEST_SIZE;
 /// Size of the relay's response buffer: the largest vHSM response.
 pub const RESPONSE_BUFFER_SIZE: usize = crate::vhsm::MAX_RESPONSE_SIZE;
 
-/// The relay's nonce buffer: the largest nonce the SVSM accepts.
-pub const ATTEST_NONCE_BUFFER_SIZE: usize = crate::attest::MAX_NONCE_SIZE as usize;
+/// The relay's nonce buffer: a page. The SVSM accepts only nonces of exactly
+/// `attest::NONCE_SIZE` (64) bytes; the relay carries any length up to a page so
+/// that tests can show every other length is refused.
+pub const ATTEST_NONCE_BUFFER_SIZE: usize = 4096;
 /// The relay's report buffer.
 pub const ATTEST_REPORT_BUFFER_SIZE: usize = 4096;
 /// The relay's manifest buffer.

@@ -16,8 +16,10 @@ use bitflags::bitflags;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-/// Protocol version carried in every header.
-pub const VERSION: u16 = 1;
+/// Protocol version carried in every header. Version 2: audit entries carry a salt
+/// and a hash chain value ([`AuditEntry`]), ReadAudit returns only the entries the
+/// caller may see, and a key the caller may not use is reported as `KeyNotFound`.
+pub const VERSION: u16 = 2;
 
 /// Largest request accepted, header included. The firmware copies a request from guest
 /// memory into a private buffer of this size before parsing it. Large enough for the
@@ -49,8 +51,39 @@ pub const MAX_SIGNATURE_LEN: usize = 128;
 /// Number of keys the vault holds at most.
 pub const KEY_CAPACITY: usize = 64;
 
+/// Shortest digest SignDigest accepts: half the P-384 field (FIPS 186-5 needs the
+/// hash to be at least as strong as half the curve order's size).
+pub const MIN_DIGEST_LEN: usize = 24;
+
+/// Longest digest SignDigest accepts (SHA-512); longer digests are refused, not cut.
+pub const MAX_DIGEST_LEN: usize = 64;
+
 /// Number of audit entries kept; older entries are overwritten.
 pub const AUDIT_CAPACITY: usize = 256;
+
+/// Domain separator of the audit hash chain (see [`audit_chain_input`]).
+pub const AUDIT_CHAIN_DOMAIN: [u8; 16] = *b"NITRIDE-AUDIT-V1";
+
+/// The part of an [`AuditEntry`] the chain hashes: everything before `chain`.
+pub const AUDIT_CHAINED_LEN: usize = 40;
+
+/// Length of one link's hash input: domain, previous chain value, entry.
+pub const AUDIT_CHAIN_INPUT_LEN: usize = AUDIT_CHAIN_DOMAIN.len() + 48 + AUDIT_CHAINED_LEN;
+
+/// The SHA-384 input of `entry`'s link in the audit chain:
+/// `AUDIT_CHAIN_DOMAIN || previous || entry[0..40]` (seq, key id, op, status, caller
+/// VMPL, reserved, salt), where `previous` is the `chain` of the entry recorded just
+/// before (48 zero bytes for the vault's first entry). SHA-384 of it is
+/// `entry.chain`. 104 bytes: one SHA-512 block.
+pub fn audit_chain_input(previous: &[u8; 48], entry: &AuditEntry) -> [u8; AUDIT_CHAIN_INPUT_LEN] {
+    let mut input = [0u8; AUDIT_CHAIN_INPUT_LEN];
+    let (domain, rest) = input.split_at_mut(AUDIT_CHAIN_DOMAIN.len());
+    let (prev, body) = rest.split_at_mut(48);
+    domain.copy_from_slice(&AUDIT_CHAIN_DOMAIN);
+    prev.copy_from_slice(previous);
+    body.copy_from_slice(&entry.as_bytes()[..AUDIT_CHAINED_LEN]);
+    input
+}
 
 /// AES-GCM nonce length; the nonce prefixes every ciphertext.
 pub const GCM_NONCE_LEN: usize = 12;
@@ -117,8 +150,8 @@ pub struct ResponseHeader {
     pub op: U16,
     /// A [`Status`] value.
     pub status: U16,
-    /// Zero.
-    pub reserved: U16,
+    /// Response flags: [`RESPONSE_STATE_CHANGED`], else zero.
+    pub flags: U16,
     /// The request's `request_id`, echoed (0 if the request header was unreadable).
     pub request_id: U64,
     /// Number of body bytes that follow; zero unless `status` is [`Status::Ok`].
@@ -192,6 +225,22 @@ wire_enum! {
         /// A VMPL0 attestation report binding a key (one with ATTEST usage), its
         /// attributes and a caller nonce (`attest::KeyBinding`).
         AttestKey = 16,
+        // Sealing (17-23).
+        /// Seal caller data to this SVSM image on this chip (`sealed` format).
+        Seal = 17,
+        /// Open a blob from `Seal`.
+        Unseal = 18,
+        /// The vault's persistent state as one sealed blob.
+        ExportState = 19,
+        /// Restore a state blob into an empty vault.
+        ImportState = 20,
+        // --- PKCS#11 support (issue 16): operations 32-39. ---
+        /// Sign a caller-computed digest with an ECDSA key (PKCS#11 CKM_ECDSA); the
+        /// signature is raw `r || s`.
+        SignDigest = 32,
+        /// Plain RFC 5869 HKDF-SHA-384 from a vault key into a new vault key
+        /// (PKCS#11 CKM_HKDF_DERIVE): no vault prefix on `info`.
+        HkdfDerive = 33,
     }
 }
 
@@ -240,6 +289,21 @@ wire_enum! {
         /// The platform could not produce an attestation report (no PSP, or the PSP
         /// channel failed and was shut).
         AttestationUnavailable = 18,
+        // Sealing (19-26).
+        /// The platform could not derive a sealing key (no PSP, a PSP error status,
+        /// or an all-zero key), e.g. a blob's TCB above the chip's.
+        SealingUnavailable = 19,
+        /// The blob is not one this SVSM writes (magic, version, purpose, a header
+        /// field, its length), or it does not open: another image, another chip,
+        /// a changed byte.
+        SealedBlobInvalid = 20,
+        /// The blob's unsealing rule does not include the caller's VMPL.
+        SealRuleDenied = 21,
+        /// ImportState into a vault that already holds keys.
+        VaultNotEmpty = 22,
+        /// ImportState of a state blob older (lower generation) than one already
+        /// imported or exported in this boot.
+        StateRollback = 23,
     }
 }
 
@@ -288,7 +352,8 @@ impl KeyType {
 }
 
 wire_enum! {
-    /// Where a key came from.
+    /// Where a key came from. A key restored from a sealed state keeps its origin;
+    /// [`KeyFlags::RESTORED`] marks it.
     Origin: u8 {
         /// Generated inside the vault.
         Generated = 1,
@@ -322,6 +387,34 @@ bitflags! {
         /// Attestable: listed in the vHSM's attestation manifest and usable with
         /// AttestKey. Any key type may carry it.
         const ATTEST = 1 << 7;
+    }
+}
+
+bitflags! {
+    /// Key flags: the `exportable` byte of [`KeyTemplate`] and [`KeyAttributes`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct KeyFlags: u8 {
+        /// The key may leave the vault, wrapped.
+        const EXPORTABLE = 1 << 0;
+        /// The key is part of the vault's persistent state (ExportState).
+        const PERSISTENT = 1 << 1;
+        /// The key was restored from a sealed state (ImportState); set by the vault
+        /// only, never in a template.
+        const RESTORED = 1 << 2;
+    }
+}
+
+bitflags! {
+    /// The vault's policy as the vHSM manifest reports it
+    /// (`attest::VhsmManifestHeader::policy_flags`, `u32`). The SVSM fixes the
+    /// policy when it starts, from its command line, which the launch measurement does
+    /// not cover: the manifest, which a VMPL0 report binds, is where a relying party
+    /// learns it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct VaultPolicyFlags: u32 {
+        /// Plaintext key material may be imported (`Import`); without it, keys enter
+        /// the vault only generated, derived or unwrapped.
+        const PLAINTEXT_IMPORT = 1 << 0;
     }
 }
 
@@ -367,7 +460,9 @@ pub struct KeyTemplate {
     pub key_type: U16,
     /// A [`VmplSet`]: the VMPLs that may use the key.
     pub allowed_vmpls: u8,
-    /// 1 if the key may leave the vault (wrapped), 0 if never.
+    /// Key flags ([`KeyFlags`]; the byte keeps its first bit's name): bit 0 the key
+    /// may leave the vault (wrapped), bit 1 it is persistent. `RESTORED` is never
+    /// requested.
     pub exportable: u8,
     /// [`KeyUsage`] bits.
     pub usage: U32,
@@ -383,6 +478,12 @@ impl KeyTemplate {
             exportable: u8::from(exportable),
             usage: U32::new(usage.bits()),
         }
+    }
+
+    /// This template, asking for a persistent key.
+    pub fn persistent(mut self) -> Self {
+        self.exportable |= KeyFlags::PERSISTENT.bits();
+        self
     }
 }
 
@@ -413,7 +514,8 @@ pub struct KeyAttributes {
     pub allowed_vmpls: u8,
     /// [`KeyUsage`] bits.
     pub usage: U32,
-    /// 1 if exportable, else 0.
+    /// Key flags ([`KeyFlags`]; the byte keeps its first bit's name, so old encodings,
+    /// 0 or 1, read as before): exportable, persistent, restored.
     pub exportable: u8,
     /// Number of meaningful bytes in `label`.
     pub label_len: u8,
@@ -425,6 +527,11 @@ pub struct KeyAttributes {
 const _: () = assert!(core::mem::size_of::<KeyAttributes>() == 48);
 
 impl KeyAttributes {
+    /// The key flags, if only defined bits are set.
+    pub fn flags(&self) -> Option<KeyFlags> {
+        KeyFlags::from_bits(self.exportable)
+    }
+
     /// The meaningful bytes of the label.
     pub fn label(&self) -> &[u8] {
         self.label
@@ -433,19 +540,17 @@ impl KeyAttributes {
     }
 }
 
-/// One audit log entry. Never contains key material.
+/// One audit log entry (88 bytes). Never contains key material.
+///
+/// `chain` links the entry to every entry recorded before it, whoever recorded it:
+/// `chain = SHA-384(audit_chain_input(previous chain, entry))`. The vHSM manifest
+/// carries the latest `chain` and the number of entries ever recorded, so an
+/// attestation report commits to the whole log. `salt` is unpredictable to anyone
+/// who cannot read the entry (a keyed function of `seq` under a key that never leaves
+/// the vault), so the chain values of entries a caller can see tell it nothing about
+/// the entries between them it cannot.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
 )]
 #[repr(C)]
 pub struct AuditEntry {
@@ -461,13 +566,25 @@ pub struct AuditEntry {
     pub caller_vmpl: u8,
     /// Zero.
     pub reserved: [u8; 7],
+    /// Per-entry salt, hashed into `chain`.
+    pub salt: [u8; 16],
+    /// The audit chain after this entry.
+    pub chain: [u8; 48],
 }
-const _: () = assert!(core::mem::size_of::<AuditEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<AuditEntry>() == 88);
+
+impl Default for AuditEntry {
+    fn default() -> Self {
+        zerocopy::FromZeros::new_zeroed()
+    }
+}
+const _: () = assert!(core::mem::offset_of!(AuditEntry, chain) == AUDIT_CHAINED_LEN);
 
 /// Why a message could not be decoded or encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireError {
-    /// The bytes end early, have trailing bytes, or a reserved field is set.
+    /// The bytes end early, have trailing bytes, a reserved field is set, or a
+    /// fixed-size field (AttestKey's nonce) has another length.
     Malformed,
     /// The version is not [`VERSION`].
     UnsupportedVersion,
@@ -716,14 +833,63 @@ pub enum Request<'a> {
         /// Return retained entries whose sequence number is at least this.
         from_seq: u64,
     },
-    /// `id key, bytes nonce`. Response body: `bytes binding, bytes report, bytes
-    /// certificates` (the key binding whose SHA-512 is REPORT_DATA, the 0x4A0-byte
-    /// report, the certificate table or empty).
+    /// `id key, bytes nonce` (the nonce exactly `attest::NONCE_SIZE` = 64 bytes:
+    /// any other length is malformed). Response body: `bytes binding, bytes report,
+    /// bytes certificates` (the key binding whose SHA-512 is REPORT_DATA, the
+    /// 0x4A0-byte report, the certificate table or empty).
     AttestKey {
         /// A key with ATTEST usage.
         key: u32,
-        /// The caller's nonce (at most `attest::MAX_KEY_BINDING_NONCE` bytes).
-        nonce: &'a [u8],
+        /// The caller's nonce.
+        nonce: &'a crate::attest::Nonce,
+    },
+    /// `u32 rule, bytes data` (data at most `sealed::MAX_SEAL_DATA_LEN`). `rule` is a
+    /// [`VmplSet`]: the VMPLs that may unseal; it must include the caller's. Response
+    /// body: `bytes blob`.
+    Seal {
+        /// VMPLs that may unseal.
+        rule: u32,
+        /// The data.
+        data: &'a [u8],
+    },
+    /// `bytes blob`. Response body: `u32 flags` ([`SEAL_RESEALED`]), `bytes data`,
+    /// `bytes resealed` (empty unless resealed).
+    Unseal {
+        /// A blob from Seal.
+        blob: &'a [u8],
+    },
+    /// Empty body. Response body: `u64 generation, bytes blob`.
+    ExportState,
+    /// `bytes blob`. Response body: `u64 generation, u32 keys restored, u32 flags`
+    /// ([`SEAL_RESEALED`]), `bytes resealed` (empty unless resealed).
+    ImportState {
+        /// A blob from ExportState.
+        blob: &'a [u8],
+    },
+    /// `id key, bytes digest` (the digest [`MIN_DIGEST_LEN`]..=[`MAX_DIGEST_LEN`]
+    /// bytes, else the vault answers InvalidParameter). Response body: the raw
+    /// signature `r || s`, each the curve's field size (96 bytes for P-384).
+    SignDigest {
+        /// An ECDSA key with SIGN usage.
+        key: u32,
+        /// The digest, used as is (a longer one is truncated to the curve order's bit
+        /// length as FIPS 186-5 says).
+        digest: &'a [u8],
+    },
+    /// `id parent, KeyTemplate, bytes label, bytes salt, bytes info`, as Derive; the
+    /// new key's material is exactly RFC 5869 HKDF-SHA-384(salt, parent material,
+    /// info) of the new type's material length.
+    HkdfDerive {
+        /// AES-256 or HMAC-SHA-384 key with DERIVE usage.
+        parent: u32,
+        /// Properties of the new key.
+        template: KeyTemplate,
+        /// Label.
+        label: &'a [u8],
+        /// HKDF salt (empty: the RFC 5869 default, a hash-length string of zeros).
+        salt: &'a [u8],
+        /// HKDF info.
+        info: &'a [u8],
     },
 }
 
@@ -756,6 +922,12 @@ impl<'a> Request<'a> {
             Self::GetAttributes { .. } => Op::GetAttributes,
             Self::ReadAudit { .. } => Op::ReadAudit,
             Self::AttestKey { .. } => Op::AttestKey,
+            Self::Seal { .. } => Op::Seal,
+            Self::Unseal { .. } => Op::Unseal,
+            Self::ExportState => Op::ExportState,
+            Self::ImportState { .. } => Op::ImportState,
+            Self::SignDigest { .. } => Op::SignDigest,
+            Self::HkdfDerive { .. } => Op::HkdfDerive,
         }
     }
 
@@ -824,7 +996,32 @@ impl<'a> Request<'a> {
             Op::ReadAudit => Self::ReadAudit { from_seq: r.u64()? },
             Op::AttestKey => Self::AttestKey {
                 key: r.u32()?,
-                nonce: r.bytes(crate::attest::MAX_KEY_BINDING_NONCE)?,
+                nonce: r
+                    .bytes(crate::attest::NONCE_SIZE)?
+                    .try_into()
+                    .map_err(|_| WireError::Malformed)?,
+            },
+            Op::Seal => Self::Seal {
+                rule: r.u32()?,
+                data: r.bytes(crate::sealed::MAX_SEAL_DATA_LEN)?,
+            },
+            Op::Unseal => Self::Unseal {
+                blob: r.bytes(crate::sealed::MAX_SEALED_LEN)?,
+            },
+            Op::ExportState => Self::ExportState,
+            Op::ImportState => Self::ImportState {
+                blob: r.bytes(crate::sealed::MAX_SEALED_LEN)?,
+            },
+            Op::SignDigest => Self::SignDigest {
+                key: r.u32()?,
+                digest: r.bytes(MAX_DIGEST_LEN)?,
+            },
+            Op::HkdfDerive => Self::HkdfDerive {
+                parent: r.u32()?,
+                template: r.fixed()?,
+                label: r.bytes(MAX_LABEL_LEN)?,
+                salt: r.bytes(MAX_DERIVE_INPUT_LEN)?,
+                info: r.bytes(MAX_DERIVE_INPUT_LEN)?,
             },
         };
         r.finish()?;
@@ -865,7 +1062,11 @@ impl<'a> Request<'a> {
             Self::GetPublicKey { key } | Self::Delete { key } | Self::GetAttributes { key } => {
                 w.u32(key)
             }
-            Self::Sign { key, message } => {
+            Self::Sign { key, message }
+            | Self::SignDigest {
+                key,
+                digest: message,
+            } => {
                 w.u32(key)?;
                 w.bytes(message)
             }
@@ -898,6 +1099,13 @@ impl<'a> Request<'a> {
                 label,
                 salt,
                 info,
+            }
+            | Self::HkdfDerive {
+                parent,
+                template,
+                label,
+                salt,
+                info,
             } => {
                 w.u32(parent)?;
                 w.put(template.as_bytes())?;
@@ -906,12 +1114,17 @@ impl<'a> Request<'a> {
                 w.bytes(info)
             }
             Self::Random { len } => w.u32(len),
-            Self::List => Ok(()),
+            Self::List | Self::ExportState => Ok(()),
             Self::ReadAudit { from_seq } => w.u64(from_seq),
             Self::AttestKey { key, nonce } => {
                 w.u32(key)?;
                 w.bytes(nonce)
             }
+            Self::Seal { rule, data } => {
+                w.u32(rule)?;
+                w.bytes(data)
+            }
+            Self::Unseal { blob } | Self::ImportState { blob } => w.bytes(blob),
         }
     }
 
@@ -978,7 +1191,14 @@ impl<'a> Response<'a> {
         if header.version.get() != VERSION {
             return Err(WireError::UnsupportedVersion);
         }
+        if header.flags.get() & !RESPONSE_STATE_CHANGED != 0 || header.reserved2.get() != 0 {
+            return Err(WireError::Malformed);
+        }
         if usize::try_from(header.body_len.get()).ok() != Some(body.len()) {
+            return Err(WireError::Malformed);
+        }
+        // Only a success carries a body (canonical: one encoding per answer).
+        if header.status.get() != Status::Ok.raw() && !body.is_empty() {
             return Err(WireError::Malformed);
         }
         Ok(Self { header, body })
@@ -1018,6 +1238,84 @@ impl<'a> Response<'a> {
     }
 }
 
+impl<'a> Response<'a> {
+    /// Whether the response says the vault's persistent state changed.
+    pub fn state_changed(&self) -> bool {
+        self.header.flags.get() & RESPONSE_STATE_CHANGED != 0
+    }
+
+    /// A Seal body: `bytes blob`.
+    pub fn sealed_blob(&self) -> Result<&'a [u8], WireError> {
+        let mut r = Reader::new(self.body);
+        let blob = r.bytes(crate::sealed::MAX_SEALED_LEN)?;
+        r.finish()?;
+        Ok(blob)
+    }
+
+    /// An Unseal body: `u32 flags, bytes data, bytes resealed`.
+    pub fn unsealed(&self) -> Result<Unsealed<'a>, WireError> {
+        let mut r = Reader::new(self.body);
+        let flags = r.u32()?;
+        let data = r.bytes(crate::sealed::MAX_SEAL_DATA_LEN)?;
+        let resealed = r.bytes(crate::sealed::MAX_SEALED_LEN)?;
+        r.finish()?;
+        if flags & !SEAL_RESEALED != 0 || (flags & SEAL_RESEALED != 0) == resealed.is_empty() {
+            return Err(WireError::Malformed);
+        }
+        Ok(Unsealed {
+            data,
+            resealed: (!resealed.is_empty()).then_some(resealed),
+        })
+    }
+
+    /// An ExportState body: `u64 generation, bytes blob`.
+    pub fn exported_state(&self) -> Result<(u64, &'a [u8]), WireError> {
+        let mut r = Reader::new(self.body);
+        let generation = r.u64()?;
+        let blob = r.bytes(crate::sealed::MAX_SEALED_LEN)?;
+        r.finish()?;
+        Ok((generation, blob))
+    }
+
+    /// An ImportState body: `u64 generation, u32 keys, u32 flags, bytes resealed`.
+    pub fn imported_state(&self) -> Result<ImportedState<'a>, WireError> {
+        let mut r = Reader::new(self.body);
+        let generation = r.u64()?;
+        let keys = r.u32()?;
+        let flags = r.u32()?;
+        let resealed = r.bytes(crate::sealed::MAX_SEALED_LEN)?;
+        r.finish()?;
+        if flags & !SEAL_RESEALED != 0 || (flags & SEAL_RESEALED != 0) == resealed.is_empty() {
+            return Err(WireError::Malformed);
+        }
+        Ok(ImportedState {
+            generation,
+            keys,
+            resealed: (!resealed.is_empty()).then_some(resealed),
+        })
+    }
+}
+
+/// What Unseal returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsealed<'a> {
+    /// The data.
+    pub data: &'a [u8],
+    /// The same data sealed at the current TCB, when the blob's TCB was older.
+    pub resealed: Option<&'a [u8]>,
+}
+
+/// What ImportState returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportedState<'a> {
+    /// The restored state's generation.
+    pub generation: u64,
+    /// Keys restored.
+    pub keys: u32,
+    /// The state sealed at the current TCB, when the blob's TCB was older.
+    pub resealed: Option<&'a [u8]>,
+}
+
 /// What AttestKey returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttestKeyEvidence<'a> {
@@ -1050,12 +1348,22 @@ pub fn response_header(op: u16, request_id: u64, status: Status, body_len: u32) 
         version: U16::new(VERSION),
         op: U16::new(op),
         status: U16::new(status.raw()),
-        reserved: U16::new(0),
+        flags: U16::new(0),
         request_id: U64::new(request_id),
         body_len: U32::new(body_len),
         reserved2: U32::new(0),
     }
 }
+
+/// [`ResponseHeader::flags`] bit: this request changed the vault's persistent state
+/// (a persistent key created, deleted, or its GCM counter moved; a state imported):
+/// the state blob the caller holds is stale, ExportState gives the current one.
+pub const RESPONSE_STATE_CHANGED: u16 = 1 << 0;
+
+/// Unseal / ImportState response flag (`u32 flags` in the body): the blob was sealed
+/// at an older TCB; the response carries the same contents sealed at the current TCB,
+/// which the caller should store instead.
+pub const SEAL_RESEALED: u32 = 1 << 0;
 
 #[cfg(test)]
 mod tests {
@@ -1141,12 +1449,51 @@ mod tests {
             Request::List,
             Request::GetAttributes { key: 4 },
             Request::ReadAudit { from_seq: 17 },
+            Request::SignDigest {
+                key: 2,
+                digest: &[0x5A; 48],
+            },
+            Request::HkdfDerive {
+                parent: 5,
+                template: t,
+                label: b"h",
+                salt: b"",
+                info: b"ctx",
+            },
             Request::AttestKey {
                 key: 4,
-                nonce: b"nonce",
+                nonce: &[0x6E; 64],
             },
         ] {
             roundtrip(req);
+        }
+    }
+
+    /// AttestKey's nonce is exactly 64 bytes: a shorter or longer one is refused
+    /// when decoded, whatever the length prefix says.
+    #[test]
+    fn attest_key_nonce_is_64_bytes() {
+        let mut buf = [0u8; 256];
+        let n = Request::AttestKey {
+            key: 4,
+            nonce: &[7; 64],
+        }
+        .encode(1, &mut buf)
+        .unwrap();
+        assert!(Request::decode(&buf[..n]).is_ok());
+        for len in [0usize, 1, 63, 65, 128] {
+            let mut body = 4u32.to_le_bytes().to_vec();
+            body.extend_from_slice(&(len as u32).to_le_bytes());
+            body.extend(core::iter::repeat_n(7u8, len));
+            let mut req = buf[..HEADER_SIZE].to_vec();
+            req[16..20].copy_from_slice(&(body.len() as u32).to_le_bytes());
+            req.extend_from_slice(&body);
+            let want = if len > 64 {
+                WireError::TooLarge
+            } else {
+                WireError::Malformed
+            };
+            assert_eq!(Request::decode(&req), Err(want), "nonce of {len} bytes");
         }
     }
 
@@ -1156,12 +1503,14 @@ mod tests {
         let n = Request::List.encode(1, &mut buf).unwrap();
         assert_eq!(n, HEADER_SIZE);
         assert_eq!(Request::decode(&buf[..n - 1]), Err(WireError::Malformed));
-        let mut bad = buf;
-        bad[0] = 2;
-        assert_eq!(
-            Request::decode(&bad[..n]),
-            Err(WireError::UnsupportedVersion)
-        );
+        for version in [1, 3] {
+            let mut bad = buf;
+            bad[0] = version;
+            assert_eq!(
+                Request::decode(&bad[..n]),
+                Err(WireError::UnsupportedVersion)
+            );
+        }
         let mut bad = buf;
         bad[2] = 0xff;
         assert_eq!(Request::decode(&bad[..n]), Err(WireError::UnknownOperation));
@@ -1225,8 +1574,8 @@ mod tests {
             assert_eq!(Status::from_raw(s.raw()), Some(s));
         }
         assert_eq!(Op::from_raw(0), None);
-        assert_eq!(Op::from_raw(17), None);
-        assert_eq!(Status::from_raw(19), None);
+        assert_eq!(Op::from_raw(21), None);
+        assert_eq!(Status::from_raw(24), None);
         assert_eq!(KeyType::from_raw(5), None);
         assert_eq!(Origin::from_raw(0), None);
         assert!(VmplSet::VMPL2.contains_vmpl(2));
@@ -1242,26 +1591,72 @@ mod tests {
             op: U16::new(6),
             ..Default::default()
         };
-        let mut msg = [0u8; HEADER_SIZE + 4 + 48];
-        let header = response_header(15, 7, Status::Ok, 28);
+        let body = 4 + size_of::<AuditEntry>();
+        let mut msg = [0u8; HEADER_SIZE + 4 + 88 + 8];
+        let header = response_header(15, 7, Status::Ok, body as u32);
         msg[..HEADER_SIZE].copy_from_slice(header.as_bytes());
         msg[HEADER_SIZE..HEADER_SIZE + 4].copy_from_slice(&1u32.to_le_bytes());
-        msg[HEADER_SIZE + 4..HEADER_SIZE + 28].copy_from_slice(entry.as_bytes());
-        let resp = Response::decode(&msg[..HEADER_SIZE + 28]).unwrap();
+        msg[HEADER_SIZE + 4..HEADER_SIZE + body].copy_from_slice(entry.as_bytes());
+        let resp = Response::decode(&msg[..HEADER_SIZE + body]).unwrap();
         assert_eq!(resp.status(), Some(Status::Ok));
         assert_eq!(resp.audit_entries().unwrap(), &[entry]);
         // A count that disagrees with the body length is malformed.
         assert_eq!(
             Response {
                 header,
-                body: &msg[HEADER_SIZE..HEADER_SIZE + 27]
+                body: &msg[HEADER_SIZE..HEADER_SIZE + body - 1]
             }
             .audit_entries(),
             Err(WireError::Malformed)
         );
         assert_eq!(
-            Response::decode(&msg[..HEADER_SIZE + 27]),
+            Response::decode(&msg[..HEADER_SIZE + body - 1]),
             Err(WireError::Malformed)
         );
+        // Undefined flag bits (offset 6: only bit 0 is defined) and the reserved field
+        // (offset 20) must be zero.
+        for (at, value) in [(6, 2), (7, 1), (20, 1)] {
+            let mut m = msg;
+            m[at] = value;
+            assert_eq!(
+                Response::decode(&m[..HEADER_SIZE + body]),
+                Err(WireError::Malformed),
+                "{at}"
+            );
+        }
+        // An error carries no body.
+        let mut m = msg;
+        let refused = response_header(15, 7, Status::KeyNotFound, body as u32);
+        m[..HEADER_SIZE].copy_from_slice(refused.as_bytes());
+        assert_eq!(
+            Response::decode(&m[..HEADER_SIZE + body]),
+            Err(WireError::Malformed)
+        );
+        let empty = response_header(15, 7, Status::KeyNotFound, 0);
+        assert_eq!(
+            Response::decode(empty.as_bytes()).map(|r| r.status()),
+            Ok(Some(Status::KeyNotFound))
+        );
+    }
+
+    #[test]
+    fn audit_chain_input_layout() {
+        let entry = AuditEntry {
+            seq: U64::new(0x0102),
+            key_id: U32::new(7),
+            op: U16::new(8),
+            status: U16::new(15),
+            caller_vmpl: 2,
+            salt: [0xAB; 16],
+            chain: [0xCD; 48],
+            ..Default::default()
+        };
+        let input = audit_chain_input(&[0x11; 48], &entry);
+        assert_eq!(&input[..16], b"NITRIDE-AUDIT-V1");
+        assert_eq!(&input[16..64], &[0x11; 48]);
+        assert_eq!(&input[64..72], &[2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&input[72..80], &[7, 0, 0, 0, 8, 0, 15, 0]);
+        assert_eq!(&input[80..88], &[2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&input[88..], &[0xAB; 16]);
     }
 }

@@ -24,7 +24,7 @@ use nitride_protocol::emulated::dev_psp;
 use nitride_protocol::snp::certs::{CertTableEntry, GUID_ARK, GUID_ASK, GUID_VCEK};
 use nitride_protocol::snp::{Generation, Guid};
 use p384::pkcs8::DecodePrivateKey;
-use zerocopy::byteorder::little_endian::U32;
+use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
 use zeroize::Zeroizing;
 
@@ -596,8 +596,11 @@ fn build_blob(p: &Paths) -> Result<Zeroizing<Vec<u8>>, Error> {
             .map_err(|_| Error::DevChain("chip secret is not 32 bytes".into()))?,
         cert_table_len: U32::new(u32::try_from(table.len()).unwrap_or(u32::MAX)),
         reserved: U32::new(0),
+        tcb_version: U64::new(dev_psp::TCB_VERSION),
     };
-    let mut blob = Zeroizing::new(Vec::with_capacity(96 + table.len()));
+    let mut blob = Zeroizing::new(Vec::with_capacity(
+        size_of::<dev_psp::BlobHeader>() + table.len(),
+    ));
     blob.extend_from_slice(header.as_bytes());
     blob.extend_from_slice(&table);
     zeroize::Zeroize::zeroize(&mut header.vcek_scalar);

@@ -441,84 +441,99 @@ impl Boot {
         for f in [&svsm_log, &combined] {
             let _ = std::fs::remove_file(f);
         }
-        let start = Instant::now();
-        let mut child = Command::new(QEMU)
-            .args(boot.qemu_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Error::Io(std::io::Error::other("no stdout")))?;
-        let mut stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| Error::Io(std::io::Error::other("no stderr")))?;
-        let console_bytes = Arc::new(Mutex::new(Vec::new()));
-        let out_thread = {
-            let console_bytes = Arc::clone(&console_bytes);
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = stdout.read(&mut chunk) {
-                    let Some(read) = chunk.get(..n).filter(|r| !r.is_empty()) else {
-                        break;
-                    };
-                    if let Ok(mut v) = console_bytes.lock() {
-                        v.extend_from_slice(read);
-                    }
-                }
-            })
-        };
-        let err_thread = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = stderr.read_to_end(&mut v);
-            v
-        });
-        let mut timed_out = false;
-        let mut settled_at: Option<Instant> = None;
-        let status = loop {
-            if let Some(s) = child.try_wait()? {
-                break s.code();
-            }
-            if let (Some((text, more)), None) = (&self.settle, settled_at) {
-                let seen = console_bytes
-                    .lock()
-                    .is_ok_and(|v| String::from_utf8_lossy(&v).contains(text.as_str()));
-                if seen {
-                    settled_at = Some(Instant::now() + *more);
-                }
-            }
-            if start.elapsed() > self.timeout || settled_at.is_some_and(|t| Instant::now() > t) {
-                timed_out = true;
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let _ = out_thread.join();
-        let console = console_bytes
-            .lock()
-            .map(|v| String::from_utf8_lossy(&v).replace('\r', ""))
-            .unwrap_or_default();
-        let stderr = String::from_utf8_lossy(&err_thread.join().unwrap_or_default()).into_owned();
+        let run = run_qemu(&boot.qemu_args(), self.timeout, self.settle.as_ref())?;
         let read = |f: &Path| {
             std::fs::read(f)
                 .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
                 .unwrap_or_default()
         };
         Ok(RunOutput {
-            status,
-            console,
             svsm_log: read(&svsm_log),
             combined: read(&combined),
-            stderr,
-            timed_out,
-            elapsed: start.elapsed(),
+            ..run
         })
     }
+}
+
+/// Start QEMU with `args`, collect its console (stdout) and stderr, and wait for it
+/// to end: killed at `timeout`, or `settle.1` after the console first shows
+/// `settle.0`. The logs read from files are the caller's to fill in.
+pub(crate) fn run_qemu(
+    args: &[String],
+    timeout: Duration,
+    settle: Option<&(String, Duration)>,
+) -> Result<RunOutput, Error> {
+    let start = Instant::now();
+    let mut child = Command::new(QEMU)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Io(std::io::Error::other("no stdout")))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::Io(std::io::Error::other("no stderr")))?;
+    let console_bytes = Arc::new(Mutex::new(Vec::new()));
+    let out_thread = {
+        let console_bytes = Arc::clone(&console_bytes);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut chunk) {
+                let Some(read) = chunk.get(..n).filter(|r| !r.is_empty()) else {
+                    break;
+                };
+                if let Ok(mut v) = console_bytes.lock() {
+                    v.extend_from_slice(read);
+                }
+            }
+        })
+    };
+    let err_thread = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let mut timed_out = false;
+    let mut settled_at: Option<Instant> = None;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s.code();
+        }
+        if let (Some((text, more)), None) = (settle, settled_at) {
+            let seen = console_bytes
+                .lock()
+                .is_ok_and(|v| String::from_utf8_lossy(&v).contains(text.as_str()));
+            if seen {
+                settled_at = Some(Instant::now() + *more);
+            }
+        }
+        if start.elapsed() > timeout || settled_at.is_some_and(|t| Instant::now() > t) {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = out_thread.join();
+    let console = console_bytes
+        .lock()
+        .map(|v| String::from_utf8_lossy(&v).replace('\r', ""))
+        .unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&err_thread.join().unwrap_or_default()).into_owned();
+    Ok(RunOutput {
+        status,
+        console,
+        stderr,
+        timed_out,
+        elapsed: start.elapsed(),
+        ..Default::default()
+    })
 }
 
 /// A directory for one run's files under the system's temporary directory, removed
@@ -739,6 +754,18 @@ impl RunningVm {
         dir: &Path,
         svsm_args: &str,
     ) -> Result<Self, Error> {
+        Self::start_with_psp(svsm, relay_guest, dir, svsm_args, None)
+    }
+
+    /// [`RunningVm::start`], handing the emulated PSP `dev_psp` (a dev-PSP blob: another
+    /// chip secret, another TCB) instead of the runner's.
+    pub fn start_with_psp(
+        svsm: &Path,
+        relay_guest: &Path,
+        dir: &Path,
+        svsm_args: &str,
+        dev_psp: Option<&Path>,
+    ) -> Result<Self, Error> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("vhsm.sock");
         let console = dir.join("console.log");
@@ -752,6 +779,9 @@ impl RunningVm {
         boot.svsm_log = Some(svsm_log.clone());
         boot.relay_socket = Some(socket.clone());
         boot.ensure_inputs()?;
+        if let Some(blob) = dev_psp {
+            boot.dev_psp = Some(blob.to_path_buf());
+        }
         let child = Command::new(QEMU)
             .args(boot.qemu_args())
             .stdin(Stdio::null())

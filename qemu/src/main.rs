@@ -66,8 +66,11 @@ enum Task {
     #[command(after_help = "Examples:\n  cargo xtask bench")]
     Bench,
     /// Start the firmware with the relay guest in the background, for `nitride`
-    #[command(after_help = "Examples:\n  cargo xtask up\n  nitride key list\n  cargo xtask down")]
-    Up,
+    #[command(
+        after_help = "Examples:\n  cargo xtask up\n  nitride key list\n  cargo xtask down\n  \
+                            cargo xtask up --state vault.sealed   # keys that survive `down`"
+    )]
+    Up(UpArgs),
     /// Stop the firmware started by `cargo xtask up`
     #[command(after_help = "Examples:\n  cargo xtask down")]
     Down,
@@ -95,6 +98,15 @@ enum Task {
         after_help = "Examples:\n  cargo xtask install\n  cargo xtask install --root ~/.local"
     )]
     Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Keep the vault's persistent keys in FILE: import it at start (through the
+    /// relay, as a guest would; created when missing), write the new sealed state
+    /// back after every change (`nitride` does) and at `down` [default: no state]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    state: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -203,7 +215,7 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Demo => demo(),
         Task::Bench => bench(),
-        Task::Up => up(),
+        Task::Up(a) => up(&a),
         Task::Down => down(),
         Task::DevChain(a) => show_dev_chain(&a),
         Task::Measure(a) => measure_cmd(a),
@@ -406,10 +418,12 @@ fn demo() -> Result<ExitCode, Error> {
         );
     }
     all_ok &= vhsm_story(&images)?;
+    all_ok &= sealing_story(&images)?;
+    all_ok &= pkcs11_story(&images)?;
     println!(
         "\n{}",
         if all_ok {
-            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified."
+            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified, a key survived a restart, a PKCS#11 client signed with a vHSM key."
         } else {
             "Demo found problems (see above)."
         }
@@ -427,7 +441,12 @@ fn bench() -> Result<ExitCode, Error> {
     let mut all_ok = true;
     let mut firmware = Vec::new();
     let mut attest_signing = None;
-    for mode in ["mode=bench", "mode=bench-vhsm", "mode=bench-attest"] {
+    for mode in [
+        "mode=bench",
+        "mode=bench-vhsm",
+        "mode=bench-attest",
+        "mode=bench-seal",
+    ] {
         let mut boot = Boot::new(&images.svsm, Some(&images.test_guest), mode);
         boot.icount = true;
         boot.timeout = std::time::Duration::from_secs(600);
@@ -717,12 +736,26 @@ fn up_dir() -> std::path::PathBuf {
     repo_root().join("target").join("nitride-up")
 }
 
-fn up() -> Result<ExitCode, Error> {
+fn up(args: &UpArgs) -> Result<ExitCode, Error> {
     ensure_qemu()?;
     down_quietly();
     let images = build_images()?;
     let dir = up_dir();
+    let marker = dir.join(nitride_guest_driver::cli::seal::STATE_FILE_MARKER);
+    let _ = std::fs::remove_file(&marker);
     let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir, "")?;
+    if let Some(state) = &args.state {
+        // An absolute path: `nitride` may run from anywhere.
+        let state = std::path::absolute(state)?;
+        match load_state(&vm.socket, &state) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("xtask: up: {}: {e}; stopping", state.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        std::fs::write(&marker, state.as_os_str().as_encoded_bytes())?;
+    }
     std::fs::write(dir.join("qemu.pid"), vm.pid().to_string())?;
     println!("Nitride is up (QEMU pid {}).", vm.pid());
     println!("  relay socket: {}", vm.socket.display());
@@ -737,11 +770,85 @@ fn up() -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `up --state FILE`: import FILE into the fresh vault (writing back the blob
+/// resealed at the current TCB, if the vault made one), or, when FILE does not exist,
+/// export the empty state into it.
+fn load_state(socket: &Path, state: &Path) -> Result<String, String> {
+    use nitride_guest_driver::cli::seal::write_state;
+    use nitride_guest_driver::relay::RelayClient;
+    use nitride_guest_driver::vhsm::VhsmClient;
+    let relay = RelayClient::connect(socket).map_err(|e| e.to_string())?;
+    let mut client = VhsmClient::new(relay);
+    match std::fs::read(state) {
+        Ok(blob) => {
+            let i = client.import_state(&blob).map_err(|e| e.to_string())?;
+            if let Some(resealed) = &i.resealed {
+                write_state(state, resealed).map_err(|e| e.to_string())?;
+            }
+            Ok(format!(
+                "Restored {} persistent key(s) from {} (state generation {}{}).",
+                i.keys,
+                state.display(),
+                i.generation,
+                if i.resealed.is_some() {
+                    "; it was sealed at an older TCB and now holds the state sealed at the current one"
+                } else {
+                    ""
+                }
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (generation, blob) = client.export_state().map_err(|e| e.to_string())?;
+            write_state(state, &blob).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "New vault state in {} (generation {generation}): keys made with --persistent are kept there.",
+                state.display()
+            ))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// At `down`: the running vault's state into the state file `up --state` named.
+fn save_state() -> Option<String> {
+    use nitride_guest_driver::relay::RelayClient;
+    use nitride_guest_driver::vhsm::VhsmClient;
+    let dir = up_dir();
+    let marker = dir.join(nitride_guest_driver::cli::seal::STATE_FILE_MARKER);
+    let state = PathBuf::from(std::fs::read_to_string(&marker).ok()?.trim());
+    let _ = std::fs::remove_file(&marker);
+    let result = RelayClient::connect(&dir.join("vhsm.sock"))
+        .map_err(|e| e.to_string())
+        .and_then(|relay| {
+            VhsmClient::new(relay)
+                .export_state()
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|(generation, blob)| {
+            nitride_guest_driver::cli::seal::write_state(&state, &blob)
+                .map(|()| generation)
+                .map_err(|e| e.to_string())
+        });
+    Some(match result {
+        Ok(g) => format!(
+            "Vault state (generation {g}) saved to {}.",
+            state.display()
+        ),
+        Err(e) => format!(
+            "warning: the vault state could not be saved to {} at down: {e} (the file holds the state of the last change)",
+            state.display()
+        ),
+    })
+}
+
 fn down_quietly() -> bool {
     let pidfile = up_dir().join("qemu.pid");
     let Ok(pid) = std::fs::read_to_string(&pidfile) else {
         return false;
     };
+    if let Some(line) = save_state() {
+        println!("{line}");
+    }
     let _ = std::fs::remove_file(&pidfile);
     Command::new("kill")
         .arg(pid.trim())
@@ -905,13 +1012,216 @@ fn vhsm_story(images: &Images) -> Result<bool, Error> {
     Ok(ok)
 }
 
+/// Part 6 of the demo: a persistent key survives a restart. The state file is kept as
+/// `cargo xtask up --state` keeps it: imported at start, written by `nitride` after
+/// every change.
+fn sealing_story(images: &Images) -> Result<bool, Error> {
+    println!("\n== 6. Sealing: a persistent key survives a restart; only this image on this chip opens its state\n");
+    let dir = repo_root().join("target").join("demo-seal");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::env::set_current_dir(&dir)?;
+    println!("  (in {})", dir.display());
+    let state = dir.join("vault.sealed");
+    let marker = |vm: &RunningVm| {
+        std::fs::write(
+            vm.dir
+                .join(nitride_guest_driver::cli::seal::STATE_FILE_MARKER),
+            state.as_os_str().as_encoded_bytes(),
+        )
+    };
+    std::fs::write(dir.join("note.txt"), b"signed before and after a restart\n")?;
+    std::fs::write(dir.join("disk.key"), b"0123456789abcdef0123456789abcdef")?;
+    let mut ok = true;
+    let vm_dir = dir.join("vm");
+    {
+        let vm = RunningVm::start(&images.svsm, &images.relay_guest, &vm_dir, "")?;
+        let s = vm.socket.clone();
+        match load_state(&s, &state) {
+            Ok(line) => println!("  {line}"),
+            Err(e) => {
+                println!("  state: {e}");
+                ok = false;
+            }
+        }
+        marker(&vm)?;
+        ok &= nitride(
+            &s,
+            &[
+                "key",
+                "generate",
+                "--type",
+                "ecdsa-p384",
+                "--persistent",
+                "--label",
+                "long-lived",
+            ],
+        )
+        .0;
+        ok &= nitride(
+            &s,
+            &["key", "pubkey", "1", "--pem", "--out", "long-lived.pem"],
+        )
+        .0;
+        ok &= nitride(
+            &s,
+            &[
+                "seal",
+                "--vmpls",
+                "1",
+                "--in",
+                "disk.key",
+                "--out",
+                "disk.key.sealed",
+            ],
+        )
+        .0;
+        println!(
+            "  ({} now holds the state: {} bytes; the VM stops)",
+            state.display(),
+            std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0)
+        );
+    }
+    let vm = RunningVm::start(&images.svsm, &images.relay_guest, &vm_dir, "")?;
+    let s = vm.socket.clone();
+    println!("  (a new VM: same SVSM and guest images, same chip)");
+    match load_state(&s, &state) {
+        Ok(line) => println!("  {line}"),
+        Err(e) => {
+            println!("  state: {e}");
+            ok = false;
+        }
+    }
+    marker(&vm)?;
+    ok &= nitride(&s, &["key", "list"]).0;
+    ok &= nitride(&s, &["sign", "1", "--in", "note.txt", "--out", "note.sig"]).0;
+    let args = [
+        "dgst",
+        "-sha384",
+        "-verify",
+        "long-lived.pem",
+        "-signature",
+        "note.sig",
+        "note.txt",
+    ];
+    println!(
+        "  $ openssl {}   # the public key exported before the restart",
+        args.join(" ")
+    );
+    let ossl = Command::new("openssl").args(args).output()?;
+    println!("    {}", String::from_utf8_lossy(&ossl.stdout).trim());
+    ok &= ossl.status.success();
+    let (unsealed, out) = nitride(&s, &["unseal", "--in", "disk.key.sealed"]);
+    ok &= unsealed && out == std::fs::read(dir.join("disk.key"))?;
+    Ok(ok)
+}
+
+/// Part 7 of the demo: an unmodified PKCS#11 client (OpenSC's `pkcs11-tool`) makes a
+/// key in the vHSM and signs through `libnitride_pkcs11.so`; `openssl` verifies with
+/// the public key `nitride` exports. Skipped (not failed) where `pkcs11-tool` is not
+/// installed.
+fn pkcs11_story(images: &Images) -> Result<bool, Error> {
+    println!("\n== 7. PKCS#11: pkcs11-tool uses a vHSM key through libnitride_pkcs11.so\n");
+    if Command::new("pkcs11-tool").arg("--help").output().is_err() {
+        println!("  skipped: pkcs11-tool is not installed (Debian: opensc; .ci/run installs it)");
+        return Ok(true);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "--quiet", "--release", "-p", "nitride-pkcs11"])
+        .current_dir(repo_root())
+        .status()?;
+    if !built.success() {
+        println!("  building nitride-pkcs11 failed");
+        return Ok(false);
+    }
+    let module = repo_root()
+        .join("target")
+        .join("x86_64-unknown-linux-gnu")
+        .join("release")
+        .join("libnitride_pkcs11.so");
+    let dir = repo_root().join("target").join("demo-pkcs11");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::env::set_current_dir(&dir)?;
+    println!("  (in {})", dir.display());
+    let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir.join("vm"), "")?;
+    let s = vm.socket.clone();
+    std::fs::write(dir.join("release.tar"), b"a release to sign\n")?;
+    let m = module.display().to_string();
+    let tool = |args: &[&str]| -> Result<(bool, String), Error> {
+        println!(
+            "  $ pkcs11-tool --module libnitride_pkcs11.so {}",
+            args.join(" ")
+        );
+        let o = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(&m)
+            .args(args)
+            .env("NITRIDE_SOCKET", &s)
+            .output()?;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        for l in out
+            .lines()
+            .chain(String::from_utf8_lossy(&o.stderr).lines())
+        {
+            println!("    {l}");
+        }
+        Ok((o.status.success(), out))
+    };
+    let (mut ok, gen) = tool(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:secp384r1",
+        "--label",
+        "signer",
+    ])?;
+    let id = gen
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ID:"))
+        .map(|i| i.trim().to_owned())
+        .unwrap_or_default();
+    ok &= tool(&[
+        "--sign",
+        "-m",
+        "ECDSA-SHA384",
+        "--id",
+        &id,
+        "-i",
+        "release.tar",
+        "-o",
+        "release.sig",
+        "--signature-format",
+        "openssl",
+    ])?
+    .0;
+    let key = u32::from_str_radix(&id, 16).unwrap_or(0).to_string();
+    ok &= nitride(&s, &["key", "pubkey", &key, "--pem", "--out", "signer.pem"]).0;
+    let args = [
+        "dgst",
+        "-sha384",
+        "-verify",
+        "signer.pem",
+        "-signature",
+        "release.sig",
+        "release.tar",
+    ];
+    println!("  $ openssl {}", args.join(" "));
+    let ossl = Command::new("openssl").args(args).output()?;
+    println!("    {}", String::from_utf8_lossy(&ossl.stdout).trim());
+    ok &= ossl.status.success();
+    Ok(ok)
+}
+
 /// Part 5 of the demo, on the running relay VM: VMPL0 evidence for the services and
 /// for one key, checked by the guest-side verifier against the development root.
 fn attestation_story(s: &std::path::Path, images: &Images) -> Result<bool, Error> {
     println!("\n== 5. Attestation: the SVSM asks the (emulated) PSP for VMPL0 reports; the verifier checks them\n");
-    let mut random = [0u8; 32];
+    // Nonces are exactly 64 bytes (what Linux's configfs-tsm sends).
+    let mut random = [0u8; 128];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
-    let nonce = measure::hex(&random);
+    let (services_nonce, key_random) = random.split_at(64);
+    let nonce = measure::hex(services_nonce);
     let chain = ensure_dev_chain()?;
     let root = chain.dir.display().to_string();
     let expected = measure::hex(&launch_measurement(&images.svsm, &images.relay_guest)?);
@@ -955,14 +1265,14 @@ fn attestation_story(s: &std::path::Path, images: &Images) -> Result<bool, Error
     println!("  (without trusting the development root: refused)");
     ok &= !verify(&[]);
     ok &= verify(&["--trust-dev-root", &root]);
-    println!("  (a changed manifest no longer matches REPORT_DATA)");
+    println!("  (a changed manifest is refused)");
     let mut manifest = std::fs::read("evidence/manifest.bin")?;
     if let Some(b) = manifest.last_mut() {
         *b ^= 1;
     }
     std::fs::write("evidence/manifest.bin", &manifest)?;
     ok &= !verify(&["--trust-dev-root", &root]);
-    let key_nonce = &nonce[..32];
+    let key_nonce = &measure::hex(key_random);
     ok &= nitride(
         s,
         &[

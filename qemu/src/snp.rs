@@ -2,15 +2,13 @@
 //! program, packing IGVM files, booting the machine in QEMU and reading what it
 //! reports (`docs/snp-machine.md`).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nitride_protocol::emulated::dev_psp;
 pub use nitride_snp_machine::exit as machine_exit;
 
-use crate::{dev_psp_blob_path, ensure_dev_chain, images_dir, Error, RunOutput, QEMU};
+use crate::{dev_psp_blob_path, ensure_dev_chain, images_dir, Error, RunOutput};
 
 /// The machine and the test program.
 #[derive(Clone, Debug)]
@@ -204,61 +202,15 @@ impl SnpBoot {
         for f in [&host_log, &combined] {
             let _ = std::fs::remove_file(f);
         }
-        let start = Instant::now();
-        let mut child = Command::new(QEMU)
-            .args(boot.qemu_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut out = child
-            .stdout
-            .take()
-            .ok_or_else(|| Error::Io(std::io::Error::other("no stdout")))?;
-        let mut err = child
-            .stderr
-            .take()
-            .ok_or_else(|| Error::Io(std::io::Error::other("no stderr")))?;
-        let t_out = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = out.read_to_end(&mut v);
-            v
-        });
-        let t_err = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = err.read_to_end(&mut v);
-            v
-        });
-        let mut timed_out = false;
-        let status = loop {
-            if let Some(s) = child.try_wait()? {
-                break s.code();
-            }
-            if start.elapsed() > self.timeout {
-                timed_out = true;
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let console = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).replace('\r', "");
-        let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+        let mut out = crate::run_qemu(&boot.qemu_args(), self.timeout, None)?;
         let read = |f: &Path| {
             std::fs::read(f)
                 .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
                 .unwrap_or_default()
         };
-        Ok(RunOutput {
-            status,
-            console,
-            svsm_log: read(&host_log),
-            combined: read(&combined),
-            stderr,
-            timed_out,
-            elapsed: start.elapsed(),
-            ..Default::default()
-        })
+        out.svsm_log = read(&host_log);
+        out.combined = read(&combined);
+        Ok(out)
     }
 }
 

@@ -58,6 +58,8 @@ const CHECKS: &[&str] = &[
     "msr-hv-features",
     "psc-and-register-ghcb",
     "vc-cpuid",
+    "cpuid-page",
+    "ap-destroy",
     "vc-rdmsr",
     "vc-rdmsr-refused",
     "ghcb-msr-gp",

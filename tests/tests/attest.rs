@@ -15,17 +15,16 @@ use nitride_guest_driver::attest::{AttestError, Target};
 use nitride_guest_driver::cli;
 use nitride_guest_driver::relay::AttestParams;
 use nitride_guest_driver::verify::{
-    verify, AppraisalPolicy, PolicyError, RootUsed, TrustAnchors, VerifiedReport, DEV_ROOT_LABEL,
+    verify, AppraisalPolicy, CheckedEvidence, PolicyError, RootUsed, TrustAnchors, VerifiedReport,
+    DEV_ROOT_LABEL,
 };
-use nitride_protocol::attest::{
-    KeyBinding, ManifestTable, VhsmManifest, MANIFEST_TABLE_GUID, VHSM_SERVICE_GUID,
-};
+use nitride_protocol::attest::{KeyBinding, VhsmManifest, MANIFEST_TABLE_GUID, VHSM_SERVICE_GUID};
 use nitride_protocol::snp::Generation;
 use nitride_protocol::svsm::{secrets, ResultCode};
 use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet};
 use nitride_tests::{
-    dev_anchors, dev_chain_dir, endorsement_key, images, start_relay, RelayClient, VhsmClient,
-    VhsmError,
+    boot_guest, dev_anchors, dev_chain_dir, endorsement_key, expect, images, start_relay, Outcome,
+    RelayClient, VhsmClient, VhsmError,
 };
 
 /// The launch measurement of the production SVSM with the relay guest, as the
@@ -75,7 +74,7 @@ fn services_attestation_binds_nonce_manifest_and_keys() {
     let hidden = p384(&mut c, KeyUsage::SIGN | KeyUsage::VERIFY, b"not attested");
     let attested_spki = c.public_key(attested).unwrap();
     let attested_attrs = c.attributes(attested).unwrap();
-    let nonce = c.random(64).unwrap();
+    let nonce: [u8; 64] = c.random(64).unwrap().try_into().unwrap();
 
     let ev = c
         .transport()
@@ -84,35 +83,42 @@ fn services_attestation_binds_nonce_manifest_and_keys() {
     assert!(!ev.retried);
     let v = genuine(&ev.report, &ev.certificates);
     let policy = AppraisalPolicy::new().expect_vmpl(0);
-    assert_eq!(
-        policy
-            .clone()
-            .expect_nonce_manifest(&nonce, &ev.manifest)
-            .appraise(&v),
-        Ok(())
-    );
+    let checked = policy.clone().expect_nonce_manifest(&nonce, &ev.manifest);
+    let appraisal = checked.appraise(&v).unwrap();
 
-    // The manifest: a services table listing the vHSM, whose entry holds the vault
-    // identity key and exactly the ATTEST keys.
+    // The manifest, as the policy checked it: a services table listing the vHSM,
+    // whose entry holds the vault identity key and exactly the ATTEST keys.
     assert_eq!(&ev.manifest[..16], &MANIFEST_TABLE_GUID);
-    let table = ManifestTable::parse(&ev.manifest).unwrap();
+    let CheckedEvidence::Services {
+        table,
+        vhsm: Some(m),
+        ..
+    } = appraisal.evidence
+    else {
+        panic!("services evidence expected: {:?}", appraisal.evidence);
+    };
     let vhsm_bytes = table.find(&VHSM_SERVICE_GUID).unwrap();
-    let m = VhsmManifest::parse(vhsm_bytes).unwrap();
+    assert_eq!(VhsmManifest::parse(vhsm_bytes).unwrap(), m);
     assert!(!m.identity.is_empty());
     let keys: Vec<_> = m.keys().collect();
     assert!(
         keys.iter()
-            .any(|(a, spki)| *a == attested_attrs && *spki == attested_spki.as_slice()),
+            .any(|k| k.attributes == attested_attrs && k.spki == attested_spki.as_slice()),
         "the ATTEST key is listed with its attributes and SPKI"
     );
     assert!(
-        keys.iter().all(|(a, _)| a.key_id.get() != hidden),
+        keys.iter().all(|k| k.attributes.key_id.get() != hidden),
         "a key without ATTEST is not listed"
     );
 
     // A changed manifest, a changed nonce: refused.
     let mut other_manifest = ev.manifest.clone();
-    *other_manifest.last_mut().unwrap() ^= 1;
+    // A byte of the listed key's label (table head 48 + vHSM header 96 + identity
+    // 120, then the attributes' label at +16): still a manifest the SVSM could write,
+    // so it is REPORT_DATA that refuses it. (Flipping a byte of a public key makes
+    // it malformed first: see nonce_manifest_must_be_what_the_svsm_writes.)
+    assert_eq!(&other_manifest[280..288], b"attested");
+    other_manifest[280] ^= 1;
     assert!(matches!(
         policy
             .clone()
@@ -120,7 +126,7 @@ fn services_attestation_binds_nonce_manifest_and_keys() {
             .appraise(&v),
         Err(PolicyError::ReportData { .. })
     ));
-    let mut other_nonce = nonce.clone();
+    let mut other_nonce = nonce;
     other_nonce[0] ^= 1;
     assert!(matches!(
         policy
@@ -148,12 +154,11 @@ fn services_attestation_binds_nonce_manifest_and_keys() {
     assert!(one.certificates.is_empty());
     assert_eq!(one.manifest, vhsm_bytes);
     let v1 = genuine(&one.report, &ev.certificates);
-    assert_eq!(
-        policy
-            .expect_nonce_manifest(&nonce, &one.manifest)
-            .appraise(&v1),
-        Ok(())
-    );
+    let single = policy.expect_nonce_manifest(&nonce, &one.manifest);
+    assert!(matches!(
+        single.appraise(&v1).unwrap().evidence,
+        CheckedEvidence::VhsmService { .. }
+    ));
 }
 
 #[test]
@@ -164,33 +169,36 @@ fn attest_key_binds_the_public_key_and_attributes() {
         KeyUsage::SIGN | KeyUsage::VERIFY | KeyUsage::ATTEST,
         b"tls key",
     );
-    let nonce = b"relying party challenge 0001".to_vec();
+    let nonce = [0x52u8; 64];
     let ak = c.attest_key(key, &nonce).unwrap();
     let b = KeyBinding::parse(&ak.binding).unwrap();
     assert_eq!(b.spki, c.public_key(key).unwrap().as_slice());
     assert_eq!(b.attributes, c.attributes(key).unwrap());
-    assert_eq!(b.nonce, nonce.as_slice());
+    assert_eq!(b.nonce, &nonce);
     let v = genuine(&ak.report, &ak.certificates);
     let policy = AppraisalPolicy::new().expect_vmpl(0);
-    assert_eq!(
-        policy
-            .clone()
-            .expect_key_binding(&ak.binding)
-            .expect_binding_nonce(&nonce)
-            .appraise(&v),
-        Ok(())
-    );
+    let checked = policy
+        .clone()
+        .expect_key_binding(&ak.binding)
+        .expect_binding_nonce(&nonce);
+    assert!(matches!(
+        checked.appraise(&v).unwrap().evidence,
+        CheckedEvidence::KeyBinding(got) if got == b
+    ));
     // Another nonce expected, a binding with another key: refused.
     assert!(matches!(
         policy
             .clone()
             .expect_key_binding(&ak.binding)
-            .expect_binding_nonce(b"another challenge")
+            .expect_binding_nonce(&[0x53; 64])
             .appraise(&v),
         Err(PolicyError::KeyBindingNonce { .. })
     ));
+    // Another label (the binding's byte 96, the attributes' label): a binding the
+    // vault could write, but not the one the report binds.
     let mut other = ak.binding.clone();
-    *other.last_mut().unwrap() ^= 1;
+    assert_eq!(&other[96..103], b"tls key");
+    other[96] ^= 1;
     assert!(matches!(
         policy.expect_key_binding(&other).appraise(&v),
         Err(PolicyError::KeyBindingReportData { .. })
@@ -225,12 +233,10 @@ fn buffer_sizes_are_negotiated_through_the_relay() {
     assert!(ev.retried);
     assert_eq!(ev.manifest.len() as u64, manifest);
     let v = genuine(&ev.report, &ev.certificates);
-    assert_eq!(
-        AppraisalPolicy::new()
-            .expect_nonce_manifest(&nonce, &ev.manifest)
-            .appraise(&v),
-        Ok(())
-    );
+    assert!(AppraisalPolicy::new()
+        .expect_nonce_manifest(&nonce, &ev.manifest)
+        .appraise(&v)
+        .is_ok());
     // A report buffer below 0x4A0 bytes, a certificate buffer too small: the same.
     let mut tiny_report = AttestParams::new(Target::Services, &nonce);
     tiny_report.report_size = 0x100;
@@ -252,13 +258,16 @@ fn buffer_sizes_are_negotiated_through_the_relay() {
         ),
         "{r:?}"
     );
-    // An oversized nonce is refused by the SVSM (the relay passes its length on).
-    let big = vec![0u8; nitride_protocol::attest::MAX_NONCE_SIZE as usize + 1];
-    let r = c
-        .transport()
-        .attest_call(&AttestParams::new(Target::Services, &big))
-        .unwrap();
-    assert_eq!(r.rax, ResultCode::InvalidParameter.raw(), "{r:?}");
+    // A nonce of any other size than 64 bytes is refused by the SVSM (the relay
+    // passes its length on), with nothing written and no sizes in the registers.
+    for len in [0, 32, 63, 65, 4096] {
+        let other = vec![0x42u8; len];
+        let mut p = AttestParams::new(Target::Services, &nonce);
+        p.nonce = &other;
+        let r = c.transport().attest_call(&p).unwrap();
+        assert_eq!(r.rax, ResultCode::InvalidParameter.raw(), "{len}: {r:?}");
+        assert_eq!((r.rcx, r.rdx, r.r8), (0, 0, 0), "{len}: {r:?}");
+    }
     // The channel still serves vHSM requests afterwards.
     assert_eq!(c.random(8).unwrap().len(), 8);
 }
@@ -363,6 +372,16 @@ fn cli_attest_then_verify() {
     assert_eq!(verdict["verdict"], "valid");
     assert_eq!(verdict["vmpl"], 0);
     assert_eq!(verdict["vmpl_checked"], true);
+    // The verdict shows the guest policy bits and the evidence as checked.
+    assert_eq!(verdict["guest_policy"]["value"], "0x30000", "{verdict}");
+    assert_eq!(verdict["evidence"]["kind"], "services", "{verdict}");
+    assert_eq!(verdict["evidence"]["nonce"], nonce, "{verdict}");
+    assert!(
+        verdict["evidence"]["vhsm"]["identity_key"]
+            .as_str()
+            .is_some_and(|k| k.len() == 240),
+        "{verdict}"
+    );
     // Another nonce: refused.
     let other = "ff".repeat(64);
     let args: Vec<String> = argv
@@ -395,11 +414,12 @@ fn cli_attest_then_verify() {
     );
     assert_eq!(code, 0, "{err}");
     let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"].to_string();
+    let (key_nonce, other_key_nonce) = ("c0ffee00".repeat(16), "c0ffef00".repeat(16));
     let kdir = vm.dir.join("key");
     let kd = kdir.display().to_string();
     let (code, _, err) = nitride(
         sock,
-        &["attest", "key", &id, "--nonce", "c0ffee", "-o", &kd],
+        &["attest", "key", &id, "--nonce", &key_nonce, "-o", &kd],
     );
     assert_eq!(code, 0, "{err}");
     let kb = kdir.join("key-binding.bin").display().to_string();
@@ -413,7 +433,7 @@ fn cli_attest_then_verify() {
             "--key-binding",
             &kb,
             "--nonce",
-            "c0ffee",
+            &key_nonce,
             "--trust-dev-root",
             &dev,
             "--measurement",
@@ -431,11 +451,48 @@ fn cli_attest_then_verify() {
             "--key-binding",
             &kb,
             "--nonce",
-            "c0ffef",
+            &other_key_nonce,
             "--trust-dev-root",
             &dev,
         ],
     );
     assert_eq!(code, 1);
     assert!(err.contains("policy key binding: nonce"), "{err}");
+}
+
+/// The test guest plays a hostile guest OS against the firmware (`mode=forgery`,
+/// `tests/guest/src/forgery.rs`): the long-nonce services and single-service
+/// forgeries and the key binding made from a protocol-1 report are refused with
+/// INVALID_PARAMETER and nothing written; so is every nonce length but 64; a
+/// binding-shaped 64-byte nonce gives evidence that reads as a services
+/// attestation only.
+#[test]
+fn firmware_refuses_the_guest_forgeries() {
+    let out = boot_guest("forgery");
+    for check in [
+        "genuine-services",
+        "forged-services-refused",
+        "forged-single-service-refused",
+        "forged-binding-refused",
+        "binding-shaped-nonce-reads-as-services",
+        "other-nonce-length-refused",
+        "genuine-after",
+    ] {
+        expect(
+            &out,
+            out.guest_lines()
+                .any(|l| l.contains(&format!("CHECK {check}:")) && l.ends_with("... ok")),
+            check,
+        );
+    }
+    expect(
+        &out,
+        !out.guest_lines().any(|l| l.ends_with("... FAIL")),
+        "a check failed",
+    );
+    expect(
+        &out,
+        out.outcome() == Outcome::GuestPass,
+        "guest did not pass",
+    );
 }

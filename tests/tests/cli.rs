@@ -277,7 +277,18 @@ fn refusals_name_the_key_or_the_limit() {
         "{err}"
     );
     // A key without the attest usage is named as not attestable.
-    let (code, _, err) = nitride(&s, &["attest", "key", &ed, "--nonce", "00", "-o", &f("ev")]);
+    let (code, _, err) = nitride(
+        &s,
+        &[
+            "attest",
+            "key",
+            &ed,
+            "--nonce",
+            &"00".repeat(64),
+            "-o",
+            &f("ev"),
+        ],
+    );
     assert_eq!(code, 1);
     assert!(
         err.contains(&format!("key {ed} is not attestable")),

@@ -36,7 +36,7 @@ fn snp_relay_vhsm_and_attestation() {
     let sig = c.sign(key, b"on SNP").expect("sign");
     c.verify(key, b"on SNP", &sig).expect("verify");
     assert_eq!(c.random(32).expect("random").len(), 32);
-    let ev = c.attest_key(key, &[7u8; 32]).expect("attest key");
+    let ev = c.attest_key(key, &[7u8; 64]).expect("attest key");
     let anchors = nitride_tests::dev_anchors();
     let v = nitride_guest_driver::verify::verify(
         &anchors,

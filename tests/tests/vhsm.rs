@@ -1,7 +1,9 @@
 //! The vHSM in the firmware, driven from the host through the relay guest: every
 //! operation goes through a real SVSM call, `openssl` judges the signatures, bad
 //! input gets its documented error and the SVSM keeps serving, a 10,000-request load
-//! keeps the heap flat, and isolation holds with keys in the vault.
+//! keeps the heap flat, isolation holds with keys in the vault, and the attested vHSM
+//! manifest reports the vault policy and the audit log's count and chain, which
+//! Python's `hashlib` re-checks against the log.
 #![allow(
     clippy::unwrap_used,
     reason = "test code: a failed unwrap is a failed test"
@@ -10,10 +12,14 @@
 use std::path::Path;
 use std::process::Command;
 
+use nitride_guest_driver::attest::Target;
+use nitride_guest_driver::relay::AttestParams;
+use nitride_protocol::attest::{VhsmManifest, VhsmManifestHeader, VHSM_SERVICE_GUID};
 use nitride_protocol::relay::RESPONSE_BUFFER_SIZE;
 use nitride_protocol::svsm::ResultCode;
 use nitride_protocol::vhsm::{
-    KeyTemplate, KeyType, KeyUsage, Origin, Request, Status, VmplSet, HEADER_SIZE, MAX_REQUEST_SIZE,
+    AuditEntry, KeyTemplate, KeyType, KeyUsage, Origin, Request, Status, VmplSet, HEADER_SIZE,
+    MAX_REQUEST_SIZE,
 };
 use nitride_tests::{boot_guest, expect, start_relay, Outcome, RelayClient, VhsmClient, VhsmError};
 
@@ -422,10 +428,10 @@ fn bad_input_gets_its_documented_error_and_the_svsm_keeps_serving() {
         status_of(&c.transport().request(&unknown_op).unwrap().payload),
         Some(Status::UnknownOperation)
     );
-    let mut v2 = req.clone();
-    v2[0] = 2;
+    let mut other_version = req.clone();
+    other_version[0] = 3;
     assert_eq!(
-        status_of(&c.transport().request(&v2).unwrap().payload),
+        status_of(&c.transport().request(&other_version).unwrap().payload),
         Some(Status::UnsupportedVersion)
     );
     // Bytes on the channel that are no frame at all: the relay resynchronises.
@@ -545,4 +551,119 @@ fn ten_thousand_requests_keep_the_heap_flat() {
         "heap after 1,000 requests: {} in use, {} high-water; after 10,000: {} / {}",
         early.1, early.2, late.1, late.2
     );
+}
+
+/// The vHSM manifest of a single-service attestation (the report itself is checked by
+/// `tests/attest.rs`).
+fn attested_vhsm_header(c: &mut VhsmClient<RelayClient>) -> VhsmManifestHeader {
+    let mut params = AttestParams::new(
+        Target::SingleService {
+            guid: VHSM_SERVICE_GUID,
+            manifest_version: 0,
+        },
+        &[0x5A; 64],
+    );
+    params.want_certificates = false;
+    let ev = c.transport().attest(&params).unwrap();
+    VhsmManifest::parse(&ev.manifest).unwrap().header
+}
+
+/// Python's `hashlib` links `entries` (consecutive, oldest first) from `previous` and
+/// returns the last chain value it computed; it fails if any entry's `chain` differs.
+fn python_chain(previous: &[u8; 48], entries: &[AuditEntry]) -> [u8; 48] {
+    // The 88-byte wire layout (docs/vhsm-protocol.md), written out field by field.
+    let mut body = Vec::new();
+    for e in entries {
+        body.extend_from_slice(&e.seq.get().to_le_bytes());
+        body.extend_from_slice(&e.key_id.get().to_le_bytes());
+        body.extend_from_slice(&e.op.get().to_le_bytes());
+        body.extend_from_slice(&e.status.get().to_le_bytes());
+        body.push(e.caller_vmpl);
+        body.extend_from_slice(&e.reserved);
+        body.extend_from_slice(&e.salt);
+        body.extend_from_slice(&e.chain);
+    }
+    let script = r#"
+import hashlib, sys
+prev, body = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])
+assert len(body) % 88 == 0
+for i in range(0, len(body), 88):
+    e = body[i:i + 88]
+    link = hashlib.sha384(b"NITRIDE-AUDIT-V1" + prev + e[:40]).digest()
+    assert link == e[40:], "entry %d does not link" % (i // 88)
+    prev = link
+print(prev.hex())
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &hex::encode(previous), &hex::encode(&body)])
+        .output()
+        .expect("python3 is required for this test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hex::decode(String::from_utf8(out.stdout).unwrap().trim())
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+/// The attested vHSM manifest shows the vault policy, which comes from the SVSM's
+/// (unmeasured) command line, and commits to the audit log: two attestations show how
+/// many entries were recorded in between, a flood that overwrites the ring shows in
+/// the count, and the entries the relay guest (VMPL1) reads re-check against the
+/// attested chain values.
+#[test]
+fn manifest_reports_the_vault_policy_and_the_audit_log() {
+    for (args, flags) in [("", 0u32), ("nitride.plaintext_import=allow", 1)] {
+        let (vm, mut c) = start_relay(&format!("manifest-policy-{flags}"), args);
+        let first = attested_vhsm_header(&mut c);
+        assert_eq!(first.policy_flags.get(), flags, "{args}");
+        let at_first = first.audit_count.get();
+        let k = gen(&mut c, KeyType::HmacSha384, KeyUsage::SIGN, false, b"a");
+        for _ in 0..4 {
+            c.sign(k, b"m").unwrap();
+        }
+        let second = attested_vhsm_header(&mut c);
+        assert_eq!(
+            second.audit_count.get(),
+            at_first + 5,
+            "five requests between"
+        );
+        assert_eq!(second.policy_flags.get(), flags);
+        // Every entry is the relay guest's, so it sees them all: they link from the
+        // first attested chain value to the second.
+        let log = c.audit(at_first + 1).unwrap();
+        assert_eq!(log.len(), 5);
+        assert_eq!(log[0].seq.get(), at_first + 1);
+        assert_eq!(python_chain(&first.audit_chain, &log), second.audit_chain);
+        // A flood of more than the ring holds: the entries are gone, the count and
+        // the chain show it.
+        let flood = 2 * nitride_protocol::vhsm::AUDIT_CAPACITY as u64;
+        for _ in 0..flood {
+            c.random(1).unwrap();
+        }
+        let third = attested_vhsm_header(&mut c);
+        // The ReadAudit above, then the flood.
+        assert_eq!(
+            third.audit_count.get(),
+            second.audit_count.get() + 1 + flood
+        );
+        let retained = c.audit(0).unwrap();
+        assert!(
+            retained[0].seq.get() > second.audit_count.get(),
+            "overwritten"
+        );
+        let last = retained
+            .iter()
+            .find(|e| e.seq.get() == third.audit_count.get())
+            .unwrap();
+        assert_eq!(last.chain, third.audit_chain);
+        assert_eq!(
+            python_chain(&retained[0].chain, &retained[1..]),
+            retained.last().unwrap().chain
+        );
+        assert!(!vm.console_text().contains("ERROR"));
+    }
 }

@@ -8,9 +8,11 @@
 use alloc::vec::Vec;
 
 use nitride_protocol::vhsm::{
-    response_header, AuditEntry, KeyAttributes, Request, Status, AUDIT_CAPACITY, GCM_NONCE_LEN,
+    response_header, AuditEntry, KeyAttributes, Op, Request, Status, AUDIT_CAPACITY, GCM_NONCE_LEN,
     GCM_TAG_LEN, HEADER_SIZE, KEY_CAPACITY, MAX_DATA_LEN, MAX_RANDOM_LEN, MAX_RESPONSE_SIZE,
+    RESPONSE_STATE_CHANGED, SEAL_RESEALED,
 };
+use zerocopy::little_endian::U16;
 use zerocopy::IntoBytes;
 
 use crate::vault::{KeyInfo, KeySpec, Vault};
@@ -52,6 +54,7 @@ impl<P: Platform> Vault<P> {
         let mut out = Vec::with_capacity(HEADER_SIZE + 64);
         out.resize(HEADER_SIZE, 0);
         let (op, request_id) = peek_header(request);
+        let changes = self.state_changes();
         let (key_id, status) = match Request::decode(request) {
             Err(e) => (0, e.status()),
             Ok((_, req)) => match self.execute(caller, &req, attester, &mut out) {
@@ -65,7 +68,10 @@ impl<P: Platform> Vault<P> {
         }
         self.audit.record(op, key_id, caller.vmpl(), status);
         let body_len = u32::try_from(out.len().saturating_sub(HEADER_SIZE)).unwrap_or(0);
-        let header = response_header(op, request_id, status, body_len);
+        let mut header = response_header(op, request_id, status, body_len);
+        if self.state_changes() != changes && op != Op::ImportState.raw() {
+            header.flags = U16::new(RESPONSE_STATE_CHANGED);
+        }
         if let Some(dst) = out.get_mut(..HEADER_SIZE) {
             dst.copy_from_slice(header.as_bytes());
         }
@@ -156,12 +162,70 @@ impl<P: Platform> Vault<P> {
                 (0, put_counted(out, &keys))
             }
             Request::ReadAudit { from_seq } => {
-                let entries: Vec<_> = self.audit.since(from_seq).copied().collect();
+                let entries: Vec<_> = self
+                    .audit
+                    .visible_since(caller, from_seq)
+                    .copied()
+                    .collect();
                 (0, put_counted(out, &entries))
             }
             Request::AttestKey { key, nonce } => {
                 (key, self.attest_key(caller, key, nonce, attester, out))
             }
+            Request::Seal { rule, data } => (
+                0,
+                self.seal(caller, rule, data, attester)
+                    .and_then(|blob| put_bytes(out, &blob)),
+            ),
+            Request::Unseal { blob } => (
+                0,
+                self.unseal(caller, blob, attester).and_then(|u| {
+                    let flags = if u.resealed.is_some() {
+                        SEAL_RESEALED
+                    } else {
+                        0
+                    };
+                    out.extend_from_slice(&flags.to_le_bytes());
+                    put_bytes(out, &u.data)?;
+                    put_bytes(out, u.resealed.as_deref().unwrap_or_default())
+                }),
+            ),
+            Request::ExportState => (
+                0,
+                self.export_state(attester).and_then(|(generation, blob)| {
+                    out.extend_from_slice(&generation.to_le_bytes());
+                    put_bytes(out, &blob)
+                }),
+            ),
+            Request::ImportState { blob } => (
+                0,
+                self.import_state(blob, attester).and_then(|i| {
+                    let flags = if i.resealed.is_some() {
+                        SEAL_RESEALED
+                    } else {
+                        0
+                    };
+                    out.extend_from_slice(&i.generation.to_le_bytes());
+                    out.extend_from_slice(&i.keys.to_le_bytes());
+                    out.extend_from_slice(&flags.to_le_bytes());
+                    put_bytes(out, i.resealed.as_deref().unwrap_or_default())
+                }),
+            ),
+            Request::SignDigest { key, digest } => {
+                (key, self.sign_digest(caller, key, digest, out))
+            }
+            Request::HkdfDerive {
+                parent,
+                template,
+                label,
+                salt,
+                info,
+            } => created(
+                parent,
+                KeySpec::from_wire(&template, label)
+                    .and_then(|spec| self.hkdf_derive(caller, parent, &spec, salt, info)),
+                out,
+            ),
         }
     }
 }
@@ -176,6 +240,14 @@ fn created(request_key: u32, result: Result<KeyInfo, Error>, out: &mut Vec<u8>) 
         }
         Err(e) => (request_key, Err(e)),
     }
+}
+
+/// Append a length-prefixed byte string.
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), Error> {
+    let len = u32::try_from(bytes.len()).map_err(|_| Error::TooLarge)?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
 }
 
 /// Append `u32 count` and the records.

@@ -1,11 +1,16 @@
 //! Key material and the cryptography performed with it.
 //!
-//! [`Material`] holds one key's secret: the raw AES-256 or HMAC-SHA-384 key, the
-//! ECDSA P-384 signing key or the Ed25519 signing key. Every variant is zeroized when
-//! dropped (the RustCrypto and dalek key types zeroize themselves; the raw keys are
-//! [`Secret`]s), and `Debug` prints `[REDACTED]`. Only the vault module can reach the
-//! raw bytes ([`Material::to_bytes`]), and only on the paths policy allows.
+//! [`Material`] holds one key's secret: the raw AES-256 key with its expanded
+//! AES-256-GCM cipher, the HMAC-SHA-384 key, the ECDSA P-384 signing key or the
+//! Ed25519 signing key, each in its own heap allocation. Every variant is zeroized
+//! in place when dropped (the RustCrypto and dalek key types zeroize themselves, the
+//! AES and GHASH key schedules through the `aes` and `polyval` `zeroize` features; the
+//! raw keys are [`Secret`]s), and `Debug` prints `[REDACTED]`. Only the vault module
+//! can reach the raw bytes ([`Material::to_bytes`]), and only on the paths policy
+//! allows. The functions here leave secret temporaries on the stack, as the crates
+//! they call do: the vault runs them [`scrubbed`](crate::scrub).
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -13,7 +18,8 @@ use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use ed25519_dalek::pkcs8::EncodePublicKey as _;
 use hmac::{Hmac, Mac};
-use nitride_protocol::vhsm::{KeyType, GCM_NONCE_LEN, GCM_TAG_LEN};
+use nitride_protocol::vhsm::{KeyType, GCM_NONCE_LEN, GCM_TAG_LEN, MAX_DIGEST_LEN, MIN_DIGEST_LEN};
+use p384::ecdsa::signature::hazmat::PrehashSigner as _;
 use p384::ecdsa::signature::{Signer as _, Verifier as _};
 use sha2::Sha384;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -43,16 +49,43 @@ impl<const N: usize> fmt::Debug for Secret<N> {
     }
 }
 
+/// An AES-256 key and its AES-256-GCM cipher, expanded once when the key enters the
+/// vault (the key schedules and the GHASH key; zeroized on drop by `aes` and
+/// `polyval`, whose `zeroize` features this crate enables).
+pub struct AesKey {
+    raw: Secret<32>,
+    gcm: Aes256Gcm,
+}
+
+impl fmt::Debug for AesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl AesKey {
+    fn new(bytes: &[u8]) -> Result<Self, Error> {
+        let raw = Secret::from_slice(bytes)?;
+        let gcm = Aes256Gcm::new_from_slice(raw.expose()).map_err(|_| Error::InvalidKeyMaterial)?;
+        Ok(Self { raw, gcm })
+    }
+}
+
 /// One key's secret material.
+///
+/// Every variant is boxed, so that a `Material` is a tag and a pointer: moving it
+/// (the key table moves keys) copies no secret byte, and no variant's bytes can
+/// linger in the unused part of a larger one. Each box is zeroized in place when
+/// dropped, before it is freed.
 pub enum Material {
-    /// AES-256 key.
-    Aes256(Secret<32>),
+    /// AES-256 key, with its expanded GCM cipher.
+    Aes256(Box<AesKey>),
     /// ECDSA P-384 signing key (zeroizes its scalar on drop).
-    EcdsaP384(p384::ecdsa::SigningKey),
+    EcdsaP384(Box<p384::ecdsa::SigningKey>),
     /// Ed25519 signing key (zeroizes its seed on drop).
-    Ed25519(ed25519_dalek::SigningKey),
+    Ed25519(Box<ed25519_dalek::SigningKey>),
     /// HMAC-SHA-384 key.
-    HmacSha384(Secret<48>),
+    HmacSha384(Box<Secret<48>>),
 }
 
 impl fmt::Debug for Material {
@@ -74,15 +107,17 @@ impl Material {
             return Err(Error::InvalidKeyMaterial);
         }
         Ok(match key_type {
-            KeyType::Aes256 => Self::Aes256(Secret::from_slice(bytes)?),
-            KeyType::HmacSha384 => Self::HmacSha384(Secret::from_slice(bytes)?),
-            KeyType::EcdsaP384 => Self::EcdsaP384(
+            KeyType::Aes256 => Self::Aes256(Box::new(AesKey::new(bytes)?)),
+            KeyType::HmacSha384 => Self::HmacSha384(Box::new(Secret::from_slice(bytes)?)),
+            KeyType::EcdsaP384 => Self::EcdsaP384(Box::new(
                 p384::ecdsa::SigningKey::from_slice(bytes)
                     .map_err(|_| Error::InvalidKeyMaterial)?,
-            ),
+            )),
             KeyType::Ed25519 => {
-                let seed = Zeroizing::new(Secret::<32>::from_slice(bytes)?);
-                Self::Ed25519(ed25519_dalek::SigningKey::from_bytes(seed.expose()))
+                let seed = Secret::<32>::from_slice(bytes)?;
+                Self::Ed25519(Box::new(ed25519_dalek::SigningKey::from_bytes(
+                    seed.expose(),
+                )))
             }
         })
     }
@@ -92,7 +127,7 @@ impl Material {
     pub(crate) fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(self.key_type().material_len()));
         match self {
-            Self::Aes256(k) => out.extend_from_slice(k.expose()),
+            Self::Aes256(k) => out.extend_from_slice(k.raw.expose()),
             Self::HmacSha384(k) => out.extend_from_slice(k.expose()),
             Self::EcdsaP384(k) => {
                 let mut bytes = k.to_bytes();
@@ -121,16 +156,24 @@ impl Material {
     /// The secret used as HKDF input keying material (AES and HMAC keys only).
     pub(crate) fn derive_input(&self) -> Result<&[u8], Error> {
         match self {
-            Self::Aes256(k) => Ok(k.expose()),
+            Self::Aes256(k) => Ok(k.raw.expose()),
             Self::HmacSha384(k) => Ok(k.expose()),
             Self::EcdsaP384(_) | Self::Ed25519(_) => Err(Error::WrongKeyType),
         }
     }
 
-    /// The AES-256 key, for GCM and key wrap.
+    /// The AES-256 key, for key wrap.
     pub(crate) fn aes_key(&self) -> Result<&[u8; 32], Error> {
         match self {
-            Self::Aes256(k) => Ok(k.expose()),
+            Self::Aes256(k) => Ok(k.raw.expose()),
+            _ => Err(Error::WrongKeyType),
+        }
+    }
+
+    /// The AES-256-GCM cipher of an AES key.
+    pub(crate) fn gcm(&self) -> Result<&Aes256Gcm, Error> {
+        match self {
+            Self::Aes256(k) => Ok(&k.gcm),
             _ => Err(Error::WrongKeyType),
         }
     }
@@ -174,6 +217,26 @@ impl Material {
         Ok(())
     }
 
+    /// Append the raw ECDSA signature `r || s` over a caller-computed `digest`
+    /// (deterministic nonce, RFC 6979). The digest must be
+    /// `MIN_DIGEST_LEN..=MAX_DIGEST_LEN` bytes; a longer one than the order is
+    /// truncated to its bit length (FIPS 186-5). Other key types: `WrongKeyType`.
+    pub fn sign_digest(&self, digest: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        if !(MIN_DIGEST_LEN..=MAX_DIGEST_LEN).contains(&digest.len()) {
+            return Err(Error::InvalidParameter);
+        }
+        match self {
+            Self::EcdsaP384(k) => {
+                let sig: p384::ecdsa::Signature = k
+                    .sign_prehash(digest)
+                    .map_err(|_| Error::InvalidParameter)?;
+                out.extend_from_slice(&sig.to_bytes());
+                Ok(())
+            }
+            Self::Aes256(_) | Self::Ed25519(_) | Self::HmacSha384(_) => Err(Error::WrongKeyType),
+        }
+    }
+
     /// Check a signature made by [`Material::sign`] (or any standard implementation).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), Error> {
         let ok = match self {
@@ -201,13 +264,12 @@ fn hmac_sha384(key: &Secret<48>, message: &[u8]) -> Result<Hmac<Sha384>, Error> 
 
 /// AES-256-GCM: append `nonce || ciphertext || tag` for `plaintext` to `out`.
 pub fn gcm_seal(
-    key: &[u8; 32],
+    cipher: &Aes256Gcm,
     nonce: &[u8; GCM_NONCE_LEN],
     aad: &[u8],
     plaintext: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), Error> {
-    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| Error::InvalidKeyMaterial)?;
     // One allocation for the whole output, so the tag never forces a reallocation.
     out.reserve(
         GCM_NONCE_LEN
@@ -227,14 +289,18 @@ pub fn gcm_seal(
 
 /// AES-256-GCM: open `nonce || ciphertext || tag` and append the plaintext to `out`.
 /// On failure nothing is appended.
-pub fn gcm_open(key: &[u8; 32], aad: &[u8], sealed: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+pub fn gcm_open(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    sealed: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
     let body_len = sealed
         .len()
         .checked_sub(GCM_NONCE_LEN + GCM_TAG_LEN)
         .ok_or(Error::InvalidParameter)?;
     let (nonce, rest) = sealed.split_at(GCM_NONCE_LEN);
     let (ciphertext, tag) = rest.split_at(body_len);
-    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| Error::InvalidKeyMaterial)?;
     let start = out.len();
     out.extend_from_slice(ciphertext);
     let buf = out.get_mut(start..).ok_or(Error::TooLarge)?;
@@ -251,7 +317,7 @@ pub fn gcm_open(key: &[u8; 32], aad: &[u8], sealed: &[u8], out: &mut Vec<u8>) ->
 /// RFC 5649 (AES key wrap with padding) under `kek`, appended to `out` (nothing is
 /// appended on failure).
 pub fn kw_wrap(kek: &[u8; 32], data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-    let kek = aes_kw::KekAes256::from(*kek);
+    let kek = aes_kw::KekAes256::new(kek.into());
     let len = data
         .len()
         .div_ceil(8)
@@ -274,7 +340,7 @@ pub fn kw_wrap(kek: &[u8; 32], data: &[u8], out: &mut Vec<u8>) -> Result<(), Err
 
 /// RFC 5649 unwrap under `kek`; the plaintext is zeroized when dropped.
 pub fn kw_unwrap(kek: &[u8; 32], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let kek = aes_kw::KekAes256::from(*kek);
+    let kek = aes_kw::KekAes256::new(kek.into());
     let len = wrapped
         .len()
         .checked_sub(8)
@@ -347,7 +413,7 @@ mod tests {
 
     #[test]
     fn gcm_round_trip_and_tamper() {
-        let key = [9u8; 32];
+        let key = Aes256Gcm::new_from_slice(&[9u8; 32]).unwrap();
         let mut sealed = Vec::new();
         gcm_seal(&key, &[1; 12], b"aad", b"secret", &mut sealed).unwrap();
         assert_eq!(sealed.len(), 12 + 6 + 16);

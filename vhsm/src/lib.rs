@@ -11,12 +11,15 @@
 //!   request ([`nitride_protocol::vhsm`]), runs it, records it in the audit log and
 //!   encodes the response. Never panics on any input. AttestKey reports come from an
 //!   [`Attester`] the kernel passes with each request.
-//! - [`Vault::manifest`]: the vHSM's attestation manifest (the vault identity key and
-//!   every attestable key), which the SVSM attestation protocol binds into a report.
+//! - [`Vault::manifest`]: the vHSM's attestation manifest (the vault policy, the audit
+//!   log's count and chain, the vault identity key and every attestable key), which
+//!   the SVSM attestation protocol binds into a report.
 //! - [`key`]: key material (zeroized on drop, `[REDACTED]` in `Debug`) and the
 //!   cryptography on it.
 //! - [`drbg`]: the HMAC-DRBG (SP 800-90A, HMAC-SHA-384) every random byte comes from.
-//! - [`audit`]: the bounded audit ring.
+//! - [`audit`]: the bounded audit ring and the hash chain over every entry.
+//! - [`seal`]: sealed blobs (Seal/Unseal, the vault's persistent state) under keys the
+//!   PSP derives at VMPL0 ([`Attester::sealing_key`]).
 //!
 //! `docs/vault.md` describes the design; `docs/vhsm-protocol.md` the wire format.
 #![no_std]
@@ -27,16 +30,23 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 
+use zeroize::Zeroizing;
+
 pub mod audit;
 pub mod dispatch;
 pub mod drbg;
 pub mod key;
+mod scrub;
+pub mod seal;
 pub mod vault;
 
 #[cfg(test)]
 mod tests;
 
-pub use nitride_protocol::vhsm::{KeyType, KeyUsage, Origin, Status, VmplSet};
+#[cfg(test)]
+mod seal_tests;
+
+pub use nitride_protocol::vhsm::{KeyType, KeyUsage, Origin, Status, VaultPolicyFlags, VmplSet};
 pub use vault::{KeyInfo, KeySpec, Vault};
 
 /// Why the platform could not serve a request.
@@ -88,6 +98,21 @@ pub trait Attester {
         report_data: &[u8; 64],
         certificates: bool,
     ) -> Result<Evidence, AttestError>;
+
+    /// The TCB sealing keys are derived at now (the raw 8 bytes of the chip's
+    /// committed TCB_VERSION). The default: no PSP.
+    fn sealing_tcb(&mut self) -> Result<[u8; 8], AttestError> {
+        Err(AttestError::Unavailable)
+    }
+
+    /// The sealing key at `tcb`: the PSP's MSG_KEY_REQ answer to
+    /// `nitride_protocol::sealed::sealing_key_request(tcb)` (root VCEK, KEY_SEL VCEK,
+    /// VMPL 0, guest policy, measurement and TCB mixed in). An error status, or a
+    /// `tcb` above the committed TCB, is an error. The default: no PSP.
+    fn sealing_key(&mut self, tcb: [u8; 8]) -> Result<Zeroizing<[u8; 32]>, AttestError> {
+        let _ = tcb;
+        Err(AttestError::Unavailable)
+    }
 }
 
 /// An [`Attester`] for platforms without a PSP: every request fails.
@@ -100,12 +125,25 @@ impl Attester for NoAttester {
     }
 }
 
-/// Vault-wide policy, fixed at construction.
+/// Vault-wide policy, fixed at construction and reported in the vHSM manifest
+/// ([`VaultPolicy::flags`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VaultPolicy {
     /// Whether plaintext key material may be imported (`Import`). Off by default:
     /// keys then enter the vault only generated, derived or wrapped.
     pub allow_plaintext_import: bool,
+}
+
+impl VaultPolicy {
+    /// The policy as the manifest reports it.
+    pub fn flags(self) -> VaultPolicyFlags {
+        let mut flags = VaultPolicyFlags::empty();
+        flags.set(
+            VaultPolicyFlags::PLAINTEXT_IMPORT,
+            self.allow_plaintext_import,
+        );
+        flags
+    }
 }
 
 /// The identity of a request's sender, as established by the kernel.
@@ -143,10 +181,9 @@ impl Caller {
 pub enum Error {
     /// A parameter is out of range (type, usage, VMPL set, label, length).
     InvalidParameter,
-    /// No such key.
+    /// No such key, or none the caller's VMPL may use (the vault never tells the
+    /// two apart; the wire's `AccessDenied` status is not used).
     KeyNotFound,
-    /// The caller's VMPL may not use the key.
-    AccessDenied,
     /// The key's usage flags do not permit the operation.
     UsageNotPermitted,
     /// The key (or, for derivation, its parent) is not exportable.
@@ -171,6 +208,16 @@ pub enum Error {
     TooLarge,
     /// The platform could not produce an attestation report.
     AttestationUnavailable,
+    /// The platform could not derive a sealing key.
+    SealingUnavailable,
+    /// A sealed blob is malformed or does not open.
+    SealedBlobInvalid,
+    /// The blob's unsealing rule excludes the caller's VMPL.
+    SealRuleDenied,
+    /// ImportState into a vault that holds keys.
+    VaultNotEmpty,
+    /// ImportState of a state older than one seen in this boot.
+    StateRollback,
 }
 
 impl Error {
@@ -179,7 +226,6 @@ impl Error {
         match self {
             Self::InvalidParameter => Status::InvalidParameter,
             Self::KeyNotFound => Status::KeyNotFound,
-            Self::AccessDenied => Status::AccessDenied,
             Self::UsageNotPermitted => Status::UsageNotPermitted,
             Self::NotExportable => Status::NotExportable,
             Self::PolicyDenied => Status::PolicyDenied,
@@ -192,6 +238,11 @@ impl Error {
             Self::Entropy => Status::EntropyFailure,
             Self::TooLarge => Status::TooLarge,
             Self::AttestationUnavailable => Status::AttestationUnavailable,
+            Self::SealingUnavailable => Status::SealingUnavailable,
+            Self::SealedBlobInvalid => Status::SealedBlobInvalid,
+            Self::SealRuleDenied => Status::SealRuleDenied,
+            Self::VaultNotEmpty => Status::VaultNotEmpty,
+            Self::StateRollback => Status::StateRollback,
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     AttestError, Attester, Caller, Error, Evidence, KeyType, KeyUsage, Origin, Platform,
     PlatformError, VaultPolicy, VmplSet,
 };
-use nitride_protocol::attest::{KeyBinding, VhsmManifest, MAX_KEY_BINDING_NONCE};
+use nitride_protocol::attest::{KeyBinding, VhsmManifest, NONCE_SIZE};
 use nitride_protocol::snp::report::REPORT_SIZE;
 use nitride_protocol::vhsm::{
     Request, Response, Status, KEY_CAPACITY, MAX_RANDOM_LEN, MAX_RESPONSE_SIZE,
@@ -250,11 +250,11 @@ fn vmpl_access_rules() {
     // Other VMPLs, including VMPL0, cannot use, see or delete it.
     for c in [V0, v2(), Caller::new(3).unwrap()] {
         let mut o = Vec::new();
-        assert_eq!(v.sign(c, k, b"m", &mut o).unwrap_err(), Error::AccessDenied);
-        assert_eq!(v.verify(c, k, b"m", &out).unwrap_err(), Error::AccessDenied);
-        assert_eq!(v.public_key(c, k, &mut o).unwrap_err(), Error::AccessDenied);
-        assert_eq!(v.attributes(c, k).unwrap_err(), Error::AccessDenied);
-        fails_unchanged(&mut v, Error::AccessDenied, |v| v.delete(c, k));
+        assert_eq!(v.sign(c, k, b"m", &mut o).unwrap_err(), Error::KeyNotFound);
+        assert_eq!(v.verify(c, k, b"m", &out).unwrap_err(), Error::KeyNotFound);
+        assert_eq!(v.public_key(c, k, &mut o).unwrap_err(), Error::KeyNotFound);
+        assert_eq!(v.attributes(c, k).unwrap_err(), Error::KeyNotFound);
+        fails_unchanged(&mut v, Error::KeyNotFound, |v| v.delete(c, k));
         assert_eq!(v.list(c).count(), 0);
         assert!(o.is_empty());
     }
@@ -263,6 +263,126 @@ fn vmpl_access_rules() {
         v.sign(v1(), 999, b"m", &mut out).unwrap_err(),
         Error::KeyNotFound
     );
+}
+
+/// Every request naming `x`, a key of any type: each operation that takes a key id,
+/// with `own` (an AES key usable for everything by the caller) in the other key
+/// role where there is one.
+fn requests_naming(x: u32, own: u32) -> Vec<Vec<u8>> {
+    let t = nitride_protocol::vhsm::KeyTemplate::new(
+        KeyType::Aes256,
+        KeyUsage::ENCRYPT,
+        VmplSet::all(),
+        false,
+    );
+    let sealed = [0u8; 40];
+    let reqs = [
+        Request::Unwrap {
+            unwrapping_key: x,
+            template: t,
+            label: b"",
+            wrapped: &[0; 40],
+        },
+        Request::Wrap {
+            wrapping_key: x,
+            key: own,
+        },
+        Request::Wrap {
+            wrapping_key: own,
+            key: x,
+        },
+        Request::GetPublicKey { key: x },
+        Request::Sign {
+            key: x,
+            message: b"m",
+        },
+        Request::Verify {
+            key: x,
+            message: b"m",
+            signature: &[0; 64],
+        },
+        Request::Encrypt {
+            key: x,
+            aad: b"",
+            plaintext: b"p",
+        },
+        Request::Decrypt {
+            key: x,
+            aad: b"",
+            ciphertext: &sealed,
+        },
+        Request::Derive {
+            parent: x,
+            template: t,
+            label: b"",
+            salt: b"",
+            info: b"",
+        },
+        Request::GetAttributes { key: x },
+        Request::AttestKey {
+            key: x,
+            nonce: &[0x6e; 64],
+        },
+        Request::Delete { key: x },
+        Request::List,
+    ];
+    reqs.iter()
+        .map(|r| {
+            let mut buf = vec![0u8; 512];
+            let n = r.encode(77, &mut buf).unwrap();
+            buf.truncate(n);
+            buf
+        })
+        .collect()
+}
+
+/// What a caller observes of one request: the response bytes, and what its own
+/// audit entry records (all but the sequence number, salt and chain value, which
+/// differ for every entry).
+fn observe(v: &mut Vault<TestPlatform>, caller: Caller, req: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let resp = v.handle(caller, req);
+    let entry = v.audit_log().since(0).last().copied().unwrap();
+    assert_eq!(entry.caller_vmpl, caller.vmpl());
+    (resp, zerocopy::IntoBytes::as_bytes(&entry)[8..24].to_vec())
+}
+
+/// A key the caller may not use answers every request exactly like a key that does
+/// not exist: status, response bytes and the audit entry the caller can see. The
+/// same requests are sent while the key exists (usable by VMPL1 only) and after its
+/// owner deleted it; a VMPL2 caller must not tell the two apart.
+#[test]
+fn invisible_keys_answer_like_missing_ones() {
+    let mut v = vault(true);
+    let own = v
+        .generate(
+            v2(),
+            &KeySpec::new(KeyType::Aes256, aes_all(), VmplSet::VMPL2, true),
+        )
+        .unwrap()
+        .id;
+    for kt in [
+        KeyType::Aes256,
+        KeyType::EcdsaP384,
+        KeyType::Ed25519,
+        KeyType::HmacSha384,
+    ] {
+        let only1 = KeySpec::new(kt, kt.allowed_usage(), VmplSet::VMPL1, true);
+        let x = v.generate(v1(), &only1).unwrap().id;
+        let requests = requests_naming(x, own);
+        let hidden: Vec<_> = requests.iter().map(|r| observe(&mut v, v2(), r)).collect();
+        v.delete(v1(), x).unwrap();
+        let missing: Vec<_> = requests.iter().map(|r| observe(&mut v, v2(), r)).collect();
+        for (i, (h, m)) in hidden.iter().zip(&missing).enumerate() {
+            assert_eq!(h, m, "{kt:?}, request {i}");
+        }
+        // And what they say is: no such key (List: nothing).
+        for (resp, _) in &missing[..missing.len() - 1] {
+            assert_eq!(
+                Response::decode(resp).unwrap().status(),
+                Some(Status::KeyNotFound)
+            );
+        }
+    }
 }
 
 #[test]
@@ -401,6 +521,86 @@ fn encrypt_decrypt_and_nonces() {
     fails_unchanged(&mut v, Error::InvalidParameter, |v| {
         v.decrypt(V0, k, b"", &[0; 27], &mut out)
     });
+}
+
+/// The fixed nonce field is the vault's nonce base plus the key id: deterministic,
+/// different for every key of a vault (also for two keys with the same material),
+/// and neither creating nor using an AES key draws from the DRBG.
+#[test]
+fn gcm_nonces_are_per_key_and_draw_no_randomness() {
+    let mut v = vault(true);
+    let kek = v
+        .generate(
+            V0,
+            &spec(KeyType::Aes256, KeyUsage::WRAP | KeyUsage::UNWRAP, false),
+        )
+        .unwrap()
+        .id;
+    let mut wrapped = Vec::new();
+    crate::key::kw_wrap(&v.keys_material_for_test(kek), &[7; 32], &mut wrapped).unwrap();
+    // From here on every draw from the DRBG fails: the platform fails and a reseed
+    // is due.
+    v.platform_mut().fail = true;
+    let mut one = [0u8; 1];
+    while v.fill_random(&mut one).is_ok() {}
+    let s = spec(
+        KeyType::Aes256,
+        KeyUsage::ENCRYPT | KeyUsage::DECRYPT | KeyUsage::DERIVE,
+        false,
+    );
+    let a = v.import(V0, &s, &[7; 32]).unwrap().id;
+    let b = v.import(V0, &s, &[7; 32]).unwrap().id;
+    let c = v.unwrap_key(V0, kek, &s, &wrapped).unwrap().id;
+    let d = v.derive(V0, a, &s, b"", b"d").unwrap().id;
+    let base = v.nonce_base();
+    let mut seen = Vec::new();
+    for k in [a, b, c, d] {
+        for i in 0u32..3 {
+            let mut sealed = Vec::new();
+            v.encrypt(V0, k, b"", b"p", &mut sealed).unwrap();
+            let fixed = base.wrapping_add(u64::from(k)).to_be_bytes();
+            assert_eq!(&sealed[..8], &fixed, "key {k}");
+            assert_eq!(&sealed[8..12], &i.to_be_bytes());
+            seen.push(sealed[..12].to_vec());
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        12,
+        "no nonce repeats across keys of one material"
+    );
+    // a, b and c share their material: each decrypts the others' ciphertexts.
+    let mut sealed = Vec::new();
+    v.encrypt(V0, a, b"", b"same", &mut sealed).unwrap();
+    for k in [b, c] {
+        let mut p = Vec::new();
+        v.decrypt(V0, k, b"", &sealed, &mut p).unwrap();
+        assert_eq!(p, b"same");
+    }
+    // Another vault (another start) has another base.
+    assert_ne!(vault(true).nonce_base(), 0);
+    let other = Vault::new(
+        TestPlatform {
+            counter: 77,
+            fail: false,
+        },
+        VaultPolicy::default(),
+    )
+    .unwrap();
+    assert_ne!(other.nonce_base(), base);
+}
+
+#[test]
+fn gcm_nonce_layout() {
+    use crate::vault::gcm_nonce;
+    assert_eq!(
+        gcm_nonce(0x0102_0304_0506_0708, 0x10, 0x0A0B_0C0D),
+        [1, 2, 3, 4, 5, 6, 7, 0x18, 0x0A, 0x0B, 0x0C, 0x0D]
+    );
+    // The fixed field wraps around modulo 2^64.
+    assert_eq!(gcm_nonce(u64::MAX, 2, 0)[..8], 1u64.to_be_bytes());
 }
 
 #[test]
@@ -705,6 +905,8 @@ fn key_info_wire_form() {
         usage: KeyUsage::SIGN,
         allowed: VmplSet::VMPL1,
         exportable: true,
+        persistent: false,
+        restored: false,
         origin: Origin::Derived,
         label: Label::new(b"abc").unwrap(),
     };
@@ -716,6 +918,14 @@ fn key_info_wire_form() {
     assert_eq!(w.usage.get(), 4);
     assert_eq!(w.exportable, 1);
     assert_eq!(w.label(), b"abc");
+    // The flags byte: bit 1 persistent, bit 2 restored.
+    let flags = KeyInfo {
+        persistent: true,
+        restored: true,
+        exportable: false,
+        ..info
+    };
+    assert_eq!(flags.to_wire().exportable, 0b110);
 }
 
 #[test]
@@ -723,7 +933,6 @@ fn errors_map_to_distinct_statuses() {
     let all = [
         Error::InvalidParameter,
         Error::KeyNotFound,
-        Error::AccessDenied,
         Error::UsageNotPermitted,
         Error::NotExportable,
         Error::PolicyDenied,
@@ -736,6 +945,11 @@ fn errors_map_to_distinct_statuses() {
         Error::Entropy,
         Error::TooLarge,
         Error::AttestationUnavailable,
+        Error::SealingUnavailable,
+        Error::SealedBlobInvalid,
+        Error::SealRuleDenied,
+        Error::VaultNotEmpty,
+        Error::StateRollback,
     ];
     let mut statuses: Vec<u16> = all.iter().map(|e| e.status().raw()).collect();
     assert!(!statuses.contains(&0));
@@ -794,7 +1008,7 @@ impl Attester for FakeAttester {
     }
 }
 
-fn attest_request(key: u32, nonce: &[u8]) -> Vec<u8> {
+fn attest_request(key: u32, nonce: &[u8; NONCE_SIZE]) -> Vec<u8> {
     let mut buf = vec![0u8; 1024];
     let n = Request::AttestKey { key, nonce }
         .encode(9, &mut buf)
@@ -802,6 +1016,20 @@ fn attest_request(key: u32, nonce: &[u8]) -> Vec<u8> {
     buf.truncate(n);
     buf
 }
+
+/// An AttestKey request whose nonce field holds `nonce`, whatever its length.
+fn attest_request_raw(key: u32, nonce: &[u8]) -> Vec<u8> {
+    let mut req = attest_request(key, &[0; NONCE_SIZE]);
+    req.truncate(nitride_protocol::vhsm::HEADER_SIZE);
+    let body_len = (8 + nonce.len()) as u32;
+    req[16..20].copy_from_slice(&body_len.to_le_bytes());
+    req.extend_from_slice(&key.to_le_bytes());
+    req.extend_from_slice(&(nonce.len() as u32).to_le_bytes());
+    req.extend_from_slice(nonce);
+    req
+}
+
+const N: [u8; NONCE_SIZE] = [0x4E; NONCE_SIZE];
 
 fn attest_status(resp: &[u8]) -> Status {
     Response::decode(resp).unwrap().status().unwrap()
@@ -849,7 +1077,7 @@ fn attest_key_binds_key_nonce_and_attributes() {
     let ev = r.attest_key().unwrap();
     let binding = KeyBinding::parse(ev.binding).unwrap();
     assert_eq!(binding.attributes, ec.to_wire());
-    assert_eq!(binding.nonce, nonce);
+    assert_eq!(*binding.nonce, nonce);
     let mut spki = Vec::new();
     v.public_key(v1(), ec.id, &mut spki).unwrap();
     assert_eq!(binding.spki, &spki[..]);
@@ -865,7 +1093,7 @@ fn attest_key_binds_key_nonce_and_attributes() {
     assert_eq!(last.key_id.get(), ec.id);
     assert_eq!(last.status.get(), Status::Ok.raw());
 
-    // A symmetric key: the binding carries an empty SPKI; an empty nonce is fine.
+    // A symmetric key: the binding carries an empty SPKI.
     let hmac = v
         .generate(
             V0,
@@ -876,12 +1104,24 @@ fn attest_key_binds_key_nonce_and_attributes() {
             ),
         )
         .unwrap();
-    let resp = v.handle_with(V0, &attest_request(hmac.id, &[]), &mut att);
+    let resp = v.handle_with(V0, &attest_request(hmac.id, &N), &mut att);
     let r = Response::decode(&resp).unwrap();
     let ev = r.attest_key().unwrap();
     let binding = KeyBinding::parse(ev.binding).unwrap();
-    assert_eq!((binding.spki, binding.nonce), (&[][..], &[][..]));
+    assert_eq!((binding.spki, binding.nonce), (&[][..], &N));
     assert_eq!(binding.attributes.key_id.get(), hmac.id);
+    // The nonce is exactly 64 bytes: any other length is refused before the
+    // attester is asked.
+    let asked = att.asked.len();
+    for len in [0, 1, 63] {
+        let resp = v.handle_with(V0, &attest_request_raw(hmac.id, &vec![1; len]), &mut att);
+        assert_eq!(attest_status(&resp), Status::Malformed, "{len}");
+    }
+    for len in [65, 256, 4096] {
+        let resp = v.handle_with(V0, &attest_request_raw(hmac.id, &vec![1; len]), &mut att);
+        assert_eq!(attest_status(&resp), Status::TooLarge, "{len}");
+    }
+    assert_eq!(att.asked.len(), asked);
 }
 
 #[test]
@@ -905,11 +1145,11 @@ fn attest_key_checks_and_failures() {
     let mut att = FakeAttester::default();
     let cases = [
         (V0, 999, Status::KeyNotFound),
-        (v1(), only_v0.id, Status::AccessDenied),
+        (v1(), only_v0.id, Status::KeyNotFound),
         (V0, plain.id, Status::UsageNotPermitted),
     ];
     for (caller, key, status) in cases {
-        let resp = v.handle_with(caller, &attest_request(key, b"n"), &mut att);
+        let resp = v.handle_with(caller, &attest_request(key, &N), &mut att);
         assert_eq!(attest_status(&resp), status, "key {key}");
         assert!(Response::decode(&resp).unwrap().body.is_empty());
     }
@@ -918,7 +1158,7 @@ fn attest_key_checks_and_failures() {
         "refused before the attester was asked"
     );
     // Without a platform attester (Vault::handle) or when it fails.
-    let resp = v.handle(v1(), &attest_request(good.id, b"n"));
+    let resp = v.handle(v1(), &attest_request(good.id, &N));
     assert_eq!(attest_status(&resp), Status::AttestationUnavailable);
     for e in [
         AttestError::Busy,
@@ -926,34 +1166,21 @@ fn attest_key_checks_and_failures() {
         AttestError::Failed,
     ] {
         att.fail = Some(e);
-        let resp = v.handle_with(v1(), &attest_request(good.id, b"n"), &mut att);
+        let resp = v.handle_with(v1(), &attest_request(good.id, &N), &mut att);
         assert_eq!(attest_status(&resp), Status::AttestationUnavailable);
     }
-    // The typed API checks the nonce length the decoder also enforces.
     att.fail = None;
     let mut out = Vec::new();
-    assert_eq!(
-        v.attest_key(
-            V0,
-            good.id,
-            &[0; MAX_KEY_BINDING_NONCE + 1],
-            &mut att,
-            &mut out
-        ),
-        Err(Error::InvalidParameter)
-    );
-    assert!(v
-        .attest_key(V0, good.id, &[0; MAX_KEY_BINDING_NONCE], &mut att, &mut out)
-        .is_ok());
+    assert!(v.attest_key(V0, good.id, &N, &mut att, &mut out).is_ok());
     // Certificates that would overflow the response: TooLarge, nothing appended.
     att.cert_len = MAX_RESPONSE_SIZE;
     let mut out = Vec::new();
     assert_eq!(
-        v.attest_key(V0, good.id, b"n", &mut att, &mut out),
+        v.attest_key(V0, good.id, &N, &mut att, &mut out),
         Err(Error::TooLarge)
     );
     assert!(out.is_empty());
-    let resp = v.handle_with(V0, &attest_request(good.id, b"n"), &mut att);
+    let resp = v.handle_with(V0, &attest_request(good.id, &N), &mut att);
     assert_eq!(attest_status(&resp), Status::TooLarge);
 }
 
@@ -963,7 +1190,7 @@ fn manifest_lists_exactly_the_attestable_keys() {
     let empty = v.manifest();
     let m = VhsmManifest::parse(&empty).unwrap();
     assert_eq!(m.header.key_count.get(), 0);
-    assert_eq!(m.header.manifest_version.get(), 1);
+    assert_eq!(m.header.manifest_version.get(), 2);
     assert_eq!(
         m.header.protocol_version.get(),
         nitride_protocol::svsm::VHSM_PROTOCOL_VERSION
@@ -994,7 +1221,7 @@ fn manifest_lists_exactly_the_attestable_keys() {
         .unwrap();
     let bytes = v.manifest();
     let m = VhsmManifest::parse(&bytes).unwrap();
-    let keys: Vec<_> = m.keys().map(|(attr, spki)| (attr, spki.to_vec())).collect();
+    let keys: Vec<_> = m.keys().map(|k| (k.attributes, k.spki.to_vec())).collect();
     let spki_of = |id| {
         let mut out = Vec::new();
         v.public_key(V0, id, &mut out).unwrap();
@@ -1012,8 +1239,58 @@ fn manifest_lists_exactly_the_attestable_keys() {
     v.delete(V0, a.id).unwrap();
     let bytes = v.manifest();
     let m = VhsmManifest::parse(&bytes).unwrap();
-    let ids: Vec<u32> = m.keys().map(|(attr, _)| attr.key_id.get()).collect();
+    let ids: Vec<u32> = m.keys().map(|k| k.attributes.key_id.get()).collect();
     assert_eq!(ids, [b.id, c.id]);
+}
+
+/// The manifest reports the vault policy (fixed by the SVSM's unmeasured command
+/// line) and the audit log's entry count and chain, so that evidence shows both.
+#[test]
+fn manifest_reports_policy_and_audit_log() {
+    let random = {
+        let mut buf = [0u8; 64];
+        let n = Request::Random { len: 8 }.encode(1, &mut buf).unwrap();
+        buf[..n].to_vec()
+    };
+    for (allow, flags) in [(false, 0u32), (true, 1)] {
+        let mut v = vault(allow);
+        let bytes = v.manifest();
+        let m = VhsmManifest::parse(&bytes).unwrap();
+        assert_eq!(m.header.policy_flags.get(), flags);
+        assert_eq!(
+            m.header.policy_flags.get(),
+            v.policy().flags().bits(),
+            "the flags are the policy's"
+        );
+        assert_eq!(m.header.state_generation.get(), 0);
+        assert_eq!(m.header.audit_count.get(), 0);
+        assert_eq!(m.header.audit_chain, [0; 48]);
+        // Two "attestations" with requests in between: the count says how many, and
+        // the chain value is that of the last entry.
+        for _ in 0..3 {
+            v.handle(v1(), &random);
+        }
+        let first = VhsmManifest::parse(&v.manifest()).unwrap().header;
+        assert_eq!(first.audit_count.get(), 3);
+        let third = v.audit_log().since(3).next().copied().unwrap();
+        assert_eq!(first.audit_chain, third.chain);
+        // A flood that overwrites the whole ring cannot hide: the count grows by
+        // every entry and the chain keeps moving.
+        for _ in 0..2 * nitride_protocol::vhsm::AUDIT_CAPACITY {
+            v.handle(Caller::new(3).unwrap(), &random);
+        }
+        let second = VhsmManifest::parse(&v.manifest()).unwrap().header;
+        assert_eq!(
+            second.audit_count.get() - first.audit_count.get(),
+            2 * nitride_protocol::vhsm::AUDIT_CAPACITY as u64
+        );
+        assert_eq!(&second.audit_chain, v.audit_log().head());
+        assert_ne!(second.audit_chain, first.audit_chain);
+        assert_eq!(
+            v.audit_log().since(0).next().unwrap().seq.get(),
+            3 + 256 + 1
+        );
+    }
 }
 
 #[test]
@@ -1029,7 +1306,7 @@ fn manifest_of_a_full_vault_stays_small() {
         KEY_CAPACITY
     );
     assert!(
-        bytes.len() < 32 + 120 + KEY_CAPACITY * (52 + 120),
+        bytes.len() < 96 + 120 + KEY_CAPACITY * (52 + 120),
         "{}",
         bytes.len()
     );

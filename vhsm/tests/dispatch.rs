@@ -203,14 +203,20 @@ fn policy_and_errors_map_to_statuses() {
         },
         Status::InvalidParameter,
     );
-    let bad_export = KeyTemplate { exportable: 2, ..t };
-    c.fails(
-        Request::Generate {
-            template: bad_export,
-            label: b"",
-        },
-        Status::InvalidParameter,
-    );
+    // Flags: bit 1 persistent may be asked for; bit 2 (restored) and unknown bits not.
+    for flags in [0b100, 0b1000, 0x80] {
+        let bad_export = KeyTemplate {
+            exportable: flags,
+            ..t
+        };
+        c.fails(
+            Request::Generate {
+                template: bad_export,
+                label: b"",
+            },
+            Status::InvalidParameter,
+        );
+    }
     c.fails(
         Request::Generate {
             template: t,
@@ -264,7 +270,7 @@ fn policy_and_errors_map_to_statuses() {
     );
     c.fails(Request::Delete { key: 12345 }, Status::KeyNotFound);
 
-    // Another VMPL is denied.
+    // To another VMPL the key does not exist.
     c.caller = Caller::new(2).unwrap();
     c.fails(
         Request::Encrypt {
@@ -272,7 +278,7 @@ fn policy_and_errors_map_to_statuses() {
             aad: b"",
             plaintext: b"",
         },
-        Status::AccessDenied,
+        Status::KeyNotFound,
     );
     assert!(list(&mut c).is_empty());
 }
@@ -416,6 +422,39 @@ fn malformed_requests_get_typed_errors() {
     assert_eq!(log.iter().filter(|e| e.status.get() != 0).count(), 11);
 }
 
+/// (seq, op, key id, caller VMPL, status) of each entry.
+fn summary(log: &[AuditEntry]) -> Vec<(u64, u16, u32, u8, u16)> {
+    log.iter()
+        .map(|e| {
+            (
+                e.seq.get(),
+                e.op.get(),
+                e.key_id.get(),
+                e.caller_vmpl,
+                e.status.get(),
+            )
+        })
+        .collect()
+}
+
+/// Check that `entries` (consecutive) link: each chain value is SHA-384 of the
+/// documented input over the one before; `previous` is the chain before the first.
+fn check_chain(previous: [u8; 48], entries: &[AuditEntry]) -> [u8; 48] {
+    use sha2::Digest;
+    let mut prev = previous;
+    for e in entries {
+        let input = nitride_protocol::vhsm::audit_chain_input(&prev, e);
+        assert_eq!(
+            &sha2::Sha384::digest(input)[..],
+            &e.chain[..],
+            "seq {}",
+            e.seq.get()
+        );
+        prev = e.chain;
+    }
+    prev
+}
+
 #[test]
 fn audit_log_records_every_request_without_key_bytes() {
     let mut c = Client::new(true);
@@ -434,6 +473,8 @@ fn audit_log_records_every_request_without_key_bytes() {
         },
         Status::UsageNotPermitted,
     );
+    c.caller = Caller::SVSM;
+    c.ok(Request::Random { len: 1 });
     c.caller = Caller::new(2).unwrap();
     c.fails(
         Request::Encrypt {
@@ -441,46 +482,63 @@ fn audit_log_records_every_request_without_key_bytes() {
             aad: b"",
             plaintext: b"x",
         },
-        Status::AccessDenied,
+        Status::KeyNotFound,
     );
+    // VMPL2 sees its own entries only.
+    assert_eq!(
+        summary(&audit(&mut c, 0)),
+        [(5, Op::Encrypt.raw(), k, 2, Status::KeyNotFound.raw())]
+    );
+    // VMPL1 sees its own and VMPL2's, not the SVSM's (VMPL0).
+    c.caller = Caller::new(1).unwrap();
     let body = c.ok(Request::ReadAudit { from_seq: 0 });
     assert!(
         !body.windows(4).any(|w| w == [0xC3; 4]),
         "audit holds no key bytes"
     );
     let log = body_view(&body).audit_entries().unwrap().to_vec();
-    let summary: Vec<(u64, u16, u32, u8, u16)> = log
-        .iter()
-        .map(|e| {
-            (
-                e.seq.get(),
-                e.op.get(),
-                e.key_id.get(),
-                e.caller_vmpl,
-                e.status.get(),
-            )
-        })
-        .collect();
     assert_eq!(
-        summary,
+        summary(&log),
         [
             (1, Op::Import.raw(), k, 1, Status::Ok.raw()),
             (2, Op::Encrypt.raw(), k, 1, Status::Ok.raw()),
             (3, Op::Decrypt.raw(), k, 1, Status::UsageNotPermitted.raw()),
-            (4, Op::Encrypt.raw(), k, 2, Status::AccessDenied.raw()),
+            (5, Op::Encrypt.raw(), k, 2, Status::KeyNotFound.raw()),
+            (6, Op::ReadAudit.raw(), 0, 2, Status::Ok.raw()),
         ]
     );
+    assert!(log.iter().all(|e| e.reserved == [0; 7]));
+    // Where entries are consecutive, their chain values link.
+    check_chain(log[0].chain, &log[1..3]);
+    check_chain(log[3].chain, &log[4..]);
+    // The SVSM sees everything, and the chain links from the first entry (after
+    // zeros) to the vault's head, which counts every entry.
+    c.caller = Caller::SVSM;
+    let all = audit(&mut c, 0);
+    assert_eq!(all.len(), 7);
+    assert_eq!(all[3].caller_vmpl, 0);
+    let head = check_chain([0; 48], &all);
+    // The SVSM's ReadAudit is recorded after its response was built.
+    assert_eq!(c.vault.audit_log().count(), 8);
+    let last = c.vault.audit_log().since(8).next().copied().unwrap();
+    assert_eq!(check_chain(head, &[last]), *c.vault.audit_log().head());
     // from_seq filters; the read itself is recorded afterwards.
-    let tail = audit(&mut c, 4);
-    assert_eq!(tail.len(), 2);
-    assert_eq!(tail[1].op.get(), Op::ReadAudit.raw());
-    // The ring is bounded.
+    c.caller = Caller::new(1).unwrap();
+    let tail = audit(&mut c, 5);
+    assert_eq!(
+        tail.iter().map(|e| e.seq.get()).collect::<Vec<_>>(),
+        [5, 6, 7]
+    );
+    assert_eq!(tail[2].op.get(), Op::ReadAudit.raw());
+    // The ring is bounded; the count and the chain cover what it dropped.
     for _ in 0..AUDIT_CAPACITY {
         c.ok(Request::Random { len: 1 });
     }
     let all = audit(&mut c, 0);
     assert_eq!(all.len(), AUDIT_CAPACITY);
     assert!(all[0].seq.get() > 1);
+    assert_eq!(c.vault.audit_log().count(), 10 + AUDIT_CAPACITY as u64);
+    check_chain(all[0].chain, &all[1..]);
 }
 
 #[test]
@@ -555,7 +613,7 @@ fn failed_requests_leave_the_vault_unchanged() {
 /// The example request in docs/vhsm-protocol.md decodes as documented.
 #[test]
 fn documented_example_request() {
-    let hex = "0100 0100 00000000 2a00000000000000 10000000 00000000 \
+    let hex = "0200 0100 00000000 2a00000000000000 10000000 00000000 \
                0100 02 00 02000000 04000000 6469736b";
     let bytes = hex::decode(hex.replace(' ', "")).unwrap();
     let (header, req) = Request::decode(&bytes).unwrap();
@@ -569,7 +627,7 @@ fn documented_example_request() {
     );
     let mut c = Client::new(false);
     let resp = c.vault.handle(c.caller, &bytes);
-    let expected_header = "0100 0100 0000 0000 2a00000000000000 30000000 00000000";
+    let expected_header = "0200 0100 0000 0000 2a00000000000000 30000000 00000000";
     let r = Response::decode(&resp).unwrap();
     assert_eq!(
         hex::encode(&resp[..HEADER_SIZE]),

@@ -398,3 +398,199 @@ print(HKDF(hashes.SHA384(), 32, salt, info).derive(ikm).hex())
     assert_eq!(material, expected);
     assert!(Path::new(&dir.path("kw.in")).exists());
 }
+
+/// Python's `hashlib` re-checks the audit chain from the ReadAudit body alone (the
+/// layout documented in docs/vhsm-protocol.md), and finds the vault's head.
+#[test]
+fn audit_chain_checks_out_in_python() {
+    let mut c = Client::new(false);
+    c.caller = nitride_vhsm::Caller::SVSM;
+    let k = c.generate(KeyType::Aes256, KeyUsage::ENCRYPT, false);
+    c.ok(Request::Encrypt {
+        key: k,
+        aad: b"",
+        plaintext: b"x",
+    });
+    c.fails(Request::GetPublicKey { key: k }, Status::WrongKeyType);
+    let body = c.ok(Request::ReadAudit { from_seq: 0 });
+    // The ReadAudit itself is entry 4; the head covers it.
+    let head = *c.vault.audit_log().head();
+    let script = r#"
+import hashlib, struct, sys
+body = bytes.fromhex(sys.argv[1])
+(count,) = struct.unpack_from("<I", body, 0)
+assert len(body) == 4 + 88 * count
+prev = bytes(48)
+for i in range(count):
+    e = body[4 + 88 * i: 4 + 88 * (i + 1)]
+    seq, key_id, op, status, vmpl = struct.unpack_from("<QIHHB", e, 0)
+    assert seq == i + 1 and e[17:24] == bytes(7)
+    link = hashlib.sha384(b"NITRIDE-AUDIT-V1" + prev + e[:40]).digest()
+    assert link == e[40:88], i
+    prev = link
+print(prev.hex())
+"#;
+    let last = python(script, &[&hex::encode(&body)]);
+    let fourth = c.vault.audit_log().since(4).next().copied().unwrap();
+    use sha2::Digest;
+    let expected: [u8; 48] = sha2::Sha384::digest(nitride_protocol::vhsm::audit_chain_input(
+        &last.try_into().unwrap(),
+        &fourth,
+    ))
+    .into();
+    assert_eq!(expected, head);
+}
+
+// --- PKCS#11 support (issue 16): SignDigest and HkdfDerive. ---
+
+/// SignDigest signs a digest computed outside the vault: openssl checks the raw
+/// `r || s` (turned into DER here) against the digest with `pkeyutl -verify`, and
+/// the vault refuses digests outside 24..=64 bytes and keys that are not ECDSA.
+#[test]
+fn openssl_verifies_sign_digest_signatures() {
+    use p384::ecdsa::Signature;
+    use sha2::{Digest, Sha384, Sha512};
+    let mut c = Client::new(false);
+    let dir = Dir::new();
+    let key = c.generate(KeyType::EcdsaP384, KeyUsage::SIGN, false);
+    let pem = public_pem(&mut c, &dir, key);
+    for digest in [
+        Sha384::digest(b"pkcs11 digest").to_vec(),
+        Sha512::digest(b"pkcs11 digest").to_vec(),
+        vec![0x5Au8; 24],
+    ] {
+        let raw = c.ok(Request::SignDigest {
+            key,
+            digest: &digest,
+        });
+        assert_eq!(raw.len(), 96, "raw r || s");
+        let der = Signature::from_slice(&raw).unwrap().to_der();
+        let sig = dir.write("sig.der", der.as_bytes());
+        let dg = dir.write("digest.bin", &digest);
+        let out = openssl(&[
+            "pkeyutl", "-verify", "-pubin", "-inkey", &pem, "-in", &dg, "-sigfile", &sig,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut other = digest.clone();
+        other[0] ^= 1;
+        let dg = dir.write("digest.bin", &other);
+        let out = openssl(&[
+            "pkeyutl", "-verify", "-pubin", "-inkey", &pem, "-in", &dg, "-sigfile", &sig,
+        ]);
+        assert!(!out.status.success(), "another digest must not verify");
+    }
+    for len in [0usize, 23, 65] {
+        c.fails(
+            Request::SignDigest {
+                key,
+                digest: &vec![1; len],
+            },
+            if len > 64 {
+                Status::TooLarge
+            } else {
+                Status::InvalidParameter
+            },
+        );
+    }
+    let ed = c.generate(KeyType::Ed25519, KeyUsage::SIGN, false);
+    c.fails(
+        Request::SignDigest {
+            key: ed,
+            digest: &[1; 48],
+        },
+        Status::WrongKeyType,
+    );
+    let verify_only = c.generate(KeyType::EcdsaP384, KeyUsage::VERIFY, false);
+    c.fails(
+        Request::SignDigest {
+            key: verify_only,
+            digest: &[1; 48],
+        },
+        Status::UsageNotPermitted,
+    );
+}
+
+/// HkdfDerive is plain RFC 5869 HKDF-SHA-384: Python's HKDF with the same salt and
+/// info gives the derived key's material (read back through key wrap), unlike
+/// Derive, which prefixes `info`; an empty salt is RFC 5869's default.
+#[test]
+fn hkdf_derive_matches_python_hkdf_without_prefix() {
+    let mut c = Client::new(true);
+    let dir = Dir::new();
+    let kek = c.import(
+        KeyType::Aes256,
+        KeyUsage::WRAP,
+        false,
+        &hex::decode(KEK_HEX).unwrap(),
+    );
+    let ikm = [0x27u8; 32];
+    let parent = c.import(KeyType::Aes256, KeyUsage::DERIVE, true, &ikm);
+    let script = r#"
+import sys
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives import hashes
+ikm, salt, info, n = (bytes.fromhex(a) for a in sys.argv[1:5])
+print(HKDF(hashes.SHA384(), n[0], salt or None, info).derive(ikm).hex())
+"#;
+    for (kt, salt) in [
+        (KeyType::Aes256, &b"salt"[..]),
+        (KeyType::HmacSha384, &b""[..]),
+    ] {
+        let usage = kt.allowed_usage() & (KeyUsage::ENCRYPT | KeyUsage::SIGN);
+        let body = c.ok(Request::HkdfDerive {
+            parent,
+            template: template(kt, usage, true),
+            label: b"hkdf",
+            salt,
+            info: b"pkcs11",
+        });
+        let child = common::attrs(&body);
+        assert_eq!(child.origin, 4, "origin: derived");
+        let material = kwp(
+            &dir,
+            true,
+            &c.ok(Request::Wrap {
+                wrapping_key: kek,
+                key: child.key_id.get(),
+            }),
+        );
+        let n = u8::try_from(kt.material_len()).unwrap();
+        let expected = python(
+            script,
+            &[
+                &hex::encode(ikm),
+                &hex::encode(salt),
+                &hex::encode(b"pkcs11"),
+                &hex::encode([n]),
+            ],
+        );
+        assert_eq!(material, expected, "{kt:?}");
+    }
+    // The same rules as Derive: no exportable child of a non-exportable parent.
+    let sealed = c.generate(KeyType::HmacSha384, KeyUsage::DERIVE, false);
+    c.fails(
+        Request::HkdfDerive {
+            parent: sealed,
+            template: template(KeyType::Aes256, KeyUsage::ENCRYPT, true),
+            label: b"",
+            salt: b"",
+            info: b"",
+        },
+        Status::NotExportable,
+    );
+    let no_derive = c.generate(KeyType::Aes256, KeyUsage::ENCRYPT, true);
+    c.fails(
+        Request::HkdfDerive {
+            parent: no_derive,
+            template: template(KeyType::Aes256, KeyUsage::ENCRYPT, true),
+            label: b"",
+            salt: b"",
+            info: b"",
+        },
+        Status::UsageNotPermitted,
+    );
+}

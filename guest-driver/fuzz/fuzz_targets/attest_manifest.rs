@@ -2,12 +2,17 @@
 //! manifest table, the vHSM service manifest and the request layouts.
 //!
 //! Properties, beyond "does not panic":
-//! - a table that parses has every entry inside it, after the entry array, exactly as
-//!   its raw entry records say; `find` returns the first entry of a GUID;
-//! - `write_manifest_table` of the parsed entries gives a table of
-//!   `manifest_table_len` bytes that parses to the same entries;
-//! - a vHSM manifest that parses re-encodes (header, identity, key records) to the
-//!   input byte for byte, with `key_count` keys;
+//! - decode then encode is the identity: a table that parses is written again by
+//!   `ManifestTable::write` and by `write_manifest_table` of its entries to the same
+//!   bytes; a vHSM manifest that parses is written again by `VhsmManifest::write` and
+//!   by `write_vhsm_manifest` of its parts to the same bytes;
+//! - a parsed table is exactly what the SVSM writes: each entry starts where the
+//!   previous ended (the first right after the entry array), the last ends at the
+//!   table's end, no GUID twice, and every entry slice is that range of the input;
+//! - a parsed vHSM manifest has increasing key ids, attributes that pass
+//!   `check_attestable_attributes`, and public keys that pass `check_spki` for
+//!   their type (the identity a P-384 key);
+//! - anything the writers write parses back to the same values;
 //! - the request layouts read from exactly their size and write back the same bytes.
 //!
 //! The first input byte selects how the rest is read: as a table / manifest /
@@ -16,11 +21,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use nitride_protocol::attest::{
-    manifest_table_len, write_manifest_table, ManifestKeyHead, ManifestTable, ServicesRequest,
+    check_attestable_attributes, check_spki, manifest_table_len, vhsm_manifest_len,
+    write_manifest_table, write_vhsm_manifest, ManifestTable, ServicesRequest,
     SingleServiceRequest, VhsmManifest, VHSM_SERVICE_GUID,
 };
 use nitride_protocol::snp::Guid;
-use zerocopy::byteorder::little_endian::U32;
+use nitride_protocol::vhsm::KeyType;
 use zerocopy::{FromBytes, IntoBytes};
 
 const HEAD: usize = 24;
@@ -33,34 +39,39 @@ fn check_table(bytes: &[u8]) {
     let entries: Vec<(Guid, &[u8])> = table.entries().collect();
     let count = u32::from_le_bytes(bytes[20..24].try_into().unwrap()) as usize;
     assert_eq!(entries.len(), count);
-    let data_start = HEAD + count * ENTRY;
     let base = bytes.as_ptr() as usize;
+    let mut next = HEAD + count * ENTRY;
     for (i, (g, d)) in entries.iter().enumerate() {
         let raw = &bytes[HEAD + i * ENTRY..HEAD + (i + 1) * ENTRY];
         let offset = u32::from_le_bytes(raw[16..20].try_into().unwrap()) as usize;
         let len = u32::from_le_bytes(raw[20..24].try_into().unwrap()) as usize;
         assert_eq!(&raw[..16], g);
         assert_eq!(d.len(), len, "entry {i} length");
-        assert!(offset >= data_start, "entry {i} overlaps the entry array");
-        assert!(offset + len <= bytes.len(), "entry {i} outside the table");
+        assert_eq!(offset, next, "entry {i} does not follow the previous one");
+        next = offset + len;
         // The slice handed out is that range of the table (not a copy or a default).
         assert_eq!(d.as_ptr() as usize - base, offset, "entry {i} offset");
+        assert!(
+            entries[..i].iter().all(|(h, _)| h != g),
+            "entry {i} repeats a GUID"
+        );
+        assert_eq!(table.find(g), Some(*d));
     }
-    for (g, _) in &entries {
-        let first = entries.iter().find(|(h, _)| h == g).map(|(_, d)| *d);
-        assert_eq!(table.find(g), first);
-    }
-    // Round trip through the writer.
+    assert_eq!(next, bytes.len(), "entries do not cover the table");
+    // Decode then encode is the identity, through both writers.
     let len = manifest_table_len(&entries).expect("length of a parsed table");
+    assert_eq!(len, bytes.len());
+    assert_eq!(table.encoded_len(), bytes.len());
     let mut out = vec![0u8; len];
     write_manifest_table(&entries, &mut out).expect("write parsed entries");
-    let again = ManifestTable::parse(&out).expect("written table parses");
-    assert!(again.entries().eq(entries.iter().copied()));
+    assert_eq!(out, bytes);
+    out.fill(0);
+    table.write(&mut out).expect("re-encode the table");
+    assert_eq!(out, bytes);
     // A wrong-sized buffer is refused, never written past.
-    let mut short = vec![0u8; len.saturating_sub(1)];
-    if len > 0 {
-        assert!(write_manifest_table(&entries, &mut short).is_err());
-    }
+    let mut short = vec![0u8; len - 1];
+    assert!(write_manifest_table(&entries, &mut short).is_err());
+    assert!(table.write(&mut short).is_err());
     if let Some(m) = table.find(&VHSM_SERVICE_GUID) {
         check_vhsm_manifest(m);
     }
@@ -71,19 +82,32 @@ fn check_vhsm_manifest(bytes: &[u8]) {
         return;
     };
     assert_eq!(m.identity.len(), m.header.identity_len.get() as usize);
+    assert!(m.header.reserved_zero());
+    check_spki(KeyType::EcdsaP384, m.identity).expect("identity is a P-384 key");
     let keys: Vec<_> = m.keys().collect();
     assert_eq!(keys.len(), m.header.key_count.get() as usize);
-    let mut out = m.header.as_bytes().to_vec();
-    out.extend_from_slice(m.identity);
-    for (attributes, spki) in &keys {
-        let head = ManifestKeyHead {
-            attributes: *attributes,
-            spki_len: U32::new(spki.len() as u32),
-        };
-        out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(spki);
+    let mut last = 0;
+    for k in &keys {
+        let id = k.attributes.key_id.get();
+        assert!(id > last, "key ids increase");
+        last = id;
+        let t = check_attestable_attributes(&k.attributes).expect("attributes");
+        check_spki(t, k.spki).expect("public key of its type");
     }
+    // Decode then encode is the identity, through both writers.
+    assert_eq!(m.encoded_len(), bytes.len());
+    let mut out = vec![0u8; bytes.len()];
+    m.write(&mut out).expect("re-encode");
     assert_eq!(out, bytes, "a parsed manifest re-encodes to its input");
+    assert_eq!(
+        vhsm_manifest_len(m.identity, keys.iter().copied()),
+        Some(bytes.len())
+    );
+    out.fill(0);
+    write_vhsm_manifest(&m.header, m.identity, keys.iter().copied(), &mut out)
+        .expect("write parsed parts");
+    assert_eq!(out, bytes);
+    assert!(m.write(&mut out[1..]).is_err());
 }
 
 fn check_requests(bytes: &[u8]) {
@@ -97,13 +121,6 @@ fn check_requests(bytes: &[u8]) {
             assert_eq!(r.base.as_bytes(), &bytes[..size_of::<ServicesRequest>()]);
         }
         Err(_) => assert_ne!(bytes.len(), size_of::<SingleServiceRequest>()),
-    }
-    if let Ok((r, _)) = SingleServiceRequest::read_from_prefix(bytes) {
-        let _ = (
-            r.base.nonce.gpa.get(),
-            r.base.nonce.size.get(),
-            r.manifest_version.get(),
-        );
     }
 }
 
@@ -130,10 +147,19 @@ fn write_from_recipe(mut data: &[u8]) {
     }
     let len = manifest_table_len(&entries).expect("small table");
     let mut out = vec![0u8; len];
-    write_manifest_table(&entries, &mut out).expect("write");
-    let table = ManifestTable::parse(&out).expect("a written table parses");
-    assert!(table.entries().eq(entries.iter().copied()));
-    check_table(&out);
+    let unique = entries
+        .iter()
+        .enumerate()
+        .all(|(i, (g, _))| entries[..i].iter().all(|(h, _)| h != g));
+    match write_manifest_table(&entries, &mut out) {
+        Ok(()) => {
+            assert!(unique);
+            let table = ManifestTable::parse(&out).expect("a written table parses");
+            assert!(table.entries().eq(entries.iter().copied()));
+            check_table(&out);
+        }
+        Err(_) => assert!(!unique, "the writer refuses only repeated GUIDs"),
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let (head, stream) = data.split_at(HEAD);
     let flags = head[0];
-    let nonce = [0x5Au8; 32];
+    let nonce = [0x5Au8; 64];
     let target = if flags & 1 == 0 {
         Target::Services
     } else {

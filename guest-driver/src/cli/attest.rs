@@ -14,19 +14,15 @@ use clap::{Args, Subcommand, ValueHint};
 use serde_json::{json, Value};
 
 use nitride_protocol::attest::{
-    ManifestTable, VhsmManifest, MAX_KEY_BINDING_NONCE, MAX_NONCE_SIZE, VHSM_SERVICE_GUID,
-    VTPM_SERVICE_GUID,
+    ManifestTable, Nonce, VhsmManifest, VHSM_SERVICE_GUID, VTPM_SERVICE_GUID,
 };
 use nitride_protocol::snp::{certs, guid, AttestationReport, CertKind, Guid};
 
-use super::values::{self, hex_nonce, Bytes};
+use super::values;
 use super::vhsm::{connect, refused, About, Conn};
 use super::{io, CliError};
 use crate::attest::Target;
 use crate::relay::{AttestParams, RelayClient};
-
-/// The largest nonce of the attestation protocol.
-const SERVICES_NONCE_MAX: usize = MAX_NONCE_SIZE as usize;
 
 /// `nitride attest ...`.
 #[derive(Debug, Subcommand)]
@@ -59,24 +55,24 @@ pub enum AttestCmd {
 
 pub(super) const ATTEST_EXAMPLES: &str = "\
 Examples:
-  nitride attest services --nonce $(openssl rand -hex 32) -o evidence
-  nitride attest key 1 --nonce $(openssl rand -hex 32) -o key-evidence";
+  nitride attest services --nonce $(openssl rand -hex 64) -o evidence
+  nitride attest key 1 --nonce $(openssl rand -hex 64) -o key-evidence";
 
 const SERVICES_EXAMPLES: &str = "\
 Examples:
-  nitride attest services --nonce $(openssl rand -hex 32) -o evidence
+  nitride attest services --nonce $(openssl rand -hex 64) -o evidence
   nitride attest services --nonce $NONCE --service vhsm --manifest-version 1 -o ev --json";
 
 const KEY_EXAMPLES: &str = "\
 Examples:
-  nitride attest key 1 --nonce $(openssl rand -hex 32) -o key-evidence";
+  nitride attest key 1 --nonce $(openssl rand -hex 64) -o key-evidence";
 
 /// `nitride attest services`.
 #[derive(Debug, Args)]
 pub struct ServicesArgs {
-    /// A fresh challenge, in hex (1 to 4096 bytes)
-    #[arg(long, value_name = "HEX", value_parser = hex_nonce::<SERVICES_NONCE_MAX>)]
-    nonce: Bytes,
+    /// A fresh challenge, in hex: exactly 64 bytes (128 hex digits)
+    #[arg(long, value_name = "HEX", value_parser = values::nonce)]
+    nonce: Nonce,
     /// Attest one service only: a GUID, vhsm or vtpm [default: every service]
     #[arg(long, value_name = "GUID", value_parser = values::service)]
     service: Option<Guid>,
@@ -102,9 +98,9 @@ pub struct KeyArgs {
     /// The key's id (a key with the attest usage)
     #[arg(value_name = "ID", value_parser = values::key_id)]
     id: u32,
-    /// A fresh challenge, in hex (1 to 256 bytes)
-    #[arg(long, value_name = "HEX", value_parser = hex_nonce::<MAX_KEY_BINDING_NONCE>)]
-    nonce: Bytes,
+    /// A fresh challenge, in hex: exactly 64 bytes (128 hex digits)
+    #[arg(long, value_name = "HEX", value_parser = values::nonce)]
+    nonce: Nonce,
     /// The directory to write the evidence to (created if needed)
     #[arg(short = 'o', long = "out", value_name = "DIR", value_hint = ValueHint::DirPath)]
     out: PathBuf,
@@ -208,13 +204,13 @@ fn vhsm_manifest_json(bytes: &[u8]) -> Value {
     match VhsmManifest::parse(bytes) {
         Ok(m) => json!({
             "identity_key": hex::encode(m.identity),
-            "keys": m.keys().map(|(a, spki)| json!({
-                "id": a.key_id.get(),
-                "label": String::from_utf8_lossy(a.label()),
-                "spki": hex::encode(spki),
+            "keys": m.keys().map(|k| json!({
+                "id": k.attributes.key_id.get(),
+                "label": String::from_utf8_lossy(k.attributes.label()),
+                "spki": hex::encode(k.spki),
             })).collect::<Vec<_>>(),
         }),
-        Err(e) => json!({ "error": format!("{e:?}") }),
+        Err(e) => json!({ "error": e.to_string() }),
     }
 }
 
@@ -242,9 +238,13 @@ fn manifest_json(bytes: &[u8], single: Option<Guid>) -> Value {
                 .collect();
             json!({ "services": services })
         }
-        Err(e) => json!({ "error": format!("{e:?}") }),
+        Err(e) => json!({ "error": e.to_string() }),
     }
 }
+
+/// What the summaries say about themselves: they show the evidence as received.
+const UNVERIFIED: &str =
+    "no: as received; `nitride report verify` checks it and shows the evidence it checked";
 
 fn print(json: bool, v: &Value, out: &mut dyn Write) -> Result<(), CliError> {
     if json {
@@ -287,6 +287,7 @@ fn attest_services(p: &ServicesArgs, out: &mut dyn Write) -> Result<(), CliError
         "nonce": hex::encode(nonce),
         "report": report_summary(&ev.report),
         "manifest": manifest_json(&ev.manifest, service),
+        "verified": UNVERIFIED,
         "retried_with_larger_buffers": ev.retried,
     });
     print(p.json, &v, out)
@@ -315,13 +316,14 @@ fn attest_key(p: &KeyArgs, out: &mut dyn Write) -> Result<(), CliError> {
             "nonce": hex::encode(b.nonce),
             "spki": hex::encode(b.spki),
         }),
-        Err(e) => json!({ "error": format!("{e:?}") }),
+        Err(e) => json!({ "error": e.to_string() }),
     };
     let v = json!({
         "dir": dir.display().to_string(),
         "files": files,
         "key": id,
         "binding": binding,
+        "verified": UNVERIFIED,
         "report": report_summary(&ev.report),
     });
     print(p.json, &v, out)

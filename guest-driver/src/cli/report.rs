@@ -10,11 +10,15 @@ use serde_json::{json, Value};
 
 use nitride_protocol::snp::{AttestationReport, Generation, Tcb, TcbLayout};
 
-use super::values::{hex_any, hex_array, vmpl, Bytes};
+use nitride_protocol::attest::Nonce;
+use nitride_protocol::snp::{PlatformInfo, Policy};
+
+use super::attest::guid_string;
+use super::values::{self, hex_array, vmpl};
 use super::{io, read, write_text, CliError};
 use crate::verify::{
-    verify, AppraisalPolicy, Error as RejectError, RootUsed, TrustAnchors, VerifiedReport,
-    VerifyError,
+    verify, Appraisal, AppraisalPolicy, CheckedEvidence, Error as RejectError, MinTcb, RootUsed,
+    TrustAnchors, VerifiedReport, VerifyError,
 };
 
 /// `nitride report ...`.
@@ -27,7 +31,11 @@ pub enum ReportCmd {
     #[command(
         long_about = "Verify an SEV-SNP attestation report: the AMD chain (pinned ARK -> ASK/ASVK -> \
                       VCEK/VLEK, RSA-PSS), the report's ECDSA P-384 signature, the TCB and chip \
-                      binding, then your policy (VMPL, REPORT_DATA, measurement, debug).\n\n\
+                      binding, then your policy (VMPL, guest policy bits, REPORT_DATA and the \
+                      evidence it binds, measurement, minimum TCB).\n\n\
+                      By default the guest policy must have its must-be-one bit 17 set and must \
+                      not allow debugging (bit 19) nor a migration agent (MIGRATE_MA, bit 18). \
+                      Every verdict shows the guest policy bits.\n\n\
                       Exits 0 with a verdict \"valid\", 1 naming the failed check, 2 for a usage \
                       error. Reports of the emulated platform are signed by a development root, \
                       not AMD: they are refused unless you pass --trust-dev-root.",
@@ -51,7 +59,8 @@ Examples:
   nitride report verify -d evidence --nonce $NONCE --manifest evidence/manifest.bin \\
       --measurement $MEASUREMENT --trust-dev-root target/dev-chain
   nitride report verify -d key-evidence --key-binding key-evidence/key-binding.bin --nonce $NONCE
-  nitride report verify report.bin --vcek vcek.der --expect-vmpl 1 --report-data $HEX --json";
+  nitride report verify report.bin --vcek vcek.der --expect-vmpl 1 --report-data $HEX --json
+  nitride report verify -d evidence --min-tcb bootloader=9,snp=23,microcode=72 --require-smt-off";
 
 /// `nitride report show`.
 #[derive(Debug, Args)]
@@ -98,10 +107,11 @@ pub struct VerifyArgs {
     /// Require REPORT_DATA to be exactly these 64 bytes
     #[arg(long, value_name = "HEX", value_parser = hex_array::<64>, conflicts_with_all = ["evidence", "nonce"])]
     pub report_data: Option<[u8; 64]>,
-    /// The nonce the evidence was requested with (with --manifest: REPORT_DATA =
-    /// SHA-512(nonce || manifest); with --key-binding: the binding's nonce)
-    #[arg(long, value_name = "HEX", value_parser = hex_any, requires = "evidence")]
-    pub nonce: Option<Bytes>,
+    /// The nonce the evidence was requested with, exactly 64 bytes (with --manifest:
+    /// REPORT_DATA = SHA-512(nonce || manifest); with --key-binding: the binding's
+    /// nonce)
+    #[arg(long, value_name = "HEX", value_parser = values::nonce, requires = "evidence")]
+    pub nonce: Option<Nonce>,
     /// The services manifest of `attest services` (needs --nonce; implies --expect-vmpl 0)
     #[arg(long, value_name = "FILE", requires = "nonce", value_hint = clap::ValueHint::FilePath)]
     pub manifest: Option<PathBuf>,
@@ -116,6 +126,21 @@ pub struct VerifyArgs {
     /// Accept a guest policy with the debug bit set [default: refused]
     #[arg(long)]
     pub allow_debug: bool,
+    /// Accept a guest policy that allows a migration agent (MIGRATE_MA, bit 18)
+    /// [default: refused]
+    #[arg(long)]
+    pub allow_migrate_ma: bool,
+    /// Require each TCB component named to be at least N in REPORTED_TCB:
+    /// COMPONENT=N,... of bootloader, tee, snp, microcode, fmc [default: any TCB]
+    #[arg(long, value_name = "SPEC", value_parser = values::min_tcb)]
+    pub min_tcb: Option<MinTcb>,
+    /// Require SMT off: the guest policy forbids SMT (bit 16 clear) and the platform
+    /// reports it disabled [default: not required]
+    #[arg(long)]
+    pub require_smt_off: bool,
+    /// Require the guest policy's SINGLE_SOCKET bit (20) [default: not required]
+    #[arg(long)]
+    pub require_single_socket: bool,
     /// Print the verdict as JSON (also when rejected)
     #[arg(long)]
     pub json: bool,
@@ -255,7 +280,14 @@ fn expected_vmpl(p: &VerifyArgs) -> Option<u32> {
 /// (`--report-data` against `--nonce`/`--manifest`/`--key-binding`, `--manifest`
 /// needing `--nonce`, `--nonce` needing one of them).
 fn policy_from(p: &VerifyArgs) -> Result<AppraisalPolicy, CliError> {
-    let mut policy = AppraisalPolicy::new().allow_debug(p.allow_debug);
+    let mut policy = AppraisalPolicy::new()
+        .allow_debug(p.allow_debug)
+        .allow_migrate_ma(p.allow_migrate_ma)
+        .require_smt_off(p.require_smt_off)
+        .require_single_socket(p.require_single_socket);
+    if let Some(min) = p.min_tcb {
+        policy = policy.min_tcb(min);
+    }
     if let Some(n) = expected_vmpl(p) {
         policy = policy.expect_vmpl(n);
     }
@@ -401,8 +433,58 @@ fn development_root(inputs: &Inputs) -> Option<String> {
         .then(|| format!("its VCEK's issuer is \"{issuer}\""))
 }
 
-fn verdict_json(v: &VerifiedReport, p: &VerifyArgs) -> Value {
+/// The guest policy bits (and the platform's SMT state), for every verdict.
+fn guest_policy_json(policy: Policy, platform: PlatformInfo) -> Value {
     json!({
+        "value": format!("{:#x}", policy.0),
+        "abi_minimum": format!("{}.{}", policy.abi_major(), policy.abi_minor()),
+        "smt_allowed": policy.smt(),
+        "reserved_bit_17_set": policy.reserved_must_be_one(),
+        "migrate_ma": policy.migrate_ma(),
+        "debug": policy.debug(),
+        "single_socket": policy.single_socket(),
+        "platform_smt_enabled": platform.smt_enabled(),
+    })
+}
+
+fn vhsm_json(m: &nitride_protocol::attest::VhsmManifest<'_>) -> Value {
+    json!({
+        "identity_key": hex::encode(m.identity),
+        "keys": m.keys().map(|k| json!({
+            "id": k.attributes.key_id.get(),
+            "label": String::from_utf8_lossy(k.attributes.label()),
+            "spki": hex::encode(k.spki),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The evidence as the policy checked it (never read from the files again).
+fn evidence_json(e: &CheckedEvidence<'_>) -> Value {
+    match e {
+        CheckedEvidence::None => Value::Null,
+        CheckedEvidence::Services { nonce, table, vhsm } => json!({
+            "kind": "services",
+            "nonce": hex::encode(nonce),
+            "services": table.entries().map(|(g, _)| guid_string(&g)).collect::<Vec<_>>(),
+            "vhsm": vhsm.as_ref().map(vhsm_json),
+        }),
+        CheckedEvidence::VhsmService { nonce, manifest } => json!({
+            "kind": "vhsm_service",
+            "nonce": hex::encode(nonce),
+            "vhsm": vhsm_json(manifest),
+        }),
+        CheckedEvidence::KeyBinding(b) => json!({
+            "kind": "key_binding",
+            "nonce": hex::encode(b.nonce),
+            "key": b.attributes.key_id.get(),
+            "label": String::from_utf8_lossy(b.attributes.label()),
+            "spki": hex::encode(b.spki),
+        }),
+    }
+}
+
+fn verdict_json(v: &VerifiedReport, a: &Appraisal<'_>, p: &VerifyArgs) -> Value {
+    let mut verdict = json!({
         "verdict": "valid",
         "root": v.root.to_string(),
         "generation": v.generation.name(),
@@ -410,26 +492,68 @@ fn verdict_json(v: &VerifiedReport, p: &VerifyArgs) -> Value {
         "vmpl": v.report.vmpl.get(),
         "vmpl_checked": expected_vmpl(p).is_some(),
         "chip_id_checked": v.chip_id_checked,
+        "guest_policy": guest_policy_json(a.guest_policy, v.report.platform_info()),
         "reported_tcb": tcb_json(&v.reported_tcb()),
         "measurement": hex::encode(v.report.measurement),
         "report_data": hex::encode(v.report.report_data),
-    })
+    });
+    let evidence = evidence_json(&a.evidence);
+    if !evidence.is_null() {
+        verdict["evidence"] = evidence;
+    }
+    verdict
+}
+
+/// A rejected verdict: the failed check, the error, and the guest policy bits when
+/// the report is one.
+fn rejected_json(e: &RejectError, report: Option<&[u8]>) -> Value {
+    let mut v = json!({"verdict": "rejected", "check": e.check(), "error": e.to_string()});
+    if let Some(r) = report.and_then(|r| AttestationReport::from_bytes(r).ok()) {
+        v["guest_policy"] = guest_policy_json(r.policy(), r.platform_info());
+    }
+    v
+}
+
+fn print_verdict(v: &Value, json_out: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    if json_out {
+        writeln!(out, "{v:#}").map_err(io)
+    } else {
+        write_text(v, out, 0)
+    }
+}
+
+/// The trust anchors from `--roots` and `--trust-dev-root`; a directory that cannot
+/// serve is a rejection (the report cannot be verified against it).
+fn anchors(p: &VerifyArgs) -> Result<TrustAnchors, RejectError> {
+    let unusable = |option: &str, dir: &Path, reason: String| {
+        RejectError::Verify(VerifyError::RootsUnusable {
+            option: format!("{option} {}", dir.display()),
+            reason,
+        })
+    };
+    let mut anchors = match &p.roots {
+        Some(dir) => anchors_from_dir(dir).map_err(|e| unusable("--roots", dir, e.to_string()))?,
+        None => TrustAnchors::amd_builtin().map_err(RejectError::Verify)?,
+    };
+    if let Some(dir) = &p.trust_dev_root {
+        anchors
+            .add_dev_root_dir(dir)
+            .map_err(|e| unusable("--trust-dev-root", dir, e.to_string()))?;
+    }
+    Ok(anchors)
 }
 
 fn report_verify(p: &VerifyArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let json_out = p.json;
     let policy = policy_from(p)?;
-    let mut anchors = match &p.roots {
-        Some(dir) => anchors_from_dir(dir)?,
-        None => TrustAnchors::amd_builtin()
-            .map_err(|e| CliError::Input(format!("bundled roots: {e}")))?,
-    };
-    if let Some(dir) = &p.trust_dev_root {
-        anchors
-            .add_dev_root_dir(dir)
-            .map_err(|e| CliError::Input(format!("--trust-dev-root {}: {e}", dir.display())))?;
-    }
     let inputs = inputs(p)?;
+    let anchors = match anchors(p) {
+        Ok(a) => a,
+        Err(e) => {
+            print_verdict(&rejected_json(&e, Some(&inputs.report)), json_out, out)?;
+            return Err(CliError::Rejected(e));
+        }
+    };
     let genuine = verify(&anchors, &inputs.report, &inputs.ek).map_err(|e| {
         let chain_failure = matches!(
             e,
@@ -440,15 +564,17 @@ fn report_verify(p: &VerifyArgs, out: &mut dyn Write) -> Result<(), CliError> {
             None => e,
         }
     });
-    let result = genuine
-        .map_err(RejectError::from)
-        .and_then(|v| policy.appraise(&v).map(|()| v).map_err(RejectError::from));
+    let result = genuine.map_err(RejectError::from).and_then(|v| {
+        policy
+            .appraise(&v)
+            .map(|a| verdict_json(&v, &a, p))
+            .map_err(RejectError::from)
+            .map(|verdict| (v, verdict))
+    });
     match result {
-        Ok(v) => {
-            if json_out {
-                writeln!(out, "{:#}", verdict_json(&v, p)).map_err(io)?;
-            } else {
-                write_text(&verdict_json(&v, p), out, 0)?;
+        Ok((v, verdict)) => {
+            print_verdict(&verdict, json_out, out)?;
+            if !json_out {
                 if expected_vmpl(p).is_none() {
                     writeln!(
                         out,
@@ -468,12 +594,7 @@ fn report_verify(p: &VerifyArgs, out: &mut dyn Write) -> Result<(), CliError> {
             Ok(())
         }
         Err(e) => {
-            let v = json!({"verdict": "rejected", "check": e.check(), "error": e.to_string()});
-            if json_out {
-                writeln!(out, "{v:#}").map_err(io)?;
-            } else {
-                write_text(&v, out, 0)?;
-            }
+            print_verdict(&rejected_json(&e, Some(&inputs.report)), json_out, out)?;
             Err(CliError::Rejected(e))
         }
     }

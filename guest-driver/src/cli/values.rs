@@ -12,7 +12,10 @@ use clap::builder::{EnumValueParser, PossibleValue, TypedValueParser};
 use clap::error::{ContextKind, ContextValue};
 use clap::ValueEnum;
 
+use nitride_protocol::attest::{Nonce, NONCE_SIZE};
 use nitride_protocol::snp::Guid;
+
+use crate::verify::MinTcb;
 use nitride_protocol::vhsm::{
     KeyType, KeyUsage, MAX_DATA_LEN, MAX_DERIVE_INPUT_LEN, MAX_LABEL_LEN, MAX_RANDOM_LEN,
 };
@@ -275,17 +278,48 @@ pub fn hex_array<const N: usize>(s: &str) -> Result<[u8; N], String> {
         .map_err(|_: Vec<u8>| format!("{len} bytes, expected exactly {N} ({} hex digits)", 2 * N))
 }
 
-/// A hex nonce of 1 to `MAX` bytes.
-pub fn hex_nonce<const MAX: usize>(s: &str) -> Result<Bytes, String> {
+/// A nonce: exactly `attest::NONCE_SIZE` (64) bytes in hex, the only size the SVSM's
+/// attestation protocol and AttestKey accept.
+pub fn nonce(s: &str) -> Result<Nonce, String> {
     let v = hex_decode(s)?;
-    if v.is_empty() || v.len() > MAX {
-        return Err(format!(
-            "the nonce is {} bytes; it must be 1 to {MAX} bytes (2 to {} hex digits)",
-            v.len(),
-            2 * MAX
-        ));
+    let len = v.len();
+    v.try_into().map_err(|_: Vec<u8>| {
+        format!(
+            "the nonce is {len} bytes; it must be exactly {NONCE_SIZE} bytes ({} hex digits, \
+             e.g. from `openssl rand -hex {NONCE_SIZE}`)",
+            2 * NONCE_SIZE
+        )
+    })
+}
+
+/// A minimum TCB: `COMPONENT=N[,COMPONENT=N]...`, components `bootloader`, `tee`,
+/// `snp`, `microcode` and `fmc` (Turin), each 0 to 255, each at most once.
+pub fn min_tcb(s: &str) -> Result<MinTcb, String> {
+    let mut min = MinTcb::default();
+    for part in s.split(',') {
+        let (name, value) = part.split_once('=').ok_or_else(|| {
+            format!("`{part}`: expected COMPONENT=N (bootloader, tee, snp, microcode, fmc)")
+        })?;
+        let value: u8 = value.trim().parse().map_err(|_| {
+            format!("`{part}`: the minimum must be a number from 0 to 255 (an SPL)")
+        })?;
+        let slot = match name.trim() {
+            "bootloader" => &mut min.bootloader,
+            "tee" => &mut min.tee,
+            "snp" => &mut min.snp,
+            "microcode" => &mut min.microcode,
+            "fmc" => &mut min.fmc,
+            other => {
+                return Err(format!(
+                    "`{other}` is not a TCB component: bootloader, tee, snp, microcode or fmc"
+                ))
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(format!("`{}` is given twice", name.trim()));
+        }
     }
-    Ok(v)
+    Ok(min)
 }
 
 /// A service: `vhsm`, `vtpm` or a GUID `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
@@ -327,11 +361,41 @@ mod tests {
             .contains("expected exactly 2"));
         assert!(hex_any("abc").unwrap_err().contains("two digits per byte"));
         assert!(hex_any("zz").unwrap_err().contains("not a hex digit"));
-        assert!(hex_nonce::<2>("").is_err());
-        assert!(hex_nonce::<2>("001122")
+        assert_eq!(nonce(&"4e".repeat(64)), Ok([0x4e; 64]));
+        for len in [0, 1, 32, 63, 65, 256] {
+            let e = nonce(&"4e".repeat(len)).unwrap_err();
+            assert!(
+                e.contains(&format!("is {len} bytes")) && e.contains("exactly 64 bytes"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn minimum_tcb_per_component() {
+        assert_eq!(
+            min_tcb("microcode=115"),
+            Ok(MinTcb {
+                microcode: Some(115),
+                ..MinTcb::default()
+            })
+        );
+        assert_eq!(
+            min_tcb("bootloader=3, tee=0,snp=8,microcode=115,fmc=1"),
+            Ok(MinTcb {
+                bootloader: Some(3),
+                tee: Some(0),
+                snp: Some(8),
+                microcode: Some(115),
+                fmc: Some(1),
+            })
+        );
+        assert!(min_tcb("ucode=1")
             .unwrap_err()
-            .contains("1 to 2 bytes"));
-        assert_eq!(hex_nonce::<2>("0011"), Ok(vec![0, 0x11]));
+            .contains("not a TCB component"));
+        assert!(min_tcb("snp=256").unwrap_err().contains("0 to 255"));
+        assert!(min_tcb("snp").unwrap_err().contains("COMPONENT=N"));
+        assert!(min_tcb("snp=1,snp=2").unwrap_err().contains("given twice"));
     }
 
     #[test]

@@ -17,11 +17,12 @@ use clap::{Args, Subcommand, ValueHint};
 use serde_json::{json, Value};
 
 use nitride_protocol::vhsm::{
-    AuditEntry, KeyAttributes, KeyTemplate, KeyUsage, Op, Origin, Status, VmplSet, GCM_NONCE_LEN,
-    GCM_TAG_LEN, KEY_CAPACITY, MAX_CIPHERTEXT_LEN, MAX_DATA_LEN, MAX_SIGNATURE_LEN,
+    AuditEntry, KeyAttributes, KeyFlags, KeyTemplate, KeyUsage, Op, Origin, Status, VmplSet,
+    GCM_NONCE_LEN, GCM_TAG_LEN, KEY_CAPACITY, MAX_CIPHERTEXT_LEN, MAX_DATA_LEN, MAX_SIGNATURE_LEN,
     MAX_WRAPPED_LEN,
 };
 
+use super::seal::StateSaving;
 use super::values::{self, KeyTypeArg, Named, UsageArg};
 use super::{io, read, CliError, Refusal};
 use crate::relay::RelayClient;
@@ -85,6 +86,10 @@ pub struct TemplateArgs {
     /// Let the key leave the vault wrapped (`nitride wrap`) [default: not exportable]
     #[arg(long)]
     pub exportable: bool,
+    /// Keep the key in the vault's sealed state (`nitride state export`), so that it
+    /// survives a restart [default: not persistent]
+    #[arg(long)]
+    pub persistent: bool,
 }
 
 /// `--json`.
@@ -137,7 +142,8 @@ const GENERATE_EXAMPLES: &str = "\
 Examples:
   nitride key generate --type ecdsa-p384 --label release-signing
   nitride key generate --type aes-256 --usage wrap,unwrap --label kek
-  nitride key generate --type ecdsa-p384 --usage sign,verify,attest --vmpls 1,2 --json";
+  nitride key generate --type ecdsa-p384 --usage sign,verify,attest --vmpls 1,2 --json
+  nitride key generate --type ecdsa-p384 --persistent --label survives-restarts";
 
 const IMPORT_EXAMPLES: &str = "\
 Examples:
@@ -378,9 +384,10 @@ pub struct AuditArgs {
     conn: Conn,
 }
 
-pub(super) fn connect(conn: &Conn) -> Result<VhsmClient<RelayClient>, CliError> {
+pub(super) fn connect(conn: &Conn) -> Result<VhsmClient<StateSaving<RelayClient>>, CliError> {
+    let state = super::seal::state_file(&conn.socket);
     RelayClient::connect(&conn.socket)
-        .map(VhsmClient::new)
+        .map(|relay| VhsmClient::new(StateSaving::new(relay, state)))
         .map_err(|e| {
             CliError::Vhsm(format!(
                 "cannot reach the vHSM at {}: {e} (is it running? `cargo xtask up`)",
@@ -391,7 +398,7 @@ pub(super) fn connect(conn: &Conn) -> Result<VhsmClient<RelayClient>, CliError> 
 
 /// What a request was about, to explain a refusal: the action (a verb phrase) and
 /// the keys it named, each with its role.
-pub(super) struct About<'a> {
+pub(crate) struct About<'a> {
     pub action: &'a str,
     pub keys: &'a [(&'a str, u32)],
 }
@@ -487,6 +494,25 @@ pub(super) fn refused(e: VhsmError, about: &About<'_>) -> CliError {
             "the vault did not understand the request ({action}): do this tool and the \
              firmware speak the same vHSM protocol version?"
         ),
+        Status::SealingUnavailable => format!(
+            "the platform could not derive a sealing key ({action}): no PSP, or the blob was \
+             sealed at a TCB above this chip's"
+        ),
+        Status::SealedBlobInvalid => format!(
+            "the blob does not open ({action}): it was sealed by another SVSM image or guest \
+             image, on another chip, or was altered or truncated"
+        ),
+        Status::SealRuleDenied => {
+            format!("the blob's unsealing rule does not include this caller's VMPL ({action})")
+        }
+        Status::VaultNotEmpty => format!(
+            "the vault already holds keys: a state is imported only into an empty vault, \
+             right after the start ({action})"
+        ),
+        Status::StateRollback => format!(
+            "the state blob is older (a lower generation) than one already imported or \
+             exported since the start: refused as a rollback ({action})"
+        ),
         Status::Ok => format!("unexpected status Ok ({action})"),
     };
     CliError::Refused(Refusal {
@@ -502,7 +528,7 @@ fn about<'a>(action: &'a str, keys: &'a [(&'a str, u32)]) -> About<'a> {
 
 /// Read the input (`--in FILE`, `-` or nothing: stdin), refusing more than `max`
 /// bytes of `what` with the limit named.
-fn input(i: &Input, what: &str, max: usize) -> Result<Vec<u8>, CliError> {
+pub(super) fn input(i: &Input, what: &str, max: usize) -> Result<Vec<u8>, CliError> {
     let (v, from) = match i.input.as_deref() {
         Some(f) if f != Path::new("-") => (read(f, "input")?, f.display().to_string()),
         _ => {
@@ -522,7 +548,7 @@ fn input(i: &Input, what: &str, max: usize) -> Result<Vec<u8>, CliError> {
     Ok(v)
 }
 
-fn output(o: &Output, bytes: &[u8], out: &mut dyn Write) -> Result<(), CliError> {
+pub(super) fn output(o: &Output, bytes: &[u8], out: &mut dyn Write) -> Result<(), CliError> {
     match o.output.as_deref() {
         Some(f) if f != Path::new("-") => {
             std::fs::write(f, bytes).map_err(|e| CliError::Input(format!("{}: {e}", f.display())))
@@ -582,7 +608,17 @@ fn template(t: &TemplateArgs, path: &[&str]) -> Result<KeyTemplate, CliError> {
             acc | VmplSet::from_bits_truncate(1 << v)
         }),
     };
-    Ok(KeyTemplate::new(key_type, usage, vmpls, t.exportable))
+    let template = KeyTemplate::new(key_type, usage, vmpls, t.exportable);
+    Ok(if t.persistent {
+        template.persistent()
+    } else {
+        template
+    })
+}
+
+/// A key's flag.
+fn has(k: &KeyAttributes, flag: KeyFlags) -> bool {
+    k.exportable & flag.bits() != 0
 }
 
 fn label(t: &TemplateArgs) -> &[u8] {
@@ -595,7 +631,9 @@ fn key_json(k: &KeyAttributes) -> Value {
         "type": KeyTypeArg::name_of(k.key_type.get()),
         "usage": UsageArg::names(k.usage.get()),
         "origin": origin_name(k.origin),
-        "exportable": k.exportable != 0,
+        "exportable": has(k, KeyFlags::EXPORTABLE),
+        "persistent": has(k, KeyFlags::PERSISTENT),
+        "restored": has(k, KeyFlags::RESTORED),
         "vmpls": vmpl_list(k.allowed_vmpls),
         "label": String::from_utf8_lossy(k.label()),
     })
@@ -603,14 +641,28 @@ fn key_json(k: &KeyAttributes) -> Value {
 
 fn key_line(k: &KeyAttributes) -> String {
     format!(
-        "key {:<4} {:<12} usage {:<22} origin {:<9} exportable {:<3} vmpls {:?} label {:?}",
+        "key {:<4} {:<12} usage {:<22} origin {:<9} exportable {:<3} vmpls {:?} label {:?}{}{}",
         k.key_id.get(),
         KeyTypeArg::name_of(k.key_type.get()),
         UsageArg::names(k.usage.get()).join(","),
         origin_name(k.origin),
-        if k.exportable != 0 { "yes" } else { "no" },
+        if has(k, KeyFlags::EXPORTABLE) {
+            "yes"
+        } else {
+            "no"
+        },
         vmpl_list(k.allowed_vmpls),
         String::from_utf8_lossy(k.label()),
+        if has(k, KeyFlags::PERSISTENT) {
+            " persistent"
+        } else {
+            ""
+        },
+        if has(k, KeyFlags::RESTORED) {
+            " restored"
+        } else {
+            ""
+        },
     )
 }
 

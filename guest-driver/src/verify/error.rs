@@ -183,6 +183,14 @@ pub enum VerifyError {
         /// CHIP_ID seen.
         report: Vec<u8>,
     },
+    /// The trust anchors the caller named cannot be used (a roots directory without
+    /// an ARK, an ARK that fails its pin, an unreadable development root).
+    RootsUnusable {
+        /// The option and directory (`--roots DIR`).
+        option: String,
+        /// Why.
+        reason: String,
+    },
     /// The endorsement chains to a *development* root (the emulated platform's), not
     /// to AMD, and the caller did not opt into trusting it.
     DevelopmentRoot {
@@ -212,6 +220,7 @@ impl VerifyError {
             Self::TcbMismatch { .. } => "tcb",
             Self::ChipIdMismatch { .. } | Self::VlekChipIdNotMasked { .. } => "chip_id",
             Self::DevelopmentRoot { .. } => "development_root",
+            Self::RootsUnusable { .. } => "roots",
         }
     }
 }
@@ -286,6 +295,10 @@ impl fmt::Display for VerifyError {
                 "chip id: a VLEK-signed report must carry a zero CHIP_ID, saw {}",
                 Hex(report)
             ),
+            Self::RootsUnusable { option, reason } => write!(
+                f,
+                "trust anchors: {option} cannot be used ({reason}); nothing was verified"
+            ),
             Self::DevelopmentRoot { evidence } => write!(
                 f,
                 "chain: the report is signed by a *development* root, not by AMD ({evidence}); \
@@ -326,6 +339,37 @@ pub enum PolicyError {
         /// The policy value.
         policy: u64,
     },
+    /// The guest policy's reserved bit 17, which must be one, is clear.
+    ReservedBitClear {
+        /// The policy value.
+        policy: u64,
+    },
+    /// The guest policy allows a migration agent (MIGRATE_MA, bit 18) and the
+    /// caller did not allow that.
+    MigrateMa {
+        /// The policy value.
+        policy: u64,
+    },
+    /// SMT is required off, but the guest policy allows it (bit 16) or the platform
+    /// has it enabled (PLATFORM_INFO bit 0).
+    Smt {
+        /// The policy value.
+        policy: u64,
+        /// PLATFORM_INFO.
+        platform_info: u64,
+    },
+    /// A single socket is required, but the guest policy's SINGLE_SOCKET bit (20)
+    /// is clear.
+    SingleSocket {
+        /// The policy value.
+        policy: u64,
+    },
+    /// A minimum is given for a TCB component the report's generation does not
+    /// have (FMC before Turin).
+    TcbComponentMissing {
+        /// Component name.
+        component: Component,
+    },
     /// A TCB component is below the minimum.
     TcbTooLow {
         /// Component name.
@@ -341,6 +385,12 @@ pub enum PolicyError {
         seen: SigningKey,
         /// Keys accepted.
         allowed: Vec<SigningKey>,
+    },
+    /// The services manifest given is not one the SVSM writes (or lists a service
+    /// this verifier cannot check).
+    ManifestMalformed {
+        /// Why.
+        reason: ManifestError,
     },
     /// The key binding given does not parse.
     KeyBindingMalformed {
@@ -373,7 +423,12 @@ impl PolicyError {
             Self::ReportData { .. } => "policy_report_data",
             Self::Measurement { .. } => "policy_measurement",
             Self::Debug { .. } => "policy_debug",
-            Self::TcbTooLow { .. } => "policy_tcb",
+            Self::ReservedBitClear { .. } => "policy_reserved_bit",
+            Self::MigrateMa { .. } => "policy_migrate_ma",
+            Self::Smt { .. } => "policy_smt",
+            Self::SingleSocket { .. } => "policy_single_socket",
+            Self::TcbTooLow { .. } | Self::TcbComponentMissing { .. } => "policy_tcb",
+            Self::ManifestMalformed { .. } => "policy_manifest",
             Self::SigningKey { .. } => "policy_signing_key",
             Self::KeyBindingMalformed { .. }
             | Self::KeyBindingNonce { .. }
@@ -412,11 +467,40 @@ impl fmt::Display for PolicyError {
                 f,
                 "policy debug: guest policy {policy:#x} allows debugging (bit 19), not allowed"
             ),
+            Self::ReservedBitClear { policy } => write!(
+                f,
+                "policy reserved bit: guest policy {policy:#x} has bit 17 clear, which must be one"
+            ),
+            Self::MigrateMa { policy } => write!(
+                f,
+                "policy migrate_ma: guest policy {policy:#x} allows a migration agent (bit 18), not allowed"
+            ),
+            Self::Smt {
+                policy,
+                platform_info,
+            } => write!(
+                f,
+                "policy smt: SMT required off, but guest policy {policy:#x} {} SMT (bit 16) and \
+                 platform info {platform_info:#x} says SMT {}",
+                if policy & (1 << 16) != 0 { "allows" } else { "forbids" },
+                if platform_info & 1 != 0 { "enabled" } else { "disabled" }
+            ),
+            Self::SingleSocket { policy } => write!(
+                f,
+                "policy single socket: required, but guest policy {policy:#x} has SINGLE_SOCKET (bit 20) clear"
+            ),
+            Self::TcbComponentMissing { component } => write!(
+                f,
+                "policy tcb: a minimum {component} is required, but this generation's TCB has no {component}"
+            ),
             Self::TcbTooLow {
                 component,
                 seen,
                 minimum,
             } => write!(f, "policy tcb: {component} = {seen}, minimum {minimum}"),
+            Self::ManifestMalformed { reason } => {
+                write!(f, "policy manifest: not a manifest the SVSM writes: {reason}")
+            }
             Self::SigningKey { seen, allowed } => {
                 write!(f, "policy signing key: {seen}, allowed [")?;
                 for (i, k) in allowed.iter().enumerate() {
@@ -426,7 +510,7 @@ impl fmt::Display for PolicyError {
                 f.write_str("]")
             }
             Self::KeyBindingMalformed { reason } => {
-                write!(f, "policy key binding: malformed ({reason:?})")
+                write!(f, "policy key binding: malformed ({reason})")
             }
             Self::KeyBindingNonce { seen, expected } => write!(
                 f,

@@ -8,7 +8,9 @@
 //!    P-384/SHA-384 signature over bytes 0x000..0x2A0 verifies; REPORTED_TCB equals
 //!    the certificate's SPLs; CHIP_ID equals the VCEK's hwID (or is zero for a VLEK).
 //! 2. **Policy** ([`AppraisalPolicy`]): what the caller requires of a genuine report
-//!    (VMPL, REPORT_DATA, measurement, debug, minimum TCB, signing key).
+//!    (VMPL, guest policy bits, REPORT_DATA and the evidence it binds, measurement,
+//!    minimum TCB, signing key). An accepted report comes back as an [`Appraisal`]
+//!    holding the evidence parsed ([`CheckedEvidence`]).
 //!
 //! Every rejection is a typed error ([`VerifyError`], [`PolicyError`]) that names the
 //! check and the values seen and expected. See `docs/attestation-verification.md`.
@@ -37,7 +39,7 @@ pub use anchors::{
 };
 pub use cert::{oid, Cert, EkExtensions};
 pub use error::{CertRole, Error, Hex, PolicyError, RootUsed, VerifyError};
-pub use policy::AppraisalPolicy;
+pub use policy::{Appraisal, AppraisalPolicy, CheckedEvidence, MinTcb};
 
 /// A report whose signature and endorsement chain have been verified.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -62,6 +62,7 @@ fn blob() -> &'static [u8] {
             chip_secret: [0xC5; 32],
             cert_table_len: U32::new(table.len() as u32),
             reserved: U32::new(0),
+            tcb_version: U64::new(dev_psp::TCB_VERSION),
         };
         let mut b = header.as_bytes().to_vec();
         b.extend_from_slice(&table);

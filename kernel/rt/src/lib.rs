@@ -1,9 +1,15 @@
 //! The freestanding runtime shared by the SVSM image and bare-metal guests built
 //! for the host triple without `std`: the memory functions and unwinding symbols the
 //! compiler and the precompiled `core` refer to ([`mem`]), a polled 16550 UART
-//! ([`uart`]), and stopping the machine ([`halt_forever`], [`exit_qemu`]).
+//! ([`uart`]), stopping the machine ([`halt_forever`], [`exit_qemu`]), and, with the
+//! `fw_cfg` feature, the files QEMU hands over through fw_cfg (`fw_cfg`).
 #![no_std]
 
+#[cfg(feature = "fw_cfg")]
+extern crate alloc;
+
+#[cfg(feature = "fw_cfg")]
+pub mod fw_cfg;
 pub mod mem;
 pub mod uart;
 

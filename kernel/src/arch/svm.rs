@@ -34,8 +34,12 @@ use nitride_kernel::refusals::{self, Kind, RefusalLog, Report};
 use nitride_protocol::emulated::{
     boot_info, exit, ports, GUEST_INITIAL_RSP, GUEST_PAGE_TABLES_GPA, GUEST_VMPL,
 };
+use nitride_protocol::snp::msg::KeyReq;
+use nitride_protocol::snp::report::AttestationReport;
 use nitride_protocol::svsm::CallRegs;
 use x86_64::registers::model_specific::Msr;
+use zerocopy::FromBytes;
+use zeroize::Zeroizing;
 
 /// VMCB control-area offsets.
 mod ctl {
@@ -461,6 +465,8 @@ pub struct Emulated {
     guest_xcr0_seen: Option<u64>,
     /// The client of the emulated PSP (VMPCK0), once attached.
     psp: Option<PspClient<EmulatedPspChannel>>,
+    /// The chip's committed TCB, read from the first report sealing needed.
+    committed_tcb: Option<[u8; 8]>,
 }
 
 impl core::fmt::Debug for Emulated {
@@ -636,6 +642,7 @@ impl Emulated {
             xsave,
             guest_xcr0_seen: None,
             psp: None,
+            committed_tcb: None,
         })
     }
 
@@ -1148,6 +1155,31 @@ impl Platform for Emulated {
 
     fn cycles(&self) -> u64 {
         cpu::tsc()
+    }
+
+    fn derived_key(&mut self, request: &KeyReq) -> Result<Zeroizing<[u8; 32]>, AttestError> {
+        let psp = self.psp.as_mut().ok_or(AttestError::Unavailable)?;
+        let key = psp.derive_key(request).map_err(|e| {
+            log::warn!("derived key request failed: {e}");
+            AttestError::from(e)
+        })?;
+        if key.iter().all(|&b| b == 0) {
+            log::warn!("the PSP derived an all-zero key: refused");
+            return Err(AttestError::Failed);
+        }
+        Ok(key)
+    }
+
+    fn committed_tcb(&mut self) -> Result<[u8; 8], AttestError> {
+        if let Some(tcb) = self.committed_tcb {
+            return Ok(tcb);
+        }
+        let evidence = self.attestation_report(&[0; 64], false)?;
+        let (report, _) = AttestationReport::ref_from_prefix(&evidence.report)
+            .map_err(|_| AttestError::Failed)?;
+        let tcb = report.committed_tcb.get().to_le_bytes();
+        self.committed_tcb = Some(tcb);
+        Ok(tcb)
     }
 }
 

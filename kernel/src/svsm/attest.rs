@@ -6,14 +6,18 @@
 //!
 //! 1. read the request (0x40 or 0x58 bytes) at the GPA in RCX through a checked
 //!    [`GuestRange`] (it may lie in the calling area: Linux puts it in the CAA's
-//!    buffer), copy it, then parse it; reserved fields must be zero;
+//!    buffer), copy it, then parse it; reserved fields must be zero and the nonce
+//!    exactly [`NONCE_SIZE`] (64) bytes;
 //! 2. pick the manifest: the services manifest table (with the vHSM's entry when the
 //!    vHSM runs), or one service's own manifest;
-//! 3. copy the nonce (at most [`MAX_NONCE_SIZE`] bytes) and check every output
-//!    buffer with the memory map: guest RAM outside SVSM memory, no wrap-around,
-//!    not overlapping the calling area or each other;
-//! 4. REPORT_DATA = SHA-512(nonce || manifest); ask the PSP for a VMPL0 report (with
-//!    the certificate table when the certificate buffer's size is not zero);
+//! 3. copy the nonce and check every output buffer with the memory map: guest RAM
+//!    outside SVSM memory, no wrap-around, not overlapping the calling area or each
+//!    other;
+//! 4. REPORT_DATA = SHA-512(nonce || manifest), built by
+//!    `nitride_protocol::attest::report_data` (the manifest's own tag at offset 64
+//!    keeps it apart from every other REPORT_DATA form); ask the PSP for a VMPL0
+//!    report (with the certificate table when the certificate buffer's size is not
+//!    zero);
 //! 5. if a buffer is too small, return ERR_INVALID_PARAMETER with the needed sizes in
 //!    RCX (manifest), RDX (certificates) and R8 (report), writing nothing; else write
 //!    all three and return SUCCESS with the same registers.
@@ -27,15 +31,15 @@ use alloc::vec::Vec;
 use core::mem::size_of;
 
 use nitride_protocol::attest::{
-    attest_call, manifest_table_len, write_manifest_table, GuestBuffer, ServicesRequest,
-    SingleServiceRequest, MAX_NONCE_SIZE, VHSM_MANIFEST_VERSION, VHSM_SERVICE_GUID,
+    attest_call, manifest_table_len, report_data, write_manifest_table, GuestBuffer, Nonce,
+    ServicesRequest, SingleServiceRequest, NONCE_SIZE, VHSM_MANIFEST_VERSION, VHSM_SERVICE_GUID,
 };
 use nitride_protocol::snp::report::REPORT_SIZE;
 use nitride_protocol::snp::Guid;
 use nitride_protocol::svsm::{CallRegs, ResultCode};
 use nitride_vhsm::{AttestError, Attester, Evidence};
-use sha2::{Digest, Sha512};
 use zerocopy::FromBytes;
+use zeroize::Zeroizing;
 
 use crate::memory::{GuestRange, PhysRange, MAX_GUEST_RANGE, PAGE};
 use crate::platform::Platform;
@@ -52,6 +56,15 @@ impl<P: Platform> Attester for PlatformAttester<'_, P> {
         certificates: bool,
     ) -> Result<Evidence, AttestError> {
         self.0.attestation_report(report_data, certificates)
+    }
+
+    fn sealing_tcb(&mut self) -> Result<[u8; 8], AttestError> {
+        self.0.committed_tcb()
+    }
+
+    fn sealing_key(&mut self, tcb: [u8; 8]) -> Result<Zeroizing<[u8; 32]>, AttestError> {
+        self.0
+            .derived_key(&nitride_protocol::sealed::sealing_key_request(tcb))
     }
 }
 
@@ -252,6 +265,11 @@ fn attest<P: Platform>(
         let r = ServicesRequest::read_from_bytes(raw).map_err(|_| ResultCode::InvalidParameter)?;
         (r, None)
     };
+    // The nonce is exactly 64 bytes: a longer one would let the guest put bytes of
+    // its choosing where the manifest's tag belongs (at offset 64 of the hash input).
+    if base.nonce.reserved.get() != 0 || base.nonce.size.get() as usize != NONCE_SIZE {
+        return Err(ResultCode::InvalidParameter.into());
+    }
 
     // 2. The manifest.
     let manifest_started = platform.cycles();
@@ -262,23 +280,14 @@ fn attest<P: Platform>(
     let manifest_cycles = platform.cycles().wrapping_sub(manifest_started);
 
     // 3. The nonce (copied) and the output buffers (checked).
-    if base.nonce.reserved.get() != 0 {
-        return Err(ResultCode::InvalidParameter.into());
-    }
-    let nonce_size = base.nonce.size.get();
-    if nonce_size > MAX_NONCE_SIZE {
-        return Err(ResultCode::InvalidParameter.into());
-    }
-    let mut nonce = vec![0u8; nonce_size as usize];
-    if nonce_size != 0 {
-        let range = platform
-            .memory()
-            .range(base.nonce.gpa.get(), u64::from(nonce_size))
-            .map_err(|_| ResultCode::InvalidAddress)?;
-        platform
-            .read_guest(range, &mut nonce)
-            .map_err(|_| ResultCode::InvalidAddress)?;
-    }
+    let mut nonce: Nonce = [0; NONCE_SIZE];
+    let range = platform
+        .memory()
+        .range(base.nonce.gpa.get(), NONCE_SIZE as u64)
+        .map_err(|_| ResultCode::InvalidAddress)?;
+    platform
+        .read_guest(range, &mut nonce)
+        .map_err(|_| ResultCode::InvalidAddress)?;
     let report = out_buffer(platform, &base.report)?;
     let manifest_buf = out_buffer(platform, &base.manifest)?;
     let certs = out_buffer(platform, &base.certificates)?;
@@ -299,11 +308,15 @@ fn attest<P: Platform>(
 
     // 4. REPORT_DATA binds the nonce and the manifest.
     let hash_started = platform.cycles();
-    let mut hash = Sha512::new();
-    hash.update(&nonce);
-    hash.update(&manifest);
-    let mut report_data = [0u8; 64];
-    report_data.copy_from_slice(&hash.finalize());
+    let report_data = match single {
+        Some((guid, _)) => report_data::single_service(&nonce, &guid, &manifest),
+        None => report_data::services(&nonce, &manifest),
+    }
+    .map_err(|e| {
+        // The SVSM built the manifest itself: its tag is always right.
+        log::error!("attestation: manifest without its REPORT_DATA tag: {e}");
+        ResultCode::InvalidRequest
+    })?;
     let hash_cycles = platform.cycles().wrapping_sub(hash_started);
     let want_certs = certs.size != 0;
     let mut sizes = Sizes {

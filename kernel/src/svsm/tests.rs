@@ -457,7 +457,7 @@ fn violations_stop_the_guest() {
 
 use nitride_protocol::attest::{
     attest_call, GuestBuffer, ManifestTable, ServicesRequest, SingleServiceRequest, VhsmManifest,
-    MAX_NONCE_SIZE, VHSM_SERVICE_GUID, VTPM_SERVICE_GUID,
+    NONCE_SIZE, VHSM_MANIFEST_VERSION, VHSM_SERVICE_GUID, VTPM_SERVICE_GUID,
 };
 use nitride_protocol::snp::report::REPORT_SIZE;
 use nitride_vhsm::{Caller, KeySpec, KeyType, KeyUsage, VmplSet};
@@ -636,8 +636,8 @@ fn attest_single_service() {
     let mut p = attest_platform();
     let requests = [
         single(services(0), VHSM_SERVICE_GUID, 0),
-        single(services(0x1000), VHSM_SERVICE_GUID, 1),
-        single(services(0), VHSM_SERVICE_GUID, 2),
+        single(services(0x1000), VHSM_SERVICE_GUID, VHSM_MANIFEST_VERSION),
+        single(services(0), VHSM_SERVICE_GUID, VHSM_MANIFEST_VERSION + 1),
         single(services(0), VTPM_SERVICE_GUID, 0),
         single(services(0), [0; 16], 0),
     ];
@@ -793,7 +793,7 @@ fn attestation_buffers_are_checked() {
         ),
         (
             AREQ,
-            with(&|r| r.nonce.size = LeU32::new(MAX_NONCE_SIZE + 1)),
+            with(&|r| r.nonce.reserved = LeU32::new(1)),
             ResultCode::InvalidParameter,
         ),
         (
@@ -827,6 +827,17 @@ fn attestation_buffers_are_checked() {
             ResultCode::InvalidParameter,
         ),
     ];
+    // The nonce is exactly 64 bytes: every other size is refused before
+    // anything is read, built or written (a longer nonce would let the guest put
+    // its own bytes where the manifest's tag is, at offset 64 of the hash input).
+    for size in [0u32, 1, 32, 63, 65, 128, 4096, u32::MAX] {
+        assert_ne!(size as usize, NONCE_SIZE);
+        cases.push((
+            AREQ,
+            with(&|r| r.nonce.size = LeU32::new(size)),
+            ResultCode::InvalidParameter,
+        ));
+    }
     // The declared extent counts, not just the bytes that would be written.
     cases.push((
         AREQ,
@@ -938,7 +949,7 @@ fn attest_key_reaches_the_platform_psp() {
     let mut req = vec![0u8; 256];
     let n = Request::AttestKey {
         key: 1,
-        nonce: b"fresh",
+        nonce: &[0x66; 64],
     }
     .encode(3, &mut req)
     .unwrap();
@@ -954,7 +965,7 @@ fn attest_key_reaches_the_platform_psp() {
     assert_eq!(p.asked, [(rd, true)]);
     assert_eq!(ev.report, &fake_report(&rd)[..]);
     assert_eq!(ev.certificates.len(), FAKE_CERTS_LEN);
-    assert_eq!(KeyBinding::parse(ev.binding).unwrap().nonce, b"fresh");
+    assert_eq!(KeyBinding::parse(ev.binding).unwrap().nonce, &[0x66; 64]);
 }
 
 mod core_calls {

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use nitride_protocol::svsm::{vhsm_call, CallRegs, ResultCode};
 use nitride_protocol::vhsm::{RequestHeader, HEADER_SIZE, MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE};
 use nitride_vhsm::Attester;
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 use zeroize::Zeroizing;
 
 /// The vHSM behind the vHSM protocol: framed request bytes in, response bytes out
@@ -75,11 +75,18 @@ impl<P: Platform, V: VhsmService> Svsm<P, V> {
         };
         // Copy first, then parse: the guest may change its memory meanwhile.
         // Requests and responses may carry key material or plaintext: wiped on drop.
-        let mut bytes = Zeroizing::new(vec![0u8; request.len() as usize]);
-        if self.platform.read_guest(request, &mut bytes).is_err() {
+        // Held as words so that the wipe on drop is one volatile store per 8 bytes
+        // (the request is at most MAX_REQUEST_SIZE, checked by `vhsm_buffer`).
+        let len = request.len() as usize;
+        let mut words = Zeroizing::new(vec![0u64; len.div_ceil(8)]);
+        let Some(bytes) = words.as_mut_bytes().get_mut(..len) else {
+            return result(ResultCode::InvalidAddress);
+        };
+        if self.platform.read_guest(request, bytes).is_err() {
             return result(ResultCode::InvalidAddress);
         }
-        if !well_framed(&bytes) {
+        let bytes = &*bytes;
+        if !well_framed(bytes) {
             return result(ResultCode::InvalidFormat);
         }
         let vmpl = self.platform.caller_vmpl();
@@ -88,7 +95,7 @@ impl<P: Platform, V: VhsmService> Svsm<P, V> {
         };
         // Disjoint fields: the vault gets the platform's PSP for this request only.
         let mut attester = PlatformAttester(&mut self.platform);
-        let answer = Zeroizing::new(service.handle(vmpl, &bytes, &mut attester));
+        let answer = Zeroizing::new(service.handle(vmpl, bytes, &mut attester));
         let Some(out) = response.sub(0, answer.len() as u64) else {
             log::error!(
                 "vHSM produced an empty or oversized response ({} bytes)",

@@ -200,6 +200,7 @@ impl fmt::Display for DevPspError {
 /// The emulated chip's secrets and certificates, from the dev-PSP blob.
 pub struct DevPspConfig {
     vcek: SigningKey,
+    tcb: u64,
     chip_secret: Zeroizing<[u8; 32]>,
     cert_table: Vec<u8>,
 }
@@ -210,6 +211,7 @@ impl fmt::Debug for DevPspConfig {
             .field("vcek", &"[REDACTED]")
             .field("chip_secret", &"[REDACTED]")
             .field("cert_table_len", &self.cert_table.len())
+            .field("tcb", &self.tcb)
             .finish()
     }
 }
@@ -242,9 +244,15 @@ impl DevPspConfig {
             SigningKey::from_slice(&header.vcek_scalar).map_err(|_| DevPspError::BadScalar)?;
         Ok(Self {
             vcek,
+            tcb: header.tcb_version.get(),
             chip_secret: Zeroizing::new(header.chip_secret),
             cert_table: rest.to_vec(),
         })
+    }
+
+    /// The chip's TCB_VERSION (`dev_psp::BlobHeader::tcb_version`).
+    pub fn tcb_version(&self) -> u64 {
+        self.tcb
     }
 
     /// The certificate table returned with extended requests.
@@ -499,7 +507,7 @@ impl EmulatedPsp {
 
     /// A signed version-3 report for `vmpl` carrying `report_data`.
     pub fn build_report(&self, report_data: &[u8; 64], vmpl: u32) -> AttestationReport {
-        let tcb = U64::new(dev_psp::TCB_VERSION);
+        let tcb = U64::new(self.config.tcb);
         let [build, minor, major] = dev_psp::FIRMWARE_VERSION;
         let [fam, model, step] = dev_psp::CPUID_FAM_MOD_STEP;
         let mut r = AttestationReport::new_zeroed();
@@ -589,13 +597,13 @@ impl EmulatedPsp {
         // (never above the current one), else the current one.
         let tcb = if select & guest_field::TCB_VERSION != 0 {
             let want = req.tcb_version.get().to_le_bytes();
-            let have = dev_psp::TCB_VERSION.to_le_bytes();
+            let have = self.config.tcb.to_le_bytes();
             if want.iter().zip(have.iter()).any(|(w, h)| w > h) {
                 return Err(status::INVALID_PARAM);
             }
             req.tcb_version.get()
         } else {
-            dev_psp::TCB_VERSION
+            self.config.tcb
         };
         let mut info = Zeroizing::new(Vec::with_capacity(KEY_DOMAIN.len() + 168));
         info.extend_from_slice(KEY_DOMAIN);
@@ -666,6 +674,7 @@ pub mod testing {
             chip_secret: CHIP_SECRET,
             cert_table_len: U32::new(table.len() as u32),
             reserved: U32::new(0),
+            tcb_version: U64::new(dev_psp::TCB_VERSION),
         };
         let mut b = header.as_bytes().to_vec();
         b.extend_from_slice(table);
@@ -1109,6 +1118,63 @@ mod tests {
             vmpl: U32::new(vmpl),
             ..KeyReq::default()
         }
+    }
+
+    /// An emulated PSP whose chip has `tcb` and `secret`.
+    fn psp_at(tcb: u64, secret: [u8; 32]) -> EmulatedPsp {
+        let mut blob = blob_with(SCALAR, &cert_table(100));
+        let (header, _) = BlobHeader::mut_from_prefix(&mut blob).unwrap();
+        header.tcb_version = U64::new(tcb);
+        header.chip_secret = secret;
+        let config = DevPspConfig::parse(&blob).unwrap();
+        assert_eq!(config.tcb_version(), tcb);
+        EmulatedPsp::new(
+            config,
+            launch(),
+            core::array::from_fn(|n| Zeroizing::new(vmpck(n as u8))),
+        )
+    }
+
+    #[test]
+    fn the_chip_tcb_and_secret_root_every_key_and_report() {
+        use guest_field::*;
+        let old = dev_psp::TCB_VERSION;
+        let raised = old + (1 << 56); // microcode SPL + 1: a firmware update
+        let mut at_old = key_req(POLICY | MEASUREMENT | TCB_VERSION, 0);
+        at_old.tcb_version = U64::new(old);
+        let mut at_raised = at_old;
+        at_raised.tcb_version = U64::new(raised);
+        let mut before = client(psp(), 0);
+        let mut after = client(psp_at(raised, CHIP_SECRET), 0);
+        // After the update, the old TCB's key is still derivable, and it is the same.
+        assert_eq!(
+            *after.derive_key(&at_old).unwrap(),
+            *before.derive_key(&at_old).unwrap()
+        );
+        // The new TCB's key exists only after the update, and differs.
+        assert_eq!(before.derive_key(&at_raised), Err(PspError::Status(0x16)));
+        assert_ne!(
+            *after.derive_key(&at_raised).unwrap(),
+            *after.derive_key(&at_old).unwrap()
+        );
+        // Unselected, the TCB is the chip's current one.
+        let plain = key_req(POLICY, 0);
+        assert_ne!(
+            *after.derive_key(&plain).unwrap(),
+            *before.derive_key(&plain).unwrap()
+        );
+        // The reports carry the chip's TCB.
+        let r = after.report(&[0; 64], 0, false).unwrap();
+        let r = AttestationReport::read_from_bytes(&r.report).unwrap();
+        for tcb in [r.current_tcb, r.reported_tcb, r.committed_tcb, r.launch_tcb] {
+            assert_eq!(tcb.get(), raised);
+        }
+        // Another chip secret: another key for the same request.
+        let mut other = client(psp_at(old, [0x3C; 32]), 0);
+        assert_ne!(
+            *other.derive_key(&at_old).unwrap(),
+            *before.derive_key(&at_old).unwrap()
+        );
     }
 
     #[test]

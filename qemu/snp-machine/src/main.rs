@@ -19,10 +19,11 @@ use nitride_rt as _;
 
 use alloc::vec::Vec;
 
+use arch::stop;
 use arch::svm::{self, Gprs, SvmPages};
-use arch::{fw_cfg, stop};
 use nitride_emulated_psp::{DevPspConfig, EmulatedPsp, LaunchInfo, RequestError, PSP_PAGE};
 use nitride_protocol::emulated::dev_psp;
+use nitride_rt::fw_cfg;
 use nitride_snp_machine::decode::{decode, Insn};
 use nitride_snp_machine::ghcb::{self, nae};
 use nitride_snp_machine::igvm::{self, Action, PageKind, Plan};

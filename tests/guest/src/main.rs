@@ -8,6 +8,8 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 use nitride_guest_driver::attest::{attest, AttestBuffers, GuestBuf, Target, REPORT_SIZE};
 use nitride_guest_driver::call::{CallError, SvsmClient, Transport};
 use nitride_guest_driver::vhsm::{SvsmVhsmTransport, VhsmClient, VhsmError};
@@ -20,6 +22,7 @@ use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet, MA
 use nitride_test_guest::CallTransport;
 use nitride_test_guest::{cmdline, exit_qemu, say};
 
+mod forgery;
 mod hardening;
 
 /// A page the guest moves its calling area to.
@@ -520,6 +523,69 @@ fn bench_vhsm(info: &SvsmInfo) -> ! {
     })
 }
 
+/// Instructions per sealing round trip (`-icount shift=0`): Seal and Unseal of 1 KiB,
+/// ExportState and ImportState with 1, 16 and 64 persistent keys (ECDSA P-384), and
+/// the state blob's size. Every sealing call asks the PSP for a derived key.
+fn bench_seal(info: &SvsmInfo) -> ! {
+    let mut vhsm = vhsm_client(info);
+    let mut failures = 0u32;
+    let kib = [0x17u8; 1024];
+    let blob = vhsm.seal(VmplSet::VMPL1, &kib).unwrap_or_default();
+    let mut count = |ok: bool| failures += u32::from(!ok);
+    let per = per_call(10, || count(vhsm.seal(VmplSet::VMPL1, &kib).is_ok()));
+    say!("BENCH seal_seal1k_insns={per}");
+    let per = per_call(10, || {
+        count(vhsm.unseal(&blob).is_ok_and(|u| u.data == kib));
+    });
+    say!("BENCH seal_unseal1k_insns={per}");
+    let t = KeyTemplate::new(
+        KeyType::EcdsaP384,
+        KeyUsage::SIGN | KeyUsage::VERIFY,
+        VmplSet::all(),
+        false,
+    )
+    .persistent();
+    let mut ids = alloc::vec::Vec::new();
+    for keys in [1usize, 16, 64] {
+        while ids.len() < keys {
+            match vhsm.generate(t, b"bench") {
+                Ok(k) => ids.push(k.key_id.get()),
+                Err(e) => {
+                    say!("bench-seal: generate failed: {e:?}");
+                    exit_qemu(exit::GUEST_FAIL)
+                }
+            }
+        }
+        let mut state = alloc::vec::Vec::new();
+        let per = per_call(5, || match vhsm.export_state() {
+            Ok((_, b)) => state = b,
+            Err(_) => failures += 1,
+        });
+        say!("BENCH seal_export{keys}_insns={per}");
+        say!("BENCH seal_state{keys}_bytes={}", state.len());
+        // ImportState needs an empty vault: delete the keys (not measured), import.
+        let mut total = 0;
+        for _ in 0..3 {
+            for &id in &ids {
+                failures += u32::from(vhsm.delete(id).is_err());
+            }
+            let t0 = instructions();
+            let ok = vhsm
+                .import_state(&state)
+                .is_ok_and(|i| i.keys as usize == keys);
+            total += instructions() - t0;
+            failures += u32::from(!ok);
+        }
+        say!("BENCH seal_import{keys}_insns={}", total / 3);
+    }
+    say!("bench-seal: {failures} failures");
+    exit_qemu(if failures == 0 {
+        exit::GUEST_PASS
+    } else {
+        exit::GUEST_FAIL
+    })
+}
+
 /// A page-aligned guest buffer of `N` bytes.
 #[repr(C, align(4096))]
 struct Pages<const N: usize>([u8; N]);
@@ -795,6 +861,8 @@ extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
         "vhsm" => vhsm_sequence(&info),
         "bench-vhsm" => bench_vhsm(&info),
         "bench-attest" => bench_attest(&info),
+        "bench-seal" => bench_seal(&info),
+        "forgery" => forgery::run(&info),
         "load" => {
             let count = cmd
                 .split_ascii_whitespace()

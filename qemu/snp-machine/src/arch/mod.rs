@@ -1,9 +1,8 @@
 //! The machine's hardware layer: boot, console, exceptions, the PVH start info,
-//! fw_cfg, guest RAM, CPU instructions, and the SVM world switch. All unsafe code of
+//! guest RAM, CPU instructions, and the SVM world switch. All unsafe code of
 //! the machine is here, in small functions behind safe APIs.
 
 pub mod boot;
-pub mod fw_cfg;
 pub mod svm;
 
 use core::fmt::Write;

@@ -32,6 +32,8 @@ pub mod gpa {
     pub const PAGE_TABLES: u64 = 0x1000;
     /// The SNP secrets page.
     pub const SECRETS: u64 = 0x8000;
+    /// The SNP CPUID page.
+    pub const CPUID: u64 = 0x9000;
     /// The command line.
     pub const CMDLINE: u64 = 0xA000;
     /// The VMPL1 image: 1 MiB from here.

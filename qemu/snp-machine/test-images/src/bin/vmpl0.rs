@@ -216,6 +216,50 @@ fn guest_requests(c: &mut Checks, vmpck0: [u8; 32]) {
     );
 }
 
+/// The CPUID page the host filled at launch (SNP ABI: u32 count, 12 reserved bytes,
+/// then 48-byte entries {eax_in, ecx_in, xcr0_in, xss_in, eax, ebx, ecx, edx,
+/// reserved}): at most 64 entries, reserved bytes zero, leaf 0x8000_001F announcing
+/// SNP with the C-bit at 47, and every entry computed for XCR0 = 1 equal to what
+/// CPUID answers through #VC (the hypervisor's side) while XCR0 is still 1. A guest
+/// kernel trusts the page instead of the hypervisor, so the two must agree.
+fn cpuid_page(c: &mut Checks) {
+    let page: *const [u8; 4096] = private(gpa::CPUID);
+    // SAFETY: the CPUID page is launched, validated and mapped privately for VMPL0;
+    // nothing writes it while this reads.
+    let page = unsafe { &*page };
+    let word = |at: usize| u32::from_le_bytes([page[at], page[at + 1], page[at + 2], page[at + 3]]);
+    let count = word(0) as usize;
+    let mut bad = None;
+    let mut snp = false;
+    let header_ok = (1..=64).contains(&count) && page[4..16].iter().all(|&b| b == 0);
+    // SAFETY: XGETBV with ECX = 0 reads XCR0; CR4.OSXSAVE is set at boot.
+    let xcr0 = unsafe { core::arch::x86_64::_xgetbv(0) };
+    for i in 0..count.min(64) {
+        let e = 16 + i * 48;
+        let (leaf, sub) = (word(e), word(e + 4));
+        let xcr0_in = u64::from(word(e + 8)) | (u64::from(word(e + 12)) << 32);
+        let regs = [word(e + 24), word(e + 28), word(e + 32), word(e + 36)];
+        let zero = page[e + 16..e + 24]
+            .iter()
+            .chain(&page[e + 40..e + 48])
+            .all(|&b| b == 0);
+        let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+        let live = [r.eax, r.ebx, r.ecx, r.edx];
+        let comparable = leaf != 0xD || xcr0_in == xcr0;
+        if !zero || (comparable && live != regs) {
+            bad.get_or_insert((leaf, sub, regs, live));
+        }
+        if leaf == 0x8000_001F && (regs[0] >> 4) & 1 == 1 && regs[1] & 0x3F == 47 {
+            snp = true;
+        }
+    }
+    c.check(
+        "cpuid-page",
+        header_ok && snp && bad.is_none(),
+        format_args!("{count} entries, XCR0 {xcr0:#x}, SNP leaf {snp}, first mismatch {bad:x?}"),
+    );
+}
+
 /// Everything VMPL0 checks on its own, before it sets up VMPL1.
 fn checks_before_vmpl1(c: &mut Checks, sev_status: u64, info: u64, cpuid_cbit: u64, features: u64) {
     c.check(
@@ -255,6 +299,7 @@ fn checks_before_vmpl1(c: &mut Checks, sev_status: u64, info: u64, cpuid_cbit: u
         last_exception() == (29, 0x72) && r.ebx & 0x3F == 47,
         format_args!("exception {:?}, EBX {:#x}", last_exception(), r.ebx),
     );
+    cpuid_page(c);
     clear_exception();
     let t = rdmsr(0x10);
     c.check(
@@ -584,6 +629,14 @@ extern "C" fn vmpl0_main() -> ! {
         "vmpl1-checks",
         f1 == 0 && p1 > 0,
         format_args!("VMPL1: {p1} passed, {f1} failed, {runs} runs"),
+    );
+    // AP destruction: VMPL1's VMSA is withdrawn, so it can no longer be run.
+    let destroyed = ghcb_call(0x8000_0013, (1 << 16) | 2, 0, &[]);
+    let after = ghcb_call(0x8000_0018, 1, 0, &[]);
+    c.check(
+        "ap-destroy",
+        destroyed == (0, 0) && after == (2, 5),
+        format_args!("destroy {destroyed:?}, SNP_RUN_VMPL(1) after it {after:?}"),
     );
     say!(
         "snp-test: {} passed, {} failed",

@@ -6,9 +6,10 @@
 //! advancing by one per read and reset by each selector write). Key 0x0000 reads
 //! the signature `"QEMU"`; key 0x0019 the file directory: a big-endian `u32` count,
 //! then 64-byte entries `{ u32 BE size, u16 BE select, u16 reserved, name[56] }`.
-//! The data is host-supplied: sizes are capped and names compared exactly. The guest
-//! never reaches these ports: every guest port access is intercepted, and the
-//! machine's answers never touch fw_cfg.
+//! The data is host-supplied: sizes are capped and names compared exactly. Used by
+//! the SVSM (before its guest runs; the guest's I/O permission map intercepts these
+//! ports) and by the virtual SNP machine (every guest port access is intercepted).
+//! Needs `alloc`: behind the `fw_cfg` feature.
 
 use alloc::vec::Vec;
 use x86_64::instructions::port::Port;
