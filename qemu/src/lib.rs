@@ -801,13 +801,15 @@ impl RunningVm {
 
     /// Boot the virtual SNP machine `machine` with the IGVM file `igvm` (the SNP SVSM
     /// with the SNP relay guest) in `dir` (created if needed), the IGVM command line
-    /// `cmdline` (`SVSM OPTIONS -- GUEST ARGS`), and wait until the relay serves its
+    /// `cmdline` (`SVSM OPTIONS -- GUEST ARGS`) and the machine's emulated PSP given
+    /// `dev_psp` (the runner's blob when `None`), and wait until the relay serves its
     /// channel. `svsm_log` is then the host log: the machine's lines and the SVSM's.
     pub fn start_snp(
         machine: &Path,
         igvm: &Path,
         dir: &Path,
         cmdline: &str,
+        dev_psp: Option<&Path>,
     ) -> Result<Self, Error> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("vhsm.sock");
@@ -821,6 +823,7 @@ impl RunningVm {
         boot.console_file = Some(console.clone());
         boot.host_log = Some(svsm_log.clone());
         boot.relay_socket = Some(socket.clone());
+        boot.dev_psp = dev_psp.map(Path::to_path_buf);
         ensure_dev_chain()?;
         let child = Command::new(QEMU)
             .args(boot.qemu_args())

@@ -67,7 +67,10 @@ pub fn svsm_igvm(svsm: &Path, guest: &Path, name: &str) -> Result<PathBuf, Error
     let file = crate::igvm::build_svsm(&std::fs::read(svsm)?, &std::fs::read(guest)?)
         .map_err(|e| Error::Build(e.to_string()))?;
     let path = images_dir().join(format!("{name}.igvm"));
-    std::fs::write(&path, file)?;
+    // Written aside and renamed: test processes running at once may write it too.
+    let part = images_dir().join(format!("{name}.igvm.{}", std::process::id()));
+    std::fs::write(&part, file)?;
+    std::fs::rename(&part, &path)?;
     Ok(path)
 }
 
@@ -95,6 +98,9 @@ pub struct SnpBoot {
     /// Also append both channels, in the order QEMU wrote them, to this file (for
     /// reading along and benchmarks, never for verdicts).
     pub combined_log: Option<PathBuf>,
+    /// The dev-PSP blob the machine's emulated PSP gets (another chip secret, another
+    /// TCB); the runner's when `None`.
+    pub dev_psp: Option<PathBuf>,
     /// More QEMU arguments.
     pub extra: Vec<String>,
 }
@@ -112,6 +118,7 @@ impl SnpBoot {
             relay_socket: None,
             console_file: None,
             combined_log: None,
+            dev_psp: None,
             extra: Vec::new(),
         }
     }
@@ -177,7 +184,10 @@ impl SnpBoot {
         a.push(format!(
             "name={},file={}",
             dev_psp::FW_CFG_NAME,
-            dev_psp_blob_path().display()
+            self.dev_psp
+                .clone()
+                .unwrap_or_else(dev_psp_blob_path)
+                .display()
         ));
         if self.icount {
             a.extend(["-icount".into(), "shift=0".into()]);

@@ -52,15 +52,66 @@ pub use nitride_guest_driver::relay::RelayClient;
 pub use nitride_guest_driver::vhsm::{VhsmClient, VhsmError};
 pub use nitride_qemu::RunningVm;
 
+/// Whether the end-to-end suites run on the virtual SNP machine: set
+/// `NITRIDE_E2E_PLATFORM=snp` (`cargo xtask test --snp`) and every suite that starts
+/// its VMs through [`start_relay`] / [`start_relay_with`] boots the SNP SVSM from an
+/// IGVM image with the SNP relay guest at VMPL1 instead of the emulated platform.
+pub fn on_snp() -> bool {
+    std::env::var("NITRIDE_E2E_PLATFORM").is_ok_and(|v| v == "snp")
+}
+
+/// The relay guest of the selected platform ([`on_snp`]): the image a test copies
+/// to make a variant for [`start_relay_with`].
+pub fn relay_guest() -> &'static std::path::Path {
+    let i = images();
+    if on_snp() {
+        &i.relay_guest_snp
+    } else {
+        &i.relay_guest
+    }
+}
+
 /// Boot the production SVSM with the relay guest in a fresh directory named after
-/// the test, and connect a typed client to it.
+/// the test, and connect a typed client to it (on the platform [`on_snp`] selects).
 pub fn start_relay(test: &str, svsm_args: &str) -> (RunningVm, VhsmClient<RelayClient>) {
+    start_relay_with(test, None, svsm_args, None)
+}
+
+/// [`start_relay`] with the relay guest image `guest` (the platform's relay guest
+/// when `None`) and the dev-PSP blob `dev_psp` (another chip secret or TCB; the
+/// runner's when `None`), in `target/e2e/TEST-PID`.
+pub fn start_relay_with(
+    test: &str,
+    guest: Option<&std::path::Path>,
+    svsm_args: &str,
+    dev_psp: Option<&std::path::Path>,
+) -> (RunningVm, VhsmClient<RelayClient>) {
     let i = images();
     let dir = nitride_qemu::repo_root()
         .join("target")
         .join("e2e")
         .join(format!("{test}-{}", std::process::id()));
-    let vm = match RunningVm::start(&i.svsm, &i.relay_guest, &dir, svsm_args) {
+    let vm = if on_snp() {
+        let igvm = match guest {
+            None => relay_igvm().to_path_buf(),
+            Some(g) => {
+                match nitride_qemu::snp::svsm_igvm(&i.svsm_snp, g, &format!("svsm-{test}")) {
+                    Ok(p) => p,
+                    Err(e) => panic!("IGVM of the SVSM and {}: {e}", g.display()),
+                }
+            }
+        };
+        RunningVm::start_snp(&i.machine, &igvm, &dir, svsm_args, dev_psp)
+    } else {
+        RunningVm::start_with_psp(
+            &i.svsm,
+            guest.unwrap_or(&i.relay_guest),
+            &dir,
+            svsm_args,
+            dev_psp,
+        )
+    };
+    let vm = match vm {
         Ok(vm) => vm,
         Err(e) => panic!("could not start the relay VM: {e}"),
     };
@@ -143,14 +194,24 @@ pub fn relay_igvm() -> &'static std::path::Path {
 }
 
 /// Boot the SNP SVSM with the SNP relay guest on the virtual SNP machine in a fresh
-/// directory named after the test, and connect a typed client to it.
+/// directory named after the test, and connect a typed client to it (whatever
+/// [`on_snp`] says).
 pub fn start_relay_snp(test: &str, svsm_args: &str) -> (RunningVm, VhsmClient<RelayClient>) {
+    start_relay_snp_with(test, svsm_args, None)
+}
+
+/// [`start_relay_snp`] with the dev-PSP blob `dev_psp` (the runner's when `None`).
+pub fn start_relay_snp_with(
+    test: &str,
+    svsm_args: &str,
+    dev_psp: Option<&std::path::Path>,
+) -> (RunningVm, VhsmClient<RelayClient>) {
     let i = images();
     let dir = nitride_qemu::repo_root()
         .join("target")
         .join("e2e")
         .join(format!("{test}-{}", std::process::id()));
-    let vm = match RunningVm::start_snp(&i.machine, relay_igvm(), &dir, svsm_args) {
+    let vm = match RunningVm::start_snp(&i.machine, relay_igvm(), &dir, svsm_args, dev_psp) {
         Ok(vm) => vm,
         Err(e) => panic!("could not start the relay VM: {e}"),
     };

@@ -47,3 +47,51 @@ fn snp_relay_vhsm_and_attestation() {
     assert_eq!(v.report.vmpl.get(), 0, "a VMPL0 report");
     println!("{}", vm.svsm_log_text());
 }
+
+/// Sealing on SNP: the keys come from MSG_KEY_REQ through GHCB guest requests. Data
+/// and state sealed in one boot open in a new boot of the same IGVM image on the same
+/// chip, and not on another chip (another chip secret in the machine's PSP).
+#[test]
+fn snp_sealing_survives_a_restart() {
+    use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet};
+    use nitride_tests::{start_relay_snp, start_relay_snp_with, VhsmError};
+    use zerocopy::FromBytes;
+    let t =
+        KeyTemplate::new(KeyType::EcdsaP384, KeyUsage::SIGN, VmplSet::all(), false).persistent();
+    let (key, spki, blob, state) = {
+        let (_vm, mut c) = start_relay_snp("snp-seal-1", "");
+        let key = c.generate(t, b"kept").expect("generate").key_id.get();
+        let blob = c.seal(VmplSet::VMPL1, b"a disk key").expect("seal");
+        let (_, state) = c.export_state().expect("export");
+        (key, c.public_key(key).expect("public key"), blob, state)
+    };
+    {
+        let (_vm, mut c) = start_relay_snp("snp-seal-2", "");
+        assert_eq!(c.unseal(&blob).expect("unseal").data, b"a disk key");
+        assert_eq!(c.import_state(&state).expect("import").keys, 1);
+        assert_eq!(c.public_key(key).expect("restored key"), spki);
+    }
+    // Another chip: the runner's dev-PSP blob with another chip secret.
+    nitride_qemu::ensure_dev_chain().expect("dev chain");
+    let mut psp = std::fs::read(nitride_qemu::dev_psp_blob_path()).expect("dev-PSP blob");
+    let (header, _) = nitride_protocol::emulated::dev_psp::BlobHeader::mut_from_prefix(&mut psp)
+        .expect("blob header");
+    header.chip_secret[0] ^= 1;
+    let dir = nitride_qemu::repo_root().join("target").join("e2e");
+    let other = dir.join(format!("snp-other-chip-{}.bin", std::process::id()));
+    std::fs::write(&other, psp).expect("write the blob");
+    let (_vm, mut c) = start_relay_snp_with("snp-seal-3", "", Some(&other));
+    for e in [
+        c.unseal(&blob)
+            .map(|_| ())
+            .expect_err("unseal on another chip"),
+        c.import_state(&state)
+            .map(|_| ())
+            .expect_err("import on another chip"),
+    ] {
+        assert!(
+            matches!(e, VhsmError::Status(Status::SealedBlobInvalid)),
+            "{e:?}"
+        );
+    }
+}

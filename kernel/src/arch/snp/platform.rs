@@ -5,7 +5,8 @@
 //! back when the guest asks the hypervisor to run VMPL0 (its SVSM call). The guest's
 //! call registers are read from and written to its VMSA; its memory through
 //! [`super::guest_mem`]; attestation reports come from the PSP through GHCB guest
-//! requests with VMPCK0 ([`super::psp`]).
+//! requests with VMPCK0 ([`super::psp`]), and so do the keys the PSP derives for
+//! sealing (MSG_KEY_REQ).
 
 use super::super::cpu;
 use super::ghcb;
@@ -18,8 +19,12 @@ use nitride_kernel::platform::{
 };
 use nitride_kernel::psp::PspClient;
 use nitride_protocol::snp::ghcb::{ap, msr, nae, off as ghcb_off};
+use nitride_protocol::snp::msg::KeyReq;
+use nitride_protocol::snp::report::AttestationReport;
 use nitride_protocol::snp::vmsa::off;
 use nitride_protocol::svsm::CallRegs;
+use zerocopy::FromBytes;
+use zeroize::Zeroizing;
 
 /// A VMSA page.
 #[repr(C, align(4096))]
@@ -42,6 +47,8 @@ pub struct Snp {
     guest_vmpl: u8,
     sev_features: u64,
     psp: Option<PspClient<GhcbPsp>>,
+    /// The chip's committed TCB, read once from a report (sealing keys name it).
+    committed_tcb: Option<[u8; 8]>,
     runs: u64,
     added: heapless::Vec<AddedVcpu, MAX_VCPUS>,
 }
@@ -71,6 +78,7 @@ impl Snp {
             guest_vmpl,
             sev_features,
             psp: None,
+            committed_tcb: None,
             runs: 0,
             added: heapless::Vec::new(),
         }
@@ -180,6 +188,31 @@ impl Platform for Snp {
             cpu::tsc().wrapping_sub(start)
         );
         Ok(evidence)
+    }
+
+    fn derived_key(&mut self, request: &KeyReq) -> Result<Zeroizing<[u8; 32]>, AttestError> {
+        let psp = self.psp.as_mut().ok_or(AttestError::Unavailable)?;
+        let key = psp.derive_key(request).map_err(|e| {
+            log::warn!("derived key request failed: {e}");
+            AttestError::from(e)
+        })?;
+        if key.iter().all(|&b| b == 0) {
+            log::warn!("the PSP derived an all-zero key: refused");
+            return Err(AttestError::Failed);
+        }
+        Ok(key)
+    }
+
+    fn committed_tcb(&mut self) -> Result<[u8; 8], AttestError> {
+        if let Some(tcb) = self.committed_tcb {
+            return Ok(tcb);
+        }
+        let evidence = self.attestation_report(&[0; 64], false)?;
+        let (report, _) = AttestationReport::ref_from_prefix(&evidence.report)
+            .map_err(|_| AttestError::Failed)?;
+        let tcb = report.committed_tcb.get().to_le_bytes();
+        self.committed_tcb = Some(tcb);
+        Ok(tcb)
     }
 
     fn rmp_available(&self) -> bool {
