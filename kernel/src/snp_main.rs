@@ -76,6 +76,11 @@ extern "C" fn svsm_snp_main64() -> ! {
         start: config.svsm_base.get(),
         end: config.svsm_base.get() + config.svsm_size.get(),
     };
+    let tail_start = image_end.next_multiple_of(PAGE);
+    let tail_pages = match boot::validate_region_tail(tail_start, svsm_region.end) {
+        Ok(n) => n,
+        Err(_) => insn::terminate(early_failure::REGION_TAIL),
+    };
     let map = match memmap::guest_memory(&boot::launch_page(gpa::MEMORY_MAP), svsm_region) {
         Ok(m) => m,
         Err(_) => insn::terminate(early_failure::MEMORY_MAP),
@@ -118,6 +123,10 @@ extern "C" fn svsm_snp_main64() -> ! {
         svsm_region.len() >> 20,
         (image_end - svsm_region.start) >> 10,
         heap::HEAP_SIZE >> 10
+    );
+    log::info!(
+        "the rest of the SVSM region ({tail_start:#x}..{:#x}, {tail_pages} pages) validated at VMPL0, never granted",
+        svsm_region.end
     );
     log::info!(
         "page tables: text {:#x}..{:#x} RX, rodata ..{:#x} R, data+bss ..{:#x} RW NX with {} stack guard pages, GHCB and guest-request pages shared, guest RAM RW NX ({} pages), {} table pages",

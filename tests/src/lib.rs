@@ -19,8 +19,12 @@ pub fn images() -> &'static Images {
     })
 }
 
-/// Boot the production SVSM with the test guest in `mode`.
+/// Boot the production SVSM with the test guest in `mode` (on the virtual SNP
+/// machine when [`on_snp`]).
 pub fn boot_guest(mode: &str) -> RunOutput {
+    if on_snp() {
+        return boot_guest_snp(mode);
+    }
     let i = images();
     run(Boot::new(
         &i.svsm,
@@ -68,6 +72,24 @@ pub fn relay_guest() -> &'static std::path::Path {
         &i.relay_guest_snp
     } else {
         &i.relay_guest
+    }
+}
+
+/// The launch measurement every report of a [`start_relay`] VM carries: the runner's
+/// measurement of the production SVSM with the relay guest, or on SNP the launch
+/// digest of the relay IGVM image (what the machine's PSP puts in MEASUREMENT).
+pub fn relay_measurement() -> [u8; 48] {
+    let i = images();
+    let m = if on_snp() {
+        std::fs::read(relay_igvm())
+            .map_err(|e| e.to_string())
+            .and_then(|f| nitride_qemu::igvm::launch_digest(&f).map_err(|e| e.to_string()))
+    } else {
+        nitride_qemu::launch_measurement(&i.svsm, &i.relay_guest).map_err(|e| e.to_string())
+    };
+    match m {
+        Ok(m) => m,
+        Err(e) => panic!("the launch measurement of the relay VM: {e}"),
     }
 }
 

@@ -23,15 +23,14 @@ use nitride_protocol::snp::Generation;
 use nitride_protocol::svsm::{secrets, ResultCode};
 use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet};
 use nitride_tests::{
-    boot_guest, dev_anchors, dev_chain_dir, endorsement_key, expect, images, start_relay, Outcome,
+    boot_guest, dev_anchors, dev_chain_dir, endorsement_key, expect, start_relay, Outcome,
     RelayClient, VhsmClient, VhsmError,
 };
 
 /// The launch measurement of the production SVSM with the relay guest, as the
 /// runner computes it (what every report of these VMs must carry).
 fn expected_measurement() -> [u8; 48] {
-    let i = images();
-    nitride_qemu::launch_measurement(&i.svsm, &i.relay_guest).unwrap()
+    nitride_tests::relay_measurement()
 }
 
 fn p384(c: &mut VhsmClient<RelayClient>, usage: KeyUsage, label: &[u8]) -> u32 {

@@ -1,10 +1,33 @@
 //! The guest can never reach SVSM memory: every read, write or instruction fetch
-//! ends in a nested page fault, the SVSM reports the violation and stops the VM.
+//! ends in a nested page fault, the SVSM reports the violation and stops the VM. On
+//! SNP (`nitride_tests::on_snp`) the RMP refuses the access and the machine (the
+//! hypervisor's role) reports it and stops the VM; the SVSM never sees it.
 
-use nitride_tests::{boot_guest, expect, Outcome};
+use nitride_qemu::snp::{outcome, MachineOutcome};
+use nitride_tests::{boot_guest, expect, on_snp, Outcome};
 
 fn stopped(mode: &str, access: &str, gpa: &str, what: &str) {
     let out = boot_guest(mode);
+    if on_snp() {
+        expect(
+            &out,
+            outcome(&out) == MachineOutcome::Violation,
+            "violation exit status",
+        );
+        expect(
+            &out,
+            out.svsm_log.contains(&format!(
+                "VIOLATION: VMPL1 {access} of guest-physical {gpa}"
+            )),
+            "violation report",
+        );
+        expect(
+            &out,
+            !out.console.contains("ISOLATION BROKEN"),
+            "the access went through",
+        );
+        return;
+    }
     expect(
         &out,
         out.outcome() == Outcome::Violation,

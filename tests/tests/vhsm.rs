@@ -469,6 +469,25 @@ fn isolation_holds_with_the_vault_populated() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let console = vm.svsm_log_text();
+        assert!(!vm.console_text().contains("ISOLATION BROKEN"), "{console}");
+        if nitride_tests::on_snp() {
+            // On SNP the RMP stops the access: the machine (the hypervisor's role)
+            // ends the VM and names the page; the SVSM never sees it.
+            assert_eq!(
+                vm.exited(),
+                Some(nitride_qemu::snp::machine_exit::qemu_status(
+                    nitride_qemu::snp::machine_exit::VIOLATION
+                )),
+                "{console}"
+            );
+            assert!(
+                console.contains(&format!(
+                    "VIOLATION: VMPL1 {access} of guest-physical {target:#x}"
+                )),
+                "{console}"
+            );
+            continue;
+        }
         assert_eq!(
             vm.exited(),
             Some(nitride_protocol::emulated::exit::qemu_status(
@@ -482,7 +501,6 @@ fn isolation_holds_with_the_vault_populated() {
             )),
             "{console}"
         );
-        assert!(!vm.console_text().contains("ISOLATION BROKEN"), "{console}");
         assert_eq!(
             vm.verdict(),
             Some(nitride_protocol::emulated::exit::GUEST_VIOLATION)
@@ -542,13 +560,17 @@ fn ten_thousand_requests_keep_the_heap_flat() {
     );
     let reports = heap_reports(&out.svsm_log);
     let at = |n: u64| reports.iter().find(|r| r.0 == n).copied();
-    let (Some(early), Some(late)) = (at(1000), at(10_000)) else {
+    // From 2,000 on every kind of request (the audit read at 1,007 and the key churn
+    // at 1,017 included) has run at least twice: nothing may grow after that. (On
+    // SNP the audit read at 1,007 is the first peak; on the emulated platform the
+    // PSP inside the SVSM peaks earlier.)
+    let (Some(early), Some(late)) = (at(2000), at(10_000)) else {
         panic!("heap reports missing: {reports:?}");
     };
     assert_eq!(early.1, late.1, "heap in use grew: {reports:?}");
     assert_eq!(early.2, late.2, "heap high-water grew: {reports:?}");
     println!(
-        "heap after 1,000 requests: {} in use, {} high-water; after 10,000: {} / {}",
+        "heap after 2,000 requests: {} in use, {} high-water; after 10,000: {} / {}",
         early.1, early.2, late.1, late.2
     );
 }

@@ -1152,7 +1152,9 @@ impl Machine {
     fn npf(&mut self, v: usize, info1: u64, info2: u64) -> Flow {
         let paging = get64(&self.p.vmcb[v], sv::CR0) & (1 << 31) != 0;
         let private = info2 & C_MASK != 0 || !paging;
-        let gpa = info2 & !C_MASK & !0xFFF;
+        // The faulting byte (reported) and its page (looked up), C-bit stripped.
+        let addr = info2 & !C_MASK;
+        let gpa = addr & !0xFFF;
         let write = info1 & 2 != 0;
         let fetch = info1 & 0x10 != 0;
         let rip = self.rip(v);
@@ -1164,7 +1166,7 @@ impl Machine {
             "read"
         };
         let Some(e) = self.rmp.entry(gpa).copied().filter(|_| gpa < RAM_END) else {
-            log!("VIOLATION: VMPL{v} {what} of guest-physical {info2:#x}, outside guest RAM, at RIP {rip:#x}");
+            log!("VIOLATION: VMPL{v} {what} of guest-physical {addr:#x}, outside guest RAM, at RIP {rip:#x}");
             return Flow::Stop(exit::VIOLATION);
         };
         if private {
@@ -1196,7 +1198,7 @@ impl Machine {
             }
             if a & need == 0 || a & perm::READ == 0 {
                 log!(
-                    "VIOLATION: VMPL{v} {what} of guest-physical {gpa:#x} at RIP {rip:#x}: the RMP gives VMPL{v} {}{}{}{} on this page",
+                    "VIOLATION: VMPL{v} {what} of guest-physical {addr:#x} at RIP {rip:#x}: the RMP gives VMPL{v} {}{}{}{} on this page",
                     have(perm::READ, 'r'), have(perm::WRITE, 'w'), have(perm::EXEC_USER, 'u'), have(perm::EXEC_SUPERVISOR, 's')
                 );
                 return Flow::Stop(exit::VIOLATION);
@@ -1219,7 +1221,7 @@ impl Machine {
         // No RMP permission for this VMPL: hardware faults to the host (KVM would
         // convert the page to shared, destroying it); the machine stops the VM.
         log!(
-            "VIOLATION: VMPL{v} {what} of private guest-physical {gpa:#x} through a shared (C-bit clear) mapping at RIP {rip:#x}: the RMP gives VMPL{v} no such permission"
+            "VIOLATION: VMPL{v} {what} of private guest-physical {addr:#x} through a shared (C-bit clear) mapping at RIP {rip:#x}: the RMP gives VMPL{v} no such permission"
         );
         Flow::Stop(exit::VIOLATION)
     }

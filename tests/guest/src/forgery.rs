@@ -24,7 +24,7 @@
 use nitride_guest_driver::attest::{
     attest, encode_request, AttestBuffers, GuestBuf, Region, Regions, Target, REPORT_SIZE,
 };
-use nitride_guest_driver::call::{SvsmClient, VmmcallTransport};
+use nitride_guest_driver::call::SvsmClient;
 use nitride_protocol::attest::report_data::{self, Form};
 use nitride_protocol::attest::{
     KeyBinding, ManifestTable, VhsmManifest, MANIFEST_TABLE_GUID, VHSM_MANIFEST_MAGIC,
@@ -33,6 +33,7 @@ use nitride_protocol::attest::{
 use nitride_protocol::emulated::exit;
 use nitride_protocol::svsm::{protocol, ResultCode, SvsmInfo};
 use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, VmplSet};
+use nitride_test_guest::CallTransport;
 use nitride_test_guest::{exit_qemu, say};
 
 extern crate alloc;
@@ -190,7 +191,7 @@ struct Raw {
 /// Protocol-1 calls with a nonce of any length, made by hand as a hostile guest
 /// would; the output buffers are filled with [`FILL`] first.
 struct Attacker<'a> {
-    svsm: SvsmClient<VmmcallTransport>,
+    svsm: SvsmClient<CallTransport>,
     m: &'a mut Memory,
 }
 
@@ -333,7 +334,7 @@ pub fn run(info: &SvsmInfo) -> ! {
     );
     // SAFETY: the CAA from the secrets page is a guest page, identity mapped; the
     // vHSM client above shares it but never calls at the same time.
-    let svsm = SvsmClient::new(unsafe { VmmcallTransport::new(info.caa as *mut u8) });
+    let svsm = SvsmClient::new(unsafe { nitride_test_guest::transport(info.caa) });
     // SAFETY: `run` runs once and is the only user of MEMORY.
     let m = unsafe { &mut *core::ptr::addr_of_mut!(MEMORY) };
     let mut a = Attacker { svsm, m };

@@ -274,6 +274,14 @@ extern "C" fn snp_guest_exception(f: &mut Frame) {
     if f.vector == 29 && handle_vc(f) == VcOutcome::Done {
         return;
     }
+    // Said before ending (COM1 output itself goes through #VC, which nests fine
+    // for port I/O): which exception, where.
+    crate::say!(
+        "exception {} error {:#x} at RIP {:#x}",
+        f.vector,
+        f.error,
+        f.rip
+    );
     terminate(exit::GUEST_FAIL);
 }
 

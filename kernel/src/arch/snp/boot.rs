@@ -222,6 +222,8 @@ pub mod early_failure {
     pub const LAUNCH_CONFIG: u64 = 0xE4;
     /// The host's memory map is unusable.
     pub const MEMORY_MAP: u64 = 0xE5;
+    /// A page of the SVSM region after the image could not be validated.
+    pub const REGION_TAIL: u64 = 0xE8;
     /// The SVSM's page tables could not be built.
     pub const PAGE_TABLES: u64 = 0xE6;
     /// The GHCB could not be set up.
@@ -265,6 +267,25 @@ extern "C" fn svsm_snp_early() -> ! {
     // validated and zeroed); `main` never returns, so nothing uses the launch stack
     // afterwards.
     unsafe { svsm_snp_call_on_stack(nitride_boot_stack_top, main) }
+}
+
+/// Validate the SVSM region's pages after the image and `.bss` (`start..end`, page
+/// aligned): the SVSM never uses them, but validated at VMPL0 and never granted, a
+/// guest's access to them meets the RMP (the VMPL has no permission) instead of an
+/// unvalidated page. Only while the bootstrap tables map them (before the SVSM's own
+/// page tables are loaded). `Err(page)`: the page PVALIDATE refused or found already
+/// validated.
+pub fn validate_region_tail(start: u64, end: u64) -> Result<usize, u64> {
+    let mut page = start;
+    let mut count = 0;
+    while page < end {
+        match insn::pvalidate(page, PageSize::Small, true) {
+            Ok(true) => count += 1,
+            Ok(false) | Err(_) => return Err(page),
+        }
+        page += 4096;
+    }
+    Ok(count)
 }
 
 /// A copy of one of the launch's low pages (`nitride_protocol::snp::launch::gpa`:
