@@ -79,7 +79,8 @@ enum Task {
     DevChain(DevChainArgs),
     /// Print the launch measurement the firmware will report for a boot
     #[command(after_help = "Examples:\n  cargo xtask measure --guest relay\n  \
-                            MEASUREMENT=$(cargo xtask measure --guest relay)")]
+                            MEASUREMENT=$(cargo xtask measure --guest relay)\n  \
+                            cargo xtask measure --snp --guest relay")]
     Measure(MeasureArgs),
     /// Build an IGVM file for the SNP machine and check its launch digest three ways
     #[command(after_help = "Examples:\n  cargo xtask igvm\n  \
@@ -163,6 +164,11 @@ struct MeasureArgs {
     /// The SVSM ELF [default: the SVSM just built]
     #[arg(long, value_name = "ELF", value_hint = clap::ValueHint::FilePath)]
     svsm: Option<PathBuf>,
+    /// The SNP image instead: pack the SNP SVSM (default: the one just built) with
+    /// the SNP guest (relay, test: the SNP builds) into an IGVM file, write it to
+    /// target/images/measure.igvm and print its launch digest (docs/real-snp.md)
+    #[arg(long)]
+    snp: bool,
 }
 
 #[derive(Debug, Args)]
@@ -490,7 +496,8 @@ fn bench() -> Result<ExitCode, Error> {
         all_ok &= out.outcome() == Outcome::GuestPass;
     }
     raw_crypto_comparison(&firmware, attest_signing)?;
-    relay_throughput(&images)?;
+    relay_throughput(&images, false)?;
+    all_ok &= snp_bench(&images)?;
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
@@ -627,12 +634,63 @@ fn attestation_split(console: &str) -> Option<u64> {
 }
 
 /// Requests per second through the relay guest (wall clock, emulated: TCG).
-fn relay_throughput(images: &Images) -> Result<(), Error> {
+/// The same calling-path figures on the virtual SNP machine: the SNP SVSM from IGVM
+/// with the SNP test guest at VMPL1 (`mode=bench`, `mode=bench-vhsm` under
+/// `-icount shift=0`), the stripped SNP SVSM's size, and the relay's requests per
+/// second. Whether the guest passed.
+fn snp_bench(images: &Images) -> Result<bool, Error> {
+    println!("\nOn the virtual SNP machine:");
+    let igvm =
+        nitride_qemu::snp::svsm_igvm(&images.svsm_snp, &images.test_guest_snp, "svsm-test-guest")?;
+    let mut ok = true;
+    for mode in ["bench", "bench-vhsm"] {
+        let mut boot = nitride_qemu::snp::SnpBoot::new(&images.machine, &igvm);
+        boot.cmdline = format!("-- mode={mode}");
+        boot.icount = true;
+        boot.timeout = std::time::Duration::from_secs(600);
+        let out = boot.run()?;
+        for l in out.console.lines().filter(|l| l.contains("BENCH")) {
+            println!("{l}");
+        }
+        println!(
+            "snp mode={mode}: QEMU status {:?}, {:.2} s wall",
+            out.status,
+            out.elapsed.as_secs_f64()
+        );
+        ok &= out.outcome() == Outcome::GuestPass;
+    }
+    let stripped = repo_root().join("target").join("bench-svsm-snp.stripped");
+    let status = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&images.svsm_snp)
+        .status()?;
+    if status.success() {
+        println!(
+            "SNP SVSM: {} bytes, stripped {} bytes",
+            std::fs::metadata(&images.svsm_snp)?.len(),
+            std::fs::metadata(&stripped)?.len()
+        );
+    }
+    relay_throughput(images, true)?;
+    Ok(ok)
+}
+
+fn relay_throughput(images: &Images, snp: bool) -> Result<(), Error> {
     use nitride_guest_driver::relay::RelayClient;
     use nitride_guest_driver::vhsm::VhsmClient;
     use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, VmplSet};
     let dir = repo_root().join("target").join("bench-relay");
-    let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir, "")?;
+    let vm = if snp {
+        let igvm = nitride_qemu::snp::svsm_igvm(
+            &images.svsm_snp,
+            &images.relay_guest_snp,
+            "svsm-relay-guest",
+        )?;
+        RunningVm::start_snp(&images.machine, &igvm, &dir, "", None)?
+    } else {
+        RunningVm::start(&images.svsm, &images.relay_guest, &dir, "")?
+    };
     let relay = RelayClient::connect(&vm.socket).map_err(|e| Error::Build(e.to_string()))?;
     let mut c = VhsmClient::new(relay);
     let t = KeyTemplate::new(KeyType::HmacSha384, KeyUsage::SIGN, VmplSet::all(), false);
@@ -654,8 +712,13 @@ fn relay_throughput(images: &Images) -> Result<(), Error> {
         }
         let secs = start.elapsed().as_secs_f64();
         println!(
-            "relay, {name}: {n} requests in {secs:.2} s = {:.0} requests/s (emulated)",
-            f64::from(n) / secs
+            "relay, {name}: {n} requests in {secs:.2} s = {:.0} requests/s ({})",
+            f64::from(n) / secs,
+            if snp {
+                "virtual SNP machine"
+            } else {
+                "emulated"
+            }
         );
     }
     Ok(())
@@ -1376,11 +1439,27 @@ fn show_dev_chain(a: &DevChainArgs) -> Result<ExitCode, Error> {
 
 fn measure_cmd(a: MeasureArgs) -> Result<ExitCode, Error> {
     let images = build_images()?;
-    let guest = match a.guest {
-        GuestImage::Test => images.test_guest.clone(),
-        GuestImage::Relay => images.relay_guest.clone(),
-        GuestImage::Elf(path) => path,
+    let guest = match (a.guest, a.snp) {
+        (GuestImage::Test, false) => images.test_guest.clone(),
+        (GuestImage::Relay, false) => images.relay_guest.clone(),
+        (GuestImage::Test, true) => images.test_guest_snp.clone(),
+        (GuestImage::Relay, true) => images.relay_guest_snp.clone(),
+        (GuestImage::Elf(path), _) => path,
     };
+    if a.snp {
+        let svsm = a.svsm.unwrap_or(images.svsm_snp.clone());
+        let igvm = nitride_qemu::snp::svsm_igvm(&svsm, &guest, "measure")?;
+        let digest = nitride_qemu::igvm::launch_digest(&std::fs::read(&igvm)?)
+            .map_err(|e| Error::Build(e.to_string()))?;
+        println!("{}", measure::hex(&digest));
+        eprintln!(
+            "  SVSM  {}\n  guest {}\n  IGVM  {}",
+            svsm.display(),
+            guest.display(),
+            igvm.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let svsm = a.svsm.unwrap_or(images.svsm.clone());
     let m = launch_measurement(&svsm, &guest)?;
     println!("{}", measure::hex(&m));
