@@ -56,7 +56,7 @@ enum Task {
                             cargo xtask run --guest-args mode=vhsm\n  \
                             cargo xtask run --icount -- -d int -D qemu.log")]
     Run(RunArgs),
-    /// Run every test: host unit tests, the QEMU end-to-end tests (the relay suites a second time on the virtual SNP machine) and the test KBS's suite
+    /// Run every test: unit, QEMU end-to-end (relay suites on SNP too) and test KBS tests
     #[command(after_help = "Examples:\n  cargo xtask test")]
     Test,
     /// Boot the SVSM and show it at work: SVSM calls, isolation, the vHSM, attestation
