@@ -284,7 +284,7 @@ fn run(a: RunArgs) -> Result<ExitCode, Error> {
 
 /// The end-to-end suites `cargo xtask test` runs a second time on the virtual SNP
 /// machine (`NITRIDE_E2E_PLATFORM=snp`).
-const SNP_SUITES: &[&str] = &["attest", "vhsm", "seal", "cli", "isolation"];
+const SNP_SUITES: &[&str] = &["attest", "vhsm", "seal", "cli", "isolation", "pkcs11"];
 
 fn test() -> Result<ExitCode, Error> {
     ensure_qemu()?;
@@ -297,9 +297,8 @@ fn test() -> Result<ExitCode, Error> {
     // The end-to-end suites that start their VMs through `nitride_tests::start_relay*`
     // and `boot_guest` again, on the virtual SNP machine (the SNP SVSM from IGVM at
     // VMPL0, the SNP guests at VMPL1). Not yet there: boot and hardening (they test
-    // the emulated platform's own intercepts), pkcs11 (passes, left out for time),
-    // and the forged-attestation guest (it ends itself after its genuine calls on
-    // SNP; not yet understood).
+    // the emulated platform's own intercepts), and the forged-attestation guest (it
+    // ends itself after its genuine calls on SNP; not yet understood).
     let snp = Command::new(&cargo_bin)
         .env("NITRIDE_E2E_PLATFORM", "snp")
         .args(["test", "-p", "nitride-tests"])
