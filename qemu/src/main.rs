@@ -296,14 +296,12 @@ fn test() -> Result<ExitCode, Error> {
         .status()?;
     // The end-to-end suites that start their VMs through `nitride_tests::start_relay*`
     // and `boot_guest` again, on the virtual SNP machine (the SNP SVSM from IGVM at
-    // VMPL0, the SNP guests at VMPL1). Not yet there: boot and hardening (they test
-    // the emulated platform's own intercepts), and the forged-attestation guest (it
-    // ends itself after its genuine calls on SNP; not yet understood).
+    // VMPL0, the SNP guests at VMPL1). Not there: boot and hardening (they test the
+    // emulated platform's own boot path and intercepts).
     let snp = Command::new(&cargo_bin)
         .env("NITRIDE_E2E_PLATFORM", "snp")
         .args(["test", "-p", "nitride-tests"])
         .args(SNP_SUITES.iter().flat_map(|t| ["--test", t]))
-        .args(["--", "--skip", "firmware_refuses_the_guest_forgeries"])
         .status()?;
     let cargo = if emulated.success() { snp } else { emulated };
     // The test KBS's own suite (Python, no QEMU): run it even when a Rust test

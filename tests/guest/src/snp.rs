@@ -191,6 +191,17 @@ pub fn handle_vc(f: &mut Frame) -> VcOutcome {
             f.gprs[RBX] = get(off::RBX) & 0xFFFF_FFFF;
             f.gprs[RCX] = get(off::RCX) & 0xFFFF_FFFF;
             f.gprs[RDX] = get(off::RDX) & 0xFFFF_FFFF;
+            // The bits the CPU computes from this vCPU's CR4 (the host cannot know
+            // them): leaf 1 ECX.OSXSAVE from CR4.OSXSAVE, leaf 7 ECX.OSPKE from
+            // CR4.PKE. Without this a feature probe sees OSXSAVE and runs XGETBV,
+            // which faults with CR4.OSXSAVE clear.
+            let cr4 = x86_64::registers::control::Cr4::read_raw();
+            let follow = |v: u64, bit: u64, on: bool| if on { v | bit } else { v & !bit };
+            match leaf {
+                1 => f.gprs[RCX] = follow(f.gprs[RCX], 1 << 27, cr4 & (1 << 18) != 0),
+                7 if sub == 0 => f.gprs[RCX] = follow(f.gprs[RCX], 1 << 4, cr4 & (1 << 22) != 0),
+                _ => {}
+            }
             f.rip += 2;
             VcOutcome::Done
         }
@@ -274,14 +285,8 @@ extern "C" fn snp_guest_exception(f: &mut Frame) {
     if f.vector == 29 && handle_vc(f) == VcOutcome::Done {
         return;
     }
-    // Said before ending (COM1 output itself goes through #VC, which nests fine
-    // for port I/O): which exception, where.
-    crate::say!(
-        "exception {} error {:#x} at RIP {:#x}",
-        f.vector,
-        f.error,
-        f.rip
-    );
+    // Nothing is printed here: COM1 output takes a #VC, whose IST stack this
+    // handler is running on.
     terminate(exit::GUEST_FAIL);
 }
 
