@@ -218,6 +218,22 @@ wire_enum! {
         /// A VMPL0 attestation report binding a key (one with ATTEST usage), its
         /// attributes and a caller nonce (`attest::KeyBinding`).
         AttestKey = 16,
+        // 17-23: sealing (issue 11).
+        /// Provisioning (issue 12), step 1: start a session with a KBS challenge
+        /// nonce. The vault makes an ephemeral P-256 ECDH key, builds the RFC 8785
+        /// runtime-data bytes around the nonce and its JWK, and returns them with a
+        /// VMPL0 report whose REPORT_DATA is their SHA-384, zero-padded
+        /// (`attest::report_data::kbs_runtime_data`). A new Begin ends any session
+        /// still open.
+        ProvisionBegin = 24,
+        /// Provisioning, step 2: the flattened JWE the KBS released, decrypted inside
+        /// the vault with the session's key (which then dies, whatever the outcome).
+        /// Its plaintext is the owner-signed envelope (`provision::Envelope`),
+        /// which sets every attribute of the new key.
+        ProvisionFinish = 25,
+        /// ECDH P-256: the shared secret of an ECDH key and a peer's public key, run
+        /// through HKDF-SHA-384 into a new vault key.
+        Agree = 26,
     }
 }
 
@@ -266,6 +282,18 @@ wire_enum! {
         /// The platform could not produce an attestation report (no PSP, or the PSP
         /// channel failed and was shut).
         AttestationUnavailable = 18,
+        // 19-26: sealing (issue 11).
+        /// ProvisionFinish without a session (none begun, or already finished).
+        NoSession = 27,
+        /// The JWE is malformed, not for this session's key, or fails to decrypt.
+        JweInvalid = 28,
+        /// The decrypted envelope is malformed, or its signature is not the
+        /// measured owner key's.
+        EnvelopeInvalid = 29,
+        /// The envelope is not signed and the measured launch configuration has no
+        /// owner key and does not allow unauthenticated secrets, or it is unsigned
+        /// while an owner key is configured.
+        Unauthenticated = 30,
     }
 }
 
@@ -280,6 +308,10 @@ wire_enum! {
         Ed25519 = 3,
         /// HMAC-SHA-384 with a 48-byte key: sign/verify (the MAC), derive.
         HmacSha384 = 4,
+        /// ECDSA over P-256 with SHA-256: sign/verify, public key.
+        EcdsaP256 = 5,
+        /// ECDH over P-256: agree (Agree) into a new key, public key.
+        EcdhP256 = 6,
     }
 }
 
@@ -288,7 +320,7 @@ impl KeyType {
     /// AES or HMAC key, the Ed25519 seed, or the big-endian P-384 scalar.
     pub const fn material_len(self) -> usize {
         match self {
-            Self::Aes256 | Self::Ed25519 => 32,
+            Self::Aes256 | Self::Ed25519 | Self::EcdsaP256 | Self::EcdhP256 => 32,
             Self::EcdsaP384 | Self::HmacSha384 => 48,
         }
     }
@@ -302,9 +334,10 @@ impl KeyType {
                 .union(KeyUsage::UNWRAP)
                 .union(KeyUsage::DERIVE)
                 .union(KeyUsage::ATTEST),
-            Self::EcdsaP384 | Self::Ed25519 => KeyUsage::SIGN
+            Self::EcdsaP384 | Self::Ed25519 | Self::EcdsaP256 => KeyUsage::SIGN
                 .union(KeyUsage::VERIFY)
                 .union(KeyUsage::ATTEST),
+            Self::EcdhP256 => KeyUsage::DERIVE.union(KeyUsage::ATTEST),
             Self::HmacSha384 => KeyUsage::SIGN
                 .union(KeyUsage::VERIFY)
                 .union(KeyUsage::DERIVE)
@@ -324,6 +357,13 @@ wire_enum! {
         Unwrapped = 3,
         /// Derived from another vault key.
         Derived = 4,
+        /// Provisioned from a KBS in an envelope signed by the owner key of the
+        /// measured launch configuration.
+        Provisioned = 5,
+        /// Provisioned from a KBS without an owner signature (only when the measured
+        /// launch configuration allows unauthenticated secrets): anyone who could
+        /// encrypt to the session's key may have chosen it.
+        ProvisionedUnauthenticated = 6,
     }
 }
 
@@ -354,14 +394,20 @@ bitflags! {
 bitflags! {
     /// The vault's policy as the vHSM manifest reports it
     /// (`attest::VhsmManifestHeader::policy_flags`, `u32`). The SVSM fixes the
-    /// policy when it starts, from its command line, which the launch measurement does
-    /// not cover: the manifest, which a VMPL0 report binds, is where a relying party
-    /// learns it.
+    /// policy when it starts, from the measured launch configuration
+    /// (`launch_config`), so both the launch measurement and the manifest show it.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct VaultPolicyFlags: u32 {
         /// Plaintext key material may be imported (`Import`); without it, keys enter
         /// the vault only generated, derived or unwrapped.
         const PLAINTEXT_IMPORT = 1 << 0;
+        /// Provisioning accepts envelopes no owner signed (origin
+        /// provisioned-unauthenticated); only without an owner key.
+        const UNAUTHENTICATED_PROVISIONING = 1 << 1;
+        /// An owner key is configured: provisioned envelopes must carry its
+        /// signature. The key itself is in the launch configuration, whose digest
+        /// the manifest carries.
+        const OWNER_KEY = 1 << 2;
     }
 }
 
@@ -776,7 +822,45 @@ pub enum Request<'a> {
         /// The caller's nonce.
         nonce: &'a crate::attest::Nonce,
     },
+    /// `bytes nonce`: the KBS challenge nonce as the KBS sent it (the JSON string's
+    /// contents, at most [`MAX_KBS_NONCE_LEN`] bytes of the base64 alphabet).
+    /// Response body: `bytes runtime_data, bytes jwk, bytes report, bytes
+    /// certificates` ([`ProvisionEvidence`]).
+    ProvisionBegin {
+        /// The KBS nonce.
+        nonce: &'a [u8],
+    },
+    /// `bytes jwe`: the flattened JWE JSON the KBS released (at most
+    /// [`MAX_JWE_LEN`] bytes). Response body: the new key's [`KeyAttributes`].
+    ProvisionFinish {
+        /// The JWE.
+        jwe: &'a [u8],
+    },
+    /// `id key, KeyTemplate, bytes label, bytes peer, bytes salt, bytes info`.
+    Agree {
+        /// An ECDH P-256 key with DERIVE usage.
+        key: u32,
+        /// Properties of the new key.
+        template: KeyTemplate,
+        /// Label.
+        label: &'a [u8],
+        /// The peer's public key: a P-256 SPKI DER (91 bytes).
+        peer: &'a [u8],
+        /// HKDF salt.
+        salt: &'a [u8],
+        /// HKDF info.
+        info: &'a [u8],
+    },
 }
+
+/// Longest KBS nonce ProvisionBegin accepts (trustee sends 44: base64 of 32 bytes).
+pub const MAX_KBS_NONCE_LEN: usize = 128;
+
+/// Longest JWE ProvisionFinish accepts.
+pub const MAX_JWE_LEN: usize = 8 * 1024;
+
+/// Longest peer public key Agree accepts.
+pub const MAX_PEER_KEY_LEN: usize = 128;
 
 /// Largest ciphertext field accepted by Decrypt.
 pub const MAX_CIPHERTEXT_LEN: usize = GCM_NONCE_LEN + MAX_DATA_LEN + GCM_TAG_LEN;
@@ -807,6 +891,9 @@ impl<'a> Request<'a> {
             Self::GetAttributes { .. } => Op::GetAttributes,
             Self::ReadAudit { .. } => Op::ReadAudit,
             Self::AttestKey { .. } => Op::AttestKey,
+            Self::ProvisionBegin { .. } => Op::ProvisionBegin,
+            Self::ProvisionFinish { .. } => Op::ProvisionFinish,
+            Self::Agree { .. } => Op::Agree,
         }
     }
 
@@ -879,6 +966,20 @@ impl<'a> Request<'a> {
                     .bytes(crate::attest::NONCE_SIZE)?
                     .try_into()
                     .map_err(|_| WireError::Malformed)?,
+            },
+            Op::ProvisionBegin => Self::ProvisionBegin {
+                nonce: r.bytes(MAX_KBS_NONCE_LEN)?,
+            },
+            Op::ProvisionFinish => Self::ProvisionFinish {
+                jwe: r.bytes(MAX_JWE_LEN)?,
+            },
+            Op::Agree => Self::Agree {
+                key: r.u32()?,
+                template: r.fixed()?,
+                label: r.bytes(MAX_LABEL_LEN)?,
+                peer: r.bytes(MAX_PEER_KEY_LEN)?,
+                salt: r.bytes(MAX_DERIVE_INPUT_LEN)?,
+                info: r.bytes(MAX_DERIVE_INPUT_LEN)?,
             },
         };
         r.finish()?;
@@ -965,6 +1066,23 @@ impl<'a> Request<'a> {
             Self::AttestKey { key, nonce } => {
                 w.u32(key)?;
                 w.bytes(nonce)
+            }
+            Self::ProvisionBegin { nonce } => w.bytes(nonce),
+            Self::ProvisionFinish { jwe } => w.bytes(jwe),
+            Self::Agree {
+                key,
+                template,
+                label,
+                peer,
+                salt,
+                info,
+            } => {
+                w.u32(key)?;
+                w.put(template.as_bytes())?;
+                w.bytes(label)?;
+                w.bytes(peer)?;
+                w.bytes(salt)?;
+                w.bytes(info)
             }
         }
     }
@@ -1064,6 +1182,37 @@ impl<'a> Response<'a> {
         let mut r = Reader::new(self.body);
         let evidence = AttestKeyEvidence {
             binding: r.bytes(MAX_RESPONSE_SIZE)?,
+            report: r.bytes(MAX_RESPONSE_SIZE)?,
+            certificates: r.bytes(MAX_RESPONSE_SIZE)?,
+        };
+        r.finish()?;
+        Ok(evidence)
+    }
+}
+
+/// What ProvisionBegin returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProvisionEvidence<'a> {
+    /// The RFC 8785 runtime-data JSON the vault built; SHA-384 of it, zero-padded,
+    /// is REPORT_DATA.
+    pub runtime_data: &'a [u8],
+    /// The session's public key as the JWK inside the runtime data
+    /// (`{"alg","crv","kty","x","y"}`).
+    pub jwk: &'a [u8],
+    /// The attestation report (0x4A0 bytes).
+    pub report: &'a [u8],
+    /// The certificate table (`snp::certs`), empty when the platform has none.
+    pub certificates: &'a [u8],
+}
+
+impl<'a> Response<'a> {
+    /// A ProvisionBegin body: `bytes runtime_data, bytes jwk, bytes report, bytes
+    /// certificates`.
+    pub fn provision_evidence(&self) -> Result<ProvisionEvidence<'a>, WireError> {
+        let mut r = Reader::new(self.body);
+        let evidence = ProvisionEvidence {
+            runtime_data: r.bytes(MAX_RESPONSE_SIZE)?,
+            jwk: r.bytes(MAX_RESPONSE_SIZE)?,
             report: r.bytes(MAX_RESPONSE_SIZE)?,
             certificates: r.bytes(MAX_RESPONSE_SIZE)?,
         };
@@ -1199,6 +1348,16 @@ mod tests {
                 key: 4,
                 nonce: &[0x6E; 64],
             },
+            Request::ProvisionBegin { nonce: b"bm9uY2U=" },
+            Request::ProvisionFinish { jwe: b"{}" },
+            Request::Agree {
+                key: 3,
+                template: t,
+                label: b"shared",
+                peer: &[4; 91],
+                salt: b"s",
+                info: b"i",
+            },
         ] {
             roundtrip(req);
         }
@@ -1309,9 +1468,9 @@ mod tests {
             assert_eq!(Status::from_raw(s.raw()), Some(s));
         }
         assert_eq!(Op::from_raw(0), None);
-        assert_eq!(Op::from_raw(17), None);
-        assert_eq!(Status::from_raw(19), None);
-        assert_eq!(KeyType::from_raw(5), None);
+        assert_eq!(Op::from_raw(27), None);
+        assert_eq!(Status::from_raw(31), None);
+        assert_eq!(KeyType::from_raw(7), None);
         assert_eq!(Origin::from_raw(0), None);
         assert!(VmplSet::VMPL2.contains_vmpl(2));
         assert!(!VmplSet::VMPL2.contains_vmpl(1));

@@ -66,8 +66,11 @@ enum Task {
     #[command(after_help = "Examples:\n  cargo xtask bench")]
     Bench,
     /// Start the firmware with the relay guest in the background, for `nitride`
-    #[command(after_help = "Examples:\n  cargo xtask up\n  nitride key list\n  cargo xtask down")]
-    Up,
+    #[command(
+        after_help = "Examples:\n  cargo xtask up\n  nitride key list\n  cargo xtask down\n  \
+                            cargo xtask up --launch-config launch-config.bin"
+    )]
+    Up(UpArgs),
     /// Stop the firmware started by `cargo xtask up`
     #[command(after_help = "Examples:\n  cargo xtask down")]
     Down,
@@ -76,7 +79,8 @@ enum Task {
     DevChain(DevChainArgs),
     /// Print the launch measurement the firmware will report for a boot
     #[command(after_help = "Examples:\n  cargo xtask measure --guest relay\n  \
-                            MEASUREMENT=$(cargo xtask measure --guest relay)")]
+                            MEASUREMENT=$(cargo xtask measure --guest relay)\n  \
+                            cargo xtask measure --guest relay --launch-config launch-config.bin")]
     Measure(MeasureArgs),
     /// Build an IGVM file for the SNP machine and check its launch digest three ways
     #[command(after_help = "Examples:\n  cargo xtask igvm\n  \
@@ -108,15 +112,27 @@ struct RunArgs {
     /// The guest's command line (the test guest takes mode=NAME) [default: none]
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     guest_args: Option<String>,
-    /// The SVSM's command line (e.g. nitride.plaintext_import=allow) [default: none]
+    /// The SVSM's command line (e.g. nitride.log=debug) [default: none]
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     svsm_args: Option<String>,
+    /// The measured launch configuration (`nitride owner launch-config`) [default: the
+    /// default configuration: no plaintext import, no owner key]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    launch_config: Option<PathBuf>,
     /// Deterministic instruction counting (-icount shift=0)
     #[arg(long)]
     icount: bool,
     /// More QEMU arguments, after `--`
     #[arg(last = true, value_name = "QEMU ARGS")]
     qemu: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// The measured launch configuration (`nitride owner launch-config`) [default: the
+    /// default configuration: no plaintext import, no owner key]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    launch_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +167,9 @@ struct MeasureArgs {
     /// The SVSM ELF [default: the SVSM just built]
     #[arg(long, value_name = "ELF", value_hint = clap::ValueHint::FilePath)]
     svsm: Option<PathBuf>,
+    /// The launch configuration the boot will pass [default: none, the default one]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    launch_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -203,7 +222,7 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Demo => demo(),
         Task::Bench => bench(),
-        Task::Up => up(),
+        Task::Up(a) => up(&a),
         Task::Down => down(),
         Task::DevChain(a) => show_dev_chain(&a),
         Task::Measure(a) => measure_cmd(a),
@@ -254,6 +273,7 @@ fn run(a: RunArgs) -> Result<ExitCode, Error> {
     if let Some(s) = a.svsm_args {
         boot.svsm_args = s;
     }
+    boot.launch_config = a.launch_config;
     boot.icount = a.icount;
     boot.extra = a.qemu;
     boot.ensure_inputs()?;
@@ -717,12 +737,22 @@ fn up_dir() -> std::path::PathBuf {
     repo_root().join("target").join("nitride-up")
 }
 
-fn up() -> Result<ExitCode, Error> {
+fn up(a: &UpArgs) -> Result<ExitCode, Error> {
     ensure_qemu()?;
     down_quietly();
     let images = build_images()?;
     let dir = up_dir();
-    let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir, "")?;
+    let config = a
+        .launch_config
+        .as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    let vm = RunningVm::start_with(
+        &images.svsm,
+        &images.relay_guest,
+        &dir,
+        "",
+        config.as_deref(),
+    )?;
     std::fs::write(dir.join("qemu.pid"), vm.pid().to_string())?;
     println!("Nitride is up (QEMU pid {}).", vm.pid());
     println!("  relay socket: {}", vm.socket.display());
@@ -1056,9 +1086,16 @@ fn measure_cmd(a: MeasureArgs) -> Result<ExitCode, Error> {
         GuestImage::Elf(path) => path,
     };
     let svsm = a.svsm.unwrap_or(images.svsm.clone());
-    let m = launch_measurement(&svsm, &guest)?;
+    let m = measure::launch_measurement_with(&svsm, &guest, a.launch_config.as_deref())?;
     println!("{}", measure::hex(&m));
-    eprintln!("  SVSM  {}\n  guest {}", svsm.display(), guest.display());
+    eprintln!(
+        "  SVSM  {}\n  guest {}\n  launch configuration {}",
+        svsm.display(),
+        guest.display(),
+        a.launch_config
+            .as_ref()
+            .map_or("(default)".to_string(), |p| p.display().to_string())
+    );
     Ok(ExitCode::SUCCESS)
 }
 
