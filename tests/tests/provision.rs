@@ -200,6 +200,7 @@ fn a_secret_from_the_kbs_enters_the_vault() {
     drop(client);
     let s = vm.socket.clone();
 
+    let started = std::time::Instant::now();
     let (code, out, e) = nitride(
         Some(&s),
         &[
@@ -210,6 +211,11 @@ fn a_secret_from_the_kbs_enters_the_vault() {
             "nitride/key/disk",
             "--json",
         ],
+    );
+    // A figure for docs/benchmarks.md (not asserted).
+    eprintln!(
+        "provision: the whole exchange through the relay took {:?}",
+        started.elapsed()
     );
     assert_eq!(code, 0, "{e}\n{}\n{}", kbs.log(), vm.svsm_log_text());
     let k: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -341,8 +347,11 @@ fn kbs_refusals_leave_the_vault_unchanged() {
         );
         assert_eq!(exit, 1, "{name}: {e}");
         assert!(e.contains(expect) && e.contains("401"), "{name}: {e}");
-        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(j["error"]["kind"], "kbs");
+        assert!(out.is_empty(), "{name}: no result printed");
+        assert!(
+            e.starts_with("KBS refused /kbs/v0/resource/"),
+            "{name}: {e}"
+        );
         assert!(
             kbs.log().contains(&format!("[{code}]")),
             "{name}: {}",
