@@ -102,7 +102,7 @@ impl KbsClient {
             if let Some(c) = cookie {
                 r = r.set("Cookie", c);
             }
-            r.send_string(&text)
+            r.send_string(&text).map_err(Box::new)
         })
     }
 
@@ -112,7 +112,7 @@ impl KbsClient {
             if let Some(c) = cookie {
                 r = r.set("Cookie", c);
             }
-            r.call()
+            r.call().map_err(Box::new)
         })
         .map(|(body, _)| body)
     }
@@ -121,13 +121,13 @@ impl KbsClient {
     fn send(
         &mut self,
         endpoint: &str,
-        request: impl Fn(&ureq::Agent, &str, Option<&str>) -> Result<ureq::Response, ureq::Error>,
+        request: impl Fn(&ureq::Agent, &str, Option<&str>) -> Result<ureq::Response, Box<ureq::Error>>,
     ) -> Result<(Vec<u8>, Option<String>), KbsError> {
         let url = format!("{}/kbs/v0/{endpoint}", self.base);
         let mut attempt = 0;
         loop {
             let last = attempt >= self.retries;
-            match request(&self.agent, &url, self.cookie.as_deref()) {
+            match request(&self.agent, &url, self.cookie.as_deref()).map_err(|e| *e) {
                 Ok(resp) => {
                     let cookie = resp
                         .header("Set-Cookie")
@@ -267,7 +267,7 @@ pub fn snp_evidence(report: &[u8], certificates: &[u8]) -> Result<Value, KbsErro
         ));
     }
     Ok(json!({
-        "attestation_report": serde_json::to_value(&parsed)
+        "attestation_report": serde_json::to_value(parsed)
             .map_err(|e| KbsError::Evidence(e.to_string()))?,
         "cert_chain": serde_json::to_value(&chain).map_err(|e| KbsError::Evidence(e.to_string()))?,
     }))
