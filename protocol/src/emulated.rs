@@ -219,10 +219,13 @@ pub mod dev_psp {
     pub const FIRMWARE_VERSION: [u8; 3] = [21, 55, 1];
 
     /// Domain string of the launch measurement: MEASUREMENT =
-    /// SHA-384(MEASUREMENT_DOMAIN || svsm_digest || guest_digest), where svsm_digest
-    /// is SHA-384 over the SVSM ELF's non-writable PT_LOAD segments in address order,
-    /// each as `u64 LE vaddr || u64 LE memsz || its memsz bytes as loaded`, and
-    /// guest_digest is SHA-384 of the guest image (PVH module) bytes. See
-    /// `docs/emulated-platform.md` ("Launch measurement").
-    pub const MEASUREMENT_DOMAIN: &[u8] = b"nitride emulated launch v1\0";
+    /// SHA-384(MEASUREMENT_DOMAIN || svsm_digest || guest_digest || config_digest),
+    /// where svsm_digest is SHA-384 over the SVSM ELF's non-writable PT_LOAD segments
+    /// in address order, each as `u64 LE vaddr || u64 LE memsz || its memsz bytes as
+    /// loaded`, guest_digest is SHA-384 of the guest image (PVH module) bytes, and
+    /// config_digest is SHA-384 of the launch configuration
+    /// (`launch_config::digest`; the default one's when none is passed). See
+    /// `docs/emulated-platform.md` ("Launch measurement"). Version 2 added the
+    /// launch configuration.
+    pub const MEASUREMENT_DOMAIN: &[u8] = b"nitride emulated launch v2\0";
 }

@@ -246,6 +246,9 @@ pub struct Boot {
     /// (default: the cached development chain's, generated on first boot; `None`
     /// boots a platform without a PSP).
     pub dev_psp: Option<PathBuf>,
+    /// The measured launch configuration (vault policy, owner key), passed as
+    /// fw_cfg file `opt/nitride/launch-config`; `None`: the default configuration.
+    pub launch_config: Option<PathBuf>,
 }
 
 impl Boot {
@@ -266,6 +269,7 @@ impl Boot {
             combined_log: None,
             relay_socket: None,
             dev_psp: Some(dev_psp_blob_path()),
+            launch_config: None,
         }
     }
 
@@ -363,6 +367,14 @@ impl Boot {
                 "name={},file={}",
                 dev_psp::FW_CFG_NAME,
                 blob.display()
+            ));
+        }
+        if let Some(config) = &self.launch_config {
+            a.push("-fw_cfg".into());
+            a.push(format!(
+                "name={},file={}",
+                nitride_protocol::launch_config::FW_CFG_NAME,
+                config.display()
             ));
         }
         if self.icount {
@@ -638,7 +650,7 @@ impl RunningVm {
         dir: &Path,
         svsm_args: &str,
     ) -> Result<Self, Error> {
-        Self::start_with_psp(svsm, relay_guest, dir, svsm_args, None)
+        Self::start_with_options(svsm, relay_guest, dir, svsm_args, None, None)
     }
 
     /// [`RunningVm::start`], handing the emulated PSP `dev_psp` (a dev-PSP blob: another
@@ -649,6 +661,29 @@ impl RunningVm {
         dir: &Path,
         svsm_args: &str,
         dev_psp: Option<&Path>,
+    ) -> Result<Self, Error> {
+        Self::start_with_options(svsm, relay_guest, dir, svsm_args, dev_psp, None)
+    }
+
+    /// [`RunningVm::start`] with a launch configuration file ([`Boot::launch_config`]).
+    pub fn start_with(
+        svsm: &Path,
+        relay_guest: &Path,
+        dir: &Path,
+        svsm_args: &str,
+        launch_config: Option<&Path>,
+    ) -> Result<Self, Error> {
+        Self::start_with_options(svsm, relay_guest, dir, svsm_args, None, launch_config)
+    }
+
+    /// [`RunningVm::start`] with another dev-PSP blob and/or a launch configuration.
+    pub fn start_with_options(
+        svsm: &Path,
+        relay_guest: &Path,
+        dir: &Path,
+        svsm_args: &str,
+        dev_psp: Option<&Path>,
+        launch_config: Option<&Path>,
     ) -> Result<Self, Error> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("vhsm.sock");
@@ -662,6 +697,7 @@ impl RunningVm {
         boot.console_file = Some(console.clone());
         boot.svsm_log = Some(svsm_log.clone());
         boot.relay_socket = Some(socket.clone());
+        boot.launch_config = launch_config.map(Path::to_path_buf);
         boot.ensure_inputs()?;
         if let Some(blob) = dev_psp {
             boot.dev_psp = Some(blob.to_path_buf());

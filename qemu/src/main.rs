@@ -68,7 +68,8 @@ enum Task {
     /// Start the firmware with the relay guest in the background, for `nitride`
     #[command(
         after_help = "Examples:\n  cargo xtask up\n  nitride key list\n  cargo xtask down\n  \
-                            cargo xtask up --state vault.sealed   # keys that survive `down`"
+                            cargo xtask up --state vault.sealed   # keys that survive `down`\n  \
+                            cargo xtask up --launch-config launch-config.bin"
     )]
     Up(UpArgs),
     /// Stop the firmware started by `cargo xtask up`
@@ -79,7 +80,8 @@ enum Task {
     DevChain(DevChainArgs),
     /// Print the launch measurement the firmware will report for a boot
     #[command(after_help = "Examples:\n  cargo xtask measure --guest relay\n  \
-                            MEASUREMENT=$(cargo xtask measure --guest relay)")]
+                            MEASUREMENT=$(cargo xtask measure --guest relay)\n  \
+                            cargo xtask measure --guest relay --launch-config launch-config.bin")]
     Measure(MeasureArgs),
     /// Build an IGVM file for the SNP machine and check its launch digest three ways
     #[command(after_help = "Examples:\n  cargo xtask igvm\n  \
@@ -107,6 +109,10 @@ struct UpArgs {
     /// back after every change (`nitride` does) and at `down` [default: no state]
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     state: Option<PathBuf>,
+    /// The measured launch configuration (`nitride owner launch-config`) [default: the
+    /// default configuration: no plaintext import, no owner key]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    launch_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -120,9 +126,13 @@ struct RunArgs {
     /// The guest's command line (the test guest takes mode=NAME) [default: none]
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     guest_args: Option<String>,
-    /// The SVSM's command line (e.g. nitride.plaintext_import=allow) [default: none]
+    /// The SVSM's command line (e.g. nitride.log=debug) [default: none]
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     svsm_args: Option<String>,
+    /// The measured launch configuration (`nitride owner launch-config`) [default: the
+    /// default configuration: no plaintext import, no owner key]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    launch_config: Option<PathBuf>,
     /// Deterministic instruction counting (-icount shift=0)
     #[arg(long)]
     icount: bool,
@@ -163,6 +173,9 @@ struct MeasureArgs {
     /// The SVSM ELF [default: the SVSM just built]
     #[arg(long, value_name = "ELF", value_hint = clap::ValueHint::FilePath)]
     svsm: Option<PathBuf>,
+    /// The launch configuration the boot will pass [default: none, the default one]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    launch_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -266,6 +279,7 @@ fn run(a: RunArgs) -> Result<ExitCode, Error> {
     if let Some(s) = a.svsm_args {
         boot.svsm_args = s;
     }
+    boot.launch_config = a.launch_config;
     boot.icount = a.icount;
     boot.extra = a.qemu;
     boot.ensure_inputs()?;
@@ -743,7 +757,17 @@ fn up(args: &UpArgs) -> Result<ExitCode, Error> {
     let dir = up_dir();
     let marker = dir.join(nitride_guest_driver::cli::seal::STATE_FILE_MARKER);
     let _ = std::fs::remove_file(&marker);
-    let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir, "")?;
+    let config = args
+        .launch_config
+        .as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    let vm = RunningVm::start_with(
+        &images.svsm,
+        &images.relay_guest,
+        &dir,
+        "",
+        config.as_deref(),
+    )?;
     if let Some(state) = &args.state {
         // An absolute path: `nitride` may run from anywhere.
         let state = std::path::absolute(state)?;
@@ -1364,9 +1388,16 @@ fn measure_cmd(a: MeasureArgs) -> Result<ExitCode, Error> {
         GuestImage::Elf(path) => path,
     };
     let svsm = a.svsm.unwrap_or(images.svsm.clone());
-    let m = launch_measurement(&svsm, &guest)?;
+    let m = measure::launch_measurement_with(&svsm, &guest, a.launch_config.as_deref())?;
     println!("{}", measure::hex(&m));
-    eprintln!("  SVSM  {}\n  guest {}", svsm.display(), guest.display());
+    eprintln!(
+        "  SVSM  {}\n  guest {}\n  launch configuration {}",
+        svsm.display(),
+        guest.display(),
+        a.launch_config
+            .as_ref()
+            .map_or("(default)".to_string(), |p| p.display().to_string())
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -55,12 +55,41 @@ pub use nitride_qemu::RunningVm;
 /// Boot the production SVSM with the relay guest in a fresh directory named after
 /// the test, and connect a typed client to it.
 pub fn start_relay(test: &str, svsm_args: &str) -> (RunningVm, VhsmClient<RelayClient>) {
-    let i = images();
-    let dir = nitride_qemu::repo_root()
+    start_relay_with(test, svsm_args, None)
+}
+
+/// The directory of a test's VM.
+pub fn test_dir(test: &str) -> std::path::PathBuf {
+    nitride_qemu::repo_root()
         .join("target")
         .join("e2e")
-        .join(format!("{test}-{}", std::process::id()));
-    let vm = match RunningVm::start(&i.svsm, &i.relay_guest, &dir, svsm_args) {
+        .join(format!("{test}-{}", std::process::id()))
+}
+
+/// [`start_relay`] under a measured launch configuration (`None`: the default).
+pub fn start_relay_with(
+    test: &str,
+    svsm_args: &str,
+    config: Option<&nitride_protocol::launch_config::LaunchConfig>,
+) -> (RunningVm, VhsmClient<RelayClient>) {
+    let i = images();
+    let dir = test_dir(test);
+    let config_file = config.map(|c| {
+        let path = dir.join("launch-config.bin");
+        if let Err(e) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, c.to_bytes()))
+        {
+            panic!("could not write {}: {e}", path.display());
+        }
+        path
+    });
+    let vm = match RunningVm::start_with(
+        &i.svsm,
+        &i.relay_guest,
+        &dir,
+        svsm_args,
+        config_file.as_deref(),
+    ) {
         Ok(vm) => vm,
         Err(e) => panic!("could not start the relay VM: {e}"),
     };
