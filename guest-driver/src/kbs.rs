@@ -308,6 +308,115 @@ mod tests {
         }
     }
 
+    /// The runtime data the vault hashes into REPORT_DATA (built without JSON
+    /// machinery in `nitride_protocol::provision`) are the bytes the KBS computes:
+    /// the same members serialized with `kbs-types`' `TeePubKey` and serde_json
+    /// (members sorted, no whitespace: RFC 8785 for these ASCII strings).
+    #[test]
+    fn runtime_data_matches_kbs_types_serialization() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let key = p256::SecretKey::from_slice(&[7u8; 32]).unwrap();
+        let point =
+            p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key.public_key(), false);
+        let (x, y) = (
+            b64.encode(point.x().unwrap()),
+            b64.encode(point.y().unwrap()),
+        );
+        for nonce in [
+            "bm9uY2U=",
+            "TWFueSBoYW5kcyBtYWtlIGxpZ2h0IHdvcmsu",
+            "a-b_c+d/e",
+        ] {
+            let mut ours = String::new();
+            let range =
+                nitride_protocol::provision::runtime_data(nonce, &x, &y, |p| ours.push_str(p));
+            let tee_pubkey = TeePubKey::EC {
+                crv: "P-256".into(),
+                alg: "ECDH-ES+A256KW".into(),
+                x: x.clone(),
+                y: y.clone(),
+            };
+            let theirs = serde_json::to_string(&json!({
+                "nonce": nonce,
+                "tee-pubkey": serde_json::to_value(&tee_pubkey).unwrap(),
+                "additional-evidence": "",
+            }))
+            .unwrap();
+            assert_eq!(ours, theirs);
+            let jwk: TeePubKey = serde_json::from_str(&ours[range]).unwrap();
+            assert_eq!(
+                serde_json::to_value(jwk).unwrap(),
+                serde_json::to_value(tee_pubkey).unwrap()
+            );
+        }
+    }
+
+    /// A loopback HTTP server answering each connection with the next of `answers`
+    /// (status, body); returns its URL and the number of requests it served.
+    fn server(answers: Vec<(u16, &'static str)>) -> (String, std::thread::JoinHandle<usize>) {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let served = std::thread::spawn(move || {
+            let mut served = 0;
+            for (status, body) in answers {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                }
+                let mut request_body = vec![0u8; length];
+                std::io::Read::read_exact(&mut reader, &mut request_body).unwrap();
+                let mut stream = reader.into_inner();
+                write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                     Set-Cookie: kbs-session-id=s1; Path=/kbs\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+                served += 1;
+            }
+            served
+        });
+        (url, served)
+    }
+
+    /// 5xx answers are retried (up to `retries` times), then reported with their
+    /// status; a 4xx is not retried.
+    #[test]
+    fn server_errors_are_retried_then_reported() {
+        let challenge = r#"{"nonce":"bm9uY2U=","extra-params":""}"#;
+        let busy = r#"{"type":"https://example/errors/Busy","detail":"try later"}"#;
+        let (url, served) = server(vec![(503, busy), (502, "bad gateway"), (200, challenge)]);
+        let mut c = KbsClient::new(&url, Duration::from_secs(5), 2).unwrap();
+        assert_eq!(c.auth().unwrap(), "bm9uY2U=");
+        assert_eq!(served.join().unwrap(), 3);
+
+        let (url, served) = server(vec![(503, busy), (503, busy)]);
+        let mut c = KbsClient::new(&url, Duration::from_secs(5), 1).unwrap();
+        let e = c.auth().unwrap_err().to_string();
+        assert_eq!(e, "KBS refused /kbs/v0/auth (503 Busy): try later");
+        assert_eq!(served.join().unwrap(), 2);
+
+        let denied = r#"{"type":"https://example/errors/PolicyDeny","detail":"no"}"#;
+        let (url, served) = server(vec![(401, denied)]);
+        let mut c = KbsClient::new(&url, Duration::from_secs(5), 3).unwrap();
+        let e = c.auth().unwrap_err().to_string();
+        assert_eq!(e, "KBS refused /kbs/v0/auth (401 PolicyDeny): no");
+        assert_eq!(served.join().unwrap(), 1, "a 4xx is not retried");
+    }
+
     #[test]
     fn refusals_show_the_rfc7807_body() {
         let body = br#"{"type":"https://github.com/confidential-containers/kbs/errors/PolicyDeny","detail":"Resource policy denied: measurement"}"#;

@@ -159,8 +159,10 @@ pub mod dev_psp {
         pub chip_secret: [u8; 32],
         /// Length of the certificate table that follows.
         pub cert_table_len: U32,
-        /// Zero.
-        pub reserved: U32,
+        /// How the guest was launched: [`LAUNCH_DEBUG`] or zero; other bits must be
+        /// zero (this was a reserved zero field before, so older blobs read as a
+        /// launch without debugging).
+        pub launch_flags: U32,
         /// The chip's TCB_VERSION: what its reports carry as the current, reported,
         /// committed and launch TCB, and the highest TCB KEY_REQ derives at. The
         /// runner writes [`TCB_VERSION`], which the development VCEK certificate
@@ -215,6 +217,13 @@ pub mod dev_psp {
     pub const REPORT_VERSION: u32 = 3;
     /// Guest policy in the report: SMT allowed, reserved bit 17 set, not debug.
     pub const GUEST_POLICY: u64 = (1 << 16) | (1 << 17);
+    /// The guest policy's DEBUG bit (bit 19: the host may debug the guest, so read
+    /// its memory).
+    pub const POLICY_DEBUG: u64 = 1 << 19;
+    /// [`BlobHeader::launch_flags`]: play a launch whose policy allows debugging
+    /// (the reports' and the key derivations' policy is [`GUEST_POLICY`] with
+    /// [`POLICY_DEBUG`]); a relying party must refuse such a guest.
+    pub const LAUNCH_DEBUG: u32 = 1;
     /// PSP firmware version (build, minor, major) in the report.
     pub const FIRMWARE_VERSION: [u8; 3] = [21, 55, 1];
 

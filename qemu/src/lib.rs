@@ -685,6 +685,20 @@ impl RunningVm {
         dev_psp: Option<&Path>,
         launch_config: Option<&Path>,
     ) -> Result<Self, Error> {
+        let mut boot = Boot::new(svsm, Some(relay_guest), "");
+        boot.svsm_args = svsm_args.to_string();
+        boot.launch_config = launch_config.map(Path::to_path_buf);
+        boot.ensure_inputs()?;
+        if let Some(blob) = dev_psp {
+            boot.dev_psp = Some(blob.to_path_buf());
+        }
+        Self::start_boot(boot, dir)
+    }
+
+    /// Start `boot` (the SVSM with the relay guest, and whatever else it sets, such
+    /// as `icount`) as a relay VM in `dir`: its console, SVSM log and relay socket
+    /// there.
+    pub fn start_boot(mut boot: Boot, dir: &Path) -> Result<Self, Error> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("vhsm.sock");
         let console = dir.join("console.log");
@@ -692,16 +706,10 @@ impl RunningVm {
         for f in [&socket, &console, &svsm_log] {
             let _ = std::fs::remove_file(f);
         }
-        let mut boot = Boot::new(svsm, Some(relay_guest), "");
-        boot.svsm_args = svsm_args.to_string();
         boot.console_file = Some(console.clone());
         boot.svsm_log = Some(svsm_log.clone());
         boot.relay_socket = Some(socket.clone());
-        boot.launch_config = launch_config.map(Path::to_path_buf);
         boot.ensure_inputs()?;
-        if let Some(blob) = dev_psp {
-            boot.dev_psp = Some(blob.to_path_buf());
-        }
         let child = Command::new(QEMU)
             .args(boot.qemu_args())
             .stdin(Stdio::null())

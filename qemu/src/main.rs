@@ -434,10 +434,11 @@ fn demo() -> Result<ExitCode, Error> {
     all_ok &= vhsm_story(&images)?;
     all_ok &= sealing_story(&images)?;
     all_ok &= pkcs11_story(&images)?;
+    all_ok &= provisioning_story(&images)?;
     println!(
         "\n{}",
         if all_ok {
-            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified, a key survived a restart, a PKCS#11 client signed with a vHSM key."
+            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified, a key survived a restart, a PKCS#11 client signed with a vHSM key, a KBS released an owner-signed secret only to the measured firmware."
         } else {
             "Demo found problems (see above)."
         }
@@ -894,8 +895,8 @@ fn down() -> Result<ExitCode, Error> {
 /// its output (binary output summarised); returns (success, stdout).
 fn nitride(socket: &std::path::Path, args: &[&str]) -> (bool, Vec<u8>) {
     println!("  $ nitride {}", args.join(" "));
-    // `report` works on files only and takes no socket.
-    let (result, out) = if args.first() == Some(&"report") {
+    // `report` and `owner` work on files only and take no socket.
+    let (result, out) = if matches!(args.first(), Some(&"report" | &"owner")) {
         let argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut out = Vec::new();
         (nitride_guest_driver::cli::run(&argv, &mut out), out)
@@ -1137,6 +1138,176 @@ fn sealing_story(images: &Images) -> Result<bool, Error> {
     ok &= ossl.status.success();
     let (unsealed, out) = nitride(&s, &["unseal", "--in", "disk.key.sealed"]);
     ok &= unsealed && out == std::fs::read(dir.join("disk.key"))?;
+    Ok(ok)
+}
+
+/// The test KBS (tests/kbs) as a process, stopped when dropped.
+struct DemoKbs(std::process::Child);
+
+impl Drop for DemoKbs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start the test KBS with `args` on a free loopback port, its log in `log`; returns
+/// it and its URL.
+fn start_demo_kbs(args: &[&str], log: &std::path::Path) -> Result<(DemoKbs, String), Error> {
+    use std::io::BufRead as _;
+    let root = repo_root();
+    let mut child = Command::new("python3")
+        .arg(root.join("tests/kbs/kbs.py"))
+        .args(["--port", "0", "--dev-root"])
+        .arg(root.join("target/dev-chain"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let kbs = DemoKbs(child);
+    match line.trim().strip_prefix("kbs: listening on ") {
+        Some(url) => Ok((kbs, url.to_string())),
+        None => Err(Error::Io(std::io::Error::other(format!(
+            "the test KBS did not start ({}): {}",
+            line.trim(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        )))),
+    }
+}
+
+/// Part 8 of the demo, the seeds' Case B: the owner signs a secret for the vault and
+/// puts it in a KBS (the test KBS of tests/kbs); the firmware, measured with the
+/// owner's public key in its launch configuration, attests to the KBS at VMPL0 and
+/// receives the secret encrypted to a key only the vault holds; a KBS expecting
+/// another measurement refuses. Skipped (not failed) without the KBS's Python
+/// packages.
+fn provisioning_story(images: &Images) -> Result<bool, Error> {
+    println!("\n== 8. Case B: a Key Broker Service releases an owner-signed secret to the attested vault\n");
+    let probe = Command::new("python3")
+        .args(["-c", "import jwcrypto, rfc8785, cryptography"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!(
+            "  skipped: the test KBS needs Python's jwcrypto, rfc8785 and cryptography \
+             (pip install -r tests/kbs/requirements.txt; .ci/run installs them)"
+        );
+        return Ok(true);
+    }
+    let dir = repo_root().join("target").join("demo-provision");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::env::set_current_dir(&dir)?;
+    println!("  (in {})", dir.display());
+    let mut ok = true;
+    // The owner's side: a key pair, the launch configuration naming its public key,
+    // and the secret in an envelope signed with it.
+    let mut secret = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+    std::fs::write(dir.join("disk.key"), secret)?;
+    let none = std::path::Path::new("");
+    ok &= nitride(none, &["owner", "keygen", "--out", "owner.pem"]).0;
+    ok &= nitride(
+        none,
+        &[
+            "owner",
+            "launch-config",
+            "--owner",
+            "owner.pem.pub",
+            "--out",
+            "launch-config.bin",
+        ],
+    )
+    .0;
+    ok &= nitride(
+        none,
+        &[
+            "owner",
+            "envelope",
+            "--key",
+            "owner.pem",
+            "--type",
+            "aes-256",
+            "--usage",
+            "encrypt,decrypt",
+            "--vmpls",
+            "1",
+            "--label",
+            "disk",
+            "--in",
+            "disk.key",
+            "--out",
+            "envelope.jws",
+        ],
+    )
+    .0;
+    let config = dir.join("launch-config.bin");
+    let measurement = hex::encode(nitride_qemu::measure::launch_measurement_with(
+        &images.svsm,
+        &images.relay_guest,
+        Some(&config),
+    )?);
+    println!("  (the firmware's expected MEASUREMENT with this configuration: {measurement})");
+    let resource = format!("nitride/key/disk={}", dir.join("envelope.jws").display());
+    let (_kbs, url) = start_demo_kbs(
+        &["--measurement", &measurement, "--resource", &resource],
+        &dir.join("kbs.log"),
+    )?;
+    println!("  (test KBS at {url}: releases nitride/key/disk to that measurement only)");
+    let vm = RunningVm::start_with(
+        &images.svsm,
+        &images.relay_guest,
+        &dir.join("vm"),
+        "",
+        Some(&config),
+    )?;
+    let s = vm.socket.clone();
+    let (provisioned, _) = nitride(
+        &s,
+        &["provision", "--kbs", &url, "--resource", "nitride/key/disk"],
+    );
+    ok &= provisioned;
+    let (listed, out) = nitride(&s, &["key", "list"]);
+    ok &= listed && String::from_utf8_lossy(&out).contains("provisioned");
+    // The secret now encrypts in the vault (the guest relayed only the report, the
+    // JWK and the JWE: tests/tests/provision.rs checks those bytes never hold it).
+    std::fs::write(dir.join("note.txt"), b"data for the owner\n")?;
+    ok &= nitride(
+        &s,
+        &["encrypt", "1", "--in", "note.txt", "--out", "note.enc"],
+    )
+    .0;
+    // The owner, holding the secret, opens what the vault encrypted (Python's
+    // `cryptography`): the vault's key is the owner's secret.
+    let script = "import sys; from cryptography.hazmat.primitives.ciphers.aead import AESGCM; \
+                  b = open('note.enc', 'rb').read(); k = open('disk.key', 'rb').read(); \
+                  sys.stdout.write(AESGCM(k).decrypt(b[:12], b[12:], None).decode())";
+    println!("  $ python3 -c '<AES-256-GCM decryption of note.enc with the owner's disk.key>'");
+    let py = Command::new("python3").args(["-c", script]).output()?;
+    println!(
+        "    {}",
+        String::from_utf8_lossy(if py.status.success() {
+            &py.stdout
+        } else {
+            &py.stderr
+        })
+        .trim()
+    );
+    ok &= py.status.success() && py.stdout == b"data for the owner\n";
+    // A KBS that expects another measurement refuses; nothing enters the vault.
+    let (_other, url) = start_demo_kbs(
+        &["--measurement", &"00".repeat(48), "--resource", &resource],
+        &dir.join("kbs-other.log"),
+    )?;
+    println!("  (a second KBS that expects another measurement, at {url})");
+    let (refused, _) = nitride(
+        &s,
+        &["provision", "--kbs", &url, "--resource", "nitride/key/disk"],
+    );
+    ok &= !refused;
     Ok(ok)
 }
 

@@ -16,6 +16,7 @@ use nitride_guest_driver::kbs::{snp_evidence, KbsClient};
 use nitride_protocol::launch_config::LaunchConfig;
 use nitride_protocol::vhsm::{Origin, Status};
 use nitride_tests::{images, start_relay_with, test_dir, VhsmError};
+use zerocopy::FromBytes;
 
 /// Run `nitride ARGS` (with `--socket` when given); returns (exit code, stdout,
 /// error message).
@@ -76,6 +77,19 @@ impl Kbs {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the log shows `tag` within a few seconds (the KBS may write its log
+    /// line just after it answered).
+    fn logged(&self, tag: &str) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if self.log().contains(tag) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 }
 
@@ -298,8 +312,9 @@ fn base64url(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-/// The KBS refuses (wrong measurement, debug policy, old TCB, a relay altering the
-/// JWK or the nonce): nothing enters the vault and the CLI says why.
+/// The KBS refuses (wrong measurement, old TCB, a relay altering the JWK or the
+/// nonce, a launch whose policy allows debugging): nothing enters the vault and the
+/// CLI says why.
 #[test]
 fn kbs_refusals_leave_the_vault_unchanged() {
     let dir = test_dir("provision-refused");
@@ -352,11 +367,7 @@ fn kbs_refusals_leave_the_vault_unchanged() {
             e.starts_with("KBS refused /kbs/v0/resource/"),
             "{name}: {e}"
         );
-        assert!(
-            kbs.log().contains(&format!("[{code}]")),
-            "{name}: {}",
-            kbs.log()
-        );
+        assert!(kbs.logged(&format!("[{code}]")), "{name}: {}", kbs.log());
     }
     // A relay that alters the JWK or the nonce: the KBS refuses at /attest.
     let kbs = Kbs::start(
@@ -375,7 +386,7 @@ fn kbs_refusals_leave_the_vault_unchanged() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("AttestationError"), "{e}");
-    assert!(kbs.log().contains("[report-data]"), "{}", kbs.log());
+    assert!(kbs.logged("[report-data]"), "{}", kbs.log());
     let mut client = KbsClient::new(&kbs.url, Duration::from_secs(10), 0).unwrap();
     let _nonce = client.auth().unwrap();
     let session = c.provision_begin(b"b3RoZXIgbm9uY2U=").unwrap();
@@ -385,6 +396,102 @@ fn kbs_refusals_leave_the_vault_unchanged() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("AttestationError"), "{e}");
-    assert!(kbs.log().contains("[nonce-mismatch]"), "{}", kbs.log());
+    assert!(kbs.logged("[nonce-mismatch]"), "{}", kbs.log());
     assert!(c.list().unwrap().is_empty(), "nothing entered the vault");
+    drop(c);
+    drop(vm);
+
+    // The same firmware and configuration (so the same MEASUREMENT), launched with a
+    // policy that allows debugging (the emulated PSP's reports carry DEBUG, bit 19):
+    // the KBS refuses at /resource and the CLI says why.
+    nitride_qemu::ensure_dev_chain().unwrap();
+    let mut blob = std::fs::read(nitride_qemu::dev_psp_blob_path()).unwrap();
+    let (header, _) =
+        nitride_protocol::emulated::dev_psp::BlobHeader::mut_from_prefix(&mut blob).unwrap();
+    header.launch_flags = nitride_protocol::emulated::dev_psp::LAUNCH_DEBUG.into();
+    let debug_blob = dir.join("dev-psp-debug.bin");
+    std::fs::write(&debug_blob, blob).unwrap();
+    let i = images();
+    let vm = nitride_qemu::RunningVm::start_with_options(
+        &i.svsm,
+        &i.relay_guest,
+        &dir.join("debug-vm"),
+        "",
+        Some(&debug_blob),
+        Some(&o.config_file),
+    )
+    .unwrap();
+    let kbs = Kbs::start(
+        &dir,
+        "debug",
+        &["--measurement", &m, "--resource", &resource],
+    );
+    let (exit, out, e) = nitride(
+        Some(&vm.socket),
+        &[
+            "provision",
+            "--kbs",
+            &kbs.url,
+            "--resource",
+            "nitride/key/disk",
+        ],
+    );
+    assert_eq!(exit, 1, "{e}");
+    assert!(out.is_empty(), "no result printed");
+    assert!(
+        e.contains("401 PolicyDeny") && e.contains("debug"),
+        "the CLI says why: {e}"
+    );
+    assert!(kbs.logged("[policy-debug]"), "{}", kbs.log());
+    let mut c =
+        nitride_tests::VhsmClient::new(nitride_tests::RelayClient::connect(&vm.socket).unwrap());
+    assert!(c.list().unwrap().is_empty(), "nothing entered the vault");
+}
+
+/// The figures docs/benchmarks.md records for issue 12 (printed, not asserted):
+/// instructions inside the SVSM for ProvisionBegin (op 24) and ProvisionFinish (op
+/// 25) under `-icount shift=0`, from the SVSM's debug log of each vHSM request, and
+/// the wall time of the whole `nitride provision` in that run.
+#[test]
+fn provisioning_instruction_counts() {
+    let dir = test_dir("provision-icount");
+    let o = owner(&dir, &[0x5A; 32]);
+    let m = measurement(&o.config_file);
+    let resource = format!("nitride/key/disk={}", o.envelope.display());
+    let kbs = Kbs::start(&dir, "kbs", &["--measurement", &m, "--resource", &resource]);
+    let i = images();
+    let mut boot = nitride_qemu::Boot::new(&i.svsm, Some(&i.relay_guest), "");
+    boot.svsm_args = "nitride.log=debug".into();
+    boot.launch_config = Some(o.config_file.clone());
+    boot.icount = true;
+    let vm = nitride_qemu::RunningVm::start_boot(boot, &dir.join("vm")).unwrap();
+    let started = std::time::Instant::now();
+    let (code, _, e) = nitride(
+        Some(&vm.socket),
+        &[
+            "provision",
+            "--kbs",
+            &kbs.url,
+            "--resource",
+            "nitride/key/disk",
+        ],
+    );
+    let wall = started.elapsed();
+    let log = vm.svsm_log_text();
+    assert_eq!(code, 0, "{e}\n{}\n{log}", kbs.log());
+    let count = |op: u16| {
+        let tag = format!("vHSM op {op}: ");
+        log.lines()
+            .filter_map(|l| l.split(tag.as_str()).nth(1))
+            .filter_map(|r| r.split(' ').next()?.parse::<u64>().ok())
+            .next_back()
+    };
+    let (begin, finish) = (count(24), count(25));
+    assert!(begin.is_some() && finish.is_some(), "{log}");
+    eprintln!(
+        "provision (icount): ProvisionBegin {} instructions, ProvisionFinish {} \
+         instructions in the SVSM; nitride provision {wall:?} wall",
+        begin.unwrap_or(0),
+        finish.unwrap_or(0)
+    );
 }
