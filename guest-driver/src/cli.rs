@@ -26,6 +26,7 @@ use nitride_protocol::vhsm::Status;
 use crate::verify::Error as RejectError;
 
 mod attest;
+mod provision;
 mod report;
 pub mod seal;
 pub mod values;
@@ -53,6 +54,9 @@ pub enum CliError {
     Vhsm(String),
     /// The SVSM refused a non-vHSM request (attestation) or could not be reached.
     Svsm(String),
+    /// The Key Broker Service refused (its RFC 7807 body shown), could not be
+    /// reached, or answered outside the protocol.
+    Kbs(String),
 }
 
 /// A vHSM refusal explained: the status the vault answered, the keys the request
@@ -77,7 +81,8 @@ impl CliError {
             | Self::Refused(_)
             | Self::SignatureInvalid
             | Self::Vhsm(_)
-            | Self::Svsm(_) => 1,
+            | Self::Svsm(_)
+            | Self::Kbs(_) => 1,
         }
     }
 
@@ -91,6 +96,7 @@ impl CliError {
             Self::SignatureInvalid => "signature_invalid",
             Self::Vhsm(_) => "vhsm",
             Self::Svsm(_) => "svsm",
+            Self::Kbs(_) => "kbs",
         }
     }
 
@@ -118,6 +124,7 @@ impl std::fmt::Display for CliError {
             Self::SignatureInvalid => f.write_str("vHSM: signature invalid"),
             Self::Vhsm(m) => write!(f, "vHSM: {m}"),
             Self::Svsm(m) => write!(f, "SVSM: {m}"),
+            Self::Kbs(m) => f.write_str(m),
         }
     }
 }
@@ -277,6 +284,17 @@ pub enum Cmd {
         after_help = report::REPORT_EXAMPLES
     )]
     Report(report::ReportCmd),
+    /// Provision a secret from a Key Broker Service into the vHSM (attestation-gated)
+    #[command(after_help = provision::PROVISION_EXAMPLES)]
+    Provision(provision::ProvisionArgs),
+    /// The owner's side of provisioning: owner key, signed envelopes, launch configuration
+    #[command(
+        subcommand,
+        subcommand_required = true,
+        arg_required_else_help = true,
+        after_help = provision::OWNER_EXAMPLES
+    )]
+    Owner(provision::OwnerCmd),
     /// Print a shell completion script for nitride
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
@@ -347,6 +365,8 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Cmd::State(c) => seal::state(c, out),
         Cmd::Attest(c) => attest::run(c, out),
         Cmd::Report(c) => report::run(c, out),
+        Cmd::Provision(a) => provision::provision(&a, out),
+        Cmd::Owner(c) => provision::owner(c, out),
         Cmd::Completions(a) => {
             clap_complete::generate(a.shell, &mut command(), "nitride", out);
             Ok(())

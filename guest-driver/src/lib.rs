@@ -19,6 +19,8 @@ pub mod call;
 #[cfg(feature = "std")]
 pub mod cli;
 #[cfg(feature = "std")]
+pub mod kbs;
+#[cfg(feature = "std")]
 pub mod relay;
 pub mod verify;
 pub mod vhsm;

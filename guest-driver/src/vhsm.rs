@@ -406,6 +406,45 @@ impl<T: VhsmTransport> VhsmClient<T> {
         })
     }
 
+    /// ProvisionBegin: open a provisioning session for the KBS challenge `nonce`.
+    pub fn provision_begin(&mut self, nonce: &[u8]) -> Result<ProvisionSession, VhsmError> {
+        let body = self.call(&Request::ProvisionBegin { nonce })?;
+        let ev = body_response(&body)
+            .provision_evidence()
+            .map_err(|_| VhsmError::BadResponse("provisioning evidence"))?;
+        Ok(ProvisionSession {
+            runtime_data: ev.runtime_data.to_vec(),
+            jwk: ev.jwk.to_vec(),
+            report: ev.report.to_vec(),
+            certificates: ev.certificates.to_vec(),
+        })
+    }
+
+    /// ProvisionFinish: hand the KBS's JWE to the vault; returns the new key.
+    pub fn provision_finish(&mut self, jwe: &[u8]) -> Result<KeyAttributes, VhsmError> {
+        self.attributes_of(&Request::ProvisionFinish { jwe })
+    }
+
+    /// Agree: ECDH P-256 of key `key` with the peer SPKI `peer`, into a new key.
+    pub fn agree(
+        &mut self,
+        key: u32,
+        template: KeyTemplate,
+        label: &[u8],
+        peer: &[u8],
+        salt: &[u8],
+        info: &[u8],
+    ) -> Result<KeyAttributes, VhsmError> {
+        self.attributes_of(&Request::Agree {
+            key,
+            template,
+            label,
+            peer,
+            salt,
+            info,
+        })
+    }
+
     /// Audit entries with sequence numbers from `from_seq` on.
     pub fn audit(&mut self, from_seq: u64) -> Result<Vec<AuditEntry>, VhsmError> {
         let body = self.call(&Request::ReadAudit { from_seq })?;
@@ -443,6 +482,19 @@ pub struct ImportedState {
     pub keys: u32,
     /// The state sealed at the current TCB, when the blob's TCB was older.
     pub resealed: Option<Vec<u8>>,
+}
+
+/// What ProvisionBegin returned, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvisionSession {
+    /// The RFC 8785 runtime-data JSON the vault hashed into REPORT_DATA.
+    pub runtime_data: Vec<u8>,
+    /// The session key's JWK (inside the runtime data).
+    pub jwk: Vec<u8>,
+    /// The report.
+    pub report: Vec<u8>,
+    /// The certificate table.
+    pub certificates: Vec<u8>,
 }
 
 /// What AttestKey returned, owned.

@@ -81,7 +81,7 @@ fn attributes(id: u32, label: &[u8]) -> Vec<u8> {
 /// (attributes, declared SPKI length, SPKI bytes).
 fn vhsm_manifest(identity: &[u8], keys: &[(Vec<u8>, usize, &[u8])]) -> Vec<u8> {
     let mut m = b"NTRDVHSM".to_vec();
-    m.extend_from_slice(&2u32.to_le_bytes()); // manifest version
+    m.extend_from_slice(&3u32.to_le_bytes()); // manifest version
     m.extend_from_slice(&1u32.to_le_bytes()); // vHSM protocol version
     m.extend_from_slice(&2u16.to_le_bytes()); // wire version
     m.extend_from_slice(&0u16.to_le_bytes());
@@ -89,9 +89,10 @@ fn vhsm_manifest(identity: &[u8], keys: &[(Vec<u8>, usize, &[u8])]) -> Vec<u8> {
     m.extend_from_slice(&le32(identity.len()));
     m.extend_from_slice(&0u32.to_le_bytes());
     m.extend_from_slice(&0u32.to_le_bytes()); // policy flags
-    m.extend_from_slice(&0u32.to_le_bytes());
+    m.extend_from_slice(&0u32.to_le_bytes()); // state generation
     m.extend_from_slice(&0u64.to_le_bytes()); // audit count
     m.extend_from_slice(&[0u8; 48]); // audit chain
+    m.extend_from_slice(&[0u8; 48]); // launch configuration digest
     m.extend_from_slice(identity);
     for (a, declared, spki) in keys {
         m.extend_from_slice(a);

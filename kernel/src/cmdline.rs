@@ -40,9 +40,6 @@ pub struct Cmdline<'a> {
     pub log: LogLevel,
     /// `nitride.fault=ud|pf|gp|panic|write-text|exec-data|exec-guest|stack-guard`.
     pub fault: Option<Fault>,
-    /// `nitride.plaintext_import=allow`: the vault accepts plaintext key material
-    /// (refused by default).
-    pub plaintext_import: bool,
     /// Everything after ` -- `.
     pub guest: &'a str,
 }
@@ -60,7 +57,6 @@ impl<'a> Cmdline<'a> {
         let mut c = Cmdline {
             log: LogLevel::Info,
             fault: None,
-            plaintext_import: false,
             guest,
         };
         let mut unknown = 0;
@@ -69,7 +65,6 @@ impl<'a> Cmdline<'a> {
                 Some(("nitride.log", "warn")) => c.log = LogLevel::Warn,
                 Some(("nitride.log", "info")) => c.log = LogLevel::Info,
                 Some(("nitride.log", "debug")) => c.log = LogLevel::Debug,
-                Some(("nitride.plaintext_import", "allow")) => c.plaintext_import = true,
                 Some(("nitride.fault", f)) => {
                     c.fault = match f {
                         "ud" => Some(Fault::InvalidOpcode),
@@ -99,10 +94,7 @@ mod tests {
 
     #[test]
     fn splits_svsm_and_guest_parts() {
-        let (c, unknown) = Cmdline::parse(
-            "nitride.log=debug nitride.fault=pf nitride.plaintext_import=allow -- mode=calls x=1",
-        );
-        assert!(c.plaintext_import);
+        let (c, unknown) = Cmdline::parse("nitride.log=debug nitride.fault=pf -- mode=calls x=1");
         assert_eq!(c.log, LogLevel::Debug);
         assert_eq!(c.fault, Some(Fault::PageFault));
         assert_eq!(c.guest, "mode=calls x=1");
@@ -119,6 +111,9 @@ mod tests {
             let line = std::format!("nitride.fault={word}");
             assert_eq!(Cmdline::parse(&line).0.fault, Some(fault));
         }
+        // The vault policy is no longer a command-line option: it is measured
+        // (the launch configuration).
+        assert_eq!(Cmdline::parse("nitride.plaintext_import=allow").1, 1);
         let (c, unknown) = Cmdline::parse("bogus nitride.fault=zz");
         assert_eq!(
             (c.log, c.fault, c.guest, unknown),

@@ -41,6 +41,8 @@ use nitride_protocol::emulated::{
     dev_psp, exit, BOOT_INFO_GPA, CAA_GPA, SECRETS_GPA, SVSM_BASE, SVSM_END,
 };
 #[cfg(not(feature = "snp"))]
+use nitride_protocol::launch_config::{self, LaunchConfig};
+#[cfg(not(feature = "snp"))]
 use nitride_rt::fw_cfg;
 use nitride_vhsm::{PlatformError, Vault, VaultPolicy};
 #[cfg(not(feature = "snp"))]
@@ -129,13 +131,16 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
         "guest RAM scrubbed: {} MiB zeroed before loading (only the guest image and the fixed pages are non-zero)",
         launched.scrubbed >> 20
     );
-    let measurement = measure::launch_measurement(&svsm_digest, &launched.image_digest);
+    let (launch_config, config_digest) = launch_config();
+    let measurement =
+        measure::launch_measurement(&svsm_digest, &launched.image_digest, &config_digest);
     log::info!("launch measurement {}", measure::hex(&measurement));
     log::debug!(
-        "measured: SVSM code+rodata {}, guest image {} bytes {}",
+        "measured: SVSM code+rodata {}, guest image {} bytes {}, launch configuration {}",
         measure::hex(&svsm_digest),
         boot.module.map_or(0, |m| m.len()),
-        measure::hex(&launched.image_digest)
+        measure::hex(&launched.image_digest),
+        measure::hex(&config_digest)
     );
     if let Some(setup) = psp_setup {
         attach_emulated_psp(&mut platform, setup, measurement);
@@ -145,9 +150,7 @@ extern "C" fn svsm_main64(start_info: u32) -> ! {
     log::info!("guest loaded, entry {entry:#x}; secrets page {SECRETS_GPA:#x}, CAA {CAA_GPA:#x}; entering guest at VMPL1");
     log::info!("heap in use after boot: {} bytes", heap::used());
 
-    let vault = make_vault(VaultPolicy {
-        allow_plaintext_import: cmd.plaintext_import,
-    });
+    let vault = make_vault(VaultPolicy::from_launch_config(&launch_config));
     let mut svsm = Svsm::new(platform, vault, CAA_GPA);
     let stop = svsm.run();
     let stats = svsm.stats();
@@ -237,6 +240,38 @@ fn verdict(stop: GuestExit, svsm_region: PhysRange) -> u32 {
             log::error!("request loop ended on an SVSM call; stopping");
             exit::GUEST_STOPPED
         }
+    }
+}
+
+#[cfg(not(feature = "snp"))]
+/// The measured launch configuration from fw_cfg (the default one when there is
+/// none) and the digest the measurement folds in. A configuration that is present
+/// but malformed stops the SVSM: it must never run under a policy other than the
+/// one measured.
+fn launch_config() -> (LaunchConfig, [u8; 48]) {
+    match fw_cfg::read_file(launch_config::FW_CFG_NAME) {
+        Ok(bytes) => match LaunchConfig::parse(&bytes) {
+            Ok(config) => {
+                log::info!(
+                    "launch configuration from fw_cfg: policy {:#x}, owner key {}",
+                    config.policy.bits(),
+                    if config.owner_key.is_some() {
+                        "set"
+                    } else {
+                        "none"
+                    }
+                );
+                (config, launch_config::digest(&bytes))
+            }
+            Err(e) => cpu::fatal(format_args!("{e}")),
+        },
+        Err(fw_cfg::FwCfgError::NotFound | fw_cfg::FwCfgError::NoDevice) => {
+            log::info!(
+                "no launch configuration in fw_cfg: the default (everything refused, no owner key)"
+            );
+            (LaunchConfig::DEFAULT, LaunchConfig::DEFAULT.digest())
+        }
+        Err(e) => cpu::fatal(format_args!("launch configuration: fw_cfg: {e:?}")),
     }
 }
 
@@ -377,9 +412,8 @@ fn make_vault(policy: VaultPolicy) -> Option<FirmwareVault> {
     }
     match Vault::new(CpuEntropy(sources), policy) {
         Ok(vault) => {
-            // The policy comes from the command line, which the launch measurement
-            // does not cover; the vHSM manifest reports it (policy flags), so
-            // attestation evidence shows it.
+            // The policy comes from the measured launch configuration; the vHSM
+            // manifest reports it too (policy flags and the configuration's digest).
             log::info!(
                 "vHSM ready: protocol {:#x} v{}, entropy {}, plaintext import {} (manifest policy flags {:#x})",
                 nitride_protocol::svsm::protocol::VHSM,

@@ -10,11 +10,15 @@
 //!                         (memsz > 0), in increasing address order:
 //!                           u64 LE vaddr || u64 LE memsz || memsz bytes as loaded )
 //! guest_digest = SHA-384( the PVH module (guest image) bytes, exactly as passed )
-//! measurement  = SHA-384( dev_psp::MEASUREMENT_DOMAIN || svsm_digest || guest_digest )
+//! config_digest = SHA-384( the launch configuration, as passed in fw_cfg, or the
+//!                         default one's 116 bytes when none is )
+//! measurement  = SHA-384( dev_psp::MEASUREMENT_DOMAIN || svsm_digest || guest_digest
+//!                         || config_digest )
 //! ```
 //!
 //! Only the SVSM's code and read-only data are covered (they never change at run
-//! time); its writable data, its command line and the guest command line are not.
+//! time), and the launch configuration (the vault policy and the owner key); its
+//! writable data, its command line and the guest command line are not.
 
 use nitride_protocol::emulated::dev_psp::MEASUREMENT_DOMAIN;
 use sha2::{Digest, Sha384};
@@ -67,12 +71,13 @@ pub fn guest_digest(image: &[u8]) -> Digest384 {
     Sha384::digest(image).into()
 }
 
-/// The launch measurement from the two digests.
-pub fn launch_measurement(svsm: &Digest384, guest: &Digest384) -> Digest384 {
+/// The launch measurement from the three digests.
+pub fn launch_measurement(svsm: &Digest384, guest: &Digest384, config: &Digest384) -> Digest384 {
     let mut h = Sha384::new();
     h.update(MEASUREMENT_DOMAIN);
     h.update(svsm);
     h.update(guest);
+    h.update(config);
     h.finalize().into()
 }
 
@@ -151,10 +156,11 @@ mod tests {
 
     #[test]
     fn measurement_is_domain_separated_and_ordered() {
-        let (s, g) = ([1u8; 48], [2u8; 48]);
-        let m = launch_measurement(&s, &g);
-        assert_eq!(m, sha384(&[b"nitride emulated launch v1\0", &s, &g]));
-        assert_ne!(m, launch_measurement(&g, &s));
+        let (s, g, c) = ([1u8; 48], [2u8; 48], [3u8; 48]);
+        let m = launch_measurement(&s, &g, &c);
+        assert_eq!(m, sha384(&[b"nitride emulated launch v2\0", &s, &g, &c]));
+        assert_ne!(m, launch_measurement(&g, &s, &c));
+        assert_ne!(m, launch_measurement(&s, &g, &[4u8; 48]));
         assert_eq!(guest_digest(b"abc"), sha384(&[b"abc"]));
         assert_eq!(&hex(&[0xAB; 48])[..4], "abab");
         assert_eq!(hex(&m).len(), 96);

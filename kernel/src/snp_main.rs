@@ -2,8 +2,9 @@
 //! `.bss` (`docs/real-snp.md`).
 //!
 //! 1. CPU tables (the #VC handler), SEV_STATUS (SEV, SEV-ES and SNP, or the VM is
-//!    terminated), the CPUID page for CPUID, the measured launch configuration, the
-//!    host's memory map;
+//!    terminated), the CPUID page for CPUID, the measured image layout (the SNP
+//!    launch configuration page), the vault's measured launch configuration page,
+//!    the host's memory map;
 //! 2. the SVSM's own page tables (W^X, C-bit, the GHCB and the guest-request pages
 //!    shared), the GHCB, the log, the heap;
 //! 3. the guest: its fixed pages validated, written and granted to its VMPL, its
@@ -31,6 +32,7 @@ use nitride_kernel::platform::snp::memmap;
 use nitride_kernel::psp::PspClient;
 use nitride_kernel::svsm::Svsm;
 use nitride_protocol::emulated::exit;
+use nitride_protocol::launch_config::LaunchConfig as VaultLaunchConfig;
 use nitride_protocol::snp::ghcb::{ap, nae, off};
 use nitride_protocol::snp::launch::{gpa, LaunchConfig};
 use nitride_protocol::svsm::secrets;
@@ -86,6 +88,7 @@ extern "C" fn svsm_snp_main64() -> ! {
         Err(_) => insn::terminate(early_failure::MEMORY_MAP),
     };
     let cmdline_page = boot::launch_page(gpa::CMDLINE);
+    let vault_config_page = boot::launch_page(gpa::VAULT_CONFIG);
     let snp_secrets = Zeroizing::new(boot::launch_page(gpa::SECRETS));
     let enc = 1u64 << c_bit;
     let (psp_start, psp_end) = psp_channel::shared_range();
@@ -154,6 +157,7 @@ extern "C" fn svsm_snp_main64() -> ! {
     }
     let svsm_digest =
         image::svsm_digest().unwrap_or_else(|e| cpu::fatal(format_args!("SVSM image: {e:?}")));
+    let vault_config = vault_config(&vault_config_page);
 
     let guest_vmpl = config.guest_vmpl;
     let sev_features = sev_status >> 2;
@@ -209,13 +213,35 @@ extern "C" fn svsm_snp_main64() -> ! {
     );
     log::info!("heap in use after boot: {} bytes", heap::used());
 
-    let vault = crate::make_vault(VaultPolicy {
-        allow_plaintext_import: cmd.plaintext_import,
-    });
+    let vault = crate::make_vault(VaultPolicy::from_launch_config(&vault_config));
     let mut svsm = Svsm::new(platform, vault, layout::CAA);
     let stop = svsm.run();
     log::error!("request loop ended: {stop:?}");
     cpu::exit_with(exit::GUEST_STOPPED)
+}
+
+/// The vault's measured launch configuration from its page of the IGVM image
+/// (`gpa::VAULT_CONFIG`; all zero: the default one). Measured with the rest of the
+/// image, so MEASUREMENT shows it. A page that does not decode stops the SVSM: it
+/// must never run under a policy other than the one measured.
+fn vault_config(page: &[u8; 4096]) -> VaultLaunchConfig {
+    match VaultLaunchConfig::from_page(page) {
+        Ok((config, digest)) => {
+            log::info!(
+                "launch configuration (measured page {:#x}): policy {:#x}, owner key {}, digest {}",
+                gpa::VAULT_CONFIG,
+                config.policy.bits(),
+                if config.owner_key.is_some() {
+                    "set"
+                } else {
+                    "none"
+                },
+                measure::hex(&digest)
+            );
+            config
+        }
+        Err(e) => cpu::fatal(format_args!("{e}")),
+    }
 }
 
 /// Why the guest could not be set up.

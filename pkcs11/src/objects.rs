@@ -8,6 +8,9 @@ use pkcs11_sys::*;
 
 /// DER of the P-384 curve OID (1.3.132.0.34), CKA_EC_PARAMS of P-384 keys.
 pub const P384_PARAMS: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
+/// DER of the P-256 curve OID (prime256v1, 1.2.840.10045.3.1.7), CKA_EC_PARAMS of
+/// P-256 keys.
+pub const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
 /// DER of id-Ed25519 (1.3.101.112, RFC 8410), CKA_EC_PARAMS of Ed25519 keys.
 pub const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
 /// Other encodings of the Ed25519 curve clients send in templates: the printable
@@ -23,6 +26,11 @@ pub const ED25519_PARAMS_ALT: &[&[u8]] = &[
 const P384_SPKI_PREFIX: &[u8] = &[
     0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01, 0x06, 0x05, 0x2B,
     0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
+];
+/// The DER prefix of a P-256 SubjectPublicKeyInfo up to the uncompressed point.
+const P256_SPKI_PREFIX: &[u8] = &[
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01, 0x06, 0x08, 0x2A,
+    0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo up to the 32-byte key.
 const ED25519_SPKI_PREFIX: &[u8] = &[
@@ -66,14 +74,17 @@ pub fn cka_id(id: u32) -> Vec<u8> {
 
 /// Whether a vault key type has a public half.
 pub fn is_asymmetric(t: KeyType) -> bool {
-    matches!(t, KeyType::EcdsaP384 | KeyType::Ed25519)
+    matches!(
+        t,
+        KeyType::EcdsaP384 | KeyType::Ed25519 | KeyType::EcdsaP256 | KeyType::EcdhP256
+    )
 }
 
 /// CKA_KEY_TYPE of a vault key type.
 pub fn ck_key_type(t: KeyType) -> CK_KEY_TYPE {
     match t {
         KeyType::Aes256 => CKK_AES,
-        KeyType::EcdsaP384 => CKK_EC,
+        KeyType::EcdsaP384 | KeyType::EcdsaP256 | KeyType::EcdhP256 => CKK_EC,
         KeyType::Ed25519 => CKK_EC_EDWARDS,
         KeyType::HmacSha384 => CKK_GENERIC_SECRET,
     }
@@ -83,7 +94,7 @@ pub fn ck_key_type(t: KeyType) -> CK_KEY_TYPE {
 pub fn gen_mechanism(t: KeyType) -> CK_MECHANISM_TYPE {
     match t {
         KeyType::Aes256 => CKM_AES_KEY_GEN,
-        KeyType::EcdsaP384 => CKM_EC_KEY_PAIR_GEN,
+        KeyType::EcdsaP384 | KeyType::EcdsaP256 | KeyType::EcdhP256 => CKM_EC_KEY_PAIR_GEN,
         KeyType::Ed25519 => CKM_EC_EDWARDS_KEY_PAIR_GEN,
         KeyType::HmacSha384 => CKM_GENERIC_SECRET_KEY_GEN,
     }
@@ -94,6 +105,7 @@ pub fn gen_mechanism(t: KeyType) -> CK_MECHANISM_TYPE {
 pub fn point_from_spki(t: KeyType, spki: &[u8]) -> Option<&[u8]> {
     let (prefix, len) = match t {
         KeyType::EcdsaP384 => (P384_SPKI_PREFIX, 97),
+        KeyType::EcdsaP256 | KeyType::EcdhP256 => (P256_SPKI_PREFIX, 65),
         KeyType::Ed25519 => (ED25519_SPKI_PREFIX, 32),
         KeyType::Aes256 | KeyType::HmacSha384 => return None,
     };
@@ -218,6 +230,7 @@ impl Object {
             CKA_VALUE_LEN if !asym => ulong(kt.material_len() as CK_ULONG),
             CKA_EC_PARAMS if asym => match kt {
                 KeyType::EcdsaP384 => P384_PARAMS.to_vec(),
+                KeyType::EcdsaP256 | KeyType::EcdhP256 => P256_PARAMS.to_vec(),
                 _ => ED25519_PARAMS.to_vec(),
             },
             CKA_EC_POINT if public => {

@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::objects::{
     self, from_handle, handle, is_asymmetric, AttrValue, Half, Object, ED25519_PARAMS,
-    ED25519_PARAMS_ALT, P384_PARAMS,
+    ED25519_PARAMS_ALT, P256_PARAMS, P384_PARAMS,
 };
 
 /// A `CK_RV` error.
@@ -32,7 +32,7 @@ pub type Template = [(CK_ATTRIBUTE_TYPE, Vec<u8>)];
 pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
     (
         CKM_EC_KEY_PAIR_GEN,
-        384,
+        256,
         384,
         CKF_GENERATE_KEY_PAIR | CKF_EC_F_P | CKF_EC_OID | CKF_EC_UNCOMPRESS,
     ),
@@ -46,13 +46,19 @@ pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
     (CKM_GENERIC_SECRET_KEY_GEN, 48, 48, CKF_GENERATE),
     (
         CKM_ECDSA,
+        256,
         384,
+        CKF_SIGN | CKF_VERIFY | CKF_EC_F_P | CKF_EC_OID | CKF_EC_UNCOMPRESS,
+    ),
+    (
+        CKM_ECDSA_SHA256,
+        256,
         384,
         CKF_SIGN | CKF_VERIFY | CKF_EC_F_P | CKF_EC_OID | CKF_EC_UNCOMPRESS,
     ),
     (
         CKM_ECDSA_SHA384,
-        384,
+        256,
         384,
         CKF_SIGN | CKF_VERIFY | CKF_EC_F_P | CKF_EC_OID | CKF_EC_UNCOMPRESS,
     ),
@@ -331,6 +337,59 @@ fn secret_type(w: &Wanted) -> Result<KeyType, Rv> {
 /// Non-exportable unless CKA_EXTRACTABLE is true. Persistent: every object is a token
 /// object (CKA_TOKEN true), so the vault seals it into its state and a restart that
 /// restores the state brings it back under the same CKA_ID (docs/sealing.md).
+/// Whether the vault's own Sign computes the hash of ECDSA mechanism `mech` for a
+/// key of type `kt` (SHA-384 for P-384, SHA-256 for P-256): the module then passes
+/// the message, otherwise it hashes and uses SignDigest.
+fn vault_hashes(mech: CK_MECHANISM_TYPE, kt: KeyType) -> bool {
+    matches!(
+        (mech, kt),
+        (CKM_ECDSA_SHA384, KeyType::EcdsaP384) | (CKM_ECDSA_SHA256, KeyType::EcdsaP256)
+    )
+}
+
+/// The digest an ECDSA mechanism signs: the data itself for raw CKM_ECDSA (which
+/// must have a digest's length), else its SHA-256 or SHA-384.
+fn ecdsa_digest(mech: CK_MECHANISM_TYPE, data: &[u8]) -> Result<Vec<u8>, Rv> {
+    use sha2::Digest as _;
+    match mech {
+        CKM_ECDSA => {
+            if !(nitride_protocol::vhsm::MIN_DIGEST_LEN..=nitride_protocol::vhsm::MAX_DIGEST_LEN)
+                .contains(&data.len())
+            {
+                return Err(CKR_DATA_LEN_RANGE);
+            }
+            Ok(data.to_vec())
+        }
+        CKM_ECDSA_SHA256 => Ok(sha2::Sha256::digest(data).to_vec()),
+        CKM_ECDSA_SHA384 => Ok(sha2::Sha384::digest(data).to_vec()),
+        _ => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// The vault's DER ECDSA signature as PKCS#11's raw `r || s`.
+fn ecdsa_der_to_raw(kt: KeyType, der: &[u8]) -> Result<Vec<u8>, Rv> {
+    match kt {
+        KeyType::EcdsaP384 => p384::ecdsa::Signature::from_der(der).map(|s| s.to_bytes().to_vec()),
+        KeyType::EcdsaP256 => p256::ecdsa::Signature::from_der(der).map(|s| s.to_bytes().to_vec()),
+        _ => return Err(CKR_KEY_TYPE_INCONSISTENT),
+    }
+    .map_err(|_| CKR_DEVICE_ERROR)
+}
+
+/// A caller's raw `r || s` (the curve's length exactly) as DER.
+fn ecdsa_raw_to_der(kt: KeyType, raw: &[u8]) -> Result<Vec<u8>, Rv> {
+    match kt {
+        KeyType::EcdsaP384 => {
+            p384::ecdsa::Signature::from_slice(raw).map(|s| s.to_der().as_bytes().to_vec())
+        }
+        KeyType::EcdsaP256 => {
+            p256::ecdsa::Signature::from_slice(raw).map(|s| s.to_der().as_bytes().to_vec())
+        }
+        _ => return Err(CKR_KEY_TYPE_INCONSISTENT),
+    }
+    .map_err(|_| CKR_SIGNATURE_LEN_RANGE)
+}
+
 fn vault_template(
     kt: KeyType,
     on: KeyUsage,
@@ -628,9 +687,12 @@ impl Token {
         Ok(handle(a.key_id.get(), Half::Secret))
     }
 
-    /// C_GenerateKeyPair: P-384 (CKM_EC_KEY_PAIR_GEN, CKA_EC_PARAMS the P-384 OID)
-    /// or Ed25519 (CKM_EC_EDWARDS_KEY_PAIR_GEN). The label is the private
-    /// template's, else the public one's. Returns (public, private).
+    /// C_GenerateKeyPair: P-384 or P-256 (CKM_EC_KEY_PAIR_GEN, CKA_EC_PARAMS the
+    /// curve's OID) or Ed25519 (CKM_EC_EDWARDS_KEY_PAIR_GEN). A P-256 pair whose
+    /// private template asks for CKA_DERIVE and not CKA_SIGN is an ECDH key
+    /// (the vault's EcdhP256, used by its Agree operation; PKCS#11 ECDH1_DERIVE is
+    /// not offered, see docs/pkcs11.md); other P-256 pairs are ECDSA keys. The label
+    /// is the private template's, else the public one's. Returns (public, private).
     pub fn generate_key_pair(
         &mut self,
         h: CK_SESSION_HANDLE,
@@ -648,7 +710,15 @@ impl Token {
         let kt = match mech.kind() {
             CKM_EC_KEY_PAIR_GEN => match params {
                 Some(p) if p == P384_PARAMS => KeyType::EcdsaP384,
-                // P-256 arrives with h-prov's key types (issue 12): pending.
+                Some(p) if p == P256_PARAMS => {
+                    if ws.usage_on.contains(KeyUsage::DERIVE)
+                        && !ws.usage_on.contains(KeyUsage::SIGN)
+                    {
+                        KeyType::EcdhP256
+                    } else {
+                        KeyType::EcdsaP256
+                    }
+                }
                 Some(_) => return Err(CKR_CURVE_NOT_SUPPORTED),
                 None => return Err(CKR_TEMPLATE_INCOMPLETE),
             },
@@ -661,11 +731,7 @@ impl Token {
             },
             _ => return Err(CKR_MECHANISM_INVALID),
         };
-        let expect = if kt == KeyType::EcdsaP384 {
-            CKK_EC
-        } else {
-            CKK_EC_EDWARDS
-        };
+        let expect = objects::ck_key_type(kt);
         for w in [&wp, &ws] {
             if w.key_type.is_some_and(|k| k != expect) {
                 return Err(CKR_TEMPLATE_INCONSISTENT);
@@ -677,10 +743,16 @@ impl Token {
             return Err(CKR_TEMPLATE_INCONSISTENT);
         }
         // Each half's usage attributes only mean something on that half. CKA_DERIVE
-        // (ECDH), which pkcs11-tool asks for on every EC pair, is not granted: the
-        // objects then show CKA_DERIVE false (ECDH arrives with P-256, issue 12).
-        let on = (ws.usage_on & KeyUsage::SIGN) | (wp.usage_on & KeyUsage::VERIFY);
-        let off = (ws.usage_off & KeyUsage::SIGN) | (wp.usage_off & KeyUsage::VERIFY);
+        // (ECDH), which pkcs11-tool asks for on every EC pair, is granted only to an
+        // ECDH key; a signing pair then shows CKA_DERIVE false.
+        let (on, off) = if kt == KeyType::EcdhP256 {
+            (KeyUsage::DERIVE, KeyUsage::empty())
+        } else {
+            (
+                (ws.usage_on & KeyUsage::SIGN) | (wp.usage_on & KeyUsage::VERIFY),
+                (ws.usage_off & KeyUsage::SIGN) | (wp.usage_off & KeyUsage::VERIFY),
+            )
+        };
         if !(ws.usage_on | wp.usage_on)
             .difference(on | KeyUsage::DERIVE)
             .is_empty()
@@ -744,7 +816,9 @@ impl Token {
         }
         let (id, kt) = self.key(key, verify)?;
         let ok = match mech {
-            Mechanism::Plain(CKM_ECDSA | CKM_ECDSA_SHA384) => kt == KeyType::EcdsaP384,
+            Mechanism::Plain(CKM_ECDSA | CKM_ECDSA_SHA256 | CKM_ECDSA_SHA384) => {
+                matches!(kt, KeyType::EcdsaP384 | KeyType::EcdsaP256)
+            }
             Mechanism::Plain(CKM_EDDSA) => kt == KeyType::Ed25519,
             Mechanism::Plain(CKM_SHA384_HMAC) => kt == KeyType::HmacSha384,
             Mechanism::Plain(_) => return Err(CKR_MECHANISM_INVALID),
@@ -814,8 +888,8 @@ impl Token {
                     }
                     op.data.extend_from_slice(d);
                 }
-                let (mech, key, msg) = (op.mechanism, op.key, op.data.clone());
-                match self.vault_sign(mech, key, &msg) {
+                let (mech, key, kt, msg) = (op.mechanism, op.key, op.key_type, op.data.clone());
+                match self.vault_sign(mech, key, kt, &msg) {
                     Ok(r) => r,
                     Err(e) => {
                         self.session(h)?.sign = None;
@@ -850,25 +924,20 @@ impl Token {
         &mut self,
         mech: CK_MECHANISM_TYPE,
         key: u32,
+        kt: KeyType,
         msg: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, Rv> {
-        match mech {
-            CKM_ECDSA => {
-                if !(nitride_protocol::vhsm::MIN_DIGEST_LEN
-                    ..=nitride_protocol::vhsm::MAX_DIGEST_LEN)
-                    .contains(&msg.len())
-                {
-                    return Err(CKR_DATA_LEN_RANGE);
-                }
-                self.vault(|c| c.sign_digest(key, msg)).map(Zeroizing::new)
-            }
-            CKM_ECDSA_SHA384 => {
-                let der = self.vault(|c| c.sign(key, msg))?;
-                let sig = p384::ecdsa::Signature::from_der(&der).map_err(|_| CKR_DEVICE_ERROR)?;
-                Ok(Zeroizing::new(sig.to_bytes().to_vec()))
-            }
-            _ => self.vault(|c| c.sign(key, msg)).map(Zeroizing::new),
+        if !matches!(mech, CKM_ECDSA | CKM_ECDSA_SHA256 | CKM_ECDSA_SHA384) {
+            return self.vault(|c| c.sign(key, msg)).map(Zeroizing::new);
         }
+        if vault_hashes(mech, kt) {
+            // The vault's Sign hashes with this curve's hash: it sees the message.
+            let der = self.vault(|c| c.sign(key, msg))?;
+            return ecdsa_der_to_raw(kt, &der).map(Zeroizing::new);
+        }
+        let digest = ecdsa_digest(mech, msg)?;
+        self.vault(|c| c.sign_digest(key, &digest))
+            .map(Zeroizing::new)
     }
 
     /// C_Verify (`data` = Some) or C_VerifyFinal (None). CKM_ECDSA is checked here
@@ -889,24 +958,41 @@ impl Token {
         }
         let key = op.key;
         match op.mechanism {
-            CKM_ECDSA | CKM_ECDSA_SHA384 => {
-                if op.key_type != KeyType::EcdsaP384 {
-                    return Err(CKR_KEY_TYPE_INCONSISTENT);
-                }
-                let sig = p384::ecdsa::Signature::from_slice(signature)
-                    .map_err(|_| CKR_SIGNATURE_LEN_RANGE)?;
-                if op.mechanism == CKM_ECDSA_SHA384 {
-                    let der = sig.to_der();
+            CKM_ECDSA | CKM_ECDSA_SHA384 | CKM_ECDSA_SHA256 => {
+                let kt = op.key_type;
+                let der = ecdsa_raw_to_der(kt, signature)?;
+                if vault_hashes(op.mechanism, kt) {
                     let msg = op.data.clone();
-                    return self.vault(|c| c.verify(key, &msg, der.as_bytes()));
+                    return self.vault(|c| c.verify(key, &msg, &der));
                 }
+                // A digest the vault does not compute itself: checked here against
+                // the public key (the vault's Verify takes messages only).
+                let digest = ecdsa_digest(op.mechanism, &op.data)?;
                 let spki = self.vault(|c| c.public_key(key))?;
-                let point =
-                    objects::point_from_spki(KeyType::EcdsaP384, &spki).ok_or(CKR_DEVICE_ERROR)?;
-                let vk = p384::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                    .map_err(|_| CKR_DEVICE_ERROR)?;
-                vk.verify_prehash(&op.data, &sig)
-                    .map_err(|_| CKR_SIGNATURE_INVALID)
+                let point = objects::point_from_spki(kt, &spki).ok_or(CKR_DEVICE_ERROR)?;
+                let ok = match kt {
+                    KeyType::EcdsaP384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(point)
+                        .map_err(|_| CKR_DEVICE_ERROR)?
+                        .verify_prehash(
+                            &digest,
+                            &p384::ecdsa::Signature::from_der(&der)
+                                .map_err(|_| CKR_SIGNATURE_LEN_RANGE)?,
+                        )
+                        .is_ok(),
+                    _ => p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
+                        .map_err(|_| CKR_DEVICE_ERROR)?
+                        .verify_prehash(
+                            &digest,
+                            &p256::ecdsa::Signature::from_der(&der)
+                                .map_err(|_| CKR_SIGNATURE_LEN_RANGE)?,
+                        )
+                        .is_ok(),
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(CKR_SIGNATURE_INVALID)
+                }
             }
             _ => {
                 let msg = op.data.clone();

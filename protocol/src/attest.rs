@@ -34,7 +34,7 @@ use crate::vhsm::{KeyAttributes, KeyType, KeyUsage, Origin, VmplSet, MAX_LABEL_L
 mod public_key;
 pub mod report_data;
 
-pub use public_key::{check_spki, ED25519_SPKI_LEN, P384_SPKI_LEN};
+pub use public_key::{check_spki, ED25519_SPKI_LEN, P256_SPKI_LEN, P384_SPKI_LEN};
 
 /// Call numbers of protocol 1.
 pub mod attest_call {
@@ -445,10 +445,11 @@ impl<'a> ManifestTable<'a> {
 /// Magic of the vHSM's service manifest.
 pub const VHSM_MANIFEST_MAGIC: [u8; 8] = *b"NTRDVHSM";
 /// Version of the vHSM manifest layout. Version 2 appended the vault policy and the
-/// audit log's count and chain to the header.
-pub const VHSM_MANIFEST_VERSION: u32 = 2;
+/// audit log's count and chain to the header; version 3 the digest of the measured
+/// launch configuration.
+pub const VHSM_MANIFEST_VERSION: u32 = 3;
 
-/// Head of the vHSM's service manifest (96 bytes). Followed by the vault identity
+/// Head of the vHSM's service manifest (144 bytes). Followed by the vault identity
 /// key (SPKI DER, `identity_len` bytes), then `key_count` records of
 /// [`ManifestKeyHead`] + that key's SPKI DER (empty for symmetric keys).
 #[derive(
@@ -485,8 +486,11 @@ pub struct VhsmManifestHeader {
     /// The audit chain value after that entry (`vhsm::AuditEntry::chain`; zeros when
     /// none was recorded).
     pub audit_chain: [u8; 48],
+    /// SHA-384 of the measured launch configuration the vault runs under
+    /// (`launch_config::digest`): its policy and owner key. Version 3.
+    pub launch_config: [u8; 48],
 }
-const _: () = assert!(size_of::<VhsmManifestHeader>() == 96);
+const _: () = assert!(size_of::<VhsmManifestHeader>() == 144);
 
 impl Default for VhsmManifestHeader {
     fn default() -> Self {
@@ -1003,7 +1007,7 @@ pub(crate) mod tests {
         ];
         let bytes = vhsm_manifest(&keys);
         assert_eq!(&bytes[..8], b"NTRDVHSM");
-        assert_eq!(bytes.len(), 96 + 120 + 3 * 52 + 120 + 44);
+        assert_eq!(bytes.len(), 144 + 120 + 3 * 52 + 120 + 44);
         let m = VhsmManifest::parse(&bytes).unwrap();
         assert_eq!(m.identity, &p384_spki(0x11)[..]);
         assert_eq!(m.header.key_count.get(), 3);

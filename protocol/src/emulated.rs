@@ -159,8 +159,10 @@ pub mod dev_psp {
         pub chip_secret: [u8; 32],
         /// Length of the certificate table that follows.
         pub cert_table_len: U32,
-        /// Zero.
-        pub reserved: U32,
+        /// How the guest was launched: [`LAUNCH_DEBUG`] or zero; other bits must be
+        /// zero (this was a reserved zero field before, so older blobs read as a
+        /// launch without debugging).
+        pub launch_flags: U32,
         /// The chip's TCB_VERSION: what its reports carry as the current, reported,
         /// committed and launch TCB, and the highest TCB KEY_REQ derives at. The
         /// runner writes [`TCB_VERSION`], which the development VCEK certificate
@@ -215,14 +217,24 @@ pub mod dev_psp {
     pub const REPORT_VERSION: u32 = 3;
     /// Guest policy in the report: SMT allowed, reserved bit 17 set, not debug.
     pub const GUEST_POLICY: u64 = (1 << 16) | (1 << 17);
+    /// The guest policy's DEBUG bit (bit 19: the host may debug the guest, so read
+    /// its memory).
+    pub const POLICY_DEBUG: u64 = 1 << 19;
+    /// [`BlobHeader::launch_flags`]: play a launch whose policy allows debugging
+    /// (the reports' and the key derivations' policy is [`GUEST_POLICY`] with
+    /// [`POLICY_DEBUG`]); a relying party must refuse such a guest.
+    pub const LAUNCH_DEBUG: u32 = 1;
     /// PSP firmware version (build, minor, major) in the report.
     pub const FIRMWARE_VERSION: [u8; 3] = [21, 55, 1];
 
     /// Domain string of the launch measurement: MEASUREMENT =
-    /// SHA-384(MEASUREMENT_DOMAIN || svsm_digest || guest_digest), where svsm_digest
-    /// is SHA-384 over the SVSM ELF's non-writable PT_LOAD segments in address order,
-    /// each as `u64 LE vaddr || u64 LE memsz || its memsz bytes as loaded`, and
-    /// guest_digest is SHA-384 of the guest image (PVH module) bytes. See
-    /// `docs/emulated-platform.md` ("Launch measurement").
-    pub const MEASUREMENT_DOMAIN: &[u8] = b"nitride emulated launch v1\0";
+    /// SHA-384(MEASUREMENT_DOMAIN || svsm_digest || guest_digest || config_digest),
+    /// where svsm_digest is SHA-384 over the SVSM ELF's non-writable PT_LOAD segments
+    /// in address order, each as `u64 LE vaddr || u64 LE memsz || its memsz bytes as
+    /// loaded`, guest_digest is SHA-384 of the guest image (PVH module) bytes, and
+    /// config_digest is SHA-384 of the launch configuration
+    /// (`launch_config::digest`; the default one's when none is passed). See
+    /// `docs/emulated-platform.md` ("Launch measurement"). Version 2 added the
+    /// launch configuration.
+    pub const MEASUREMENT_DOMAIN: &[u8] = b"nitride emulated launch v2\0";
 }

@@ -9,6 +9,8 @@
 //! - [`attest`]: the SVSM attestation protocol, the services manifest, the vHSM's
 //!   manifest entry and the AttestKey key binding.
 //! - [`emulated`]: the emulated platform's guest contract (addresses, ports, exit codes).
+//! - [`launch_config`]: the measured launch configuration (vault policy, owner key).
+//! - [`provision`]: the owner's envelope and the KBS runtime-data bytes.
 //! - [`relay`]: framing between host tools and the relay guest.
 //! - [`sealed`]: the sealed blob format (Seal, the vault's persistent state).
 //! - [`snp`]: SEV-SNP attestation report, certificate table and guest-message layouts.
@@ -22,6 +24,8 @@ extern crate std;
 
 pub mod attest;
 pub mod emulated;
+pub mod launch_config;
+pub mod provision;
 pub mod relay;
 pub mod sealed;
 pub mod snp;

@@ -234,6 +234,22 @@ wire_enum! {
         ExportState = 19,
         /// Restore a state blob into an empty vault.
         ImportState = 20,
+        // Provisioning (24-31).
+        /// Provisioning (issue 12), step 1: start a session with a KBS challenge
+        /// nonce. The vault makes an ephemeral P-256 ECDH key, builds the RFC 8785
+        /// runtime-data bytes around the nonce and its JWK, and returns them with a
+        /// VMPL0 report whose REPORT_DATA is their SHA-384, zero-padded
+        /// (`attest::report_data::kbs_runtime_data`). A new Begin ends any session
+        /// still open.
+        ProvisionBegin = 24,
+        /// Provisioning, step 2: the flattened JWE the KBS released, decrypted inside
+        /// the vault with the session's key (which then dies, whatever the outcome).
+        /// Its plaintext is the owner-signed envelope (`provision::Envelope`),
+        /// which sets every attribute of the new key.
+        ProvisionFinish = 25,
+        /// ECDH P-256: the shared secret of an ECDH key and a peer's public key, run
+        /// through HKDF-SHA-384 into a new vault key.
+        Agree = 26,
         // --- PKCS#11 support (issue 16): operations 32-39. ---
         /// Sign a caller-computed digest with an ECDSA key (PKCS#11 CKM_ECDSA); the
         /// signature is raw `r || s`.
@@ -304,6 +320,18 @@ wire_enum! {
         /// ImportState of a state blob older (lower generation) than one already
         /// imported or exported in this boot.
         StateRollback = 23,
+        // Provisioning (27-34).
+        /// ProvisionFinish without a session (none begun, or already finished).
+        NoSession = 27,
+        /// The JWE is malformed, not for this session's key, or fails to decrypt.
+        JweInvalid = 28,
+        /// The decrypted envelope is malformed, or its signature is not the
+        /// measured owner key's.
+        EnvelopeInvalid = 29,
+        /// The envelope is not signed and the measured launch configuration has no
+        /// owner key and does not allow unauthenticated secrets, or it is unsigned
+        /// while an owner key is configured.
+        Unauthenticated = 30,
     }
 }
 
@@ -318,6 +346,10 @@ wire_enum! {
         Ed25519 = 3,
         /// HMAC-SHA-384 with a 48-byte key: sign/verify (the MAC), derive.
         HmacSha384 = 4,
+        /// ECDSA over P-256 with SHA-256: sign/verify, public key.
+        EcdsaP256 = 5,
+        /// ECDH over P-256: agree (Agree) into a new key, public key.
+        EcdhP256 = 6,
     }
 }
 
@@ -326,7 +358,7 @@ impl KeyType {
     /// AES or HMAC key, the Ed25519 seed, or the big-endian P-384 scalar.
     pub const fn material_len(self) -> usize {
         match self {
-            Self::Aes256 | Self::Ed25519 => 32,
+            Self::Aes256 | Self::Ed25519 | Self::EcdsaP256 | Self::EcdhP256 => 32,
             Self::EcdsaP384 | Self::HmacSha384 => 48,
         }
     }
@@ -340,9 +372,10 @@ impl KeyType {
                 .union(KeyUsage::UNWRAP)
                 .union(KeyUsage::DERIVE)
                 .union(KeyUsage::ATTEST),
-            Self::EcdsaP384 | Self::Ed25519 => KeyUsage::SIGN
+            Self::EcdsaP384 | Self::Ed25519 | Self::EcdsaP256 => KeyUsage::SIGN
                 .union(KeyUsage::VERIFY)
                 .union(KeyUsage::ATTEST),
+            Self::EcdhP256 => KeyUsage::DERIVE.union(KeyUsage::ATTEST),
             Self::HmacSha384 => KeyUsage::SIGN
                 .union(KeyUsage::VERIFY)
                 .union(KeyUsage::DERIVE)
@@ -363,6 +396,13 @@ wire_enum! {
         Unwrapped = 3,
         /// Derived from another vault key.
         Derived = 4,
+        /// Provisioned from a KBS in an envelope signed by the owner key of the
+        /// measured launch configuration.
+        Provisioned = 5,
+        /// Provisioned from a KBS without an owner signature (only when the measured
+        /// launch configuration allows unauthenticated secrets): anyone who could
+        /// encrypt to the session's key may have chosen it.
+        ProvisionedUnauthenticated = 6,
     }
 }
 
@@ -407,14 +447,20 @@ bitflags! {
 bitflags! {
     /// The vault's policy as the vHSM manifest reports it
     /// (`attest::VhsmManifestHeader::policy_flags`, `u32`). The SVSM fixes the
-    /// policy when it starts, from its command line, which the launch measurement does
-    /// not cover: the manifest, which a VMPL0 report binds, is where a relying party
-    /// learns it.
+    /// policy when it starts, from the measured launch configuration
+    /// (`launch_config`), so both the launch measurement and the manifest show it.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct VaultPolicyFlags: u32 {
         /// Plaintext key material may be imported (`Import`); without it, keys enter
         /// the vault only generated, derived or unwrapped.
         const PLAINTEXT_IMPORT = 1 << 0;
+        /// Provisioning accepts envelopes no owner signed (origin
+        /// provisioned-unauthenticated); only without an owner key.
+        const UNAUTHENTICATED_PROVISIONING = 1 << 1;
+        /// An owner key is configured: provisioned envelopes must carry its
+        /// signature. The key itself is in the launch configuration, whose digest
+        /// the manifest carries.
+        const OWNER_KEY = 1 << 2;
     }
 }
 
@@ -868,7 +914,7 @@ pub enum Request<'a> {
     },
     /// `id key, bytes digest` (the digest [`MIN_DIGEST_LEN`]..=[`MAX_DIGEST_LEN`]
     /// bytes, else the vault answers InvalidParameter). Response body: the raw
-    /// signature `r || s`, each the curve's field size (96 bytes for P-384).
+    /// signature `r || s`, each the curve's field size (96 bytes for P-384, 64 for P-256).
     SignDigest {
         /// An ECDSA key with SIGN usage.
         key: u32,
@@ -891,7 +937,45 @@ pub enum Request<'a> {
         /// HKDF info.
         info: &'a [u8],
     },
+    /// `bytes nonce`: the KBS challenge nonce as the KBS sent it (the JSON string's
+    /// contents, at most [`MAX_KBS_NONCE_LEN`] bytes of the base64 alphabet).
+    /// Response body: `bytes runtime_data, bytes jwk, bytes report, bytes
+    /// certificates` ([`ProvisionEvidence`]).
+    ProvisionBegin {
+        /// The KBS nonce.
+        nonce: &'a [u8],
+    },
+    /// `bytes jwe`: the flattened JWE JSON the KBS released (at most
+    /// [`MAX_JWE_LEN`] bytes). Response body: the new key's [`KeyAttributes`].
+    ProvisionFinish {
+        /// The JWE.
+        jwe: &'a [u8],
+    },
+    /// `id key, KeyTemplate, bytes label, bytes peer, bytes salt, bytes info`.
+    Agree {
+        /// An ECDH P-256 key with DERIVE usage.
+        key: u32,
+        /// Properties of the new key.
+        template: KeyTemplate,
+        /// Label.
+        label: &'a [u8],
+        /// The peer's public key: a P-256 SPKI DER (91 bytes).
+        peer: &'a [u8],
+        /// HKDF salt.
+        salt: &'a [u8],
+        /// HKDF info.
+        info: &'a [u8],
+    },
 }
+
+/// Longest KBS nonce ProvisionBegin accepts (trustee sends 44: base64 of 32 bytes).
+pub const MAX_KBS_NONCE_LEN: usize = 128;
+
+/// Longest JWE ProvisionFinish accepts.
+pub const MAX_JWE_LEN: usize = 8 * 1024;
+
+/// Longest peer public key Agree accepts.
+pub const MAX_PEER_KEY_LEN: usize = 128;
 
 /// Largest ciphertext field accepted by Decrypt.
 pub const MAX_CIPHERTEXT_LEN: usize = GCM_NONCE_LEN + MAX_DATA_LEN + GCM_TAG_LEN;
@@ -928,6 +1012,9 @@ impl<'a> Request<'a> {
             Self::ImportState { .. } => Op::ImportState,
             Self::SignDigest { .. } => Op::SignDigest,
             Self::HkdfDerive { .. } => Op::HkdfDerive,
+            Self::ProvisionBegin { .. } => Op::ProvisionBegin,
+            Self::ProvisionFinish { .. } => Op::ProvisionFinish,
+            Self::Agree { .. } => Op::Agree,
         }
     }
 
@@ -1020,6 +1107,20 @@ impl<'a> Request<'a> {
                 parent: r.u32()?,
                 template: r.fixed()?,
                 label: r.bytes(MAX_LABEL_LEN)?,
+                salt: r.bytes(MAX_DERIVE_INPUT_LEN)?,
+                info: r.bytes(MAX_DERIVE_INPUT_LEN)?,
+            },
+            Op::ProvisionBegin => Self::ProvisionBegin {
+                nonce: r.bytes(MAX_KBS_NONCE_LEN)?,
+            },
+            Op::ProvisionFinish => Self::ProvisionFinish {
+                jwe: r.bytes(MAX_JWE_LEN)?,
+            },
+            Op::Agree => Self::Agree {
+                key: r.u32()?,
+                template: r.fixed()?,
+                label: r.bytes(MAX_LABEL_LEN)?,
+                peer: r.bytes(MAX_PEER_KEY_LEN)?,
                 salt: r.bytes(MAX_DERIVE_INPUT_LEN)?,
                 info: r.bytes(MAX_DERIVE_INPUT_LEN)?,
             },
@@ -1125,6 +1226,23 @@ impl<'a> Request<'a> {
                 w.bytes(data)
             }
             Self::Unseal { blob } | Self::ImportState { blob } => w.bytes(blob),
+            Self::ProvisionBegin { nonce } => w.bytes(nonce),
+            Self::ProvisionFinish { jwe } => w.bytes(jwe),
+            Self::Agree {
+                key,
+                template,
+                label,
+                peer,
+                salt,
+                info,
+            } => {
+                w.u32(key)?;
+                w.put(template.as_bytes())?;
+                w.bytes(label)?;
+                w.bytes(peer)?;
+                w.bytes(salt)?;
+                w.bytes(info)
+            }
         }
     }
 
@@ -1316,6 +1434,37 @@ pub struct ImportedState<'a> {
     pub resealed: Option<&'a [u8]>,
 }
 
+/// What ProvisionBegin returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProvisionEvidence<'a> {
+    /// The RFC 8785 runtime-data JSON the vault built; SHA-384 of it, zero-padded,
+    /// is REPORT_DATA.
+    pub runtime_data: &'a [u8],
+    /// The session's public key as the JWK inside the runtime data
+    /// (`{"alg","crv","kty","x","y"}`).
+    pub jwk: &'a [u8],
+    /// The attestation report (0x4A0 bytes).
+    pub report: &'a [u8],
+    /// The certificate table (`snp::certs`), empty when the platform has none.
+    pub certificates: &'a [u8],
+}
+
+impl<'a> Response<'a> {
+    /// A ProvisionBegin body: `bytes runtime_data, bytes jwk, bytes report, bytes
+    /// certificates`.
+    pub fn provision_evidence(&self) -> Result<ProvisionEvidence<'a>, WireError> {
+        let mut r = Reader::new(self.body);
+        let evidence = ProvisionEvidence {
+            runtime_data: r.bytes(MAX_RESPONSE_SIZE)?,
+            jwk: r.bytes(MAX_RESPONSE_SIZE)?,
+            report: r.bytes(MAX_RESPONSE_SIZE)?,
+            certificates: r.bytes(MAX_RESPONSE_SIZE)?,
+        };
+        r.finish()?;
+        Ok(evidence)
+    }
+}
+
 /// What AttestKey returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttestKeyEvidence<'a> {
@@ -1464,6 +1613,16 @@ mod tests {
                 key: 4,
                 nonce: &[0x6E; 64],
             },
+            Request::ProvisionBegin { nonce: b"bm9uY2U=" },
+            Request::ProvisionFinish { jwe: b"{}" },
+            Request::Agree {
+                key: 3,
+                template: t,
+                label: b"shared",
+                peer: &[4; 91],
+                salt: b"s",
+                info: b"i",
+            },
         ] {
             roundtrip(req);
         }
@@ -1575,8 +1734,10 @@ mod tests {
         }
         assert_eq!(Op::from_raw(0), None);
         assert_eq!(Op::from_raw(21), None);
+        assert_eq!(Op::from_raw(27), None);
         assert_eq!(Status::from_raw(24), None);
-        assert_eq!(KeyType::from_raw(5), None);
+        assert_eq!(Status::from_raw(31), None);
+        assert_eq!(KeyType::from_raw(7), None);
         assert_eq!(Origin::from_raw(0), None);
         assert!(VmplSet::VMPL2.contains_vmpl(2));
         assert!(!VmplSet::VMPL2.contains_vmpl(1));

@@ -595,7 +595,7 @@ fn build_blob(p: &Paths) -> Result<Zeroizing<Vec<u8>>, Error> {
             .try_into()
             .map_err(|_| Error::DevChain("chip secret is not 32 bytes".into()))?,
         cert_table_len: U32::new(u32::try_from(table.len()).unwrap_or(u32::MAX)),
-        reserved: U32::new(0),
+        launch_flags: U32::new(0),
         tcb_version: U64::new(dev_psp::TCB_VERSION),
     };
     let mut blob = Zeroizing::new(Vec::with_capacity(

@@ -383,8 +383,14 @@ pub const SVSM_REGION: (u64, u64) = (
 /// guest ELF (every page it loads, measured), the SNP secrets and CPUID pages, the
 /// command-line and memory-map parameter pages, the measured launch configuration
 /// ([`nitride_protocol::snp::launch::LaunchConfig`]: the SVSM region, the guest's
-/// VMPL, entry and pages), and the launch VMSA at the SVSM's 32-bit entry.
-pub fn build_svsm(svsm: &[u8], guest: &[u8]) -> Result<Vec<u8>, Error> {
+/// VMPL, entry and pages), the vault's measured launch configuration `vault_config`
+/// (the default one when `None`: the same page, so the same launch digest, as
+/// `Some(&LaunchConfig::DEFAULT)`) and the launch VMSA at the SVSM's 32-bit entry.
+pub fn build_svsm(
+    svsm: &[u8],
+    guest: &[u8],
+    vault_config: Option<&nitride_protocol::launch_config::LaunchConfig>,
+) -> Result<Vec<u8>, Error> {
     use nitride_protocol::snp::launch::{gpa, LaunchConfig};
     let svsm_loaded = load_elf_pages(svsm, true)?;
     let guest_loaded = load_elf(guest)?;
@@ -430,6 +436,9 @@ pub fn build_svsm(svsm: &[u8], guest: &[u8]) -> Result<Vec<u8>, Error> {
         }
     }
     pages.insert(gpa::LAUNCH_CONFIG, config.page().to_vec());
+    let vault_config =
+        vault_config.unwrap_or(&nitride_protocol::launch_config::LaunchConfig::DEFAULT);
+    pages.insert(gpa::VAULT_CONFIG, vault_config.to_page().to_vec());
     let flags = IgvmPageDataFlags::new();
     let mut directives = Vec::new();
     for (gpa, data) in pages {

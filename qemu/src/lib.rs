@@ -296,6 +296,9 @@ pub struct Boot {
     /// (default: the cached development chain's, generated on first boot; `None`
     /// boots a platform without a PSP).
     pub dev_psp: Option<PathBuf>,
+    /// The measured launch configuration (vault policy, owner key), passed as
+    /// fw_cfg file `opt/nitride/launch-config`; `None`: the default configuration.
+    pub launch_config: Option<PathBuf>,
 }
 
 impl Boot {
@@ -316,6 +319,7 @@ impl Boot {
             combined_log: None,
             relay_socket: None,
             dev_psp: Some(dev_psp_blob_path()),
+            launch_config: None,
         }
     }
 
@@ -413,6 +417,14 @@ impl Boot {
                 "name={},file={}",
                 dev_psp::FW_CFG_NAME,
                 blob.display()
+            ));
+        }
+        if let Some(config) = &self.launch_config {
+            a.push("-fw_cfg".into());
+            a.push(format!(
+                "name={},file={}",
+                nitride_protocol::launch_config::FW_CFG_NAME,
+                config.display()
             ));
         }
         if self.icount {
@@ -754,7 +766,7 @@ impl RunningVm {
         dir: &Path,
         svsm_args: &str,
     ) -> Result<Self, Error> {
-        Self::start_with_psp(svsm, relay_guest, dir, svsm_args, None)
+        Self::start_with_options(svsm, relay_guest, dir, svsm_args, None, None)
     }
 
     /// [`RunningVm::start`], handing the emulated PSP `dev_psp` (a dev-PSP blob: another
@@ -766,6 +778,43 @@ impl RunningVm {
         svsm_args: &str,
         dev_psp: Option<&Path>,
     ) -> Result<Self, Error> {
+        Self::start_with_options(svsm, relay_guest, dir, svsm_args, dev_psp, None)
+    }
+
+    /// [`RunningVm::start`] with a launch configuration file ([`Boot::launch_config`]).
+    pub fn start_with(
+        svsm: &Path,
+        relay_guest: &Path,
+        dir: &Path,
+        svsm_args: &str,
+        launch_config: Option<&Path>,
+    ) -> Result<Self, Error> {
+        Self::start_with_options(svsm, relay_guest, dir, svsm_args, None, launch_config)
+    }
+
+    /// [`RunningVm::start`] with another dev-PSP blob and/or a launch configuration.
+    pub fn start_with_options(
+        svsm: &Path,
+        relay_guest: &Path,
+        dir: &Path,
+        svsm_args: &str,
+        dev_psp: Option<&Path>,
+        launch_config: Option<&Path>,
+    ) -> Result<Self, Error> {
+        let mut boot = Boot::new(svsm, Some(relay_guest), "");
+        boot.svsm_args = svsm_args.to_string();
+        boot.launch_config = launch_config.map(Path::to_path_buf);
+        boot.ensure_inputs()?;
+        if let Some(blob) = dev_psp {
+            boot.dev_psp = Some(blob.to_path_buf());
+        }
+        Self::start_boot(boot, dir)
+    }
+
+    /// Start `boot` (the SVSM with the relay guest, and whatever else it sets, such
+    /// as `icount`) as a relay VM in `dir`: its console, SVSM log and relay socket
+    /// there.
+    pub fn start_boot(mut boot: Boot, dir: &Path) -> Result<Self, Error> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("vhsm.sock");
         let console = dir.join("console.log");
@@ -773,15 +822,10 @@ impl RunningVm {
         for f in [&socket, &console, &svsm_log] {
             let _ = std::fs::remove_file(f);
         }
-        let mut boot = Boot::new(svsm, Some(relay_guest), "");
-        boot.svsm_args = svsm_args.to_string();
         boot.console_file = Some(console.clone());
         boot.svsm_log = Some(svsm_log.clone());
         boot.relay_socket = Some(socket.clone());
         boot.ensure_inputs()?;
-        if let Some(blob) = dev_psp {
-            boot.dev_psp = Some(blob.to_path_buf());
-        }
         let child = Command::new(QEMU)
             .args(boot.qemu_args())
             .stdin(Stdio::null())

@@ -68,7 +68,8 @@ enum Task {
     /// Start the firmware with the relay guest in the background, for `nitride`
     #[command(
         after_help = "Examples:\n  cargo xtask up\n  nitride key list\n  cargo xtask down\n  \
-                            cargo xtask up --state vault.sealed   # keys that survive `down`"
+                            cargo xtask up --state vault.sealed   # keys that survive `down`\n  \
+                            cargo xtask up --launch-config launch-config.bin"
     )]
     Up(UpArgs),
     /// Stop the firmware started by `cargo xtask up`
@@ -80,6 +81,7 @@ enum Task {
     /// Print the launch measurement the firmware will report for a boot
     #[command(after_help = "Examples:\n  cargo xtask measure --guest relay\n  \
                             MEASUREMENT=$(cargo xtask measure --guest relay)\n  \
+                            cargo xtask measure --guest relay --launch-config launch-config.bin\n  \
                             cargo xtask measure --snp --guest relay")]
     Measure(MeasureArgs),
     /// Build an IGVM file for the SNP machine and check its launch digest three ways
@@ -108,6 +110,10 @@ struct UpArgs {
     /// back after every change (`nitride` does) and at `down` [default: no state]
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     state: Option<PathBuf>,
+    /// The measured launch configuration (`nitride owner launch-config`) [default: the
+    /// default configuration: no plaintext import, no owner key]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    launch_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -121,9 +127,13 @@ struct RunArgs {
     /// The guest's command line (the test guest takes mode=NAME) [default: none]
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     guest_args: Option<String>,
-    /// The SVSM's command line (e.g. nitride.plaintext_import=allow) [default: none]
+    /// The SVSM's command line (e.g. nitride.log=debug) [default: none]
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     svsm_args: Option<String>,
+    /// The measured launch configuration (`nitride owner launch-config`) [default: the
+    /// default configuration: no plaintext import, no owner key]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    launch_config: Option<PathBuf>,
     /// Deterministic instruction counting (-icount shift=0)
     #[arg(long)]
     icount: bool,
@@ -164,6 +174,9 @@ struct MeasureArgs {
     /// The SVSM ELF [default: the SVSM just built]
     #[arg(long, value_name = "ELF", value_hint = clap::ValueHint::FilePath)]
     svsm: Option<PathBuf>,
+    /// The launch configuration the boot will pass [default: none, the default one]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    launch_config: Option<PathBuf>,
     /// The SNP image instead: pack the SNP SVSM (default: the one just built) with
     /// the SNP guest (relay, test: the SNP builds) into an IGVM file, write it to
     /// target/images/measure.igvm and print its launch digest (docs/real-snp.md)
@@ -272,6 +285,7 @@ fn run(a: RunArgs) -> Result<ExitCode, Error> {
     if let Some(s) = a.svsm_args {
         boot.svsm_args = s;
     }
+    boot.launch_config = a.launch_config;
     boot.icount = a.icount;
     boot.extra = a.qemu;
     boot.ensure_inputs()?;
@@ -284,7 +298,19 @@ fn run(a: RunArgs) -> Result<ExitCode, Error> {
 
 /// The end-to-end suites `cargo xtask test` runs a second time on the virtual SNP
 /// machine (`NITRIDE_E2E_PLATFORM=snp`).
-const SNP_SUITES: &[&str] = &["attest", "vhsm", "seal", "cli", "isolation", "pkcs11"];
+const SNP_SUITES: &[&str] = &[
+    "attest",
+    "vhsm",
+    "seal",
+    "cli",
+    "isolation",
+    "pkcs11",
+    "provision",
+];
+
+/// Tests of [`SNP_SUITES`] not run again on SNP: they boot the emulated platform
+/// whatever the platform variable says (the provisioning figures under `-icount`).
+const SNP_SKIP: &[&str] = &["provisioning_instruction_counts"];
 
 fn test() -> Result<ExitCode, Error> {
     ensure_qemu()?;
@@ -302,6 +328,8 @@ fn test() -> Result<ExitCode, Error> {
         .env("NITRIDE_E2E_PLATFORM", "snp")
         .args(["test", "-p", "nitride-tests"])
         .args(SNP_SUITES.iter().flat_map(|t| ["--test", t]))
+        .arg("--")
+        .args(SNP_SKIP.iter().flat_map(|t| ["--skip", t]))
         .status()?;
     let cargo = if emulated.success() { snp } else { emulated };
     // The test KBS's own suite (Python, no QEMU): run it even when a Rust test
@@ -441,10 +469,11 @@ fn demo() -> Result<ExitCode, Error> {
     all_ok &= vhsm_story(&images)?;
     all_ok &= sealing_story(&images)?;
     all_ok &= pkcs11_story(&images)?;
+    all_ok &= provisioning_story(&images)?;
     println!(
         "\n{}",
         if all_ok {
-            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified, a key survived a restart, a PKCS#11 client signed with a vHSM key."
+            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified, a key survived a restart, a PKCS#11 client signed with a vHSM key, a KBS released an owner-signed secret only to the measured firmware."
         } else {
             "Demo found problems (see above)."
         }
@@ -637,8 +666,12 @@ fn attestation_split(console: &str) -> Option<u64> {
 /// second. Whether the guest passed.
 fn snp_bench(images: &Images) -> Result<bool, Error> {
     println!("\nOn the virtual SNP machine:");
-    let igvm =
-        nitride_qemu::snp::svsm_igvm(&images.svsm_snp, &images.test_guest_snp, "svsm-test-guest")?;
+    let igvm = nitride_qemu::snp::svsm_igvm(
+        &images.svsm_snp,
+        &images.test_guest_snp,
+        None,
+        "svsm-test-guest",
+    )?;
     let mut ok = true;
     for mode in ["bench", "bench-vhsm"] {
         let mut boot = nitride_qemu::snp::SnpBoot::new(&images.machine, &igvm);
@@ -682,6 +715,7 @@ fn relay_throughput(images: &Images, snp: bool) -> Result<(), Error> {
         let igvm = nitride_qemu::snp::svsm_igvm(
             &images.svsm_snp,
             &images.relay_guest_snp,
+            None,
             "svsm-relay-guest",
         )?;
         RunningVm::start_snp(&images.machine, &igvm, &dir, "", None)?
@@ -821,7 +855,17 @@ fn up(args: &UpArgs) -> Result<ExitCode, Error> {
     let dir = up_dir();
     let marker = dir.join(nitride_guest_driver::cli::seal::STATE_FILE_MARKER);
     let _ = std::fs::remove_file(&marker);
-    let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir, "")?;
+    let config = args
+        .launch_config
+        .as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    let vm = RunningVm::start_with(
+        &images.svsm,
+        &images.relay_guest,
+        &dir,
+        "",
+        config.as_deref(),
+    )?;
     if let Some(state) = &args.state {
         // An absolute path: `nitride` may run from anywhere.
         let state = std::path::absolute(state)?;
@@ -948,8 +992,8 @@ fn down() -> Result<ExitCode, Error> {
 /// its output (binary output summarised); returns (success, stdout).
 fn nitride(socket: &std::path::Path, args: &[&str]) -> (bool, Vec<u8>) {
     println!("  $ nitride {}", args.join(" "));
-    // `report` works on files only and takes no socket.
-    let (result, out) = if args.first() == Some(&"report") {
+    // `report` and `owner` work on files only and take no socket.
+    let (result, out) = if matches!(args.first(), Some(&"report" | &"owner")) {
         let argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut out = Vec::new();
         (nitride_guest_driver::cli::run(&argv, &mut out), out)
@@ -1191,6 +1235,176 @@ fn sealing_story(images: &Images) -> Result<bool, Error> {
     ok &= ossl.status.success();
     let (unsealed, out) = nitride(&s, &["unseal", "--in", "disk.key.sealed"]);
     ok &= unsealed && out == std::fs::read(dir.join("disk.key"))?;
+    Ok(ok)
+}
+
+/// The test KBS (tests/kbs) as a process, stopped when dropped.
+struct DemoKbs(std::process::Child);
+
+impl Drop for DemoKbs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start the test KBS with `args` on a free loopback port, its log in `log`; returns
+/// it and its URL.
+fn start_demo_kbs(args: &[&str], log: &std::path::Path) -> Result<(DemoKbs, String), Error> {
+    use std::io::BufRead as _;
+    let root = repo_root();
+    let mut child = Command::new("python3")
+        .arg(root.join("tests/kbs/kbs.py"))
+        .args(["--port", "0", "--dev-root"])
+        .arg(root.join("target/dev-chain"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let kbs = DemoKbs(child);
+    match line.trim().strip_prefix("kbs: listening on ") {
+        Some(url) => Ok((kbs, url.to_string())),
+        None => Err(Error::Io(std::io::Error::other(format!(
+            "the test KBS did not start ({}): {}",
+            line.trim(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        )))),
+    }
+}
+
+/// Part 8 of the demo, the seeds' Case B: the owner signs a secret for the vault and
+/// puts it in a KBS (the test KBS of tests/kbs); the firmware, measured with the
+/// owner's public key in its launch configuration, attests to the KBS at VMPL0 and
+/// receives the secret encrypted to a key only the vault holds; a KBS expecting
+/// another measurement refuses. Skipped (not failed) without the KBS's Python
+/// packages.
+fn provisioning_story(images: &Images) -> Result<bool, Error> {
+    println!("\n== 8. Case B: a Key Broker Service releases an owner-signed secret to the attested vault\n");
+    let probe = Command::new("python3")
+        .args(["-c", "import jwcrypto, rfc8785, cryptography"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!(
+            "  skipped: the test KBS needs Python's jwcrypto, rfc8785 and cryptography \
+             (pip install -r tests/kbs/requirements.txt; .ci/run installs them)"
+        );
+        return Ok(true);
+    }
+    let dir = repo_root().join("target").join("demo-provision");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::env::set_current_dir(&dir)?;
+    println!("  (in {})", dir.display());
+    let mut ok = true;
+    // The owner's side: a key pair, the launch configuration naming its public key,
+    // and the secret in an envelope signed with it.
+    let mut secret = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+    std::fs::write(dir.join("disk.key"), secret)?;
+    let none = std::path::Path::new("");
+    ok &= nitride(none, &["owner", "keygen", "--out", "owner.pem"]).0;
+    ok &= nitride(
+        none,
+        &[
+            "owner",
+            "launch-config",
+            "--owner",
+            "owner.pem.pub",
+            "--out",
+            "launch-config.bin",
+        ],
+    )
+    .0;
+    ok &= nitride(
+        none,
+        &[
+            "owner",
+            "envelope",
+            "--key",
+            "owner.pem",
+            "--type",
+            "aes-256",
+            "--usage",
+            "encrypt,decrypt",
+            "--vmpls",
+            "1",
+            "--label",
+            "disk",
+            "--in",
+            "disk.key",
+            "--out",
+            "envelope.jws",
+        ],
+    )
+    .0;
+    let config = dir.join("launch-config.bin");
+    let measurement = hex::encode(nitride_qemu::measure::launch_measurement_with(
+        &images.svsm,
+        &images.relay_guest,
+        Some(&config),
+    )?);
+    println!("  (the firmware's expected MEASUREMENT with this configuration: {measurement})");
+    let resource = format!("nitride/key/disk={}", dir.join("envelope.jws").display());
+    let (_kbs, url) = start_demo_kbs(
+        &["--measurement", &measurement, "--resource", &resource],
+        &dir.join("kbs.log"),
+    )?;
+    println!("  (test KBS at {url}: releases nitride/key/disk to that measurement only)");
+    let vm = RunningVm::start_with(
+        &images.svsm,
+        &images.relay_guest,
+        &dir.join("vm"),
+        "",
+        Some(&config),
+    )?;
+    let s = vm.socket.clone();
+    let (provisioned, _) = nitride(
+        &s,
+        &["provision", "--kbs", &url, "--resource", "nitride/key/disk"],
+    );
+    ok &= provisioned;
+    let (listed, out) = nitride(&s, &["key", "list"]);
+    ok &= listed && String::from_utf8_lossy(&out).contains("provisioned");
+    // The secret now encrypts in the vault (the guest relayed only the report, the
+    // JWK and the JWE: tests/tests/provision.rs checks those bytes never hold it).
+    std::fs::write(dir.join("note.txt"), b"data for the owner\n")?;
+    ok &= nitride(
+        &s,
+        &["encrypt", "1", "--in", "note.txt", "--out", "note.enc"],
+    )
+    .0;
+    // The owner, holding the secret, opens what the vault encrypted (Python's
+    // `cryptography`): the vault's key is the owner's secret.
+    let script = "import sys; from cryptography.hazmat.primitives.ciphers.aead import AESGCM; \
+                  b = open('note.enc', 'rb').read(); k = open('disk.key', 'rb').read(); \
+                  sys.stdout.write(AESGCM(k).decrypt(b[:12], b[12:], None).decode())";
+    println!("  $ python3 -c '<AES-256-GCM decryption of note.enc with the owner's disk.key>'");
+    let py = Command::new("python3").args(["-c", script]).output()?;
+    println!(
+        "    {}",
+        String::from_utf8_lossy(if py.status.success() {
+            &py.stdout
+        } else {
+            &py.stderr
+        })
+        .trim()
+    );
+    ok &= py.status.success() && py.stdout == b"data for the owner\n";
+    // A KBS that expects another measurement refuses; nothing enters the vault.
+    let (_other, url) = start_demo_kbs(
+        &["--measurement", &"00".repeat(48), "--resource", &resource],
+        &dir.join("kbs-other.log"),
+    )?;
+    println!("  (a second KBS that expects another measurement, at {url})");
+    let (refused, _) = nitride(
+        &s,
+        &["provision", "--kbs", &url, "--resource", "nitride/key/disk"],
+    );
+    ok &= !refused;
     Ok(ok)
 }
 
@@ -1445,22 +1659,39 @@ fn measure_cmd(a: MeasureArgs) -> Result<ExitCode, Error> {
     };
     if a.snp {
         let svsm = a.svsm.unwrap_or(images.svsm_snp.clone());
-        let igvm = nitride_qemu::snp::svsm_igvm(&svsm, &guest, "measure")?;
+        let config = match &a.launch_config {
+            None => None,
+            Some(p) => Some(
+                nitride_protocol::launch_config::LaunchConfig::parse(&std::fs::read(p)?)
+                    .map_err(|e| Error::Build(format!("{}: {e}", p.display())))?,
+            ),
+        };
+        let igvm = nitride_qemu::snp::svsm_igvm(&svsm, &guest, config.as_ref(), "measure")?;
         let digest = nitride_qemu::igvm::launch_digest(&std::fs::read(&igvm)?)
             .map_err(|e| Error::Build(e.to_string()))?;
         println!("{}", measure::hex(&digest));
         eprintln!(
-            "  SVSM  {}\n  guest {}\n  IGVM  {}",
+            "  SVSM  {}\n  guest {}\n  launch configuration {}\n  IGVM  {}",
             svsm.display(),
             guest.display(),
+            a.launch_config
+                .as_ref()
+                .map_or("(default)".to_string(), |p| p.display().to_string()),
             igvm.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
     let svsm = a.svsm.unwrap_or(images.svsm.clone());
-    let m = launch_measurement(&svsm, &guest)?;
+    let m = measure::launch_measurement_with(&svsm, &guest, a.launch_config.as_deref())?;
     println!("{}", measure::hex(&m));
-    eprintln!("  SVSM  {}\n  guest {}", svsm.display(), guest.display());
+    eprintln!(
+        "  SVSM  {}\n  guest {}\n  launch configuration {}",
+        svsm.display(),
+        guest.display(),
+        a.launch_config
+            .as_ref()
+            .map_or("(default)".to_string(), |p| p.display().to_string())
+    );
     Ok(ExitCode::SUCCESS)
 }
 

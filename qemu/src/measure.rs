@@ -9,13 +9,16 @@
 //!                          u64 LE p_vaddr || u64 LE p_memsz ||
 //!                          p_filesz file bytes || (p_memsz - p_filesz) zero bytes )
 //! guest_digest = SHA-384(the guest image file, exactly as passed to -initrd)
-//! measurement  = SHA-384(dev_psp::MEASUREMENT_DOMAIN || svsm_digest || guest_digest)
+//! config_digest = SHA-384(the launch configuration file, or the default one's bytes)
+//! measurement  = SHA-384(dev_psp::MEASUREMENT_DOMAIN || svsm_digest || guest_digest
+//!                        || config_digest)
 //! ```
 
 use std::io;
 use std::path::Path;
 
 use nitride_protocol::emulated::dev_psp;
+use nitride_protocol::launch_config::{self, LaunchConfig};
 use sha2::{Digest, Sha384};
 
 const PT_LOAD: u32 = 1;
@@ -114,20 +117,43 @@ pub fn svsm_digest(elf: &[u8]) -> io::Result<[u8; 48]> {
     Ok(h.finalize().into())
 }
 
-/// The measurement from the two digests.
-pub fn combine(svsm_digest: &[u8; 48], guest_digest: &[u8; 48]) -> [u8; 48] {
+/// The measurement from the three digests.
+pub fn combine(
+    svsm_digest: &[u8; 48],
+    guest_digest: &[u8; 48],
+    config_digest: &[u8; 48],
+) -> [u8; 48] {
     let mut h = Sha384::new();
     h.update(dev_psp::MEASUREMENT_DOMAIN);
     h.update(svsm_digest);
     h.update(guest_digest);
+    h.update(config_digest);
     h.finalize().into()
 }
 
-/// The launch measurement of booting `svsm_elf` with `guest` as its PVH module.
+/// The launch measurement of booting `svsm_elf` with `guest` as its PVH module and
+/// the default launch configuration (none passed).
 pub fn launch_measurement(svsm_elf: &Path, guest: &Path) -> io::Result<[u8; 48]> {
+    launch_measurement_with(svsm_elf, guest, None)
+}
+
+/// The launch measurement of booting `svsm_elf` with `guest` and the launch
+/// configuration file `config` (`None`: the default configuration). The file must
+/// be a valid configuration: the firmware refuses to start with any other.
+pub fn launch_measurement_with(
+    svsm_elf: &Path,
+    guest: &Path,
+    config: Option<&Path>,
+) -> io::Result<[u8; 48]> {
     let svsm = svsm_digest(&std::fs::read(svsm_elf)?)?;
     let guest: [u8; 48] = Sha384::digest(std::fs::read(guest)?).into();
-    Ok(combine(&svsm, &guest))
+    let config = match config {
+        None => LaunchConfig::DEFAULT.to_bytes().to_vec(),
+        Some(path) => std::fs::read(path)?,
+    };
+    LaunchConfig::parse(&config)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok(combine(&svsm, &guest, &launch_config::digest(&config)))
 }
 
 /// Lower-case hex.
@@ -194,13 +220,14 @@ mod tests {
 
     #[test]
     fn combine_is_domain_separated() {
-        let (a, b) = ([1u8; 48], [2u8; 48]);
+        let (a, b, c) = ([1u8; 48], [2u8; 48], [3u8; 48]);
         let mut h = Sha384::new();
-        h.update(b"nitride emulated launch v1\0");
+        h.update(b"nitride emulated launch v2\0");
         h.update(a);
         h.update(b);
+        h.update(c);
         let want: [u8; 48] = h.finalize().into();
-        assert_eq!(combine(&a, &b), want);
-        assert_ne!(combine(&b, &a), want);
+        assert_eq!(combine(&a, &b, &c), want);
+        assert_ne!(combine(&b, &a, &c), want);
     }
 }

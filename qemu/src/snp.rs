@@ -61,10 +61,16 @@ pub fn write_test_igvm(images: &SnpImages) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
-/// The IGVM file of the SVSM image `svsm` with the guest `guest`, written next to the
+/// The IGVM file of the SVSM image `svsm` with the guest `guest` and the vault's
+/// launch configuration `config` (the default one when `None`), written next to the
 /// images as `NAME.igvm` (`crate::igvm::build_svsm`).
-pub fn svsm_igvm(svsm: &Path, guest: &Path, name: &str) -> Result<PathBuf, Error> {
-    let file = crate::igvm::build_svsm(&std::fs::read(svsm)?, &std::fs::read(guest)?)
+pub fn svsm_igvm(
+    svsm: &Path,
+    guest: &Path,
+    config: Option<&nitride_protocol::launch_config::LaunchConfig>,
+    name: &str,
+) -> Result<PathBuf, Error> {
+    let file = crate::igvm::build_svsm(&std::fs::read(svsm)?, &std::fs::read(guest)?, config)
         .map_err(|e| Error::Build(e.to_string()))?;
     let path = images_dir().join(format!("{name}.igvm"));
     // Written aside and renamed: test processes running at once may write it too.

@@ -86,7 +86,7 @@ fn blob_carries_scalar_secret_and_table() {
     let blob = fs::read(&chain.blob).unwrap();
     let (h, table) = BlobHeader::read_from_prefix(&blob).unwrap();
     assert_eq!(h.magic, dev_psp::MAGIC);
-    assert_eq!(h.reserved.get(), 0);
+    assert_eq!(h.launch_flags.get(), 0);
     assert_eq!(h.tcb_version.get(), dev_psp::TCB_VERSION);
     assert_eq!(h.cert_table_len.get() as usize, table.len());
     assert!(table.len() <= dev_psp::MAX_CERT_TABLE);

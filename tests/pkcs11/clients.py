@@ -38,6 +38,7 @@ CKM_HKDF_DERIVE = 0x402A
 CKF_HKDF_SALT_DATA = 2
 
 P384 = bytes.fromhex("06052b81040022")
+P256 = bytes.fromhex("06082a8648ce3d030107")
 KEK = bytes(range(32))
 AES_KEY = bytes(range(100, 132))
 HMAC_KEY = bytes(range(48))
@@ -297,12 +298,64 @@ try:
     out["ecdsa_sha384"] = [len(sig), check(sig, MSG, ec.ECDSA(hashes.SHA384()))]
 except PyKCS11.PyKCS11Error as e:
     out["ecdsa_sha384"] = CKR(e.value)
+
+
+def hashed(priv_, pub_, mech, check_, hash_alg):
+    """Sign MSG with a hashing ECDSA mechanism: [length, Python verifies, the token
+    verifies], or the CKR_ name where the token lacks the mechanism."""
+    try:
+        m = PyKCS11.Mechanism(mech)
+        sig_ = bytes(s.sign(priv_, MSG, m))
+        return [len(sig_), check_(sig_, MSG, ec.ECDSA(hash_alg)), s.verify(pub_, MSG, sig_, m)]
+    except PyKCS11.PyKCS11Error as e:
+        return CKR(e.value)
+
+
+out["ecdsa_sha256"] = hashed(priv, pub, PyKCS11.CKM_ECDSA_SHA256, check, hashes.SHA256())
 digest = hashlib.sha384(MSG).digest()
 sig = bytes(s.sign(priv, digest, PyKCS11.Mechanism(PyKCS11.CKM_ECDSA)))
 out["ecdsa_digest"] = [len(sig), check(sig, digest, ec.ECDSA(utils.Prehashed(hashes.SHA384())))]
 out["ecdsa_verify"] = s.verify(pub, digest, sig, PyKCS11.Mechanism(PyKCS11.CKM_ECDSA))
 out["ecdsa_verify_bad"] = s.verify(
     pub, digest, sig[:-1] + bytes([sig[-1] ^ 1]), PyKCS11.Mechanism(PyKCS11.CKM_ECDSA))
+
+# --- ECDSA P-256: the same through CKM_ECDSA_SHA256 and raw CKM_ECDSA. ---
+pub256, priv256 = s.generateKeyPair(
+    [(CKA_CLASS, CKO_PUBLIC_KEY), (CKA_KEY_TYPE, CKK_EC), (CKA_EC_PARAMS, P256),
+     (CKA_TOKEN, True), (CKA_VERIFY, True), (CKA_LABEL, "p256")],
+    [(CKA_CLASS, CKO_PRIVATE_KEY), (CKA_KEY_TYPE, CKK_EC), (CKA_TOKEN, True),
+     (CKA_SENSITIVE, True), (CKA_EXTRACTABLE, False), (CKA_SIGN, True), (CKA_LABEL, "p256")],
+    PyKCS11.Mechanism(PyKCS11.CKM_EC_KEY_PAIR_GEN))
+out["p256_public"] = attrs(pub256, [CKA_CLASS, CKA_KEY_TYPE, CKA_EC_PARAMS, CKA_VERIFY])
+point256 = bytes(s.getAttributeValue(pub256, [CKA_EC_POINT])[0])
+assert point256[0] == 4 and point256[1] == len(point256) - 2
+vk256 = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point256[2:])
+
+
+def check256(sig, data, hash_alg):
+    r = int.from_bytes(sig[:32], "big")
+    t = int.from_bytes(sig[32:], "big")
+    try:
+        vk256.verify(utils.encode_dss_signature(r, t), data, hash_alg)
+        return True
+    except Exception:
+        return False
+
+
+out["p256_ecdsa_sha256"] = hashed(
+    priv256, pub256, PyKCS11.CKM_ECDSA_SHA256, check256, hashes.SHA256())
+out["p256_ecdsa_sha384"] = hashed(
+    priv256, pub256, PyKCS11.CKM_ECDSA_SHA384, check256, hashes.SHA384())
+digest256 = hashlib.sha256(MSG).digest()
+sig256 = bytes(s.sign(priv256, digest256, PyKCS11.Mechanism(PyKCS11.CKM_ECDSA)))
+out["p256_ecdsa_digest"] = [
+    len(sig256), check256(sig256, digest256, ec.ECDSA(utils.Prehashed(hashes.SHA256())))]
+out["p256_ecdsa_verify"] = s.verify(
+    pub256, digest256, sig256, PyKCS11.Mechanism(PyKCS11.CKM_ECDSA))
+out["p256_ecdsa_verify_bad"] = s.verify(
+    pub256, digest256, sig256[:-1] + bytes([sig256[-1] ^ 1]),
+    PyKCS11.Mechanism(PyKCS11.CKM_ECDSA))
+
 out["unknown_mechanism"] = rv(lambda: s.generateKey(
     [(CKA_CLASS, CKO_SECRET_KEY)], PyKCS11.Mechanism(0x80004E48)))
 

@@ -79,13 +79,46 @@ pub fn relay_guest() -> &'static std::path::Path {
 /// measurement of the production SVSM with the relay guest, or on SNP the launch
 /// digest of the relay IGVM image (what the machine's PSP puts in MEASUREMENT).
 pub fn relay_measurement() -> [u8; 48] {
+    relay_measurement_with(None)
+}
+
+/// [`relay_measurement`] of a VM under the launch configuration `config` (`None`: the
+/// default one), as [`start_relay_with`] starts it: on SNP the configuration is a
+/// measured page of the IGVM image, on the emulated platform the firmware folds its
+/// digest in.
+pub fn relay_measurement_with(
+    config: Option<&nitride_protocol::launch_config::LaunchConfig>,
+) -> [u8; 48] {
     let i = images();
     let m = if on_snp() {
-        std::fs::read(relay_igvm())
-            .map_err(|e| e.to_string())
-            .and_then(|f| nitride_qemu::igvm::launch_digest(&f).map_err(|e| e.to_string()))
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        read(&i.svsm_snp).and_then(|svsm| {
+            nitride_qemu::igvm::build_svsm(&svsm, &read(&i.relay_guest_snp)?, config)
+                .and_then(|f| nitride_qemu::igvm::launch_digest(&f))
+                .map_err(|e| e.to_string())
+        })
     } else {
-        nitride_qemu::launch_measurement(&i.svsm, &i.relay_guest).map_err(|e| e.to_string())
+        let file = config.map(|c| {
+            let path = std::env::temp_dir().join(format!(
+                "nitride-launch-config-{}-{}.bin",
+                std::process::id(),
+                c.digest()[..8]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ));
+            std::fs::write(&path, c.to_bytes()).map(|()| path)
+        });
+        match file.transpose() {
+            Ok(file) => nitride_qemu::measure::launch_measurement_with(
+                &i.svsm,
+                &i.relay_guest,
+                file.as_deref(),
+            )
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     };
     match m {
         Ok(m) => m,
@@ -96,44 +129,67 @@ pub fn relay_measurement() -> [u8; 48] {
 /// Boot the production SVSM with the relay guest in a fresh directory named after
 /// the test, and connect a typed client to it (on the platform [`on_snp`] selects).
 pub fn start_relay(test: &str, svsm_args: &str) -> (RunningVm, VhsmClient<RelayClient>) {
-    start_relay_with(test, None, svsm_args, None)
+    start_relay_with(test, svsm_args, &Relay::default())
 }
 
-/// [`start_relay`] with the relay guest image `guest` (the platform's relay guest
-/// when `None`) and the dev-PSP blob `dev_psp` (another chip secret or TCB; the
-/// runner's when `None`), in `target/e2e/TEST-PID`.
-pub fn start_relay_with(
-    test: &str,
-    guest: Option<&std::path::Path>,
-    svsm_args: &str,
-    dev_psp: Option<&std::path::Path>,
-) -> (RunningVm, VhsmClient<RelayClient>) {
-    let i = images();
-    let dir = nitride_qemu::repo_root()
+/// The directory of a test's VM: `target/e2e/TEST-PID`.
+pub fn test_dir(test: &str) -> std::path::PathBuf {
+    nitride_qemu::repo_root()
         .join("target")
         .join("e2e")
-        .join(format!("{test}-{}", std::process::id()));
-    let vm = if on_snp() {
-        let igvm = match guest {
-            None => relay_igvm().to_path_buf(),
-            Some(g) => {
-                match nitride_qemu::snp::svsm_igvm(&i.svsm_snp, g, &format!("svsm-{test}")) {
-                    Ok(p) => p,
-                    Err(e) => panic!("IGVM of the SVSM and {}: {e}", g.display()),
-                }
-            }
-        };
-        RunningVm::start_snp(&i.machine, &igvm, &dir, svsm_args, dev_psp)
-    } else {
-        RunningVm::start_with_psp(
-            &i.svsm,
-            guest.unwrap_or(&i.relay_guest),
-            &dir,
-            svsm_args,
-            dev_psp,
-        )
-    };
-    let vm = match vm {
+        .join(format!("{test}-{}", std::process::id()))
+}
+
+/// What a relay VM differs in from [`start_relay`]'s (each `None`: the default).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Relay<'a> {
+    /// Another relay guest image (the platform's relay guest when `None`).
+    pub guest: Option<&'a std::path::Path>,
+    /// Another dev-PSP blob (another chip secret or TCB; the runner's when `None`).
+    pub dev_psp: Option<&'a std::path::Path>,
+    /// A measured launch configuration (the default one when `None`).
+    pub config: Option<&'a nitride_protocol::launch_config::LaunchConfig>,
+}
+
+impl<'a> Relay<'a> {
+    /// The default VM under the launch configuration `config`.
+    pub fn config(config: &'a nitride_protocol::launch_config::LaunchConfig) -> Self {
+        Self {
+            config: Some(config),
+            ..Self::default()
+        }
+    }
+}
+
+/// [`start_relay`] with the differences `relay` names, in [`test_dir`], on the
+/// platform [`on_snp`] selects.
+pub fn start_relay_with(
+    test: &str,
+    svsm_args: &str,
+    relay: &Relay<'_>,
+) -> (RunningVm, VhsmClient<RelayClient>) {
+    if on_snp() {
+        return start_relay_snp_with(test, svsm_args, relay);
+    }
+    let i = images();
+    let dir = test_dir(test);
+    let config_file = relay.config.map(|c| {
+        let path = dir.join("launch-config.bin");
+        if let Err(e) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, c.to_bytes()))
+        {
+            panic!("could not write {}: {e}", path.display());
+        }
+        path
+    });
+    let vm = match RunningVm::start_with_options(
+        &i.svsm,
+        relay.guest.unwrap_or(&i.relay_guest),
+        &dir,
+        svsm_args,
+        relay.dev_psp,
+        config_file.as_deref(),
+    ) {
         Ok(vm) => vm,
         Err(e) => panic!("could not start the relay VM: {e}"),
     };
@@ -184,7 +240,8 @@ pub fn test_igvm() -> &'static std::path::Path {
     static IGVM: OnceLock<std::path::PathBuf> = OnceLock::new();
     IGVM.get_or_init(|| {
         let i = images();
-        match nitride_qemu::snp::svsm_igvm(&i.svsm_snp, &i.test_guest_snp, "svsm-test-guest") {
+        match nitride_qemu::snp::svsm_igvm(&i.svsm_snp, &i.test_guest_snp, None, "svsm-test-guest")
+        {
             Ok(p) => p,
             Err(e) => panic!("IGVM of the SVSM and the test guest: {e}"),
         }
@@ -208,7 +265,12 @@ pub fn relay_igvm() -> &'static std::path::Path {
     static IGVM: OnceLock<std::path::PathBuf> = OnceLock::new();
     IGVM.get_or_init(|| {
         let i = images();
-        match nitride_qemu::snp::svsm_igvm(&i.svsm_snp, &i.relay_guest_snp, "svsm-relay-guest") {
+        match nitride_qemu::snp::svsm_igvm(
+            &i.svsm_snp,
+            &i.relay_guest_snp,
+            None,
+            "svsm-relay-guest",
+        ) {
             Ok(p) => p,
             Err(e) => panic!("IGVM of the SVSM and the relay guest: {e}"),
         }
@@ -219,21 +281,31 @@ pub fn relay_igvm() -> &'static std::path::Path {
 /// directory named after the test, and connect a typed client to it (whatever
 /// [`on_snp`] says).
 pub fn start_relay_snp(test: &str, svsm_args: &str) -> (RunningVm, VhsmClient<RelayClient>) {
-    start_relay_snp_with(test, svsm_args, None)
+    start_relay_snp_with(test, svsm_args, &Relay::default())
 }
 
-/// [`start_relay_snp`] with the dev-PSP blob `dev_psp` (the runner's when `None`).
+/// [`start_relay_snp`] with the differences `relay` names (whatever [`on_snp`]
+/// says): a guest or launch configuration other than the default gets its own IGVM
+/// file, `svsm-TEST.igvm`.
 pub fn start_relay_snp_with(
     test: &str,
     svsm_args: &str,
-    dev_psp: Option<&std::path::Path>,
+    relay: &Relay<'_>,
 ) -> (RunningVm, VhsmClient<RelayClient>) {
     let i = images();
-    let dir = nitride_qemu::repo_root()
-        .join("target")
-        .join("e2e")
-        .join(format!("{test}-{}", std::process::id()));
-    let vm = match RunningVm::start_snp(&i.machine, relay_igvm(), &dir, svsm_args, dev_psp) {
+    let dir = test_dir(test);
+    let igvm = match (relay.guest, relay.config) {
+        (None, None) => relay_igvm().to_path_buf(),
+        (guest, config) => {
+            let guest = guest.unwrap_or(&i.relay_guest_snp);
+            match nitride_qemu::snp::svsm_igvm(&i.svsm_snp, guest, config, &format!("svsm-{test}"))
+            {
+                Ok(p) => p,
+                Err(e) => panic!("IGVM of the SVSM and {}: {e}", guest.display()),
+            }
+        }
+    };
+    let vm = match RunningVm::start_snp(&i.machine, &igvm, &dir, svsm_args, relay.dev_psp) {
         Ok(vm) => vm,
         Err(e) => panic!("could not start the relay VM: {e}"),
     };

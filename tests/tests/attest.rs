@@ -112,12 +112,12 @@ fn services_attestation_binds_nonce_manifest_and_keys() {
 
     // A changed manifest, a changed nonce: refused.
     let mut other_manifest = ev.manifest.clone();
-    // A byte of the listed key's label (table head 48 + vHSM header 96 + identity
+    // A byte of the listed key's label (table head 48 + vHSM header 144 + identity
     // 120, then the attributes' label at +16): still a manifest the SVSM could write,
     // so it is REPORT_DATA that refuses it. (Flipping a byte of a public key makes
     // it malformed first: see nonce_manifest_must_be_what_the_svsm_writes.)
-    assert_eq!(&other_manifest[280..288], b"attested");
-    other_manifest[280] ^= 1;
+    assert_eq!(&other_manifest[328..336], b"attested");
+    other_manifest[328] ^= 1;
     assert!(matches!(
         policy
             .clone()

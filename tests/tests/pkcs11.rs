@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
+use nitride_protocol::launch_config::{LaunchConfig, LaunchPolicy};
 use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, VmplSet};
-use nitride_tests::{start_relay, RelayClient, VhsmClient};
+use nitride_tests::{start_relay, start_relay_with, RelayClient, VhsmClient};
 
 /// The OpenSSL provider module of Debian's `pkcs11-provider` package.
 const PROVIDER: &str = "/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so";
@@ -80,7 +81,13 @@ fn outside_clients_use_the_vhsm_through_pkcs11() {
         );
     }
     let so = module();
-    let (vm, client) = start_relay("pkcs11", "nitride.plaintext_import=allow");
+    // C_CreateObject of a secret key is the vault's plaintext import, which the
+    // measured launch configuration must allow.
+    let import = LaunchConfig {
+        policy: LaunchPolicy::PLAINTEXT_IMPORT,
+        owner_key: None,
+    };
+    let (vm, client) = start_relay_with("pkcs11", "", &nitride_tests::Relay::config(&import));
     // QEMU serves one connection to the relay at a time: each client connects anew.
     drop(client);
     let dir = vm.dir.clone();
@@ -370,7 +377,7 @@ fn outside_clients_use_the_vhsm_through_pkcs11() {
     let reference: serde_json::Value = serde_json::from_str(&reference).unwrap();
     // Where the two may differ, and what the vHSM must answer there: SoftHSM 2.6
     // answers CKR_GENERAL_ERROR for a failed GCM tag or RFC 5649 check, and has no
-    // CKM_ECDSA_SHA384 or CKM_HKDF_DERIVE.
+    // CKM_ECDSA_SHA256/384 or CKM_HKDF_DERIVE.
     let expected_ours = [
         (
             "gcm_tampered",
@@ -381,6 +388,9 @@ fn outside_clients_use_the_vhsm_through_pkcs11() {
             serde_json::json!("CKR_WRAPPED_KEY_INVALID"),
         ),
         ("ecdsa_sha384", serde_json::json!([96, true])),
+        ("ecdsa_sha256", serde_json::json!([96, true, true])),
+        ("p256_ecdsa_sha256", serde_json::json!([64, true, true])),
+        ("p256_ecdsa_sha384", serde_json::json!([64, true, true])),
         ("hkdf", serde_json::json!("matches python")),
         (
             "gcm_message_api",

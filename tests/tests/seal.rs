@@ -33,7 +33,15 @@ fn boot(
     guest: Option<&Path>,
     psp: Option<&Path>,
 ) -> (RunningVm, VhsmClient<RelayClient>) {
-    nitride_tests::start_relay_with(&format!("seal-{name}"), guest, "", psp)
+    nitride_tests::start_relay_with(
+        &format!("seal-{name}"),
+        "",
+        &nitride_tests::Relay {
+            guest,
+            dev_psp: psp,
+            config: None,
+        },
+    )
 }
 
 /// The relay guest of the selected platform, changed so that its launch measurement

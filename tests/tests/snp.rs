@@ -54,7 +54,7 @@ fn snp_relay_vhsm_and_attestation() {
 #[test]
 fn snp_sealing_survives_a_restart() {
     use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet};
-    use nitride_tests::{start_relay_snp, start_relay_snp_with, VhsmError};
+    use nitride_tests::{start_relay_snp, start_relay_snp_with, Relay, VhsmError};
     use zerocopy::FromBytes;
     let t =
         KeyTemplate::new(KeyType::EcdsaP384, KeyUsage::SIGN, VmplSet::all(), false).persistent();
@@ -80,7 +80,14 @@ fn snp_sealing_survives_a_restart() {
     let dir = nitride_qemu::repo_root().join("target").join("e2e");
     let other = dir.join(format!("snp-other-chip-{}.bin", std::process::id()));
     std::fs::write(&other, psp).expect("write the blob");
-    let (_vm, mut c) = start_relay_snp_with("snp-seal-3", "", Some(&other));
+    let (_vm, mut c) = start_relay_snp_with(
+        "snp-seal-3",
+        "",
+        &Relay {
+            dev_psp: Some(&other),
+            ..Relay::default()
+        },
+    );
     for e in [
         c.unseal(&blob)
             .map(|_| ())

@@ -11,17 +11,28 @@
 
 use std::path::Path;
 use std::process::Command;
+use zerocopy::FromBytes;
 
 use nitride_guest_driver::attest::Target;
 use nitride_guest_driver::relay::AttestParams;
 use nitride_protocol::attest::{VhsmManifest, VhsmManifestHeader, VHSM_SERVICE_GUID};
+use nitride_protocol::launch_config::{LaunchConfig, LaunchPolicy};
 use nitride_protocol::relay::RESPONSE_BUFFER_SIZE;
 use nitride_protocol::svsm::ResultCode;
 use nitride_protocol::vhsm::{
     AuditEntry, KeyTemplate, KeyType, KeyUsage, Origin, Request, Status, VmplSet, HEADER_SIZE,
     MAX_REQUEST_SIZE,
 };
-use nitride_tests::{boot_guest, expect, start_relay, Outcome, RelayClient, VhsmClient, VhsmError};
+use nitride_tests::{
+    boot_guest, expect, start_relay, start_relay_with, Outcome, Relay, RelayClient, VhsmClient,
+    VhsmError,
+};
+
+/// A measured launch configuration that allows plaintext import.
+const PLAINTEXT_IMPORT: LaunchConfig = LaunchConfig {
+    policy: LaunchPolicy::PLAINTEXT_IMPORT,
+    owner_key: None,
+};
 
 fn template(t: KeyType, usage: KeyUsage, exportable: bool) -> KeyTemplate {
     KeyTemplate::new(t, usage, VmplSet::all(), exportable)
@@ -269,7 +280,7 @@ fn every_operation_through_the_firmware() {
 
 #[test]
 fn plaintext_import_when_the_svsm_allows_it() {
-    let (_vm, mut c) = start_relay("import", "nitride.plaintext_import=allow");
+    let (_vm, mut c) = start_relay_with("import", "", &Relay::config(&PLAINTEXT_IMPORT));
     let k = c
         .import(
             template(
@@ -578,6 +589,13 @@ fn ten_thousand_requests_keep_the_heap_flat() {
 /// The vHSM manifest of a single-service attestation (the report itself is checked by
 /// `tests/attest.rs`).
 fn attested_vhsm_header(c: &mut VhsmClient<RelayClient>) -> VhsmManifestHeader {
+    attested_vhsm(c).1
+}
+
+/// The report and the vHSM manifest header of a single-service attestation.
+fn attested_vhsm(
+    c: &mut VhsmClient<RelayClient>,
+) -> (nitride_protocol::snp::AttestationReport, VhsmManifestHeader) {
     let mut params = AttestParams::new(
         Target::SingleService {
             guid: VHSM_SERVICE_GUID,
@@ -587,7 +605,8 @@ fn attested_vhsm_header(c: &mut VhsmClient<RelayClient>) -> VhsmManifestHeader {
     );
     params.want_certificates = false;
     let ev = c.transport().attest(&params).unwrap();
-    VhsmManifest::parse(&ev.manifest).unwrap().header
+    let report = nitride_protocol::snp::AttestationReport::read_from_bytes(&ev.report).unwrap();
+    (report, VhsmManifest::parse(&ev.manifest).unwrap().header)
 }
 
 /// Python's `hashlib` links `entries` (consecutive, oldest first) from `previous` and
@@ -631,17 +650,33 @@ print(prev.hex())
         .unwrap()
 }
 
-/// The attested vHSM manifest shows the vault policy, which comes from the SVSM's
-/// (unmeasured) command line, and commits to the audit log: two attestations show how
+/// The attested vHSM manifest shows the vault policy, which comes from the measured
+/// launch configuration (flags and the configuration's digest), and commits to the audit log: two attestations show how
 /// many entries were recorded in between, a flood that overwrites the ring shows in
 /// the count, and the entries the relay guest (VMPL1) reads re-check against the
 /// attested chain values.
 #[test]
 fn manifest_reports_the_vault_policy_and_the_audit_log() {
-    for (args, flags) in [("", 0u32), ("nitride.plaintext_import=allow", 1)] {
-        let (vm, mut c) = start_relay(&format!("manifest-policy-{flags}"), args);
-        let first = attested_vhsm_header(&mut c);
-        assert_eq!(first.policy_flags.get(), flags, "{args}");
+    for (config, flags) in [(None, 0u32), (Some(&PLAINTEXT_IMPORT), 1)] {
+        let relay = Relay {
+            config,
+            ..Relay::default()
+        };
+        let (vm, mut c) = start_relay_with(&format!("manifest-policy-{flags}"), "", &relay);
+        let (report, first) = attested_vhsm(&mut c);
+        // The configuration is measured: the report's MEASUREMENT is that of this
+        // configuration (on SNP: the launch digest of the IGVM image with its page).
+        assert_eq!(
+            report.measurement,
+            nitride_tests::relay_measurement_with(config),
+            "{config:?}"
+        );
+        assert_eq!(first.policy_flags.get(), flags, "{config:?}");
+        assert_eq!(
+            first.launch_config,
+            config.unwrap_or(&LaunchConfig::DEFAULT).digest(),
+            "the manifest reports the measured configuration"
+        );
         let at_first = first.audit_count.get();
         let k = gen(&mut c, KeyType::HmacSha384, KeyUsage::SIGN, false, b"a");
         for _ in 0..4 {

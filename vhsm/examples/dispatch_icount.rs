@@ -71,6 +71,7 @@ fn main() {
         Counter(1),
         VaultPolicy {
             allow_plaintext_import: true,
+            ..VaultPolicy::default()
         },
     )
     .unwrap();

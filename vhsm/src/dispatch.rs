@@ -226,6 +226,21 @@ impl<P: Platform> Vault<P> {
                     .and_then(|spec| self.hkdf_derive(caller, parent, &spec, salt, info)),
                 out,
             ),
+            Request::ProvisionBegin { nonce } => (0, self.provision_begin(nonce, attester, out)),
+            Request::ProvisionFinish { jwe } => created(0, self.provision_finish(jwe), out),
+            Request::Agree {
+                key,
+                template,
+                label,
+                peer,
+                salt,
+                info,
+            } => created(
+                key,
+                KeySpec::from_wire(&template, label)
+                    .and_then(|spec| self.agree(caller, key, &spec, peer, salt, info)),
+                out,
+            ),
         }
     }
 }

@@ -86,6 +86,10 @@ pub enum Material {
     Ed25519(Box<ed25519_dalek::SigningKey>),
     /// HMAC-SHA-384 key.
     HmacSha384(Box<Secret<48>>),
+    /// ECDSA P-256 signing key (zeroizes its scalar on drop).
+    EcdsaP256(Box<p256::ecdsa::SigningKey>),
+    /// ECDH P-256 secret key (zeroizes its scalar on drop).
+    EcdhP256(Box<p256::SecretKey>),
 }
 
 impl fmt::Debug for Material {
@@ -119,6 +123,13 @@ impl Material {
                     seed.expose(),
                 )))
             }
+            KeyType::EcdsaP256 => Self::EcdsaP256(Box::new(
+                p256::ecdsa::SigningKey::from_slice(bytes)
+                    .map_err(|_| Error::InvalidKeyMaterial)?,
+            )),
+            KeyType::EcdhP256 => Self::EcdhP256(Box::new(
+                p256::SecretKey::from_slice(bytes).map_err(|_| Error::InvalidKeyMaterial)?,
+            )),
         })
     }
 
@@ -139,6 +150,16 @@ impl Material {
                 out.extend_from_slice(&bytes);
                 bytes.zeroize();
             }
+            Self::EcdsaP256(k) => {
+                let mut bytes = k.to_bytes();
+                out.extend_from_slice(&bytes);
+                bytes[..].zeroize();
+            }
+            Self::EcdhP256(k) => {
+                let mut bytes = k.to_bytes();
+                out.extend_from_slice(&bytes);
+                bytes[..].zeroize();
+            }
         }
         out
     }
@@ -150,6 +171,8 @@ impl Material {
             Self::EcdsaP384(_) => KeyType::EcdsaP384,
             Self::Ed25519(_) => KeyType::Ed25519,
             Self::HmacSha384(_) => KeyType::HmacSha384,
+            Self::EcdsaP256(_) => KeyType::EcdsaP256,
+            Self::EcdhP256(_) => KeyType::EcdhP256,
         }
     }
 
@@ -158,7 +181,9 @@ impl Material {
         match self {
             Self::Aes256(k) => Ok(k.raw.expose()),
             Self::HmacSha384(k) => Ok(k.expose()),
-            Self::EcdsaP384(_) | Self::Ed25519(_) => Err(Error::WrongKeyType),
+            Self::EcdsaP384(_) | Self::Ed25519(_) | Self::EcdsaP256(_) | Self::EcdhP256(_) => {
+                Err(Error::WrongKeyType)
+            }
         }
     }
 
@@ -183,6 +208,8 @@ impl Material {
         let doc = match self {
             Self::EcdsaP384(k) => k.verifying_key().to_public_key_der(),
             Self::Ed25519(k) => k.verifying_key().to_public_key_der(),
+            Self::EcdsaP256(k) => k.verifying_key().to_public_key_der(),
+            Self::EcdhP256(k) => k.public_key().to_public_key_der(),
             Self::Aes256(_) | Self::HmacSha384(_) => return Err(Error::WrongKeyType),
         }
         .map_err(|_| Error::InvalidKeyMaterial)?;
@@ -195,7 +222,9 @@ impl Material {
     pub fn public_part(&self, out: &mut Vec<u8>) -> Result<(), Error> {
         match self {
             Self::Aes256(_) | Self::HmacSha384(_) => Ok(()),
-            Self::EcdsaP384(_) | Self::Ed25519(_) => self.public_key_der(out),
+            Self::EcdsaP384(_) | Self::Ed25519(_) | Self::EcdsaP256(_) | Self::EcdhP256(_) => {
+                self.public_key_der(out)
+            }
         }
     }
 
@@ -212,7 +241,12 @@ impl Material {
             Self::HmacSha384(k) => {
                 out.extend_from_slice(&hmac_sha384(k, message)?.finalize().into_bytes())
             }
-            Self::Aes256(_) => return Err(Error::WrongKeyType),
+            Self::EcdsaP256(k) => {
+                let sig: p256::ecdsa::Signature =
+                    k.try_sign(message).map_err(|_| Error::InvalidKeyMaterial)?;
+                out.extend_from_slice(sig.to_der().as_bytes());
+            }
+            Self::Aes256(_) | Self::EcdhP256(_) => return Err(Error::WrongKeyType),
         }
         Ok(())
     }
@@ -233,7 +267,16 @@ impl Material {
                 out.extend_from_slice(&sig.to_bytes());
                 Ok(())
             }
-            Self::Aes256(_) | Self::Ed25519(_) | Self::HmacSha384(_) => Err(Error::WrongKeyType),
+            Self::EcdsaP256(k) => {
+                let sig: p256::ecdsa::Signature = k
+                    .sign_prehash(digest)
+                    .map_err(|_| Error::InvalidParameter)?;
+                out.extend_from_slice(&sig.to_bytes());
+                Ok(())
+            }
+            Self::Aes256(_) | Self::Ed25519(_) | Self::HmacSha384(_) | Self::EcdhP256(_) => {
+                Err(Error::WrongKeyType)
+            }
         }
     }
 
@@ -245,12 +288,33 @@ impl Material {
             Self::Ed25519(k) => ed25519_dalek::Signature::from_slice(signature)
                 .is_ok_and(|sig| k.verifying_key().verify_strict(message, &sig).is_ok()),
             Self::HmacSha384(k) => hmac_sha384(k, message)?.verify_slice(signature).is_ok(),
-            Self::Aes256(_) => return Err(Error::WrongKeyType),
+            Self::EcdsaP256(k) => p256::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|sig| k.verifying_key().verify(message, &sig).is_ok()),
+            Self::Aes256(_) | Self::EcdhP256(_) => return Err(Error::WrongKeyType),
         };
         if ok {
             Ok(())
         } else {
             Err(Error::SignatureInvalid)
+        }
+    }
+}
+
+/// ECDH P-256: the shared secret (the x-coordinate, 32 bytes) of `secret` and the
+/// peer public key `peer` (a P-256 SPKI DER, checked to be on the curve).
+pub fn ecdh_p256(secret: &p256::SecretKey, peer: &p256::PublicKey) -> Zeroizing<[u8; 32]> {
+    let shared = p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), peer.as_affine());
+    let mut z = Zeroizing::new([0u8; 32]);
+    z.copy_from_slice(shared.raw_secret_bytes());
+    z
+}
+
+impl Material {
+    /// The ECDH secret of an ECDH P-256 key.
+    pub(crate) fn ecdh_secret(&self) -> Result<&p256::SecretKey, Error> {
+        match self {
+            Self::EcdhP256(k) => Ok(k),
+            _ => Err(Error::WrongKeyType),
         }
     }
 }
@@ -369,6 +433,8 @@ mod tests {
             Material::from_bytes(KeyType::HmacSha384, &[0x41; 48]).unwrap(),
             Material::from_bytes(KeyType::Ed25519, &[0x41; 32]).unwrap(),
             Material::from_bytes(KeyType::EcdsaP384, &[0x41; 48]).unwrap(),
+            Material::from_bytes(KeyType::EcdsaP256, &[0x41; 32]).unwrap(),
+            Material::from_bytes(KeyType::EcdhP256, &[0x41; 32]).unwrap(),
         ];
         for k in &keys {
             let s = format!("{k:?}");
@@ -392,6 +458,8 @@ mod tests {
             KeyType::HmacSha384,
             KeyType::Ed25519,
             KeyType::EcdsaP384,
+            KeyType::EcdsaP256,
+            KeyType::EcdhP256,
         ] {
             let n = kt.material_len();
             assert_eq!(
@@ -409,6 +477,10 @@ mod tests {
         // Zero and the group order are not P-384 scalars.
         assert!(Material::from_bytes(KeyType::EcdsaP384, &[0; 48]).is_err());
         assert!(Material::from_bytes(KeyType::EcdsaP384, &[0xff; 48]).is_err());
+        for kt in [KeyType::EcdsaP256, KeyType::EcdhP256] {
+            assert!(Material::from_bytes(kt, &[0; 32]).is_err());
+            assert!(Material::from_bytes(kt, &[0xff; 32]).is_err());
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //!   cryptography on it.
 //! - [`drbg`]: the HMAC-DRBG (SP 800-90A, HMAC-SHA-384) every random byte comes from.
 //! - [`audit`]: the bounded audit ring and the hash chain over every entry.
+//! - [`provision`]: provisioning from a Key Broker Service: the session key, the
+//!   runtime data, the JWE and the owner-signed envelope.
 //! - [`seal`]: sealed blobs (Seal/Unseal, the vault's persistent state) under keys the
 //!   PSP derives at VMPL0 ([`Attester::sealing_key`]).
 //!
@@ -36,6 +38,7 @@ pub mod audit;
 pub mod dispatch;
 pub mod drbg;
 pub mod key;
+pub mod provision;
 mod scrub;
 pub mod seal;
 pub mod vault;
@@ -43,6 +46,7 @@ pub mod vault;
 #[cfg(test)]
 mod tests;
 
+use nitride_protocol::launch_config::{LaunchConfig, LaunchPolicy, OWNER_KEY_LEN};
 #[cfg(test)]
 mod seal_tests;
 
@@ -126,15 +130,47 @@ impl Attester for NoAttester {
 }
 
 /// Vault-wide policy, fixed at construction and reported in the vHSM manifest
-/// ([`VaultPolicy::flags`]).
+/// ([`VaultPolicy::flags`], and the digest of the launch configuration it comes
+/// from: [`VaultPolicy::launch_config`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VaultPolicy {
     /// Whether plaintext key material may be imported (`Import`). Off by default:
     /// keys then enter the vault only generated, derived or wrapped.
     pub allow_plaintext_import: bool,
+    /// Whether provisioning accepts envelopes no owner signed (only when no owner
+    /// key is configured). Off by default.
+    pub allow_unauthenticated_provisioning: bool,
+    /// The owner's P-384 public key (uncompressed SEC1): provisioned envelopes must
+    /// carry its signature. `Vault::new` refuses a point not on the curve.
+    pub owner_key: Option<[u8; OWNER_KEY_LEN]>,
 }
 
 impl VaultPolicy {
+    /// The policy a measured launch configuration sets.
+    pub fn from_launch_config(config: &LaunchConfig) -> Self {
+        Self {
+            allow_plaintext_import: config.policy.contains(LaunchPolicy::PLAINTEXT_IMPORT),
+            allow_unauthenticated_provisioning: config
+                .policy
+                .contains(LaunchPolicy::UNAUTHENTICATED_PROVISIONING),
+            owner_key: config.owner_key,
+        }
+    }
+
+    /// The launch configuration of this policy (whose digest the manifest carries).
+    pub fn launch_config(&self) -> LaunchConfig {
+        let mut policy = LaunchPolicy::empty();
+        policy.set(LaunchPolicy::PLAINTEXT_IMPORT, self.allow_plaintext_import);
+        policy.set(
+            LaunchPolicy::UNAUTHENTICATED_PROVISIONING,
+            self.allow_unauthenticated_provisioning,
+        );
+        LaunchConfig {
+            policy,
+            owner_key: self.owner_key,
+        }
+    }
+
     /// The policy as the manifest reports it.
     pub fn flags(self) -> VaultPolicyFlags {
         let mut flags = VaultPolicyFlags::empty();
@@ -142,6 +178,11 @@ impl VaultPolicy {
             VaultPolicyFlags::PLAINTEXT_IMPORT,
             self.allow_plaintext_import,
         );
+        flags.set(
+            VaultPolicyFlags::UNAUTHENTICATED_PROVISIONING,
+            self.allow_unauthenticated_provisioning,
+        );
+        flags.set(VaultPolicyFlags::OWNER_KEY, self.owner_key.is_some());
         flags
     }
 }
@@ -218,6 +259,14 @@ pub enum Error {
     VaultNotEmpty,
     /// ImportState of a state older than one seen in this boot.
     StateRollback,
+    /// ProvisionFinish without an open session.
+    NoSession,
+    /// The JWE is malformed, not addressed to the session key, or does not decrypt.
+    JweInvalid,
+    /// The envelope is malformed or its signature is not the owner key's.
+    EnvelopeInvalid,
+    /// The envelope's authority is not what the measured policy demands.
+    Unauthenticated,
 }
 
 impl Error {
@@ -243,6 +292,10 @@ impl Error {
             Self::SealRuleDenied => Status::SealRuleDenied,
             Self::VaultNotEmpty => Status::VaultNotEmpty,
             Self::StateRollback => Status::StateRollback,
+            Self::NoSession => Status::NoSession,
+            Self::JweInvalid => Status::JweInvalid,
+            Self::EnvelopeInvalid => Status::EnvelopeInvalid,
+            Self::Unauthenticated => Status::Unauthenticated,
         }
     }
 }

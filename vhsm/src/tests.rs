@@ -55,6 +55,7 @@ fn vault(allow_import: bool) -> Vault<TestPlatform> {
         },
         VaultPolicy {
             allow_plaintext_import: allow_import,
+            ..VaultPolicy::default()
         },
     )
     .unwrap()
@@ -1190,7 +1191,12 @@ fn manifest_lists_exactly_the_attestable_keys() {
     let empty = v.manifest();
     let m = VhsmManifest::parse(&empty).unwrap();
     assert_eq!(m.header.key_count.get(), 0);
-    assert_eq!(m.header.manifest_version.get(), 2);
+    assert_eq!(m.header.manifest_version.get(), 3);
+    assert_eq!(
+        m.header.launch_config,
+        nitride_protocol::launch_config::LaunchConfig::DEFAULT.digest(),
+        "the manifest reports the launch configuration's digest"
+    );
     assert_eq!(
         m.header.protocol_version.get(),
         nitride_protocol::svsm::VHSM_PROTOCOL_VERSION

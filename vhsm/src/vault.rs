@@ -36,7 +36,8 @@ use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
 use crate::drbg::{VaultDrbg, MAX_BYTES_PER_REQUEST};
-use crate::key::{gcm_open, gcm_seal, kw_unwrap, kw_wrap, Material};
+use crate::key::{ecdh_p256, gcm_open, gcm_seal, kw_unwrap, kw_wrap, Material};
+use crate::provision::{self, Authority, SessionKey};
 use crate::scrub::{scrubbed, scrubbed_around, Depth};
 use crate::seal::{self, BlobParams, StateKey, StatePayload};
 use crate::{Attester, Caller, Error, KeyType, KeyUsage, Origin, Platform, VaultPolicy, VmplSet};
@@ -107,6 +108,9 @@ fn sign_depth(material: &Material) -> Depth {
         Depth::Signing
     }
 }
+
+/// Prefix of the HKDF info for `Agree`: `prefix || key_type (u16 LE) || caller info`.
+pub const AGREE_INFO_PREFIX: &[u8] = b"nitride-vhsm agree v1\0";
 
 /// Attempts at drawing a valid P-384 scalar before giving up (each fails with
 /// probability below 2^-190).
@@ -297,8 +301,7 @@ pub struct Vault<P> {
     /// The vault identity key (P-384), drawn from the DRBG at creation (or restored
     /// with a sealed state, which always carries it); never in the key table, never
     /// exported otherwise. Zeroizes its scalar on drop. Only its public half is used
-    /// so far; secret provisioning (a KBS wrapping secrets to it) will use the
-    /// private half.
+    /// so far (provisioning uses a fresh key per session instead).
     #[allow(dead_code)]
     identity: Material,
     /// Its public key, SPKI DER.
@@ -309,6 +312,10 @@ pub struct Vault<P> {
     /// never stored anywhere else: a key's fixed nonce field is this plus its id.
     nonce_base: u64,
     pub(crate) audit: AuditLog,
+    /// The measured owner key provisioned envelopes must be signed by.
+    owner: Option<p384::ecdsa::VerifyingKey>,
+    /// The open provisioning session's key, if any (see [`crate::provision`]).
+    session: Option<SessionKey>,
     /// Where the persistent state stands (ExportState / ImportState).
     persist: Persist,
 }
@@ -367,6 +374,11 @@ impl<P> fmt::Debug for Vault<P> {
 impl<P: Platform> Vault<P> {
     /// An empty vault, its DRBG seeded from `platform`.
     pub fn new(mut platform: P, policy: VaultPolicy) -> Result<Self, Error> {
+        let owner = policy
+            .owner_key
+            .map(|k| p384::ecdsa::VerifyingKey::from_sec1_bytes(&k))
+            .transpose()
+            .map_err(|_| Error::InvalidKeyMaterial)?;
         let (drbg, identity, base, audit) = scrubbed_around(Depth::KeyCreation, || {
             let mut seed = Zeroizing::new([0u8; 48 + 24]);
             platform.entropy(&mut seed[..])?;
@@ -394,6 +406,8 @@ impl<P: Platform> Vault<P> {
             next_id: 1,
             nonce_base: u64::from_be_bytes(base),
             audit,
+            owner,
+            session: None,
             persist: Persist::default(),
         })
     }
@@ -1032,6 +1046,7 @@ impl<P: Platform> Vault<P> {
             audit_count: U64::new(self.audit.count()),
             audit_chain: *self.audit.head(),
             state_generation: U32::new(u32::try_from(self.persist.generation).unwrap_or(u32::MAX)),
+            launch_config: self.policy.launch_config().digest(),
             ..VhsmManifestHeader::default()
         };
         // Under 12 KiB with the 64-key capacity: the length always fits, and the
@@ -1085,6 +1100,145 @@ impl<P: Platform> Vault<P> {
             out.extend_from_slice(part);
         }
         Ok(())
+    }
+
+    /// `ProvisionBegin`: open a provisioning session for the KBS challenge `nonce`.
+    ///
+    /// Draws a fresh session key (ending any open session), builds the runtime-data
+    /// JSON around `nonce` and the key's JWK, asks `attester` for a VMPL0 report
+    /// with REPORT_DATA = SHA-384(JSON) zero-padded, and appends `bytes
+    /// runtime_data, bytes jwk, bytes report, bytes certificates` to `out`. Without
+    /// a report no session stays open.
+    pub fn provision_begin(
+        &mut self,
+        nonce: &[u8],
+        attester: &mut dyn Attester,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        self.session = None;
+        if nonce.len() > nitride_protocol::vhsm::MAX_KBS_NONCE_LEN
+            || !nitride_protocol::provision::is_plain_nonce(nonce)
+        {
+            return Err(Error::InvalidParameter);
+        }
+        let nonce = core::str::from_utf8(nonce).map_err(|_| Error::InvalidParameter)?;
+        let (drbg, platform) = (&mut self.drbg, &mut self.platform);
+        let session = scrubbed_around(Depth::KeyCreation, || {
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            for _ in 0..KEYGEN_ATTEMPTS {
+                fill(drbg, platform, &mut bytes[..])?;
+                if let Some(key) = SessionKey::from_bytes(&bytes[..]) {
+                    return Ok(key);
+                }
+            }
+            Err(Error::InvalidKeyMaterial)
+        })?;
+        let (json, jwk) = provision::runtime_data(nonce, &session);
+        let report_data = report_data::kbs_runtime_data(&json);
+        let evidence = attester
+            .report(&report_data, true)
+            .map_err(|_| Error::AttestationUnavailable)?;
+        let jwk = json.get(jwk).ok_or(Error::InvalidParameter)?;
+        let parts: [&[u8]; 4] = [&json, jwk, &evidence.report, &evidence.certificates];
+        let body_len = parts
+            .iter()
+            .try_fold(0usize, |acc, b| acc.checked_add(4)?.checked_add(b.len()))
+            .ok_or(Error::TooLarge)?;
+        if out.len().checked_add(body_len).ok_or(Error::TooLarge)? > MAX_RESPONSE_SIZE {
+            return Err(Error::TooLarge);
+        }
+        for part in parts {
+            let len = u32::try_from(part.len()).map_err(|_| Error::TooLarge)?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(part);
+        }
+        self.session = Some(session);
+        Ok(())
+    }
+
+    /// `ProvisionFinish`: decrypt the KBS's JWE with the open session's key (the
+    /// session ends here, whatever happens), check the envelope inside against the
+    /// measured owner key and policy ([`provision::open_envelope`]), and store the
+    /// key it carries with the attributes it sets, origin
+    /// [`Origin::Provisioned`] (or [`Origin::ProvisionedUnauthenticated`]).
+    pub fn provision_finish(&mut self, jwe: &[u8]) -> Result<KeyInfo, Error> {
+        let session = self.session.take().ok_or(Error::NoSession)?;
+        self.check_room()?;
+        let (owner, allow_unsigned) = (
+            self.owner.as_ref(),
+            self.policy.allow_unauthenticated_provisioning,
+        );
+        let (spec, authority, material) = scrubbed_around(Depth::KeyCreation, || {
+            let plaintext = provision::open_jwe(&session, jwe)?;
+            drop(session);
+            let (payload, authority) = provision::open_envelope(&plaintext, owner, allow_unsigned)?;
+            let envelope = nitride_protocol::provision::Envelope::parse(&payload)
+                .map_err(|_| Error::EnvelopeInvalid)?;
+            let spec = KeySpec::from_wire(&envelope.template, envelope.label)
+                .map_err(|_| Error::EnvelopeInvalid)?;
+            if spec.usage.is_empty()
+                || !spec.key_type.allowed_usage().contains(spec.usage)
+                || spec.allowed.is_empty()
+            {
+                return Err(Error::EnvelopeInvalid);
+            }
+            let material = Material::from_bytes(spec.key_type, envelope.material)
+                .map_err(|_| Error::EnvelopeInvalid)?;
+            Ok((spec, authority, material))
+        })?;
+        let origin = match authority {
+            Authority::Owner => Origin::Provisioned,
+            Authority::Unauthenticated => Origin::ProvisionedUnauthenticated,
+        };
+        self.insert(&spec, origin, material)
+    }
+
+    /// Whether a provisioning session is open.
+    pub fn provisioning(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// `Agree`: ECDH P-256 between an ECDH key with DERIVE usage and the peer's
+    /// public key (`peer`, a P-256 SPKI DER), into a new key:
+    /// `OKM = HKDF-SHA-384(salt, IKM = the shared x-coordinate, info =
+    /// AGREE_INFO_PREFIX || key_type (u16 LE) || info)`. The same rules as `Derive`:
+    /// exportable only if the ECDH key is, usable by no VMPL the ECDH key is not.
+    pub fn agree(
+        &mut self,
+        caller: Caller,
+        key: u32,
+        spec: &KeySpec,
+        peer: &[u8],
+        salt: &[u8],
+        info: &[u8],
+    ) -> Result<KeyInfo, Error> {
+        use p256::pkcs8::DecodePublicKey as _;
+        let parent = self.usable(caller, key, KeyUsage::DERIVE)?;
+        let secret = parent.material.ecdh_secret()?;
+        spec.check(caller)?;
+        if spec.exportable && !parent.info.exportable {
+            return Err(Error::NotExportable);
+        }
+        if !parent.info.allowed.contains(spec.allowed) {
+            return Err(Error::PolicyDenied);
+        }
+        nitride_protocol::attest::check_spki(KeyType::EcdhP256, peer)
+            .map_err(|_| Error::InvalidParameter)?;
+        let peer =
+            p256::PublicKey::from_public_key_der(peer).map_err(|_| Error::InvalidParameter)?;
+        self.check_room()?;
+        let material = scrubbed_around(Depth::KeyCreation, || {
+            let z = ecdh_p256(secret, &peer);
+            let hk = Hkdf::<Sha384>::new(Some(salt), &z[..]);
+            let mut okm = Zeroizing::new(alloc::vec![0u8; spec.key_type.material_len()]);
+            hk.expand_multi_info(
+                &[AGREE_INFO_PREFIX, &spec.key_type.raw().to_le_bytes(), info],
+                &mut okm,
+            )
+            .map_err(|_| Error::InvalidParameter)?;
+            Material::from_bytes(spec.key_type, &okm)
+        })?;
+        self.insert(spec, Origin::Derived, material)
     }
 
     /// The audit log.

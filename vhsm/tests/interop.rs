@@ -514,6 +514,56 @@ fn openssl_verifies_sign_digest_signatures() {
     );
 }
 
+/// SignDigest with an ECDSA P-256 key: a 64-byte `r || s` that openssl verifies
+/// against the digest (SHA-256, and SHA-384 truncated to the order's bit length);
+/// an ECDH P-256 key cannot sign.
+#[test]
+fn openssl_verifies_p256_sign_digest_signatures() {
+    use p256::ecdsa::Signature;
+    use sha2::{Digest, Sha256, Sha384};
+    let mut c = Client::new(false);
+    let dir = Dir::new();
+    let key = c.generate(KeyType::EcdsaP256, KeyUsage::SIGN, false);
+    let pem = public_pem(&mut c, &dir, key);
+    for digest in [
+        Sha256::digest(b"pkcs11 digest").to_vec(),
+        Sha384::digest(b"pkcs11 digest").to_vec(),
+    ] {
+        let raw = c.ok(Request::SignDigest {
+            key,
+            digest: &digest,
+        });
+        assert_eq!(raw.len(), 64, "raw r || s");
+        let der = Signature::from_slice(&raw).unwrap().to_der();
+        let sig = dir.write("sig.der", der.as_bytes());
+        let dg = dir.write("digest.bin", &digest);
+        let out = openssl(&[
+            "pkeyutl", "-verify", "-pubin", "-inkey", &pem, "-in", &dg, "-sigfile", &sig,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut other = digest.clone();
+        other[0] ^= 1;
+        let dg = dir.write("digest.bin", &other);
+        let out = openssl(&[
+            "pkeyutl", "-verify", "-pubin", "-inkey", &pem, "-in", &dg, "-sigfile", &sig,
+        ]);
+        assert!(!out.status.success(), "another digest must not verify");
+    }
+    let ecdh = c.generate(KeyType::EcdhP256, KeyUsage::DERIVE, false);
+    c.fails(
+        Request::SignDigest {
+            key: ecdh,
+            digest: &[1; 32],
+        },
+        // An ECDH key cannot carry SIGN usage, so the usage check refuses it first.
+        Status::UsageNotPermitted,
+    );
+}
+
 /// HkdfDerive is plain RFC 5869 HKDF-SHA-384: Python's HKDF with the same salt and
 /// info gives the derived key's material (read back through key wrap), unlike
 /// Derive, which prefixes `info`; an empty salt is RFC 5869's default.

@@ -209,6 +209,7 @@ fn delete_last_and_middle() {
         Counter(7),
         VaultPolicy {
             allow_plaintext_import: true,
+            ..VaultPolicy::default()
         },
     )
     .unwrap();
@@ -247,6 +248,7 @@ fn operations_leave_nothing() {
         Counter(9),
         VaultPolicy {
             allow_plaintext_import: true,
+            ..VaultPolicy::default()
         },
     )
     .unwrap();
@@ -304,6 +306,7 @@ fn keys_created_after_aes_work() {
         Counter(3),
         VaultPolicy {
             allow_plaintext_import: true,
+            ..VaultPolicy::default()
         },
     )
     .unwrap();
@@ -456,6 +459,7 @@ fn stack_is_scrubbed() {
         Counter(5),
         VaultPolicy {
             allow_plaintext_import: true,
+            ..VaultPolicy::default()
         },
     )
     .unwrap();

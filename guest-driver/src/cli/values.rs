@@ -39,6 +39,12 @@ pub enum KeyTypeArg {
     /// HMAC-SHA-384: sign/verify (the MAC), derive
     #[value(name = "hmac-sha384")]
     HmacSha384,
+    /// ECDSA P-256 with SHA-256: sign/verify
+    #[value(name = "ecdsa-p256")]
+    EcdsaP256,
+    /// ECDH P-256: agree with a peer's public key into a new key (usage derive)
+    #[value(name = "ecdh-p256")]
+    EcdhP256,
 }
 
 impl KeyTypeArg {
@@ -49,6 +55,8 @@ impl KeyTypeArg {
             Self::EcdsaP384 => KeyType::EcdsaP384,
             Self::Ed25519 => KeyType::Ed25519,
             Self::HmacSha384 => KeyType::HmacSha384,
+            Self::EcdsaP256 => KeyType::EcdsaP256,
+            Self::EcdhP256 => KeyType::EcdhP256,
         }
     }
 
@@ -59,6 +67,8 @@ impl KeyTypeArg {
             Self::EcdsaP384 => "ecdsa-p384",
             Self::Ed25519 => "ed25519",
             Self::HmacSha384 => "hmac-sha384",
+            Self::EcdsaP256 => "ecdsa-p256",
+            Self::EcdhP256 => "ecdh-p256",
         }
     }
 

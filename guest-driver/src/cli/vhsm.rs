@@ -110,8 +110,9 @@ pub enum KeyCmd {
     #[command(
         long_about = "Import plaintext key material: the raw AES or HMAC key, the Ed25519 seed or \
                       the big-endian P-384 scalar (32 bytes for aes-256 and ed25519, 48 for \
-                      ecdsa-p384 and hmac-sha384). The vault refuses unless the SVSM was started \
-                      with nitride.plaintext_import=allow; prefer `nitride unwrap`.",
+                      ecdsa-p384 and hmac-sha384, 32 for ecdsa-p256 and ecdh-p256). The vault \
+                      refuses unless its measured launch configuration allows it (`nitride owner \
+                      launch-config --allow-plaintext-import`); prefer `nitride unwrap`.",
         after_help = IMPORT_EXAMPLES
     )]
     Import(ImportArgs),
@@ -460,8 +461,25 @@ pub(super) fn refused(e: VhsmError, about: &About<'_>) -> CliError {
             key(keys.last().map(|(_, id)| *id))
         ),
         Status::PolicyDenied => format!(
-            "the vault's policy forbids this: {action} (plaintext import needs the SVSM started \
-             with nitride.plaintext_import=allow; prefer `nitride unwrap`)"
+            "the vault's policy forbids this: {action} (plaintext import needs a launch \
+             configuration that allows it: `nitride owner launch-config --allow-plaintext-import`; \
+             prefer `nitride unwrap`)"
+        ),
+        Status::NoSession => format!(
+            "no provisioning session is open ({action}): another ProvisionBegin ended it, or it \
+             was already finished"
+        ),
+        Status::JweInvalid => format!(
+            "the vault refused the KBS's JWE ({action}): malformed, altered, or encrypted to \
+             another session's key"
+        ),
+        Status::EnvelopeInvalid => format!(
+            "the vault refused the secret's envelope ({action}): malformed, or not signed by the \
+             owner key of the measured launch configuration"
+        ),
+        Status::Unauthenticated => format!(
+            "the vault refused an envelope without the owner's signature ({action}): the measured \
+             launch configuration has an owner key, or does not allow unauthenticated secrets"
         ),
         Status::CapacityExceeded => format!(
             "the vault is full: it holds at most {KEY_CAPACITY} keys, or its key ids are \
@@ -563,6 +581,8 @@ fn origin_name(raw: u8) -> &'static str {
         Some(Origin::Imported) => "imported",
         Some(Origin::Unwrapped) => "unwrapped",
         Some(Origin::Derived) => "derived",
+        Some(Origin::Provisioned) => "provisioned",
+        Some(Origin::ProvisionedUnauthenticated) => "provisioned-unauthenticated",
         None => "unknown",
     }
 }
@@ -575,10 +595,12 @@ fn vmpl_list(bits: u8) -> Vec<u8> {
 /// wrap/unwrap/derive/attest: listing a key in the attestation manifest is opt-in),
 /// `--vmpls` (default: all) and `--exportable`. A usage the type cannot have is a
 /// usage error here, before the vault sees it.
-fn template(t: &TemplateArgs, path: &[&str]) -> Result<KeyTemplate, CliError> {
+pub(super) fn template(t: &TemplateArgs, path: &[&str]) -> Result<KeyTemplate, CliError> {
     let key_type = t.key_type.key_type();
     let allowed = key_type.allowed_usage();
     let usage = match &t.usage {
+        // An ECDH key can only agree (derive).
+        None if key_type == nitride_protocol::vhsm::KeyType::EcdhP256 => KeyUsage::DERIVE,
         None => allowed - (KeyUsage::WRAP | KeyUsage::UNWRAP | KeyUsage::DERIVE | KeyUsage::ATTEST),
         Some(list) => list.iter().fold(KeyUsage::empty(), |acc, u| acc | u.flag()),
     };
@@ -621,11 +643,11 @@ fn has(k: &KeyAttributes, flag: KeyFlags) -> bool {
     k.exportable & flag.bits() != 0
 }
 
-fn label(t: &TemplateArgs) -> &[u8] {
+pub(super) fn label(t: &TemplateArgs) -> &[u8] {
     t.label.as_deref().unwrap_or_default().as_bytes()
 }
 
-fn key_json(k: &KeyAttributes) -> Value {
+pub(super) fn key_json(k: &KeyAttributes) -> Value {
     json!({
         "id": k.key_id.get(),
         "type": KeyTypeArg::name_of(k.key_type.get()),
@@ -639,7 +661,7 @@ fn key_json(k: &KeyAttributes) -> Value {
     })
 }
 
-fn key_line(k: &KeyAttributes) -> String {
+pub(super) fn key_line(k: &KeyAttributes) -> String {
     format!(
         "key {:<4} {:<12} usage {:<22} origin {:<9} exportable {:<3} vmpls {:?} label {:?}{}{}",
         k.key_id.get(),

@@ -93,9 +93,18 @@ impl<P: Platform, V: VhsmService> Svsm<P, V> {
         let Some(service) = self.vhsm.as_mut() else {
             return result(ResultCode::UnsupportedProtocol);
         };
+        let started = self.platform.cycles();
         // Disjoint fields: the vault gets the platform's PSP for this request only.
         let mut attester = PlatformAttester(&mut self.platform);
         let answer = Zeroizing::new(service.handle(vmpl, bytes, &mut attester));
+        // Measurements (`cargo xtask bench`, the provisioning figures): the time in
+        // the vault, instructions under `-icount shift=0`. The op and the length
+        // only: nothing of the request's content.
+        log::debug!(
+            "vHSM op {}: {} cycles in the vault",
+            RequestHeader::read_from_prefix(bytes).map_or(0, |(h, _)| h.op.get()),
+            self.platform.cycles().wrapping_sub(started)
+        );
         let Some(out) = response.sub(0, answer.len() as u64) else {
             log::error!(
                 "vHSM produced an empty or oversized response ({} bytes)",

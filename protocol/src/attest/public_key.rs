@@ -19,16 +19,20 @@ use crate::vhsm::KeyType;
 const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 /// secp384r1 (RFC 5480).
 const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+/// secp256r1 / prime256v1 (RFC 5480).
+const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 /// id-Ed25519 (RFC 8410).
 const ID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 
 /// Length of a P-384 SPKI DER with an uncompressed point.
 pub const P384_SPKI_LEN: usize = 120;
+/// Length of a P-256 SPKI DER with an uncompressed point.
+pub const P256_SPKI_LEN: usize = 91;
 /// Length of an Ed25519 SPKI DER.
 pub const ED25519_SPKI_LEN: usize = 44;
 
 /// Check that `spki` is the public key of a `key_type` key as the vault encodes
-/// it: the strict DER SPKI for P-384 and Ed25519 keys, empty for AES and HMAC keys.
+/// it: the strict DER SPKI for P-384, P-256 and Ed25519 keys, empty for AES and HMAC keys.
 pub fn check_spki(key_type: KeyType, spki: &[u8]) -> Result<(), ManifestError> {
     let bad = ManifestError::BadPublicKey;
     let (oid, curve, key_len, expected_len) = match key_type {
@@ -37,6 +41,9 @@ pub fn check_spki(key_type: KeyType, spki: &[u8]) -> Result<(), ManifestError> {
         }
         KeyType::EcdsaP384 => (ID_EC_PUBLIC_KEY, Some(SECP384R1), 97, P384_SPKI_LEN),
         KeyType::Ed25519 => (ID_ED25519, None, 32, ED25519_SPKI_LEN),
+        KeyType::EcdsaP256 | KeyType::EcdhP256 => {
+            (ID_EC_PUBLIC_KEY, Some(SECP256R1), 65, P256_SPKI_LEN)
+        }
     };
     if spki.len() != expected_len {
         return Err(bad);

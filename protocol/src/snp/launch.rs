@@ -23,8 +23,15 @@ pub mod gpa {
     pub const CMDLINE: u64 = 0xA000;
     /// The memory-map parameter page (host-provided): IGVM memory-map entries.
     pub const MEMORY_MAP: u64 = 0xB000;
-    /// The launch configuration ([`LaunchConfig`], measured).
+    /// The image layout ([`LaunchConfig`], measured).
     pub const LAUNCH_CONFIG: u64 = 0xC000;
+    /// The vault's measured launch configuration
+    /// ([`crate::launch_config::LaunchConfig`]: the vault policy and the owner key),
+    /// at the start of a measured page whose other bytes are zero
+    /// ([`crate::launch_config::LaunchConfig::from_page`]). The builder always
+    /// places it (the default configuration when none is given); an all-zero page
+    /// means the default configuration.
+    pub const VAULT_CONFIG: u64 = 0xD000;
     /// Everything below this address belongs to the SVSM (never guest RAM).
     pub const LOW_RESERVED_END: u64 = 0x10_0000;
 }

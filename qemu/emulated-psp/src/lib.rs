@@ -155,7 +155,7 @@ pub enum DevPspError {
     },
     /// The magic is not `dev_psp::MAGIC`.
     BadMagic,
-    /// The reserved field is not zero.
+    /// Launch flags other than `dev_psp::LAUNCH_DEBUG` are set.
     ReservedNotZero,
     /// The certificate table is longer than `dev_psp::MAX_CERT_TABLE`.
     TableTooLarge {
@@ -182,7 +182,9 @@ impl fmt::Display for DevPspError {
                 write!(f, "dev-PSP blob: {len} bytes, shorter than its header")
             }
             Self::BadMagic => f.write_str("dev-PSP blob: bad magic"),
-            Self::ReservedNotZero => f.write_str("dev-PSP blob: reserved field not zero"),
+            Self::ReservedNotZero => {
+                f.write_str("dev-PSP blob: launch flags other than LAUNCH_DEBUG (1) set")
+            }
             Self::TableTooLarge { len } => write!(
                 f,
                 "dev-PSP blob: certificate table of {len} bytes exceeds {}",
@@ -201,6 +203,8 @@ impl fmt::Display for DevPspError {
 pub struct DevPspConfig {
     vcek: SigningKey,
     tcb: u64,
+    /// The guest policy the launch had (reports, KEY_REQ derivations).
+    policy: u64,
     chip_secret: Zeroizing<[u8; 32]>,
     cert_table: Vec<u8>,
 }
@@ -212,6 +216,7 @@ impl fmt::Debug for DevPspConfig {
             .field("chip_secret", &"[REDACTED]")
             .field("cert_table_len", &self.cert_table.len())
             .field("tcb", &self.tcb)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -224,9 +229,15 @@ impl DevPspConfig {
         if header.magic != dev_psp::MAGIC {
             return Err(DevPspError::BadMagic);
         }
-        if header.reserved.get() != 0 {
+        let flags = header.launch_flags.get();
+        if flags & !dev_psp::LAUNCH_DEBUG != 0 {
             return Err(DevPspError::ReservedNotZero);
         }
+        let policy = if flags & dev_psp::LAUNCH_DEBUG != 0 {
+            dev_psp::GUEST_POLICY | dev_psp::POLICY_DEBUG
+        } else {
+            dev_psp::GUEST_POLICY
+        };
         let table_len = header.cert_table_len.get() as usize;
         if table_len > dev_psp::MAX_CERT_TABLE {
             return Err(DevPspError::TableTooLarge { len: table_len });
@@ -245,6 +256,7 @@ impl DevPspConfig {
         Ok(Self {
             vcek,
             tcb: header.tcb_version.get(),
+            policy,
             chip_secret: Zeroizing::new(header.chip_secret),
             cert_table: rest.to_vec(),
         })
@@ -513,7 +525,7 @@ impl EmulatedPsp {
         let mut r = AttestationReport::new_zeroed();
         r.version = U32::new(dev_psp::REPORT_VERSION);
         r.guest_svn = U32::new(GUEST_SVN);
-        r.policy = U64::new(dev_psp::GUEST_POLICY);
+        r.policy = U64::new(self.config.policy);
         r.vmpl = U32::new(vmpl);
         r.signature_algo = U32::new(SIG_ALGO_ECDSA_P384_SHA384);
         r.current_tcb = tcb;
@@ -611,7 +623,7 @@ impl EmulatedPsp {
         info.extend_from_slice(&select.to_le_bytes());
         info.extend_from_slice(&tcb.to_le_bytes());
         if select & guest_field::POLICY != 0 {
-            info.extend_from_slice(&dev_psp::GUEST_POLICY.to_le_bytes());
+            info.extend_from_slice(&self.config.policy.to_le_bytes());
         }
         if select & guest_field::IMAGE_ID != 0 {
             info.extend_from_slice(&[0u8; 16]);
@@ -673,7 +685,7 @@ pub mod testing {
             vcek_scalar: scalar,
             chip_secret: CHIP_SECRET,
             cert_table_len: U32::new(table.len() as u32),
-            reserved: U32::new(0),
+            launch_flags: U32::new(0),
             tcb_version: U64::new(dev_psp::TCB_VERSION),
         };
         let mut b = header.as_bytes().to_vec();
@@ -890,8 +902,21 @@ mod tests {
         b[0] ^= 1;
         assert_eq!(parse(&b), Err(DevPspError::BadMagic));
         let mut b = good.clone();
-        b[92] = 1;
+        b[92] = 2; // launch flags other than LAUNCH_DEBUG
         assert_eq!(parse(&b), Err(DevPspError::ReservedNotZero));
+        let mut b = good.clone();
+        b[92] = dev_psp::LAUNCH_DEBUG as u8;
+        let debug = EmulatedPsp::new(
+            DevPspConfig::parse(&b).unwrap(),
+            launch(),
+            core::array::from_fn(|n| Zeroizing::new(vmpck(n as u8))),
+        );
+        let r = debug.build_report(&[0; 64], 0);
+        assert_eq!(
+            r.policy.get(),
+            dev_psp::GUEST_POLICY | dev_psp::POLICY_DEBUG,
+            "a debug launch's reports say so"
+        );
         let mut b = good.clone();
         b.push(0);
         assert_eq!(

@@ -99,6 +99,7 @@ fn vaults(caller: Caller) -> (Vault<Counter>, Option<Vault<Counter>>) {
             Counter(1),
             VaultPolicy {
                 allow_plaintext_import: true,
+                ..VaultPolicy::default()
             },
         )
         .unwrap();

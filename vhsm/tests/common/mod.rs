@@ -38,6 +38,7 @@ impl Client {
             OsEntropy,
             VaultPolicy {
                 allow_plaintext_import,
+                ..VaultPolicy::default()
             },
         )
         .unwrap();
