@@ -721,6 +721,44 @@ mod tests {
         assert!(build(&boot, &[&boot]).is_err());
     }
 
+    /// The vault's launch configuration is a measured page of the SVSM image: a
+    /// changed policy or owner key changes the launch digest; none and the default
+    /// one measure the same; the page holds the encoding then zeros.
+    #[test]
+    fn the_launch_configuration_is_measured() {
+        use nitride_protocol::launch_config::{LaunchConfig, LaunchPolicy};
+        let (base, _) = SVSM_REGION;
+        let svsm = elf(base, &[0xF4; 100], 0x1000, base);
+        let guest = elf(0x40_0000, &[0x90; 100], 0x1000, 0x40_0000);
+        let digest = |c: Option<&LaunchConfig>| {
+            let file = build_svsm(&svsm, &guest, c).unwrap();
+            assert_eq!(
+                launch_digest(&file).unwrap(),
+                reference_digest(&file).unwrap()
+            );
+            launch_digest(&file).unwrap()
+        };
+        let import = LaunchConfig {
+            policy: LaunchPolicy::PLAINTEXT_IMPORT,
+            owner_key: None,
+        };
+        let mut key = [9u8; 97];
+        key[0] = 4;
+        let owned = LaunchConfig {
+            policy: LaunchPolicy::empty(),
+            owner_key: Some(key),
+        };
+        let none = digest(None);
+        assert_eq!(none, digest(Some(&LaunchConfig::DEFAULT)));
+        assert_ne!(none, digest(Some(&import)));
+        assert_ne!(none, digest(Some(&owned)));
+        assert_ne!(digest(Some(&import)), digest(Some(&owned)));
+        assert_eq!(
+            LaunchConfig::from_page(&owned.to_page()).unwrap(),
+            (owned, owned.digest())
+        );
+    }
+
     #[test]
     fn page_info_layout() {
         // One NORMAL page of zeros at 0, chained from the zero digest, by hand.
