@@ -129,7 +129,7 @@ pub fn relay_measurement_with(
 /// Boot the production SVSM with the relay guest in a fresh directory named after
 /// the test, and connect a typed client to it (on the platform [`on_snp`] selects).
 pub fn start_relay(test: &str, svsm_args: &str) -> (RunningVm, VhsmClient<RelayClient>) {
-    start_relay_with(test, svsm_args, &Relay::default())
+    start_relay_with(test, svsm_args, Relay::default())
 }
 
 /// The directory of a test's VM: `target/e2e/TEST-PID`.
@@ -161,13 +161,30 @@ impl<'a> Relay<'a> {
     }
 }
 
-/// [`start_relay`] with the differences `relay` names, in [`test_dir`], on the
-/// platform [`on_snp`] selects.
-pub fn start_relay_with(
+/// A launch configuration alone (`start_relay_with(test, "", Some(&config))`).
+impl<'a> From<Option<&'a nitride_protocol::launch_config::LaunchConfig>> for Relay<'a> {
+    fn from(config: Option<&'a nitride_protocol::launch_config::LaunchConfig>) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+}
+
+impl<'a> From<&Relay<'a>> for Relay<'a> {
+    fn from(relay: &Relay<'a>) -> Self {
+        *relay
+    }
+}
+
+/// [`start_relay`] with the differences `relay` names (a [`Relay`], or just an
+/// `Option<&LaunchConfig>`), in [`test_dir`], on the platform [`on_snp`] selects.
+pub fn start_relay_with<'a>(
     test: &str,
     svsm_args: &str,
-    relay: &Relay<'_>,
+    relay: impl Into<Relay<'a>>,
 ) -> (RunningVm, VhsmClient<RelayClient>) {
+    let relay = &relay.into();
     if on_snp() {
         return start_relay_snp_with(test, svsm_args, relay);
     }

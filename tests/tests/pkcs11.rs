@@ -87,7 +87,7 @@ fn outside_clients_use_the_vhsm_through_pkcs11() {
         policy: LaunchPolicy::PLAINTEXT_IMPORT,
         owner_key: None,
     };
-    let (vm, client) = start_relay_with("pkcs11", "", &nitride_tests::Relay::config(&import));
+    let (vm, client) = start_relay_with("pkcs11", "", Some(&import));
     // QEMU serves one connection to the relay at a time: each client connects anew.
     drop(client);
     let dir = vm.dir.clone();

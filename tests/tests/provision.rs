@@ -209,7 +209,7 @@ fn a_secret_from_the_kbs_enters_the_vault() {
             &format!("nitride/key/other={}", o.other_envelope.display()),
         ],
     );
-    let (vm, client) = start_relay_with("provision-ok", "", &Relay::config(&o.config));
+    let (vm, client) = start_relay_with("provision-ok", "", Some(&o.config));
     drop(client);
     let s = vm.socket.clone();
 
@@ -320,7 +320,7 @@ fn kbs_refusals_leave_the_vault_unchanged() {
     let o = owner(&dir, &[0x42; 32]);
     let m = measurement(&o.config);
     let resource = format!("nitride/key/disk={}", o.envelope.display());
-    let (vm, client) = start_relay_with("provision-refused", "", &Relay::config(&o.config));
+    let (vm, client) = start_relay_with("provision-refused", "", Some(&o.config));
     drop(client);
     let s = vm.socket.clone();
     let wrong = "00".repeat(48);
@@ -413,7 +413,7 @@ fn kbs_refusals_leave_the_vault_unchanged() {
     let (vm, _) = start_relay_with(
         "provision-refused-debug",
         "",
-        &Relay {
+        Relay {
             dev_psp: Some(&debug_blob),
             config: Some(&o.config),
             guest: None,

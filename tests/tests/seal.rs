@@ -36,7 +36,7 @@ fn boot(
     nitride_tests::start_relay_with(
         &format!("seal-{name}"),
         "",
-        &nitride_tests::Relay {
+        nitride_tests::Relay {
             guest,
             dev_psp: psp,
             config: None,

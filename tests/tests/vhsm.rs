@@ -24,8 +24,7 @@ use nitride_protocol::vhsm::{
     MAX_REQUEST_SIZE,
 };
 use nitride_tests::{
-    boot_guest, expect, start_relay, start_relay_with, Outcome, Relay, RelayClient, VhsmClient,
-    VhsmError,
+    boot_guest, expect, start_relay, start_relay_with, Outcome, RelayClient, VhsmClient, VhsmError,
 };
 
 /// A measured launch configuration that allows plaintext import.
@@ -280,7 +279,7 @@ fn every_operation_through_the_firmware() {
 
 #[test]
 fn plaintext_import_when_the_svsm_allows_it() {
-    let (_vm, mut c) = start_relay_with("import", "", &Relay::config(&PLAINTEXT_IMPORT));
+    let (_vm, mut c) = start_relay_with("import", "", Some(&PLAINTEXT_IMPORT));
     let k = c
         .import(
             template(
@@ -658,11 +657,7 @@ print(prev.hex())
 #[test]
 fn manifest_reports_the_vault_policy_and_the_audit_log() {
     for (config, flags) in [(None, 0u32), (Some(&PLAINTEXT_IMPORT), 1)] {
-        let relay = Relay {
-            config,
-            ..Relay::default()
-        };
-        let (vm, mut c) = start_relay_with(&format!("manifest-policy-{flags}"), "", &relay);
+        let (vm, mut c) = start_relay_with(&format!("manifest-policy-{flags}"), "", config);
         let (report, first) = attested_vhsm(&mut c);
         // The configuration is measured: the report's MEASUREMENT is that of this
         // configuration (on SNP: the launch digest of the IGVM image with its page).
