@@ -12,9 +12,9 @@
 )]
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,8 +22,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use nitride_guest_driver::cli;
+use nitride_protocol::launch_config::LaunchConfig;
+use nitride_protocol::vhsm::{LUKS_PASSPHRASE_INFO_PREFIX, LUKS_PASSPHRASE_SALT};
 use nitride_qemu::RunningVm;
-use nitride_tests::{images, test_dir};
+use nitride_tests::{images, start_relay_with, test_dir};
 
 /// Run `nitride ARGS` in this process against `sock`: (exit code, stdout, error).
 fn nitride(sock: Option<&Path>, args: &[&str]) -> (i32, Vec<u8>, String) {
@@ -412,5 +414,219 @@ fn sealed_volume_unlocks_only_in_the_same_image() {
         for secret in [&first[..], &raw[..]] {
             assert_eq!(logs_contain(&base, secret), Vec::<PathBuf>::new());
         }
+    }
+}
+
+/// The test KBS (tests/kbs) as a process, killed when dropped; its log in a file.
+struct Kbs {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Drop for Kbs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Kbs {
+    fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
+        let root = nitride_qemu::repo_root();
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new("python3")
+            .arg(root.join("tests/kbs/kbs.py"))
+            .args(["--port", "0", "--dev-root"])
+            .arg(root.join("target/dev-chain"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("python3 runs the test KBS (pip install -r tests/kbs/requirements.txt)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("kbs: listening on ")
+            .unwrap_or_else(|| panic!("KBS did not start: {line:?}"))
+            .to_string();
+        Self { child, url, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Python's HKDF-SHA-384 (the outside judge of the passphrase derivation).
+fn python_hkdf(ikm: &[u8], salt: &[u8], info: &[u8]) -> Vec<u8> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\n\
+             from cryptography.hazmat.primitives.kdf.hkdf import HKDF\n\
+             from cryptography.hazmat.primitives import hashes\n\
+             a = [bytes.fromhex(x) for x in sys.argv[1:4]]\n\
+             print(HKDF(hashes.SHA384(), 32, a[1], a[2]).derive(a[0]).hex())",
+            &hex::encode(ikm),
+            &hex::encode(salt),
+            &hex::encode(info),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .as_bytes()
+        .to_vec()
+}
+
+/// Remote: the vault key is an owner-signed envelope the test KBS releases after
+/// attestation. Enroll and unlock provision it; the passphrase is exactly the
+/// documented HKDF of the owner's key and the volume UUID (Python computes it);
+/// with the KBS refusing the launch measurement, unlock fails and the volume stays
+/// closed. No argv, environment or log holds the passphrase.
+#[test]
+fn remote_volume_unlocks_only_with_the_kbs_release() {
+    let name = "luks-kbs";
+    let dir = test_dir(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = |n: &str| dir.join(n).display().to_string();
+    let secret: Vec<u8> = (0u8..32)
+        .map(|b| b.wrapping_mul(53).wrapping_add(7))
+        .collect();
+    std::fs::write(f("volume.key"), &secret).unwrap();
+    for args in [
+        vec!["owner", "keygen", "--out", &f("owner.pem")][..].to_vec(),
+        vec![
+            "owner",
+            "launch-config",
+            "--owner",
+            &f("owner.pem.pub"),
+            "--out",
+            &f("launch-config.bin"),
+        ],
+    ] {
+        let (code, _, e) = nitride(None, &args);
+        assert_eq!(code, 0, "{e}");
+    }
+    let (code, _, e) = nitride(
+        None,
+        &[
+            "owner",
+            "envelope",
+            "--key",
+            &f("owner.pem"),
+            "--type",
+            "aes-256",
+            "--usage",
+            "release",
+            "--vmpls",
+            "1",
+            "--label",
+            "volume",
+            "--in",
+            &f("volume.key"),
+            "--out",
+            &f("envelope.jws"),
+        ],
+    );
+    assert_eq!(code, 0, "{e}");
+    let _ = std::fs::remove_file(f("volume.key"));
+    let config = LaunchConfig::parse(&std::fs::read(f("launch-config.bin")).unwrap()).unwrap();
+    let i = images();
+    let m = hex::encode(
+        nitride_qemu::measure::launch_measurement_with(
+            &i.svsm,
+            &i.relay_guest,
+            Some(Path::new(&f("launch-config.bin"))),
+        )
+        .unwrap(),
+    );
+    let resource = format!("nitride/key/volume={}", f("envelope.jws"));
+    let good = Kbs::start(&dir, "kbs", &["--measurement", &m, "--resource", &resource]);
+    let wrong = "00".repeat(48);
+    let refusing = Kbs::start(
+        &dir,
+        "kbs-refusing",
+        &["--measurement", &wrong, "--resource", &resource],
+    );
+    let v = Volume::new(&dir, "remote");
+    let watcher = Watcher::start();
+    let (vm, client) = start_relay_with(name, "", Some(&config));
+    drop(client);
+    let s = vm.socket.clone();
+
+    let started = std::time::Instant::now();
+    let (code, _, e) = nitride(
+        Some(&s),
+        &[
+            "luks",
+            "enroll",
+            &v.path(),
+            "--kbs",
+            &good.url,
+            "--resource",
+            "nitride/key/volume",
+            "--key-file",
+            &v.recovery.display().to_string(),
+        ],
+    );
+    eprintln!("luks enroll --kbs took {:?}", started.elapsed());
+    assert_eq!(code, 0, "{e}\n{}", good.log());
+    let started = std::time::Instant::now();
+    let (code, _, e) = nitride(
+        Some(&s),
+        &["luks", "unlock", &v.path(), "--test-passphrase"],
+    );
+    eprintln!("luks unlock (kbs) took {:?}", started.elapsed());
+    assert_eq!(code, 0, "{e}\n{}", good.log());
+    let p = passphrase(&s, &v.path());
+    let uuid = cryptsetup(&["luksUUID", &v.path()], b"").1;
+    let mut info = LUKS_PASSPHRASE_INFO_PREFIX.to_vec();
+    info.extend_from_slice(&hex::decode(uuid.trim().replace('-', "")).unwrap());
+    assert_eq!(p, python_hkdf(&secret, LUKS_PASSPHRASE_SALT, &info));
+    assert!(v.opens_with(&p));
+
+    // The KBS refuses this launch measurement: nothing is released, nothing opens.
+    let token = v.token(0);
+    let mut t: serde_json::Value = serde_json::from_str(&token).unwrap();
+    assert_eq!(t["source"], "kbs");
+    t["kbs_url"] = refusing.url.clone().into();
+    v.replace_token(0, &t.to_string());
+    let mapper = "nitride-luks-kbs-test";
+    for args in [
+        vec!["luks", "unlock", &v.path(), "--print-passphrase"],
+        vec!["luks", "unlock", &v.path(), mapper],
+    ] {
+        let (code, out, e) = nitride(Some(&s), &args);
+        assert_eq!((code, out.len()), (1, 0), "{e}");
+        assert!(e.contains("provisioning nitride/key/volume from"), "{e}");
+        assert!(e.contains("PolicyDeny") && e.contains("401"), "{e}");
+    }
+    assert!(
+        !Path::new(&format!("/dev/mapper/{mapper}")).exists(),
+        "the volume stays closed"
+    );
+    v.replace_token(0, &token);
+    drop(vm);
+
+    let (_, found, cryptsetups) = watcher.finish(&p);
+    assert!(cryptsetups > 0);
+    assert!(
+        !found,
+        "the passphrase was in some process's argv or environment"
+    );
+    let raw = hex::decode(&p).unwrap();
+    for secret in [&p[..], &raw[..]] {
+        assert_eq!(logs_contain(&dir, secret), Vec::<PathBuf>::new());
     }
 }
