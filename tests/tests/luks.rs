@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -283,6 +283,59 @@ fn open_for_real(sock: &Path, v: &Volume, name: &str, write: bool) -> Result<(),
     result.map_err(|e| panic!("{dev}: {e}"))
 }
 
+/// Where Debian's libcryptsetup 2.6 loads token plugins from (its only path).
+const PLUGIN_DIR: &str = "/lib/x86_64-linux-gnu/cryptsetup";
+
+/// Build the token plugin (a no-op when `cargo test` already built it) and install
+/// it where libcryptsetup looks, as `cargo xtask install-token` does (without debug
+/// information); once per test process.
+fn install_plugin() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let root = nitride_qemu::repo_root();
+        let st = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "nitride-luks-token"])
+            .current_dir(&root)
+            .status()
+            .unwrap();
+        assert!(st.success(), "building nitride-luks-token failed");
+        let so = root.join("target/x86_64-unknown-linux-gnu/debug/libcryptsetup_token_nitride.so");
+        let dest = Path::new(PLUGIN_DIR).join("libcryptsetup-token-nitride.so");
+        let st = Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(&so)
+            .arg(&dest)
+            .status()
+            .expect("objcopy (binutils) installs the plugin");
+        assert!(
+            st.success(),
+            "installing {} failed (run as root)",
+            dest.display()
+        );
+    });
+}
+
+/// `cryptsetup open --test-passphrase --token-only` through the plugin, which
+/// reaches the vHSM at `sock`.
+fn token_only(sock: &Path, image: &str) -> (bool, String) {
+    install_plugin();
+    let out = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--token-only", "-v", image])
+        .env("NITRIDE_SOCKET", sock)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Sealed: enroll in one VM; a new VM with the same images unlocks (test and, where
 /// device-mapper works, for real, a write and a read across two opens); a changed
 /// token fails with a clear message; another guest image (another measurement)
@@ -343,6 +396,14 @@ fn sealed_volume_unlocks_only_in_the_same_image() {
         assert_eq!(code, 0, "{e}");
         assert!(String::from_utf8_lossy(&out).contains("opens keyslot 1"));
         assert_eq!(passphrase(&vm.socket, &v.path()), first);
+        let (ok, out) = token_only(&vm.socket, &v.path());
+        assert!(ok, "the plugin opens it: {out}");
+        assert!(out.contains("Key slot 1 unlocked"), "{out}");
+        let (ok, out) = cryptsetup(&["luksDump", &v.path()], b"");
+        assert!(
+            ok && out.contains("nitride version: 1"),
+            "the plugin's dump: {out}"
+        );
         match open_for_real(&vm.socket, &v, "nitride-luks-test", true)
             .and_then(|()| open_for_real(&vm.socket, &v, "nitride-luks-test", false))
         {
@@ -366,6 +427,12 @@ fn sealed_volume_unlocks_only_in_the_same_image() {
         assert!(
             e.contains("the sealed volume key does not open in this SVSM"),
             "{e}"
+        );
+        let (ok, out) = token_only(&vm.socket, &v.path());
+        assert!(!ok, "{out}");
+        assert!(
+            out.contains("the sealed volume key does not open in this SVSM"),
+            "the plugin says why: {out}"
         );
         // A token bound to another volume (its UUID changed).
         let mut other = t.clone();
@@ -590,6 +657,8 @@ fn remote_volume_unlocks_only_with_the_kbs_release() {
     eprintln!("luks unlock (kbs) took {:?}", started.elapsed());
     assert_eq!(code, 0, "{e}\n{}", good.log());
     let p = passphrase(&s, &v.path());
+    let (ok, out) = token_only(&s, &v.path());
+    assert!(ok, "the plugin opens it: {out}");
     let uuid = cryptsetup(&["luksUUID", &v.path()], b"").1;
     let mut info = LUKS_PASSPHRASE_INFO_PREFIX.to_vec();
     info.extend_from_slice(&hex::decode(uuid.trim().replace('-', "")).unwrap());
@@ -612,6 +681,9 @@ fn remote_volume_unlocks_only_with_the_kbs_release() {
         assert!(e.contains("provisioning nitride/key/volume from"), "{e}");
         assert!(e.contains("PolicyDeny") && e.contains("401"), "{e}");
     }
+    let (ok, out) = token_only(&s, &v.path());
+    assert!(!ok, "{out}");
+    assert!(out.contains("PolicyDeny"), "the plugin says why: {out}");
     assert!(
         !Path::new(&format!("/dev/mapper/{mapper}")).exists(),
         "the volume stays closed"

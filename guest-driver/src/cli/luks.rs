@@ -587,6 +587,55 @@ fn unseal_refused(device: &Path, token_id: &str, e: VhsmError) -> CliError {
     }
 }
 
+/// The passphrase one nitride token leads to, for the volume `uuid` (the device's
+/// canonical LUKS UUID), from the vHSM behind `socket`: the token's UUID binding
+/// checked, its vault key unsealed (sealed) or provisioned after attestation (KBS),
+/// the passphrase released, the key deleted again. `token_id` names the token in
+/// messages. (The cryptsetup token plugin calls this too.)
+pub fn token_passphrase(
+    token: &Token,
+    token_id: &str,
+    device: &Path,
+    uuid: &str,
+    socket: &Path,
+    timeout: Duration,
+) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    if token.volume_uuid != uuid {
+        return Err(CliError::Input(format!(
+            "nitride token {token_id} is bound to volume {} but {} is volume {uuid} (a header \
+             copied from another volume?)",
+            token.volume_uuid,
+            device.display()
+        )));
+    }
+    let mut v = connect(&Conn {
+        socket: socket.to_path_buf(),
+    })?;
+    let key = match &token.source {
+        Source::Sealed { .. } => {
+            let blob = token.sealed_key().map_err(CliError::Input)?;
+            v.unseal_key(&blob)
+                .map_err(|e| unseal_refused(device, token_id, e))?
+                .key_id
+                .get()
+        }
+        Source::Kbs { kbs_url, resource } => {
+            super::provision::provision_key(&mut v, kbs_url, resource, timeout, 3)
+                .map_err(|e| {
+                    CliError::Input(format!(
+                        "nitride token {token_id}: provisioning {resource} from {kbs_url} \
+                         failed: {e}"
+                    ))
+                })?
+                .key_id
+                .get()
+        }
+    };
+    let p = release(&mut v, key, uuid);
+    forget(&mut v, key);
+    p
+}
+
 /// The passphrase of `device` from its first usable nitride token, and the keyslot.
 fn released_passphrase(
     device: &Path,
@@ -604,7 +653,6 @@ fn released_passphrase(
         )));
     }
     let mut reasons = Vec::new();
-    let mut vhsm = None;
     for (id, token) in tokens {
         let token = match token {
             Ok(t) => t,
@@ -613,58 +661,51 @@ fn released_passphrase(
                 continue;
             }
         };
-        if token.volume_uuid != uuid {
-            reasons.push(format!(
-                "nitride token {id} is bound to volume {} but {} is volume {uuid} (a header \
-                 copied from another volume?)",
-                token.volume_uuid,
-                device.display()
-            ));
-            continue;
-        }
         let slot = token.keyslot().map_err(CliError::Input)?;
-        if vhsm.is_none() {
-            vhsm = Some(connect(conn)?);
+        match token_passphrase(
+            &token,
+            &id,
+            device,
+            uuid,
+            &conn.socket,
+            Duration::from_secs(timeout),
+        ) {
+            Ok(p) => return Ok((p, slot)),
+            // The vHSM cannot be reached: no other token will do better.
+            Err(e @ CliError::Vhsm(_)) => return Err(e),
+            Err(e) => reasons.push(e.to_string()),
         }
-        let Some(v) = vhsm.as_mut() else { continue };
-        let key = match &token.source {
-            Source::Sealed { .. } => {
-                let blob = token.sealed_key().map_err(CliError::Input)?;
-                match v.unseal_key(&blob) {
-                    Ok(k) => k.key_id.get(),
-                    Err(e) => {
-                        reasons.push(unseal_refused(device, &id, e).to_string());
-                        continue;
-                    }
-                }
-            }
-            Source::Kbs { kbs_url, resource } => {
-                match super::provision::provision_key(
-                    v,
-                    kbs_url,
-                    resource,
-                    Duration::from_secs(timeout),
-                    3,
-                ) {
-                    Ok(k) => k.key_id.get(),
-                    Err(e) => {
-                        reasons.push(format!(
-                            "nitride token {id}: provisioning {resource} from {kbs_url} failed: {e}"
-                        ));
-                        continue;
-                    }
-                }
-            }
-        };
-        let p = release(v, key, uuid);
-        forget(v, key);
-        return Ok((p?, slot));
     }
     Err(CliError::Input(format!(
         "{}: no nitride token released a passphrase: {}",
         device.display(),
         reasons.join("; ")
     )))
+}
+
+/// The lines `cryptsetup luksDump` shows for a nitride token (the plugin's `_dump`).
+pub fn dump_lines(token: &Token) -> Vec<String> {
+    let mut lines = vec![
+        format!("\tnitride version: {}", token.nitride_version),
+        format!("\tvolume UUID:     {}", token.volume_uuid),
+    ];
+    match &token.source {
+        Source::Sealed { sealed_key, tcb } => {
+            lines
+                .push("\tsource:          sealed to the SVSM image, launch policy and chip".into());
+            lines.push(format!("\tsealed at TCB:   {tcb}"));
+            lines.push(format!(
+                "\tsealed key:      {} bytes",
+                STANDARD.decode(sealed_key).map_or(0, |b| b.len())
+            ));
+        }
+        Source::Kbs { kbs_url, resource } => {
+            lines.push("\tsource:          KBS (attestation-gated provisioning)".into());
+            lines.push(format!("\tKBS:             {kbs_url}"));
+            lines.push(format!("\tresource:        {resource}"));
+        }
+    }
+    lines
 }
 
 fn unlock(a: &UnlockArgs, out: &mut dyn Write) -> Result<(), CliError> {
