@@ -3,9 +3,11 @@
 //! (`crypt_token_json_get`, `crypt_get_uuid`, `crypt_get_device_name`, `crypt_log`),
 //! resolved against the libcryptsetup that loaded the plugin.
 //!
-//! Symbol versions: the version script `luks-token/cryptsetup-token.map` (applied by
-//! `build.rs`) puts these symbols in the `CRYPTSETUP_TOKEN_1.0` version node, where
-//! libcryptsetup's `dlvsym` looks for them.
+//! Symbol versions: libcryptsetup looks the entry points up with `dlvsym(...,
+//! "CRYPTSETUP_TOKEN_1.0")`. The `.symver` directives at the end of this module bind
+//! each one to that version node, which the version script
+//! `luks-token/cryptsetup-token.map` (passed by `build.rs`) defines; a version script
+//! alone leaves a Rust cdylib's symbols at `Base`.
 #![allow(unsafe_code)]
 
 use core::ffi::{c_char, c_int, c_void, CStr};
@@ -31,7 +33,6 @@ const LOG_ERROR: c_int = 1;
 const EINVAL: c_int = 22;
 const EPERM: c_int = 1;
 const EAGAIN: c_int = 11;
-const ENOMEM: c_int = 12;
 
 extern "C" {
     fn crypt_token_json_get(cd: *mut CryptDevice, token: c_int, json: *mut *const c_char) -> c_int;
@@ -178,9 +179,6 @@ pub unsafe extern "C" fn cryptsetup_token_dump(cd: *mut CryptDevice, json: *cons
         log(cd, LOG_NORMAL, &line);
     }
 }
-
-// Keep ENOMEM referenced for future buffer failures without a dead-code warning.
-const _: c_int = ENOMEM;
 
 // Each entry point under its versioned name, as libcryptsetup's dlvsym asks for it.
 core::arch::global_asm!(

@@ -94,3 +94,37 @@ pub fn dump(json: &str) -> Vec<String> {
         Err(e) => vec![format!("\tinvalid nitride token: {e}")],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEALED: &str = r#"{"type":"nitride","keyslots":["1"],"nitride_version":1,"volume_uuid":"0b5e6a34-4c1f-4f57-9a43-1c2b8d3e5f60","source":"sealed","sealed_key":"AAEC","tcb":"0300000000001464"}"#;
+
+    #[test]
+    fn validate_and_dump() {
+        assert!(validate(SEALED).is_ok());
+        assert!(validate(&SEALED.replace("\"1\"", "\"1\",\"2\"")).is_err());
+        assert!(validate("{}").is_err());
+        let lines = dump(SEALED);
+        assert!(lines.iter().any(|l| l.contains("0b5e6a34-4c1f")));
+        assert!(lines.iter().any(|l| l.contains("0300000000001464")));
+        assert!(dump("{")
+            .iter()
+            .any(|l| l.contains("invalid nitride token")));
+    }
+
+    #[test]
+    fn open_refuses_before_reaching_anything() {
+        let d = Path::new("disk.img");
+        assert!(matches!(
+            open("{}", 0, "0b5e6a34-4c1f-4f57-9a43-1c2b8d3e5f60", d),
+            Err(OpenError::InvalidToken(_))
+        ));
+        // Bound to another volume: refused without asking the vHSM.
+        match open(SEALED, 0, "0b5e6a34-4c1f-4f57-9a43-1c2b8d3e5f61", d) {
+            Err(OpenError::Refused(m)) => assert!(m.contains("is bound to volume"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

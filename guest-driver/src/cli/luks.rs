@@ -217,6 +217,11 @@ impl Token {
         Ok(t)
     }
 
+    /// The token's JSON, as `cryptsetup token import` takes it.
+    pub fn to_json(&self) -> Result<String, String> {
+        serde_json::to_string(self).map_err(|e| e.to_string())
+    }
+
     /// The one keyslot, 0 to 31.
     pub fn keyslot(&self) -> Result<u32, String> {
         match self.keyslots.as_slice() {
@@ -495,7 +500,10 @@ fn enroll(a: &EnrollArgs, out: &mut dyn Write) -> Result<(), CliError> {
         "--key-slot".as_ref(),
         slot_text.as_ref(),
     ];
-    let mut input = Zeroizing::new(Vec::new());
+    // Sized up front: a growing Vec would leave copies of the secrets behind.
+    let mut input = Zeroizing::new(Vec::with_capacity(
+        passphrase.len() + existing.as_ref().map_or(0, |e| e.len()) + 2,
+    ));
     match (&a.key_file, &existing) {
         (Some(file), _) => {
             args.extend(["--key-file".as_ref(), file.as_os_str(), d, "-".as_ref()]);
