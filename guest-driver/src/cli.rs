@@ -26,6 +26,7 @@ use nitride_protocol::vhsm::Status;
 use crate::verify::Error as RejectError;
 
 mod attest;
+pub mod luks;
 mod provision;
 mod report;
 pub mod seal;
@@ -295,6 +296,14 @@ pub enum Cmd {
         after_help = provision::OWNER_EXAMPLES
     )]
     Owner(provision::OwnerCmd),
+    /// LUKS2 volumes unlocked by a passphrase the vHSM releases (sealed key or KBS)
+    #[command(
+        subcommand,
+        subcommand_required = true,
+        arg_required_else_help = true,
+        after_help = luks::LUKS_EXAMPLES
+    )]
+    Luks(luks::LuksCmd),
     /// Print a shell completion script for nitride
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
@@ -367,6 +376,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Cmd::Report(c) => report::run(c, out),
         Cmd::Provision(a) => provision::provision(&a, out),
         Cmd::Owner(c) => provision::owner(c, out),
+        Cmd::Luks(c) => luks::run(c, out),
         Cmd::Completions(a) => {
             clap_complete::generate(a.shell, &mut command(), "nitride", out);
             Ok(())

@@ -183,6 +183,56 @@ impl<T: VhsmTransport> VhsmClient<T> {
             .map_err(|_| VhsmError::BadResponse("attributes"))
     }
 
+    /// The passphrase of the LUKS volume `uuid` (canonical lowercase text form),
+    /// derived inside the vault from `key` (RELEASE usage). Every copy of the
+    /// response is zeroized.
+    #[cfg(feature = "std")]
+    pub fn release_volume_passphrase(
+        &mut self,
+        key: u32,
+        uuid: &[u8; nitride_protocol::vhsm::LUKS_UUID_LEN],
+    ) -> Result<zeroize::Zeroizing<[u8; nitride_protocol::vhsm::LUKS_PASSPHRASE_LEN]>, VhsmError>
+    {
+        let req = Request::ReleaseVolumePassphrase { key, uuid: *uuid };
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let len = req.encode(id, &mut self.buf).map_err(VhsmError::Encode)?;
+        let raw = zeroize::Zeroizing::new(self.transport.exchange(&self.buf[..len])?);
+        let resp = Response::decode(&raw).map_err(|_| VhsmError::BadResponse("undecodable"))?;
+        if resp.header.request_id.get() != id || resp.header.op.get() != req.op().raw() {
+            return Err(VhsmError::BadResponse("answers another request"));
+        }
+        self.state_changed = resp.state_changed();
+        match resp.status() {
+            Some(Status::Ok) => {}
+            Some(s) => return Err(VhsmError::Status(s)),
+            None => return Err(VhsmError::UnknownStatus(resp.header.status.get())),
+        }
+        let bytes = resp
+            .sealed_blob()
+            .map_err(|_| VhsmError::BadResponse("passphrase"))?;
+        let mut out = zeroize::Zeroizing::new([0u8; nitride_protocol::vhsm::LUKS_PASSPHRASE_LEN]);
+        if bytes.len() != out.len() {
+            return Err(VhsmError::BadResponse("passphrase length"));
+        }
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    /// Seal a key with RELEASE usage to this SVSM image, launch policy and chip.
+    pub fn seal_key(&mut self, key: u32) -> Result<Vec<u8>, VhsmError> {
+        let body = self.call(&Request::SealKey { key })?;
+        body_response(&body)
+            .sealed_blob()
+            .map(<[u8]>::to_vec)
+            .map_err(|_| VhsmError::BadResponse("sealed key"))
+    }
+
+    /// Open a SealKey blob into a new (non-persistent) key.
+    pub fn unseal_key(&mut self, blob: &[u8]) -> Result<KeyAttributes, VhsmError> {
+        self.attributes_of(&Request::UnsealKey { blob })
+    }
+
     /// Generate a key.
     pub fn generate(
         &mut self,

@@ -396,7 +396,8 @@ fn vault_template(
     off: KeyUsage,
     extractable: bool,
 ) -> Result<KeyTemplate, Rv> {
-    let allowed = kt.allowed_usage() - KeyUsage::ATTEST;
+    // Attestable and release keys are made with `nitride`, not through PKCS#11.
+    let allowed = kt.allowed_usage() - KeyUsage::ATTEST - KeyUsage::RELEASE;
     if !allowed.contains(on) {
         return Err(CKR_TEMPLATE_INCONSISTENT);
     }

@@ -43,6 +43,9 @@ pub const SEAL_INFO_DOMAIN: &[u8] = b"nitride sealed blob v1\0";
 pub const MAX_SEAL_DATA_LEN: usize = 8 * 1024;
 /// Largest vault-state payload (64 keys of the largest type fit with room to spare).
 pub const MAX_STATE_PAYLOAD_LEN: usize = 16 * 1024;
+/// Largest key payload (`SealKey`): the key's 48-byte attributes and the largest
+/// material (48 bytes).
+pub const MAX_KEY_PAYLOAD_LEN: usize = 96;
 /// Largest blob of any purpose.
 pub const MAX_SEALED_LEN: usize = SEALED_HEADER_LEN + MAX_STATE_PAYLOAD_LEN + SEALED_TAG_LEN;
 
@@ -91,6 +94,8 @@ pub enum Purpose {
     Data = 1,
     /// The vault's persistent state (`ExportState` / `ImportState`).
     VaultState = 2,
+    /// One key with RELEASE usage (`SealKey` / `UnsealKey`).
+    Key = 3,
 }
 
 impl Purpose {
@@ -99,6 +104,7 @@ impl Purpose {
         match raw {
             1 => Some(Self::Data),
             2 => Some(Self::VaultState),
+            3 => Some(Self::Key),
             _ => None,
         }
     }
@@ -187,7 +193,9 @@ impl SealedHeader {
             return Err(SealedError::Purpose);
         }
         let rule_ok = match purpose {
-            Purpose::Data => VmplSet::from_bits(header.vmpl_rule).is_some_and(|s| !s.is_empty()),
+            Purpose::Data | Purpose::Key => {
+                VmplSet::from_bits(header.vmpl_rule).is_some_and(|s| !s.is_empty())
+            }
             Purpose::VaultState => header.vmpl_rule == VmplSet::VMPL0.bits(),
         };
         if !rule_ok
@@ -195,7 +203,7 @@ impl SealedHeader {
             || header.reserved.get() != 0
             || header.reserved2.get() != 0
             || header.field_select.get() != SEALING_FIELDS
-            || (purpose == Purpose::Data && header.generation.get() != 0)
+            || (purpose != Purpose::VaultState && header.generation.get() != 0)
             || (purpose == Purpose::VaultState && header.generation.get() == 0)
         {
             return Err(SealedError::Field);
@@ -203,6 +211,7 @@ impl SealedHeader {
         let limit = match purpose {
             Purpose::Data => MAX_SEAL_DATA_LEN,
             Purpose::VaultState => MAX_STATE_PAYLOAD_LEN,
+            Purpose::Key => MAX_KEY_PAYLOAD_LEN,
         };
         let len = usize::try_from(header.payload_len.get()).map_err(|_| SealedError::Length)?;
         if len > limit || Some(rest.len()) != len.checked_add(SEALED_TAG_LEN) {
@@ -231,7 +240,7 @@ mod tests {
             key_vmpl: 0,
             field_select: U64::new(SEALING_FIELDS),
             tcb: [1, 2, 3, 4, 5, 6, 7, 8],
-            generation: U64::new(if purpose == Purpose::Data { 0 } else { 7 }),
+            generation: U64::new(if purpose == Purpose::VaultState { 7 } else { 0 }),
             salt: [0x5A; 32],
             payload_len: U32::new(len),
             ..SealedHeader::default()
@@ -246,7 +255,7 @@ mod tests {
 
     #[test]
     fn well_formed_blobs_parse() {
-        for purpose in [Purpose::Data, Purpose::VaultState] {
+        for purpose in [Purpose::Data, Purpose::VaultState, Purpose::Key] {
             let h = header(purpose, 5);
             let b = blob(&h, 5 + SEALED_TAG_LEN);
             let (parsed, rest) = SealedHeader::parse(&b, purpose).unwrap();
@@ -282,6 +291,27 @@ mod tests {
             let b = blob(&h, SEALED_TAG_LEN);
             assert_eq!(SealedHeader::parse(&b, Purpose::Data), Err(want), "{h:?}");
         }
+        // A key blob is never opened as data, nor the other way round, and carries
+        // no generation.
+        let k = header(Purpose::Key, 5);
+        let b = blob(&k, 5 + SEALED_TAG_LEN);
+        assert_eq!(
+            SealedHeader::parse(&b, Purpose::Data),
+            Err(SealedError::Purpose)
+        );
+        let mut k7 = k;
+        k7.generation = U64::new(7);
+        let b = blob(&k7, 5 + SEALED_TAG_LEN);
+        assert_eq!(
+            SealedHeader::parse(&b, Purpose::Key),
+            Err(SealedError::Field)
+        );
+        let big = header(Purpose::Key, (MAX_KEY_PAYLOAD_LEN + 1) as u32);
+        let b = blob(&big, MAX_KEY_PAYLOAD_LEN + 1 + SEALED_TAG_LEN);
+        assert_eq!(
+            SealedHeader::parse(&b, Purpose::Key),
+            Err(SealedError::PayloadLength)
+        );
         // A state blob is VMPL0-only.
         let mut s = header(Purpose::VaultState, 0);
         s.vmpl_rule = 3;

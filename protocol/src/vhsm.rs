@@ -257,6 +257,17 @@ wire_enum! {
         /// Plain RFC 5869 HKDF-SHA-384 from a vault key into a new vault key
         /// (PKCS#11 CKM_HKDF_DERIVE): no vault prefix on `info`.
         HkdfDerive = 33,
+        // --- LUKS volume unlock (issue 13): operations 40-47. ---
+        /// The passphrase of one LUKS volume, derived inside the vault from a key with
+        /// RELEASE usage and the volume's LUKS UUID (`LUKS_PASSPHRASE_*`); the key
+        /// itself never leaves.
+        ReleaseVolumePassphrase = 40,
+        /// Seal one key with RELEASE usage (its attributes and material) to this SVSM
+        /// image, launch policy and chip (`sealed` purpose Key), for its VMPL set.
+        SealKey = 41,
+        /// Open a blob from SealKey into a new, non-persistent key (restored mark,
+        /// the sealed attributes, a new id).
+        UnsealKey = 42,
     }
 }
 
@@ -371,7 +382,8 @@ impl KeyType {
                 .union(KeyUsage::WRAP)
                 .union(KeyUsage::UNWRAP)
                 .union(KeyUsage::DERIVE)
-                .union(KeyUsage::ATTEST),
+                .union(KeyUsage::ATTEST)
+                .union(KeyUsage::RELEASE),
             Self::EcdsaP384 | Self::Ed25519 | Self::EcdsaP256 => KeyUsage::SIGN
                 .union(KeyUsage::VERIFY)
                 .union(KeyUsage::ATTEST),
@@ -379,7 +391,8 @@ impl KeyType {
             Self::HmacSha384 => KeyUsage::SIGN
                 .union(KeyUsage::VERIFY)
                 .union(KeyUsage::DERIVE)
-                .union(KeyUsage::ATTEST),
+                .union(KeyUsage::ATTEST)
+                .union(KeyUsage::RELEASE),
         }
     }
 }
@@ -427,6 +440,10 @@ bitflags! {
         /// Attestable: listed in the vHSM's attestation manifest and usable with
         /// AttestKey. Any key type may carry it.
         const ATTEST = 1 << 7;
+        /// Release: the vault may hand a value derived from the key (a LUKS volume
+        /// passphrase, ReleaseVolumePassphrase) to a caller in the key's VMPL set,
+        /// and may seal the key for that set (SealKey). AES-256 and HMAC-SHA-384.
+        const RELEASE = 1 << 8;
     }
 }
 
@@ -966,6 +983,66 @@ pub enum Request<'a> {
         /// HKDF info.
         info: &'a [u8],
     },
+    /// `id key, bytes uuid` (exactly [`LUKS_UUID_LEN`] bytes: the volume's LUKS UUID
+    /// in its canonical lowercase text form, else the vault answers
+    /// InvalidParameter). Response body: `bytes passphrase`
+    /// ([`LUKS_PASSPHRASE_LEN`] bytes).
+    ReleaseVolumePassphrase {
+        /// An AES-256 or HMAC-SHA-384 key with RELEASE usage.
+        key: u32,
+        /// The LUKS UUID, e.g. `0b5e6a34-4c1f-4f57-9a43-1c2b8d3e5f60`.
+        uuid: [u8; LUKS_UUID_LEN],
+    },
+    /// `id key`. Response body: `bytes blob`.
+    SealKey {
+        /// A key with RELEASE usage.
+        key: u32,
+    },
+    /// `bytes blob`. Response body: the new key's [`KeyAttributes`].
+    UnsealKey {
+        /// A blob from SealKey.
+        blob: &'a [u8],
+    },
+}
+
+/// Length of a LUKS UUID in its canonical text form (8-4-4-4-12 hex digits).
+pub const LUKS_UUID_LEN: usize = 36;
+
+/// Length of a released volume passphrase (raw bytes; clients use its lowercase hex).
+pub const LUKS_PASSPHRASE_LEN: usize = 32;
+
+/// HKDF salt of ReleaseVolumePassphrase.
+pub const LUKS_PASSPHRASE_SALT: &[u8] = b"nitride luks volume passphrase v1\0";
+
+/// Prefix of ReleaseVolumePassphrase's HKDF info (then the UUID's 16 bytes).
+pub const LUKS_PASSPHRASE_INFO_PREFIX: &[u8] = b"NITRIDE-LUKS-PASSPHRASE-V1\0";
+
+/// The 16 bytes of a LUKS UUID in canonical lowercase text form, or `None` for any
+/// other form (uppercase, braces, missing or misplaced dashes, other lengths).
+pub fn parse_luks_uuid(text: &[u8]) -> Option<[u8; 16]> {
+    if text.len() != LUKS_UUID_LEN {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut nibbles = 0usize;
+    for (i, &c) in text.iter().enumerate() {
+        let dash = matches!(i, 8 | 13 | 18 | 23);
+        if dash {
+            if c != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let v = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        let byte = out.get_mut(nibbles / 2)?;
+        *byte = (*byte << 4) | v;
+        nibbles += 1;
+    }
+    Some(out)
 }
 
 /// Longest KBS nonce ProvisionBegin accepts (trustee sends 44: base64 of 32 bytes).
@@ -1015,6 +1092,9 @@ impl<'a> Request<'a> {
             Self::ProvisionBegin { .. } => Op::ProvisionBegin,
             Self::ProvisionFinish { .. } => Op::ProvisionFinish,
             Self::Agree { .. } => Op::Agree,
+            Self::ReleaseVolumePassphrase { .. } => Op::ReleaseVolumePassphrase,
+            Self::SealKey { .. } => Op::SealKey,
+            Self::UnsealKey { .. } => Op::UnsealKey,
         }
     }
 
@@ -1124,6 +1204,17 @@ impl<'a> Request<'a> {
                 salt: r.bytes(MAX_DERIVE_INPUT_LEN)?,
                 info: r.bytes(MAX_DERIVE_INPUT_LEN)?,
             },
+            Op::ReleaseVolumePassphrase => Self::ReleaseVolumePassphrase {
+                key: r.u32()?,
+                uuid: r
+                    .bytes(LUKS_UUID_LEN)?
+                    .try_into()
+                    .map_err(|_| WireError::Malformed)?,
+            },
+            Op::SealKey => Self::SealKey { key: r.u32()? },
+            Op::UnsealKey => Self::UnsealKey {
+                blob: r.bytes(crate::sealed::MAX_SEALED_LEN)?,
+            },
         };
         r.finish()?;
         Ok(request)
@@ -1225,7 +1316,14 @@ impl<'a> Request<'a> {
                 w.u32(rule)?;
                 w.bytes(data)
             }
-            Self::Unseal { blob } | Self::ImportState { blob } => w.bytes(blob),
+            Self::Unseal { blob } | Self::ImportState { blob } | Self::UnsealKey { blob } => {
+                w.bytes(blob)
+            }
+            Self::ReleaseVolumePassphrase { key, uuid } => {
+                w.u32(key)?;
+                w.bytes(&uuid)
+            }
+            Self::SealKey { key } => w.u32(key),
             Self::ProvisionBegin { nonce } => w.bytes(nonce),
             Self::ProvisionFinish { jwe } => w.bytes(jwe),
             Self::Agree {
@@ -1623,8 +1721,63 @@ mod tests {
                 salt: b"s",
                 info: b"i",
             },
+            Request::ReleaseVolumePassphrase {
+                key: 7,
+                uuid: *b"0b5e6a34-4c1f-4f57-9a43-1c2b8d3e5f60",
+            },
+            Request::SealKey { key: 7 },
+            Request::UnsealKey { blob: &[9; 120] },
         ] {
             roundtrip(req);
+        }
+    }
+
+    #[test]
+    fn luks_uuid_form() {
+        assert_eq!(
+            parse_luks_uuid(b"0b5e6a34-4c1f-4f57-9a43-1c2b8d3e5f60"),
+            Some([
+                0x0b, 0x5e, 0x6a, 0x34, 0x4c, 0x1f, 0x4f, 0x57, 0x9a, 0x43, 0x1c, 0x2b, 0x8d, 0x3e,
+                0x5f, 0x60
+            ])
+        );
+        for bad in [
+            &b"0B5E6A34-4C1F-4F57-9A43-1C2B8D3E5F60"[..],
+            b"0b5e6a344c1f4f579a431c2b8d3e5f60",
+            b"0b5e6a34-4c1f-4f57-9a43-1c2b8d3e5f6",
+            b"0b5e6a34-4c1f-4f57-9a43-1c2b8d3e5f600",
+            b"0b5e6a34+4c1f-4f57-9a43-1c2b8d3e5f60",
+            b"0b5e6a3-44c1f-4f57-9a43-1c2b8d3e5f60",
+            b"0b5e6a34-4c1f-4f57-9a43-1c2b8d3e5fg0",
+            b"{b5e6a34-4c1f-4f57-9a43-1c2b8d3e5f6}",
+        ] {
+            assert_eq!(parse_luks_uuid(bad), None, "{bad:?}");
+        }
+    }
+
+    /// ReleaseVolumePassphrase's UUID field is exactly 36 bytes.
+    #[test]
+    fn release_uuid_is_36_bytes() {
+        for len in [0usize, 35, 37] {
+            let mut body = 4u32.to_le_bytes().to_vec();
+            body.extend_from_slice(&(len as u32).to_le_bytes());
+            body.extend(core::iter::repeat_n(b'a', len));
+            let header = RequestHeader {
+                version: U16::new(VERSION),
+                op: U16::new(Op::ReleaseVolumePassphrase.raw()),
+                flags: U32::new(0),
+                request_id: U64::new(1),
+                body_len: U32::new(body.len() as u32),
+                reserved: U32::new(0),
+            };
+            let mut req = header.as_bytes().to_vec();
+            req.extend_from_slice(&body);
+            let want = if len > LUKS_UUID_LEN {
+                WireError::TooLarge
+            } else {
+                WireError::Malformed
+            };
+            assert_eq!(Request::decode(&req), Err(want), "uuid of {len} bytes");
         }
     }
 

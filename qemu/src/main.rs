@@ -101,6 +101,25 @@ enum Task {
         after_help = "Examples:\n  cargo xtask install\n  cargo xtask install --root ~/.local"
     )]
     Install(InstallArgs),
+    /// Install the cryptsetup token plugin libcryptsetup-token-nitride.so
+    ///
+    /// Builds it and copies it (without debug information) where libcryptsetup loads
+    /// plugins (root needed for the default DIR).
+    #[command(
+        after_help = "Examples:\n  cargo xtask install-token\n  cargo xtask install-token --debug      # what .ci/run does\n  NITRIDE_SOCKET=target/nitride-up/vhsm.sock cryptsetup open --token-only disk.img data"
+    )]
+    InstallToken(InstallTokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct InstallTokenArgs {
+    /// Install into DIR (Debian's libcryptsetup 2.6 loads plugins from this one
+    /// directory only)
+    #[arg(long, value_name = "DIR", default_value = "/lib/x86_64-linux-gnu/cryptsetup", value_hint = clap::ValueHint::DirPath)]
+    dir: PathBuf,
+    /// Build with the debug profile (faster when the tests built it already)
+    #[arg(long)]
+    debug: bool,
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +261,7 @@ fn main() -> ExitCode {
         Task::Snp(a) => snp_cmd(&a),
         Task::Man(a) => man(&a),
         Task::Install(a) => install(&a),
+        Task::InstallToken(a) => install_token(&a),
     };
     match result {
         Ok(code) => code,
@@ -470,10 +490,11 @@ fn demo() -> Result<ExitCode, Error> {
     all_ok &= sealing_story(&images)?;
     all_ok &= pkcs11_story(&images)?;
     all_ok &= provisioning_story(&images)?;
+    all_ok &= luks_story(&images)?;
     println!(
         "\n{}",
         if all_ok {
-            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified, a key survived a restart, a PKCS#11 client signed with a vHSM key, a KBS released an owner-signed secret only to the measured firmware."
+            "Demo complete: calls answered as specified, every isolation probe stopped, the vHSM served from VMPL0, its attestation verified, a key survived a restart, a PKCS#11 client signed with a vHSM key, a KBS released an owner-signed secret only to the measured firmware, LUKS2 volumes opened with passphrases the vHSM released (sealed and KBS)."
         } else {
             "Demo found problems (see above)."
         }
@@ -1408,6 +1429,259 @@ fn provisioning_story(images: &Images) -> Result<bool, Error> {
     Ok(ok)
 }
 
+/// A token's JSON text.
+fn serde_json_text(t: &nitride_guest_driver::cli::luks::Token) -> Result<String, Error> {
+    t.to_json()
+        .map_err(|e| Error::Build(format!("token JSON: {e}")))
+}
+
+/// `cryptsetup ARGS` for the demo: the command line shown, its output indented.
+fn demo_cryptsetup(args: &[&str], socket: Option<&Path>) -> Result<bool, Error> {
+    println!("  $ cryptsetup {}", args.join(" "));
+    let mut c = Command::new("cryptsetup");
+    c.args(args).stdin(std::process::Stdio::null());
+    if let Some(s) = socket {
+        c.env("NITRIDE_SOCKET", s);
+    }
+    let out = c.output()?;
+    for l in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        println!("    {l}");
+    }
+    Ok(out.status.success())
+}
+
+/// Part 9 of the demo, the seeds' disk flow: a LUKS2 image (real cryptsetup) whose
+/// passphrase the vHSM releases. Sealed: enrolled in one VM, unlocked after a
+/// restart. Remote: the vault key comes from the KBS after attestation; a KBS that
+/// expects another measurement keeps the volume closed. With the token plugin
+/// installed (`cargo xtask install-token`), `cryptsetup --token-only` unlocks too.
+fn luks_story(images: &Images) -> Result<bool, Error> {
+    println!("\n== 9. LUKS2: a volume opens only when the vHSM releases its passphrase (sealed or KBS)\n");
+    if Command::new("cryptsetup")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("  skipped: cryptsetup is not installed (Debian: cryptsetup-bin)");
+        return Ok(true);
+    }
+    let dir = repo_root().join("target").join("demo-luks");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::env::set_current_dir(&dir)?;
+    println!("  (in {})", dir.display());
+    let plugin =
+        Path::new("/lib/x86_64-linux-gnu/cryptsetup/libcryptsetup-token-nitride.so").exists();
+    let mut recovery = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut recovery)?;
+    std::fs::write(dir.join("recovery.key"), recovery)?;
+    let mut ok = true;
+    for img in ["sealed.img", "remote.img"] {
+        std::fs::File::create(dir.join(img))?.set_len(24 << 20)?;
+        ok &= demo_cryptsetup(
+            &[
+                "luksFormat",
+                "--batch-mode",
+                "--type",
+                "luks2",
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+                "--key-file",
+                "recovery.key",
+                img,
+            ],
+            None,
+        )?;
+    }
+    println!(
+        "\n  -- sealed: the vault key is sealed into the LUKS2 token, to this image on this chip"
+    );
+    {
+        let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir.join("vm1"), "")?;
+        ok &= nitride(
+            &vm.socket,
+            &[
+                "luks",
+                "enroll",
+                "sealed.img",
+                "--sealed",
+                "--key-file",
+                "recovery.key",
+            ],
+        )
+        .0;
+    }
+    println!("  (the firmware restarted: a new VM, the same images)");
+    {
+        let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir.join("vm2"), "")?;
+        ok &= nitride(
+            &vm.socket,
+            &["luks", "unlock", "sealed.img", "--test-passphrase"],
+        )
+        .0;
+        if plugin {
+            ok &= demo_cryptsetup(
+                &[
+                    "open",
+                    "--test-passphrase",
+                    "--token-only",
+                    "-v",
+                    "sealed.img",
+                ],
+                Some(&vm.socket),
+            )?;
+        } else {
+            println!("  (token plugin not installed: `cargo xtask install-token` adds cryptsetup --token-only)");
+        }
+    }
+    println!("\n  -- remote: the vault key is provisioned from the KBS after attestation, at every unlock");
+    let probe = Command::new("python3")
+        .args(["-c", "import jwcrypto, rfc8785, cryptography"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!("  skipped: the test KBS needs Python's jwcrypto, rfc8785 and cryptography");
+        return Ok(ok);
+    }
+    let mut secret = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+    std::fs::write(dir.join("volume.key"), secret)?;
+    let none = Path::new("");
+    ok &= nitride(none, &["owner", "keygen", "--out", "owner.pem"]).0;
+    ok &= nitride(
+        none,
+        &[
+            "owner",
+            "launch-config",
+            "--owner",
+            "owner.pem.pub",
+            "--out",
+            "launch-config.bin",
+        ],
+    )
+    .0;
+    ok &= nitride(
+        none,
+        &[
+            "owner",
+            "envelope",
+            "--key",
+            "owner.pem",
+            "--type",
+            "aes-256",
+            "--usage",
+            "release",
+            "--vmpls",
+            "1",
+            "--label",
+            "volume",
+            "--in",
+            "volume.key",
+            "--out",
+            "envelope.jws",
+        ],
+    )
+    .0;
+    let _ = std::fs::remove_file(dir.join("volume.key"));
+    let config = dir.join("launch-config.bin");
+    let measurement = hex::encode(nitride_qemu::measure::launch_measurement_with(
+        &images.svsm,
+        &images.relay_guest,
+        Some(&config),
+    )?);
+    let resource = format!("nitride/key/volume={}", dir.join("envelope.jws").display());
+    let (_kbs, url) = start_demo_kbs(
+        &["--measurement", &measurement, "--resource", &resource],
+        &dir.join("kbs.log"),
+    )?;
+    let (_other, other_url) = start_demo_kbs(
+        &["--measurement", &"00".repeat(48), "--resource", &resource],
+        &dir.join("kbs-other.log"),
+    )?;
+    println!("  (test KBS at {url}: releases nitride/key/volume to this measurement only)");
+    let vm = RunningVm::start_with(
+        &images.svsm,
+        &images.relay_guest,
+        &dir.join("vm3"),
+        "",
+        Some(&config),
+    )?;
+    let s = vm.socket.clone();
+    ok &= nitride(
+        &s,
+        &[
+            "luks",
+            "enroll",
+            "remote.img",
+            "--kbs",
+            &url,
+            "--resource",
+            "nitride/key/volume",
+            "--key-file",
+            "recovery.key",
+        ],
+    )
+    .0;
+    ok &= nitride(&s, &["luks", "unlock", "remote.img", "--test-passphrase"]).0;
+    if plugin {
+        ok &= demo_cryptsetup(
+            &[
+                "open",
+                "--test-passphrase",
+                "--token-only",
+                "-v",
+                "remote.img",
+            ],
+            Some(&s),
+        )?;
+    }
+    // Point the token at a KBS that expects another measurement: no release.
+    let token = Command::new("cryptsetup")
+        .args(["token", "export", "--token-id", "0", "remote.img"])
+        .output()?;
+    use nitride_guest_driver::cli::luks::{Source, Token};
+    let mut t = Token::parse(&String::from_utf8_lossy(&token.stdout))
+        .map_err(|e| Error::Build(format!("token export: {e}")))?;
+    if let Source::Kbs { kbs_url, .. } = &mut t.source {
+        kbs_url.clone_from(&other_url);
+    }
+    let changed = serde_json_text(&t)?;
+    println!("  (the token now names a KBS that expects another measurement, at {other_url})");
+    let replace = |json: &str| -> Result<bool, Error> {
+        let removed = Command::new("cryptsetup")
+            .args(["token", "remove", "--token-id", "0", "remote.img"])
+            .status()?
+            .success();
+        let mut c = Command::new("cryptsetup")
+            .args([
+                "token",
+                "import",
+                "--token-id",
+                "0",
+                "--json-file",
+                "-",
+                "remote.img",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = c.stdin.take() {
+            std::io::Write::write_all(&mut stdin, json.as_bytes())?;
+        }
+        Ok(removed && c.wait()?.success())
+    };
+    ok &= replace(&changed)?;
+    ok &= !nitride(&s, &["luks", "unlock", "remote.img", "--test-passphrase"]).0;
+    ok &= replace(&String::from_utf8_lossy(&token.stdout))?;
+    for img in ["sealed.img", "remote.img"] {
+        let _ = std::fs::remove_file(dir.join(img));
+    }
+    Ok(ok)
+}
+
 /// Part 7 of the demo: an unmodified PKCS#11 client (OpenSC's `pkcs11-tool`) makes a
 /// key in the vHSM and signs through `libnitride_pkcs11.so`; `openssl` verifies with
 /// the public key `nitride` exports. Skipped (not failed) where `pkcs11-tool` is not
@@ -1806,6 +2080,45 @@ fn cargo_install_root() -> Option<PathBuf> {
     env("CARGO_INSTALL_ROOT")
         .or_else(|| env("CARGO_HOME"))
         .or_else(|| env("HOME").map(|h| h.join(".cargo")))
+}
+
+/// `cargo xtask install-token`: build `nitride-luks-token` and copy its cdylib,
+/// without debug information, to DIR/libcryptsetup-token-nitride.so.
+fn install_token(a: &InstallTokenArgs) -> Result<ExitCode, Error> {
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build
+        .current_dir(repo_root())
+        .args(["build", "--quiet", "-p", "nitride-luks-token"]);
+    if !a.debug {
+        build.arg("--release");
+    }
+    if !build.status()?.success() {
+        return Err(Error::Build("cargo build -p nitride-luks-token".into()));
+    }
+    let so = repo_root()
+        .join("target/x86_64-unknown-linux-gnu")
+        .join(if a.debug { "debug" } else { "release" })
+        .join("libcryptsetup_token_nitride.so");
+    std::fs::create_dir_all(&a.dir)?;
+    let dest = a.dir.join("libcryptsetup-token-nitride.so");
+    let status = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(&so)
+        .arg(&dest)
+        .status()?;
+    if !status.success() {
+        return Err(Error::Build(format!(
+            "objcopy {} {} (binutils; root for a system directory)",
+            so.display(),
+            dest.display()
+        )));
+    }
+    println!("Installed {}", dest.display());
+    println!(
+        "  cryptsetup open --token-only DEVICE NAME now asks the vHSM at $NITRIDE_SOCKET \
+         (default /run/nitride/vhsm.sock)"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn install(a: &InstallArgs) -> Result<ExitCode, Error> {

@@ -41,6 +41,7 @@ const COMMANDS: &[&str] = &[
     "snp",
     "man",
     "install",
+    "install-token",
 ];
 
 #[test]

@@ -226,6 +226,17 @@ impl<P: Platform> Vault<P> {
                     .and_then(|spec| self.hkdf_derive(caller, parent, &spec, salt, info)),
                 out,
             ),
+            Request::ReleaseVolumePassphrase { key, uuid } => (
+                key,
+                self.release_volume_passphrase(caller, key, &uuid)
+                    .and_then(|p| put_bytes(out, &p[..])),
+            ),
+            Request::SealKey { key } => (
+                key,
+                self.seal_key(caller, key, attester)
+                    .and_then(|blob| put_bytes(out, &blob)),
+            ),
+            Request::UnsealKey { blob } => created(0, self.unseal_key(caller, blob, attester), out),
             Request::ProvisionBegin { nonce } => (0, self.provision_begin(nonce, attester, out)),
             Request::ProvisionFinish { jwe } => created(0, self.provision_finish(jwe), out),
             Request::Agree {

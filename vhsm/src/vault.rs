@@ -26,6 +26,9 @@ use nitride_protocol::attest::{
 };
 use nitride_protocol::svsm::VHSM_PROTOCOL_VERSION;
 use nitride_protocol::vhsm::{
+    parse_luks_uuid, LUKS_PASSPHRASE_INFO_PREFIX, LUKS_PASSPHRASE_LEN, LUKS_PASSPHRASE_SALT,
+};
+use nitride_protocol::vhsm::{
     KeyAttributes, KeyFlags, KeyTemplate, GCM_NONCE_LEN, KEY_CAPACITY, MAX_DATA_LEN, MAX_LABEL_LEN,
     MAX_RANDOM_LEN,
 };
@@ -41,7 +44,8 @@ use crate::provision::{self, Authority, SessionKey};
 use crate::scrub::{scrubbed, scrubbed_around, Depth};
 use crate::seal::{self, BlobParams, StateKey, StatePayload};
 use crate::{Attester, Caller, Error, KeyType, KeyUsage, Origin, Platform, VaultPolicy, VmplSet};
-use nitride_protocol::sealed::{Purpose, MAX_SEAL_DATA_LEN};
+use nitride_protocol::sealed::{Purpose, MAX_KEY_PAYLOAD_LEN, MAX_SEAL_DATA_LEN};
+use zerocopy::{FromBytes as _, IntoBytes as _};
 
 /// Personalization string of the vault's DRBG.
 const DRBG_PERSONALIZATION: &[u8] = b"nitride-vhsm drbg v1";
@@ -986,6 +990,115 @@ impl<P: Platform> Vault<P> {
             Material::from_bytes(spec.key_type, &okm)
         })?;
         self.insert(spec, Origin::Derived, material)
+    }
+
+    /// `ReleaseVolumePassphrase`: the passphrase of the LUKS volume `uuid` (canonical
+    /// lowercase text form), derived from an AES-256 or HMAC-SHA-384 key with RELEASE
+    /// usage that the caller may use:
+    ///
+    /// `HKDF-SHA-384(salt = LUKS_PASSPHRASE_SALT, IKM = key material,
+    ///  info = LUKS_PASSPHRASE_INFO_PREFIX || the UUID's 16 bytes)`, 32 bytes.
+    ///
+    /// Each volume gets its own passphrase; the key never leaves.
+    pub fn release_volume_passphrase(
+        &self,
+        caller: Caller,
+        key: u32,
+        uuid: &[u8],
+    ) -> Result<Zeroizing<[u8; LUKS_PASSPHRASE_LEN]>, Error> {
+        let key = self.usable(caller, key, KeyUsage::RELEASE)?;
+        let uuid = parse_luks_uuid(uuid).ok_or(Error::InvalidParameter)?;
+        let ikm = key.material.derive_input()?;
+        scrubbed(Depth::KeyCreation, || {
+            let hk = Hkdf::<Sha384>::new(Some(LUKS_PASSPHRASE_SALT), ikm);
+            let mut okm = Zeroizing::new([0u8; LUKS_PASSPHRASE_LEN]);
+            hk.expand_multi_info(&[LUKS_PASSPHRASE_INFO_PREFIX, &uuid], &mut okm[..])
+                .map_err(|_| Error::InvalidParameter)?;
+            Ok(okm)
+        })
+    }
+
+    /// `SealKey`: a key with RELEASE usage that the caller may use, sealed (purpose
+    /// Key) to this SVSM image, launch policy and chip, for the key's VMPL set. The
+    /// payload is the key's attributes (flags reduced to EXPORTABLE) and material.
+    pub fn seal_key(
+        &mut self,
+        caller: Caller,
+        key: u32,
+        attester: &mut dyn Attester,
+    ) -> Result<Vec<u8>, Error> {
+        let k = self.usable(caller, key, KeyUsage::RELEASE)?;
+        let rule = k.info.allowed;
+        let mut attributes = k.info.to_wire();
+        attributes.exportable &= KeyFlags::EXPORTABLE.bits();
+        let mut payload = Zeroizing::new(Vec::with_capacity(MAX_KEY_PAYLOAD_LEN));
+        payload.extend_from_slice(attributes.as_bytes());
+        payload.extend_from_slice(&k.material.to_bytes());
+        let params = BlobParams {
+            purpose: Purpose::Key,
+            rule,
+            generation: 0,
+            salt: self.salt()?,
+        };
+        seal::seal(attester, params, &payload)
+    }
+
+    /// `UnsealKey`: open a blob from SealKey (refused unless the caller's VMPL is in
+    /// its rule) into a new, non-persistent key with the sealed type, usage, VMPL
+    /// set, exportability, origin and label, the restored mark and a new id.
+    pub fn unseal_key(
+        &mut self,
+        caller: Caller,
+        blob: &[u8],
+        attester: &mut dyn Attester,
+    ) -> Result<KeyInfo, Error> {
+        let (header, payload) = seal::open(attester, Purpose::Key, blob)?;
+        let rule = VmplSet::from_bits(header.vmpl_rule).ok_or(Error::SealedBlobInvalid)?;
+        if !rule.contains(caller.as_set()) {
+            return Err(Error::SealRuleDenied);
+        }
+        let bad = Error::SealedBlobInvalid;
+        let (head, material) = payload
+            .split_at_checked(size_of::<KeyAttributes>())
+            .ok_or(bad)?;
+        let a = KeyAttributes::read_from_bytes(head).map_err(|_| bad)?;
+        let key_type = KeyType::from_raw(a.key_type.get()).ok_or(bad)?;
+        let usage = KeyUsage::from_bits(a.usage.get()).ok_or(bad)?;
+        let flags = a.flags().ok_or(bad)?;
+        let label_len = usize::from(a.label_len);
+        let canonical = a.key_id.get() != 0
+            && usage.contains(KeyUsage::RELEASE)
+            && key_type.allowed_usage().contains(usage)
+            && a.allowed_vmpls == rule.bits()
+            && (flags & !KeyFlags::EXPORTABLE).is_empty()
+            && a.reserved.get() == 0
+            && label_len <= MAX_LABEL_LEN
+            && a.label
+                .get(label_len..)
+                .is_some_and(|r| r.iter().all(|&b| b == 0))
+            && material.len() == key_type.material_len();
+        if !canonical {
+            return Err(bad);
+        }
+        let origin = Origin::from_raw(a.origin).ok_or(bad)?;
+        let spec = KeySpec {
+            key_type,
+            usage,
+            allowed: rule,
+            exportable: flags.contains(KeyFlags::EXPORTABLE),
+            persistent: false,
+            label: Label::new(a.label()).map_err(|_| bad)?,
+        };
+        self.check_room()?;
+        let material = scrubbed_around(Depth::KeyCreation, || {
+            Material::from_bytes(key_type, material).map_err(|_| Error::SealedBlobInvalid)
+        })?;
+        let mut info = self.insert(&spec, origin, material)?;
+        info.restored = true;
+        if let Some(k) = self.keys.last_mut() {
+            k.info.restored = true;
+        }
+        Ok(info)
     }
 
     /// `Delete`: remove a key; its material is zeroized as it is dropped.

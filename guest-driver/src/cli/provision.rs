@@ -58,11 +58,37 @@ pub struct ProvisionArgs {
 
 /// `nitride provision`: auth, Begin, attest, resource, Finish.
 pub(super) fn provision(a: &ProvisionArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let kbs_err = |e: crate::kbs::KbsError| CliError::Kbs(e.to_string());
-    let mut kbs =
-        KbsClient::new(&a.kbs, Duration::from_secs(a.timeout), a.retries).map_err(kbs_err)?;
-    let nonce = kbs.auth().map_err(kbs_err)?;
     let mut vhsm = connect(&a.conn)?;
+    let key = provision_key(
+        &mut vhsm,
+        &a.kbs,
+        &a.resource,
+        Duration::from_secs(a.timeout),
+        a.retries,
+    )?;
+    if a.json.json {
+        let mut v = key_json(&key);
+        v["resource"] = a.resource.clone().into();
+        v["kbs"] = a.kbs.clone().into();
+        writeln!(out, "{v}").map_err(io)
+    } else {
+        writeln!(out, "provisioned {} from {}", a.resource, a.kbs).map_err(io)?;
+        writeln!(out, "{}", key_line(&key)).map_err(io)
+    }
+}
+
+/// One provisioning exchange (auth, Begin, attest, resource, Finish) of `resource`
+/// from the KBS at `url` into the vault behind `vhsm`; the new key's attributes.
+pub(super) fn provision_key<T: crate::vhsm::VhsmTransport>(
+    vhsm: &mut crate::vhsm::VhsmClient<T>,
+    url: &str,
+    resource: &str,
+    timeout: Duration,
+    retries: u32,
+) -> Result<nitride_protocol::vhsm::KeyAttributes, CliError> {
+    let kbs_err = |e: crate::kbs::KbsError| CliError::Kbs(e.to_string());
+    let mut kbs = KbsClient::new(url, timeout, retries).map_err(kbs_err)?;
+    let nonce = kbs.auth().map_err(kbs_err)?;
     let session = vhsm.provision_begin(nonce.as_bytes()).map_err(|e| {
         refused(
             e,
@@ -75,8 +101,8 @@ pub(super) fn provision(a: &ProvisionArgs, out: &mut dyn Write) -> Result<(), Cl
     let evidence = snp_evidence(&session.report, &session.certificates).map_err(kbs_err)?;
     kbs.attest(&nonce, &session.jwk, evidence)
         .map_err(kbs_err)?;
-    let jwe = kbs.resource(&a.resource).map_err(kbs_err)?;
-    let key = vhsm.provision_finish(&jwe).map_err(|e| {
+    let jwe = kbs.resource(resource).map_err(kbs_err)?;
+    vhsm.provision_finish(&jwe).map_err(|e| {
         refused(
             e,
             &super::vhsm::About {
@@ -84,16 +110,7 @@ pub(super) fn provision(a: &ProvisionArgs, out: &mut dyn Write) -> Result<(), Cl
                 keys: &[],
             },
         )
-    })?;
-    if a.json.json {
-        let mut v = key_json(&key);
-        v["resource"] = a.resource.clone().into();
-        v["kbs"] = a.kbs.clone().into();
-        writeln!(out, "{v}").map_err(io)
-    } else {
-        writeln!(out, "provisioned {} from {}", a.resource, a.kbs).map_err(io)?;
-        writeln!(out, "{}", key_line(&key)).map_err(io)
-    }
+    })
 }
 
 pub(super) const OWNER_EXAMPLES: &str = "\

@@ -100,6 +100,8 @@ pub enum UsageArg {
     Derive,
     /// listed in the attestation manifest, usable with `attest key`
     Attest,
+    /// LUKS volume passphrases derived from it may be released (`nitride luks`)
+    Release,
 }
 
 impl UsageArg {
@@ -114,6 +116,7 @@ impl UsageArg {
             Self::Unwrap => KeyUsage::UNWRAP,
             Self::Derive => KeyUsage::DERIVE,
             Self::Attest => KeyUsage::ATTEST,
+            Self::Release => KeyUsage::RELEASE,
         }
     }
 
@@ -128,6 +131,7 @@ impl UsageArg {
             Self::Unwrap => "unwrap",
             Self::Derive => "derive",
             Self::Attest => "attest",
+            Self::Release => "release",
         }
     }
 
@@ -422,7 +426,10 @@ mod tests {
             .fold(0, |acc, u| acc | u.flag().bits());
         assert_eq!(
             UsageArg::names(all),
-            ["encrypt", "decrypt", "sign", "verify", "wrap", "unwrap", "derive", "attest"]
+            [
+                "encrypt", "decrypt", "sign", "verify", "wrap", "unwrap", "derive", "attest",
+                "release"
+            ]
         );
     }
 }

@@ -69,7 +69,7 @@ pub struct TemplateArgs {
     #[arg(long = "type", value_name = "TYPE", value_parser = Named::<KeyTypeArg>::new("key type"))]
     pub key_type: KeyTypeArg,
     /// What the key may be used for, comma-separated [default: what the type can do,
-    /// less wrap, unwrap, derive and attest]
+    /// less wrap, unwrap, derive, attest and release]
     #[arg(
         long,
         value_name = "LIST",
@@ -601,7 +601,14 @@ pub(super) fn template(t: &TemplateArgs, path: &[&str]) -> Result<KeyTemplate, C
     let usage = match &t.usage {
         // An ECDH key can only agree (derive).
         None if key_type == nitride_protocol::vhsm::KeyType::EcdhP256 => KeyUsage::DERIVE,
-        None => allowed - (KeyUsage::WRAP | KeyUsage::UNWRAP | KeyUsage::DERIVE | KeyUsage::ATTEST),
+        None => {
+            allowed
+                - (KeyUsage::WRAP
+                    | KeyUsage::UNWRAP
+                    | KeyUsage::DERIVE
+                    | KeyUsage::ATTEST
+                    | KeyUsage::RELEASE)
+        }
         Some(list) => list.iter().fold(KeyUsage::empty(), |acc, u| acc | u.flag()),
     };
     if !allowed.contains(usage) {
