@@ -332,3 +332,67 @@ pub fn start_relay_snp_with(
     };
     (vm, VhsmClient::new(client))
 }
+
+/// The test KBS (tests/kbs, Python) as a process on a free loopback port, killed
+/// when dropped; its stderr log in a file.
+#[derive(Debug)]
+pub struct Kbs {
+    child: std::process::Child,
+    /// Its base URL (`http://127.0.0.1:PORT`).
+    pub url: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Kbs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Kbs {
+    /// Start it with `args`, its log in `dir/NAME.log`.
+    pub fn start(dir: &std::path::Path, name: &str, args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        use std::process::{Command, Stdio};
+        let root = nitride_qemu::repo_root();
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new("python3")
+            .arg(root.join("tests/kbs/kbs.py"))
+            .args(["--port", "0", "--dev-root"])
+            .arg(root.join("target/dev-chain"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("the KBS log file"))
+            .spawn()
+            .expect("python3 runs the test KBS (pip install -r tests/kbs/requirements.txt)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("the KBS stdout is piped"))
+            .read_line(&mut line)
+            .expect("the KBS first line");
+        let url = line
+            .trim()
+            .strip_prefix("kbs: listening on ")
+            .unwrap_or_else(|| panic!("KBS did not start: {line:?}"))
+            .to_string();
+        Self { child, url, log }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the log shows `tag` within a few seconds (the KBS may write its log
+    /// line just after it answered).
+    pub fn logged(&self, tag: &str) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(10) {
+            if self.log().contains(tag) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+}

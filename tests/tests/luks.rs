@@ -12,9 +12,9 @@
 )]
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use nitride_guest_driver::cli;
 use nitride_protocol::launch_config::LaunchConfig;
 use nitride_protocol::vhsm::{LUKS_PASSPHRASE_INFO_PREFIX, LUKS_PASSPHRASE_SALT};
 use nitride_qemu::RunningVm;
-use nitride_tests::{images, start_relay_with, test_dir};
+use nitride_tests::{images, start_relay_with, test_dir, Kbs};
 
 /// Run `nitride ARGS` in this process against `sock`: (exit code, stdout, error).
 fn nitride(sock: Option<&Path>, args: &[&str]) -> (i32, Vec<u8>, String) {
@@ -481,50 +481,6 @@ fn sealed_volume_unlocks_only_in_the_same_image() {
         for secret in [&first[..], &raw[..]] {
             assert_eq!(logs_contain(&base, secret), Vec::<PathBuf>::new());
         }
-    }
-}
-
-/// The test KBS (tests/kbs) as a process, killed when dropped; its log in a file.
-struct Kbs {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Drop for Kbs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Kbs {
-    fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
-        let root = nitride_qemu::repo_root();
-        let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new("python3")
-            .arg(root.join("tests/kbs/kbs.py"))
-            .args(["--port", "0", "--dev-root"])
-            .arg(root.join("target/dev-chain"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("python3 runs the test KBS (pip install -r tests/kbs/requirements.txt)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("kbs: listening on ")
-            .unwrap_or_else(|| panic!("KBS did not start: {line:?}"))
-            .to_string();
-        Self { child, url, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 

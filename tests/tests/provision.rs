@@ -6,16 +6,15 @@
     reason = "test code: a failed unwrap is a failed test"
 )]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use nitride_guest_driver::cli;
 use nitride_guest_driver::kbs::{snp_evidence, KbsClient};
 use nitride_protocol::launch_config::LaunchConfig;
 use nitride_protocol::vhsm::{Origin, Status};
-use nitride_tests::{images, start_relay_with, test_dir, Relay, VhsmError};
+use nitride_tests::{images, start_relay_with, test_dir, Kbs, Relay, VhsmError};
 use zerocopy::FromBytes;
 
 /// Run `nitride ARGS` (with `--socket` when given); returns (exit code, stdout,
@@ -33,63 +32,6 @@ fn nitride(sock: Option<&Path>, args: &[&str]) -> (i32, Vec<u8>, String) {
     match result {
         Ok(()) => (0, out, String::new()),
         Err(e) => (e.exit_code(), out, e.to_string()),
-    }
-}
-
-/// The test KBS as a process, killed when dropped; its stderr log in a file.
-struct Kbs {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Drop for Kbs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Kbs {
-    fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
-        let root = nitride_qemu::repo_root();
-        let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new("python3")
-            .arg(root.join("tests/kbs/kbs.py"))
-            .args(["--port", "0", "--dev-root"])
-            .arg(root.join("target/dev-chain"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("python3 runs the test KBS (pip install -r tests/kbs/requirements.txt)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("kbs: listening on ")
-            .unwrap_or_else(|| panic!("KBS did not start: {line:?}"))
-            .to_string();
-        Self { child, url, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Whether the log shows `tag` within a few seconds (the KBS may write its log
-    /// line just after it answered).
-    fn logged(&self, tag: &str) -> bool {
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if self.log().contains(tag) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
     }
 }
 
