@@ -1,18 +1,19 @@
-//! The host-side runner: builds the firmware and guest images, makes sure QEMU is
-//! installed, and boots the emulated platform with the devices the guest contract
-//! names (COM1, the guest's console; `isa-debugcon` on port 0xE9, the SVSM's own
-//! log; `isa-debug-exit`), capturing the guest's console, the SVSM's log and the
-//! exit status.
+//! The host-side runner: builds the SVSM, the guest images and the virtual SNP
+//! machine, makes sure QEMU is installed, packs the SVSM and a guest into an IGVM file
+//! and boots it on the machine (stock QEMU; `docs/snp-machine.md`) with the devices the
+//! guest contract names (COM1, the guest's console; `isa-debugcon` on port 0xE9, the
+//! host log, where the machine and only VMPL0 write; `isa-debug-exit`, the machine's
+//! exit status), capturing the guest's console, the host log and the exit status.
 //!
-//! The SVSM is judged by its own channel only: [`RunOutput::outcome`] accepts an exit
-//! status only when the SVSM's log ends with the matching verdict line, and
-//! [`RunOutput::svsm_lines`] reads the SVSM's log, never COM1 (a guest can print
-//! anything there, `[svsm]` lines included). [`RunOutput::combined`] interleaves both
-//! channels in the order QEMU wrote them, for people and for lining up benchmark
-//! figures, never for a verdict.
+//! The SVSM is judged by its own channel only: [`RunOutput::outcome`] accepts a
+//! termination only as the machine reports it (with the requesting VMPL) and, from
+//! VMPL0, with the matching verdict line in the SVSM's log; [`RunOutput::svsm_lines`]
+//! reads the host log, never COM1 (a guest can print anything there, `[svsm]` lines
+//! included). [`RunOutput::combined`] interleaves both channels in the order QEMU
+//! wrote them, for people and for lining up benchmark figures, never for a verdict.
 //!
-//! Every boot also hands the firmware the development PSP blob through fw_cfg
-//! ([`dev_chain`]); [`measure`] computes the launch measurement the firmware reports.
+//! Every boot hands the machine's PSP the development PSP blob through fw_cfg
+//! ([`dev_chain`]); [`measure`] computes the launch digest the PSP reports.
 //!
 //! Used by `cargo xtask` (src/main.rs) and by the end-to-end tests in `tests/`.
 
@@ -29,15 +30,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nitride_protocol::emulated::{dev_psp, exit, ports};
+use nitride_protocol::emulated::exit;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
-
-/// Guest RAM given to the VM by default.
-pub const DEFAULT_MEMORY_MB: u32 = 512;
 
 /// A runner error.
 #[derive(Debug)]
@@ -88,23 +86,15 @@ pub fn images_dir() -> PathBuf {
 /// The built images.
 #[derive(Clone, Debug)]
 pub struct Images {
-    /// The production SVSM.
+    /// The production SVSM (booted from IGVM at VMPL0 on the virtual SNP machine or
+    /// an SNP host).
     pub svsm: PathBuf,
     /// The SVSM with `fault-injection` (honours `nitride.fault=`), for tests.
     pub svsm_fault_injection: PathBuf,
-    /// The test guest.
+    /// The test guest (runs at VMPL1).
     pub test_guest: PathBuf,
-    /// The relay guest (serves vHSM requests from COM2).
+    /// The relay guest (serves vHSM requests from COM2, at VMPL1).
     pub relay_guest: PathBuf,
-    /// The SVSM for SEV-SNP (booted from IGVM on the virtual SNP machine or an SNP
-    /// host).
-    pub svsm_snp: PathBuf,
-    /// The SNP SVSM with `fault-injection`, for tests.
-    pub svsm_snp_fault_injection: PathBuf,
-    /// The test guest built for SEV-SNP.
-    pub test_guest_snp: PathBuf,
-    /// The relay guest built for SEV-SNP.
-    pub relay_guest_snp: PathBuf,
     /// The virtual SNP machine.
     pub machine: PathBuf,
 }
@@ -136,20 +126,6 @@ pub fn build_images() -> Result<Images, Error> {
     let dir = images_dir();
     // The production image, and one honouring `nitride.fault=` for the tests.
     for (features, sub) in [
-        ("firmware", "svsm"),
-        ("firmware,fault-injection", "svsm-fault-injection"),
-    ] {
-        let args = [
-            "-p",
-            "nitride-kernel",
-            "--bin",
-            "nitride-svsm",
-            "--features",
-            features,
-        ];
-        cargo_build(&args, &dir.join(sub))?;
-    }
-    for (features, sub) in [
         ("firmware,snp", "svsm-snp"),
         ("firmware,snp,fault-injection", "svsm-snp-fault-injection"),
     ] {
@@ -163,10 +139,6 @@ pub fn build_images() -> Result<Images, Error> {
         ];
         cargo_build(&args, &dir.join(sub))?;
     }
-    cargo_build(
-        &["--manifest-path", "tests/guest/Cargo.toml"],
-        &dir.join("guest"),
-    )?;
     cargo_build(
         &[
             "--manifest-path",
@@ -189,15 +161,11 @@ pub fn build_images() -> Result<Images, Error> {
     )?;
     let bin = |sub: &str, name: &str| dir.join(sub).join(TRIPLE).join("release").join(name);
     Ok(Images {
-        svsm: bin("svsm", "nitride-svsm"),
-        svsm_fault_injection: bin("svsm-fault-injection", "nitride-svsm"),
-        test_guest: bin("guest", "test-guest"),
-        relay_guest: bin("guest", "relay-guest"),
-        svsm_snp: bin("svsm-snp", "nitride-svsm"),
-        svsm_snp_fault_injection: bin("svsm-snp-fault-injection", "nitride-svsm"),
-        test_guest_snp: bin("guest-snp", "test-guest"),
-        relay_guest_snp: bin("guest-snp", "relay-guest"),
-        machine: bin("snp-machine", "snp-machine"),
+        svsm: bin("svsm-snp", "nitride-svsm"),
+        svsm_fault_injection: bin("svsm-snp-fault-injection", "nitride-svsm"),
+        test_guest: bin("guest-snp", "test-guest"),
+        relay_guest: bin("guest-snp", "relay-guest"),
+        machine: machine_image(),
     })
 }
 
@@ -256,19 +224,20 @@ pub fn ensure_qemu() -> Result<(), Error> {
     }
 }
 
-/// One boot of the emulated platform.
+/// One boot of the virtual SNP machine: the SVSM and a guest packed into an IGVM file
+/// ([`igvm::build_svsm`], with the measured launch configuration) and launched at
+/// VMPL0 by the machine, the guest at VMPL1 (`docs/snp-machine.md`). The machine
+/// reads the dev-PSP blob through fw_cfg and plays the PSP with it.
 #[derive(Clone, Debug)]
 pub struct Boot {
-    /// SVSM image (`-kernel`).
+    /// The SNP SVSM image (ELF).
     pub svsm: PathBuf,
-    /// Guest image (`-initrd`), if any.
-    pub guest: Option<PathBuf>,
-    /// SVSM options (`nitride.*`).
+    /// The guest image (an SNP guest ELF).
+    pub guest: PathBuf,
+    /// SVSM options (`nitride.*`), the IGVM command line before ` -- `.
     pub svsm_args: String,
     /// The guest's command line (after ` -- `).
     pub guest_args: String,
-    /// RAM in MiB.
-    pub memory_mb: u32,
     /// Count instructions (`-icount shift=0`): the guest's TSC then counts
     /// instructions.
     pub icount: bool,
@@ -282,9 +251,8 @@ pub struct Boot {
     pub settle: Option<(String, Duration)>,
     /// Write the guest's console (COM1) to this file instead of QEMU's stdout.
     pub console_file: Option<PathBuf>,
-    /// Write the SVSM's log (the debug console on port 0xE9) to this file. `None`:
-    /// [`Boot::run`] uses a temporary file; [`Boot::qemu_args`] alone shares the
-    /// terminal with COM1 (or takes it, when COM1 goes to a file).
+    /// Write the host log (the machine's lines and the SVSM's log, the debug console
+    /// on port 0xE9) to this file. `None`: [`Boot::run`] uses a temporary file.
     pub svsm_log: Option<PathBuf>,
     /// Also append both channels, in the order QEMU wrote them, to this file (QEMU's
     /// chardev `logfile`). For reading along and for benchmarks, never for verdicts:
@@ -292,24 +260,24 @@ pub struct Boot {
     pub combined_log: Option<PathBuf>,
     /// Serve COM2 (the relay channel) on this Unix socket.
     pub relay_socket: Option<PathBuf>,
-    /// The emulated PSP's blob, passed as fw_cfg file `opt/nitride/dev-psp`
-    /// (default: the cached development chain's, generated on first boot; `None`
-    /// boots a platform without a PSP).
+    /// The dev-PSP blob the machine's PSP gets (another chip secret or TCB); the
+    /// runner's development chain's when `None`.
     pub dev_psp: Option<PathBuf>,
-    /// The measured launch configuration (vault policy, owner key), passed as
-    /// fw_cfg file `opt/nitride/launch-config`; `None`: the default configuration.
+    /// The measured launch configuration (vault policy, owner key), a page of the
+    /// IGVM file; `None`: the default configuration.
     pub launch_config: Option<PathBuf>,
+    /// The virtual SNP machine's image ([`Images::machine`]).
+    pub machine: PathBuf,
 }
 
 impl Boot {
     /// A boot of `svsm` with `guest` and the guest command line `guest_args`.
-    pub fn new(svsm: &Path, guest: Option<&Path>, guest_args: &str) -> Self {
+    pub fn new(svsm: &Path, guest: &Path, guest_args: &str) -> Self {
         Self {
             svsm: svsm.to_path_buf(),
-            guest: guest.map(Path::to_path_buf),
+            guest: guest.to_path_buf(),
             svsm_args: String::new(),
             guest_args: guest_args.to_string(),
-            memory_mb: DEFAULT_MEMORY_MB,
             icount: false,
             extra: Vec::new(),
             timeout: Duration::from_secs(60),
@@ -318,153 +286,78 @@ impl Boot {
             svsm_log: None,
             combined_log: None,
             relay_socket: None,
-            dev_psp: Some(dev_psp_blob_path()),
+            dev_psp: None,
             launch_config: None,
+            machine: machine_image(),
         }
     }
 
-    /// Create what the boot reads that may not exist yet: the development chain,
-    /// when [`Boot::dev_psp`] is its default blob. [`Boot::run`] and
-    /// [`RunningVm::start`] call this; callers using [`Boot::qemu_args`] directly
-    /// must too.
-    pub fn ensure_inputs(&self) -> Result<(), Error> {
-        if self.dev_psp.as_deref() == Some(dev_psp_blob_path().as_path()) {
-            ensure_dev_chain()?;
-        }
-        Ok(())
-    }
-
-    /// The full QEMU argument list.
-    pub fn qemu_args(&self) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        // COM1 (the guest's console) and the SVSM's log, each on its own chardev.
-        let log = |id: &str| match &self.combined_log {
-            Some(f) => format!("id={id},logfile={},logappend=on", f.display()),
-            None => format!("id={id}"),
+    /// The IGVM file of this boot: the SVSM, the guest and the launch configuration.
+    pub fn igvm(&self) -> Result<Vec<u8>, Error> {
+        let config = match &self.launch_config {
+            None => None,
+            Some(path) => {
+                let bytes = std::fs::read(path)?;
+                Some(
+                    nitride_protocol::launch_config::LaunchConfig::parse(&bytes).map_err(|e| {
+                        Error::Build(format!("launch configuration {}: {e}", path.display()))
+                    })?,
+                )
+            }
         };
-        match (&self.console_file, &self.svsm_log) {
-            (None, None) => {
-                // Interactive: both on the terminal, through one multiplexer.
-                a.push("-chardev".into());
-                a.push("stdio,mux=on,id=term".into());
-                a.push("-serial".into());
-                a.push("chardev:term".into());
-                a.push("-device".into());
-                a.push(format!(
-                    "isa-debugcon,iobase={:#x},chardev=term",
-                    ports::SVSM_LOG
-                ));
-            }
-            (console, svsm) => {
-                let backend = |file: &Option<PathBuf>| match file {
-                    Some(f) => format!("file,path={}", f.display()),
-                    None => "stdio".to_string(),
-                };
-                a.push("-chardev".into());
-                a.push(format!("{},{}", backend(console), log("com1")));
-                a.push("-serial".into());
-                a.push("chardev:com1".into());
-                a.push("-chardev".into());
-                a.push(format!("{},{}", backend(svsm), log("svsmlog")));
-                a.push("-device".into());
-                a.push(format!(
-                    "isa-debugcon,iobase={:#x},chardev=svsmlog",
-                    ports::SVSM_LOG
-                ));
-            }
-        }
-        if let Some(sock) = &self.relay_socket {
-            a.push("-serial".into());
-            a.push(format!("unix:{},server=on,wait=off", sock.display()));
-        }
-        a.push("-m".into());
-        a.push(format!("{}M", self.memory_mb));
-        a.push("-device".into());
-        a.push(format!(
-            "isa-debug-exit,iobase={:#x},iosize=0x04",
-            ports::DEBUG_EXIT
-        ));
-        a.push("-kernel".into());
-        a.push(self.svsm.display().to_string());
-        if let Some(g) = &self.guest {
-            a.push("-initrd".into());
-            a.push(g.display().to_string());
-        }
-        let mut append = self.svsm_args.clone();
+        igvm::build_svsm(
+            &std::fs::read(&self.svsm)?,
+            &std::fs::read(&self.guest)?,
+            config.as_ref(),
+        )
+        .map_err(|e| Error::Build(e.to_string()))
+    }
+
+    /// The IGVM command line: the SVSM's options, then ` -- ` and the guest's.
+    pub fn cmdline(&self) -> String {
+        let mut line = self.svsm_args.trim().to_string();
         if !self.guest_args.is_empty() {
-            append.push_str(" -- ");
-            append.push_str(&self.guest_args);
+            line.push_str(" -- ");
+            line.push_str(&self.guest_args);
         }
-        if !append.trim().is_empty() {
-            a.push("-append".into());
-            a.push(append.trim().to_string());
-        }
-        if let Some(blob) = &self.dev_psp {
-            a.push("-fw_cfg".into());
-            a.push(format!(
-                "name={},file={}",
-                dev_psp::FW_CFG_NAME,
-                blob.display()
-            ));
-        }
-        if let Some(config) = &self.launch_config {
-            a.push("-fw_cfg".into());
-            a.push(format!(
-                "name={},file={}",
-                nitride_protocol::launch_config::FW_CFG_NAME,
-                config.display()
-            ));
-        }
-        if self.icount {
-            a.push("-icount".into());
-            a.push("shift=0".into());
-        }
-        a.extend(self.extra.iter().cloned());
-        a
+        line.trim().to_string()
+    }
+
+    /// The machine boot of this boot with its IGVM file written to `igvm` (the
+    /// development chain is created first when the runner's blob is used).
+    pub fn prepare(&self, igvm: &Path) -> Result<snp::SnpBoot, Error> {
+        ensure_dev_chain()?;
+        std::fs::write(igvm, self.igvm()?)?;
+        let mut boot = snp::SnpBoot::new(&self.machine, igvm);
+        boot.cmdline = self.cmdline();
+        boot.icount = self.icount;
+        boot.timeout = self.timeout;
+        boot.settle.clone_from(&self.settle);
+        boot.host_log.clone_from(&self.svsm_log);
+        boot.relay_socket.clone_from(&self.relay_socket);
+        boot.console_file.clone_from(&self.console_file);
+        boot.combined_log.clone_from(&self.combined_log);
+        boot.dev_psp.clone_from(&self.dev_psp);
+        boot.extra.clone_from(&self.extra);
+        Ok(boot)
     }
 
     /// Boot, wait for QEMU to exit (or kill it at the timeout), and return what
-    /// happened. The SVSM's log and the combined log go to temporary files unless
-    /// [`Boot::svsm_log`] / [`Boot::combined_log`] name them.
+    /// happened. The IGVM file, the host log and the combined log go to temporary
+    /// files unless [`Boot::svsm_log`] / [`Boot::combined_log`] name them.
     pub fn run(&self) -> Result<RunOutput, Error> {
-        self.ensure_inputs()?;
         let scratch = ScratchDir::new()?;
-        let mut boot = self.clone();
-        let svsm_log = boot
-            .svsm_log
-            .get_or_insert_with(|| scratch.0.join("svsm.log"))
-            .clone();
-        let combined = boot
-            .combined_log
-            .get_or_insert_with(|| scratch.0.join("combined.log"))
-            .clone();
-        for f in [&svsm_log, &combined] {
-            let _ = std::fs::remove_file(f);
-        }
-        let run = run_qemu(&boot.qemu_args(), self.timeout, self.settle.as_ref())?;
-        let read = |f: &Path| {
-            std::fs::read(f)
-                .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
-                .unwrap_or_default()
-        };
-        Ok(RunOutput {
-            svsm_log: read(&svsm_log),
-            combined: read(&combined),
-            ..run
-        })
+        self.prepare(&scratch.0.join("boot.igvm"))?.run()
     }
+}
+
+/// Where [`build_images`] puts the virtual SNP machine.
+pub fn machine_image() -> PathBuf {
+    images_dir()
+        .join("snp-machine")
+        .join(TRIPLE)
+        .join("release")
+        .join("snp-machine")
 }
 
 /// Start QEMU with `args`, collect its console (stdout) and stderr, and wait for it
@@ -630,31 +523,7 @@ impl RunOutput {
         if self.timed_out {
             return Outcome::TimedOut;
         }
-        if self.on_machine() {
-            return self.machine_outcome();
-        }
-        let Some(v) = self
-            .verdict()
-            .filter(|&v| self.status == Some(exit::qemu_status(v)))
-        else {
-            return Outcome::Other(self.status);
-        };
-        match v {
-            exit::GUEST_PASS => Outcome::GuestPass,
-            exit::GUEST_FAIL => Outcome::GuestFail,
-            exit::GUEST_VIOLATION => Outcome::Violation,
-            exit::GUEST_STOPPED => Outcome::GuestStopped,
-            exit::SVSM_FATAL => Outcome::SvsmFatal,
-            _ => Outcome::Other(self.status),
-        }
-    }
-
-    /// Whether this run was on the virtual SNP machine (its lines are in the host
-    /// log).
-    pub fn on_machine(&self) -> bool {
-        self.svsm_log
-            .lines()
-            .any(|l| l.starts_with("[snp-machine] "))
+        self.machine_outcome()
     }
 
     /// The last termination request the machine reported: (VMPL, reason set, code).
@@ -671,8 +540,7 @@ impl RunOutput {
         })
     }
 
-    /// The verdict of a run on the virtual SNP machine: the machine's exit status and
-    /// its own report. A termination request counts only with Nitride's reason set:
+    /// The verdict of a run: the machine's exit status and its own report. A termination request counts only with Nitride's reason set:
     /// from VMPL0 (the SVSM) with the matching verdict line in the SVSM's log, from a
     /// guest VMPL only with a status of the guest's range.
     fn machine_outcome(&self) -> Outcome {
@@ -769,8 +637,8 @@ impl RunningVm {
         Self::start_with_options(svsm, relay_guest, dir, svsm_args, None, None)
     }
 
-    /// [`RunningVm::start`], handing the emulated PSP `dev_psp` (a dev-PSP blob: another
-    /// chip secret, another TCB) instead of the runner's.
+    /// [`RunningVm::start`], handing the machine's PSP `dev_psp` (a dev-PSP blob:
+    /// another chip secret, another TCB) instead of the runner's.
     pub fn start_with_psp(
         svsm: &Path,
         relay_guest: &Path,
@@ -801,19 +669,17 @@ impl RunningVm {
         dev_psp: Option<&Path>,
         launch_config: Option<&Path>,
     ) -> Result<Self, Error> {
-        let mut boot = Boot::new(svsm, Some(relay_guest), "");
+        let mut boot = Boot::new(svsm, relay_guest, "");
         boot.svsm_args = svsm_args.to_string();
         boot.launch_config = launch_config.map(Path::to_path_buf);
-        boot.ensure_inputs()?;
-        if let Some(blob) = dev_psp {
-            boot.dev_psp = Some(blob.to_path_buf());
-        }
+        boot.dev_psp = dev_psp.map(Path::to_path_buf);
         Self::start_boot(boot, dir)
     }
 
     /// Start `boot` (the SVSM with the relay guest, and whatever else it sets, such
-    /// as `icount`) as a relay VM in `dir`: its console, SVSM log and relay socket
-    /// there.
+    /// as `icount`) as a relay VM in `dir` (created if needed): its IGVM file
+    /// (`vm.igvm`), guest console, host log (the machine's lines and the SVSM's) and
+    /// relay socket there.
     pub fn start_boot(mut boot: Boot, dir: &Path) -> Result<Self, Error> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("vhsm.sock");
@@ -825,52 +691,9 @@ impl RunningVm {
         boot.console_file = Some(console.clone());
         boot.svsm_log = Some(svsm_log.clone());
         boot.relay_socket = Some(socket.clone());
-        boot.ensure_inputs()?;
+        let machine = boot.prepare(&dir.join("vm.igvm"))?;
         let child = Command::new(QEMU)
-            .args(boot.qemu_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut vm = Self {
-            child,
-            dir: dir.to_path_buf(),
-            socket,
-            console,
-            svsm_log,
-        };
-        vm.wait_ready(Duration::from_secs(60))?;
-        Ok(vm)
-    }
-
-    /// Boot the virtual SNP machine `machine` with the IGVM file `igvm` (the SNP SVSM
-    /// with the SNP relay guest) in `dir` (created if needed), the IGVM command line
-    /// `cmdline` (`SVSM OPTIONS -- GUEST ARGS`) and the machine's emulated PSP given
-    /// `dev_psp` (the runner's blob when `None`), and wait until the relay serves its
-    /// channel. `svsm_log` is then the host log: the machine's lines and the SVSM's.
-    pub fn start_snp(
-        machine: &Path,
-        igvm: &Path,
-        dir: &Path,
-        cmdline: &str,
-        dev_psp: Option<&Path>,
-    ) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir)?;
-        let socket = dir.join("vhsm.sock");
-        let console = dir.join("console.log");
-        let svsm_log = dir.join("svsm.log");
-        for f in [&socket, &console, &svsm_log] {
-            let _ = std::fs::remove_file(f);
-        }
-        let mut boot = snp::SnpBoot::new(machine, igvm);
-        boot.cmdline = cmdline.to_string();
-        boot.console_file = Some(console.clone());
-        boot.host_log = Some(svsm_log.clone());
-        boot.relay_socket = Some(socket.clone());
-        boot.dev_psp = dev_psp.map(Path::to_path_buf);
-        ensure_dev_chain()?;
-        let child = Command::new(QEMU)
-            .args(boot.qemu_args())
+            .args(machine.qemu_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

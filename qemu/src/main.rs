@@ -3,17 +3,19 @@
 //!
 //! - `build`: build the SVSM and guest images.
 //! - `run [--guest ELF] [--svsm ELF] [--guest-args ARGS] [--svsm-args ARGS] [--icount] [-- QEMU ARGS]`:
-//!   boot the emulated platform with the console on this terminal.
+//!   boot the SVSM and a guest from an IGVM file on the virtual SNP machine, with the
+//!   console on this terminal.
 //! - `test`: every test (host unit tests and the QEMU end-to-end tests).
 //! - `demo`: boot, run the test guest's call sequence and the isolation probes, and
 //!   tell what happened.
-//! - `bench`: instruction counts in QEMU with `-icount shift=0`.
+//! - `bench`: instruction counts on the virtual SNP machine with `-icount shift=0`.
 //! - `up` / `down`: start the firmware with the relay guest in the background (for
 //!   the `nitride` command line) / stop it.
 //! - `dev-chain [--force]`: create (or show) the development ARK/ASK/VCEK chain and the
-//!   emulated PSP's blob under `target/dev-chain/`.
-//! - `measure [--guest relay|test|ELF] [--svsm ELF]`: print the launch measurement
-//!   the firmware will report for that boot.
+//!   machine PSP's blob under `target/dev-chain/`.
+//! - `measure [--guest relay|test|ELF] [--svsm ELF] [--launch-config FILE]`: print the
+//!   launch digest of the SVSM's IGVM image with that guest (what reports carry).
+//! - `igvm`, `snp`: the virtual SNP machine's own test program.
 //! - `man [--out DIR]`: write `nitride`'s man pages (clap_mangen).
 //! - `install [--root DIR]`: `cargo install --path guest-driver`, plus the man pages.
 
@@ -51,18 +53,18 @@ enum Task {
     /// Build the SVSM and the guest images; print their paths and sizes
     #[command(after_help = "Examples:\n  cargo xtask build")]
     Build,
-    /// Boot the emulated platform (QEMU) with the console on this terminal
+    /// Boot the SVSM on the virtual SNP machine (QEMU), console on this terminal
     #[command(after_help = "Examples:\n  cargo xtask run\n  \
                             cargo xtask run --guest-args mode=vhsm\n  \
                             cargo xtask run --icount -- -d int -D qemu.log")]
     Run(RunArgs),
-    /// Run every test: unit, QEMU end-to-end (relay suites on SNP too) and test KBS tests
+    /// Run every test: unit, QEMU end-to-end on the virtual SNP machine, test KBS tests
     #[command(after_help = "Examples:\n  cargo xtask test")]
     Test,
     /// Boot the SVSM and show it at work: SVSM calls, isolation, the vHSM, attestation
     #[command(after_help = "Examples:\n  cargo xtask demo")]
     Demo,
-    /// Instruction counts of SVSM calls and vHSM operations in QEMU (-icount shift=0)
+    /// Instruction counts of SVSM calls and vHSM operations on the SNP machine (-icount)
     #[command(after_help = "Examples:\n  cargo xtask bench")]
     Bench,
     /// Start the firmware with the relay guest in the background, for `nitride`
@@ -78,11 +80,13 @@ enum Task {
     /// Create (or show) the development ARK/ASK/VCEK chain in target/dev-chain/
     #[command(after_help = "Examples:\n  cargo xtask dev-chain\n  cargo xtask dev-chain --force")]
     DevChain(DevChainArgs),
-    /// Print the launch measurement the firmware will report for a boot
+    /// Print the launch digest the PSP will report for the SVSM's IGVM image
+    ///
+    /// Packs the SVSM with the guest into an IGVM file, writes it to
+    /// target/images/measure.igvm and prints its launch digest (docs/real-snp.md).
     #[command(after_help = "Examples:\n  cargo xtask measure --guest relay\n  \
                             MEASUREMENT=$(cargo xtask measure --guest relay)\n  \
-                            cargo xtask measure --guest relay --launch-config launch-config.bin\n  \
-                            cargo xtask measure --snp --guest relay")]
+                            cargo xtask measure --guest relay --launch-config launch-config.bin")]
     Measure(MeasureArgs),
     /// Build an IGVM file for the SNP machine and check its launch digest three ways
     #[command(after_help = "Examples:\n  cargo xtask igvm\n  \
@@ -196,11 +200,6 @@ struct MeasureArgs {
     /// The launch configuration the boot will pass [default: none, the default one]
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     launch_config: Option<PathBuf>,
-    /// The SNP image instead: pack the SNP SVSM (default: the one just built) with
-    /// the SNP guest (relay, test: the SNP builds) into an IGVM file, write it to
-    /// target/images/measure.igvm and print its launch digest (docs/real-snp.md)
-    #[arg(long)]
-    snp: bool,
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +281,7 @@ fn build() -> Result<Images, Error> {
         ),
         ("test guest", &images.test_guest),
         ("relay guest", &images.relay_guest),
+        ("virtual SNP machine", &images.machine),
     ] {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         println!("{name:36} {} ({size} bytes)", path.display());
@@ -292,9 +292,9 @@ fn build() -> Result<Images, Error> {
 fn run(a: RunArgs) -> Result<ExitCode, Error> {
     ensure_qemu()?;
     let images = build_images()?;
-    let mut boot = Boot::new(&images.svsm, Some(&images.test_guest), "");
+    let mut boot = Boot::new(&images.svsm, &images.test_guest, "");
     if let Some(g) = a.guest {
-        boot.guest = Some(g);
+        boot.guest = g;
     }
     if let Some(s) = a.svsm {
         boot.svsm = s;
@@ -308,50 +308,22 @@ fn run(a: RunArgs) -> Result<ExitCode, Error> {
     boot.launch_config = a.launch_config;
     boot.icount = a.icount;
     boot.extra = a.qemu;
-    boot.ensure_inputs()?;
-    let status = Command::new(QEMU).args(boot.qemu_args()).status()?;
+    let machine = boot.prepare(&nitride_qemu::images_dir().join("run.igvm"))?;
+    let status = Command::new(QEMU).args(machine.qemu_args()).status()?;
     println!("\nQEMU exited with status {:?}", status.code());
     Ok(ExitCode::from(
         status.code().unwrap_or(1).clamp(0, 255) as u8
     ))
 }
 
-/// The end-to-end suites `cargo xtask test` runs a second time on the virtual SNP
-/// machine (`NITRIDE_E2E_PLATFORM=snp`).
-const SNP_SUITES: &[&str] = &[
-    "attest",
-    "vhsm",
-    "seal",
-    "cli",
-    "isolation",
-    "pkcs11",
-    "provision",
-];
-
-/// Tests of [`SNP_SUITES`] not run again on SNP: they boot the emulated platform
-/// whatever the platform variable says (the provisioning figures under `-icount`).
-const SNP_SKIP: &[&str] = &["provisioning_instruction_counts"];
-
 fn test() -> Result<ExitCode, Error> {
     ensure_qemu()?;
     let start = Instant::now();
     build()?;
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let emulated = Command::new(&cargo_bin)
+    let cargo = Command::new(&cargo_bin)
         .args(["test", "--workspace"])
         .status()?;
-    // The end-to-end suites that start their VMs through `nitride_tests::start_relay*`
-    // and `boot_guest` again, on the virtual SNP machine (the SNP SVSM from IGVM at
-    // VMPL0, the SNP guests at VMPL1). Not there: boot and hardening (they test the
-    // emulated platform's own boot path and intercepts).
-    let snp = Command::new(&cargo_bin)
-        .env("NITRIDE_E2E_PLATFORM", "snp")
-        .args(["test", "-p", "nitride-tests"])
-        .args(SNP_SUITES.iter().flat_map(|t| ["--test", t]))
-        .arg("--")
-        .args(SNP_SKIP.iter().flat_map(|t| ["--skip", t]))
-        .status()?;
-    let cargo = if emulated.success() { snp } else { emulated };
     // The test KBS's own suite (Python, no QEMU): run it even when a Rust test
     // failed, so one run shows every failure.
     let kbs = Command::new("python3")
@@ -393,8 +365,52 @@ const CALLS: &[(&str, &str)] = &[
     ),
     ("unsupported-call", "core call 0x99 -> ERR_UNSUPPORTED_CALL"),
     (
-        "pvalidate-unsupported",
-        "PVALIDATE on the emulated platform -> ERR_UNSUPPORTED_CALL",
+        "pvalidate-svsm-page-refused",
+        "PVALIDATE of an SVSM page -> ERR_INVALID_ADDRESS",
+    ),
+    (
+        "pvalidate-validate-and-use",
+        "PVALIDATE of a guest page -> SUCCESS, the page is usable",
+    ),
+    (
+        "pvalidate-unchanged",
+        "PVALIDATE of a page already valid -> FAIL_UNCHANGED",
+    ),
+    (
+        "pvalidate-rescind",
+        "PVALIDATE rescind (revoked from VMPL1 first) -> SUCCESS",
+    ),
+    (
+        "pvalidate-2m-size-mismatch",
+        "PVALIDATE of a 2 MiB page on 4 KiB RMP entries -> FAIL_SIZEMISMATCH",
+    ),
+    (
+        "create-vcpu-svsm-page-refused",
+        "CREATE_VCPU with a VMSA in SVSM memory -> ERR_INVALID_ADDRESS",
+    ),
+    (
+        "create-vcpu-same-page-refused",
+        "CREATE_VCPU with VMSA and CAA on one page -> ERR_INVALID_PARAMETER",
+    ),
+    (
+        "create-vcpu-bad-vmsa-refused",
+        "CREATE_VCPU with a VMSA of the wrong VMPL or features -> ERR_INVALID_PARAMETER",
+    ),
+    (
+        "delete-vcpu-unknown-refused",
+        "DELETE_VCPU of an unknown VMSA -> ERR_INVALID_PARAMETER",
+    ),
+    (
+        "deposit-mem-unsupported",
+        "DEPOSIT_MEM -> ERR_UNSUPPORTED_CALL (the SVSM needs no memory from the guest)",
+    ),
+    (
+        "withdraw-mem-unsupported",
+        "WITHDRAW_MEM -> ERR_UNSUPPORTED_CALL",
+    ),
+    (
+        "configure-vtom-unsupported",
+        "CONFIGURE_VTOM -> ERR_UNSUPPORTED_CALL (no vTOM)",
     ),
     (
         "unsupported-protocol",
@@ -427,7 +443,7 @@ const CALLS: &[(&str, &str)] = &[
     ),
     (
         "no-call-pending-not-served",
-        "VMMCALL without call_pending: registers untouched, not served",
+        "VMGEXIT without call_pending: registers untouched, not served",
     ),
     ("served-again-after", "the SVSM keeps serving afterwards"),
 ];
@@ -436,10 +452,12 @@ fn demo() -> Result<ExitCode, Error> {
     ensure_qemu()?;
     println!("Building the SVSM and the test guest...");
     let images = build_images()?;
-    println!("\n== 1. Boot: the SVSM starts under QEMU (software AMD-V), loads the guest, and serves its SVSM calls\n");
-    let out = Boot::new(&images.svsm, Some(&images.test_guest), "mode=calls").run()?;
+    println!("\n== 1. Boot: the virtual SNP machine (stock QEMU) launches the SVSM's IGVM image at VMPL0; the SVSM starts the guest at VMPL1 and serves its SVSM calls\n");
+    let out = Boot::new(&images.svsm, &images.test_guest, "mode=calls").run()?;
     for l in out
-        .svsm_lines()
+        .svsm_log
+        .lines()
+        .filter(|l| l.starts_with("[snp-machine] ") || l.starts_with("[svsm] "))
         .take_while(|l| !l.contains("entering guest"))
     {
         println!("  {l}");
@@ -450,7 +468,7 @@ fn demo() -> Result<ExitCode, Error> {
     for l in out.guest_lines().filter(|l| l.contains("SVSM at")) {
         println!("  {l}   <- discovered from the secrets page");
     }
-    println!("\n== 2. The guest's call sequence (guest at VMPL1 calls the SVSM: call_pending in its CAA + VMMCALL)\n");
+    println!("\n== 2. The guest's call sequence (guest at VMPL1 calls the SVSM: call_pending in its CAA + VMGEXIT with SNP_RUN_VMPL(0))\n");
     let mut all_ok = out.outcome() == Outcome::GuestPass;
     for (name, what) in CALLS {
         let line = out
@@ -467,19 +485,15 @@ fn demo() -> Result<ExitCode, Error> {
             out.status
         );
     }
-    println!("\n== 3. Isolation: the guest tries to reach SVSM memory; nested paging stops every attempt\n");
+    println!("\n== 3. Isolation: the guest tries to reach SVSM memory; the RMP stops every attempt (the SVSM never granted its pages to VMPL1)\n");
     for mode in ["read-svsm", "write-svsm", "exec-svsm", "read-mmio"] {
-        let out = Boot::new(
-            &images.svsm,
-            Some(&images.test_guest),
-            &format!("mode={mode}"),
-        )
-        .run()?;
+        let out = Boot::new(&images.svsm, &images.test_guest, &format!("mode={mode}")).run()?;
         let stopped = out.outcome() == Outcome::Violation;
         all_ok &= stopped && !out.console.contains("ISOLATION BROKEN");
         let line = out
-            .svsm_lines()
-            .find(|l| l.contains("isolation:"))
+            .svsm_log
+            .lines()
+            .find(|l| l.contains("VIOLATION: VMPL1"))
             .unwrap_or("(no report)");
         println!(
             "  {mode:11} {} {line}",
@@ -509,6 +523,7 @@ fn demo() -> Result<ExitCode, Error> {
 fn bench() -> Result<ExitCode, Error> {
     ensure_qemu()?;
     let images = build_images()?;
+    println!("On the virtual SNP machine (the SVSM from IGVM at VMPL0, the test guest at VMPL1):");
     let mut all_ok = true;
     let mut firmware = Vec::new();
     let mut attest_signing = None;
@@ -518,7 +533,7 @@ fn bench() -> Result<ExitCode, Error> {
         "mode=bench-attest",
         "mode=bench-seal",
     ] {
-        let mut boot = Boot::new(&images.svsm, Some(&images.test_guest), mode);
+        let mut boot = Boot::new(&images.svsm, &images.test_guest, mode);
         boot.icount = true;
         boot.timeout = std::time::Duration::from_secs(600);
         let out = boot.run()?;
@@ -543,8 +558,20 @@ fn bench() -> Result<ExitCode, Error> {
         all_ok &= out.outcome() == Outcome::GuestPass;
     }
     raw_crypto_comparison(&firmware, attest_signing)?;
-    relay_throughput(&images, false)?;
-    all_ok &= snp_bench(&images)?;
+    let stripped = repo_root().join("target").join("bench-svsm.stripped");
+    let status = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&images.svsm)
+        .status()?;
+    if status.success() {
+        println!(
+            "SVSM: {} bytes, stripped {} bytes",
+            std::fs::metadata(&images.svsm)?.len(),
+            std::fs::metadata(&stripped)?.len()
+        );
+    }
+    relay_throughput(&images)?;
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
@@ -680,69 +707,14 @@ fn attestation_split(console: &str) -> Option<u64> {
     avg(signing_sum, signing_n)
 }
 
-/// Requests per second through the relay guest (wall clock, emulated: TCG).
-/// The same calling-path figures on the virtual SNP machine: the SNP SVSM from IGVM
-/// with the SNP test guest at VMPL1 (`mode=bench`, `mode=bench-vhsm` under
-/// `-icount shift=0`), the stripped SNP SVSM's size, and the relay's requests per
-/// second. Whether the guest passed.
-fn snp_bench(images: &Images) -> Result<bool, Error> {
-    println!("\nOn the virtual SNP machine:");
-    let igvm = nitride_qemu::snp::svsm_igvm(
-        &images.svsm_snp,
-        &images.test_guest_snp,
-        None,
-        "svsm-test-guest",
-    )?;
-    let mut ok = true;
-    for mode in ["bench", "bench-vhsm"] {
-        let mut boot = nitride_qemu::snp::SnpBoot::new(&images.machine, &igvm);
-        boot.cmdline = format!("-- mode={mode}");
-        boot.icount = true;
-        boot.timeout = std::time::Duration::from_secs(600);
-        let out = boot.run()?;
-        for l in out.console.lines().filter(|l| l.contains("BENCH")) {
-            println!("{l}");
-        }
-        println!(
-            "snp mode={mode}: QEMU status {:?}, {:.2} s wall",
-            out.status,
-            out.elapsed.as_secs_f64()
-        );
-        ok &= out.outcome() == Outcome::GuestPass;
-    }
-    let stripped = repo_root().join("target").join("bench-svsm-snp.stripped");
-    let status = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(&images.svsm_snp)
-        .status()?;
-    if status.success() {
-        println!(
-            "SNP SVSM: {} bytes, stripped {} bytes",
-            std::fs::metadata(&images.svsm_snp)?.len(),
-            std::fs::metadata(&stripped)?.len()
-        );
-    }
-    relay_throughput(images, true)?;
-    Ok(ok)
-}
-
-fn relay_throughput(images: &Images, snp: bool) -> Result<(), Error> {
+/// Requests per second through the relay guest on the virtual SNP machine (wall
+/// clock, QEMU TCG).
+fn relay_throughput(images: &Images) -> Result<(), Error> {
     use nitride_guest_driver::relay::RelayClient;
     use nitride_guest_driver::vhsm::VhsmClient;
     use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, VmplSet};
     let dir = repo_root().join("target").join("bench-relay");
-    let vm = if snp {
-        let igvm = nitride_qemu::snp::svsm_igvm(
-            &images.svsm_snp,
-            &images.relay_guest_snp,
-            None,
-            "svsm-relay-guest",
-        )?;
-        RunningVm::start_snp(&images.machine, &igvm, &dir, "", None)?
-    } else {
-        RunningVm::start(&images.svsm, &images.relay_guest, &dir, "")?
-    };
+    let vm = RunningVm::start(&images.svsm, &images.relay_guest, &dir, "")?;
     let relay = RelayClient::connect(&vm.socket).map_err(|e| Error::Build(e.to_string()))?;
     let mut c = VhsmClient::new(relay);
     let t = KeyTemplate::new(KeyType::HmacSha384, KeyUsage::SIGN, VmplSet::all(), false);
@@ -764,13 +736,8 @@ fn relay_throughput(images: &Images, snp: bool) -> Result<(), Error> {
         }
         let secs = start.elapsed().as_secs_f64();
         println!(
-            "relay, {name}: {n} requests in {secs:.2} s = {:.0} requests/s ({})",
+            "relay, {name}: {n} requests in {secs:.2} s = {:.0} requests/s",
             f64::from(n) / secs,
-            if snp {
-                "virtual SNP machine"
-            } else {
-                "emulated"
-            }
         );
     }
     Ok(())
@@ -1146,9 +1113,7 @@ fn vhsm_story(images: &Images) -> Result<bool, Error> {
     let console = vm.svsm_log_text();
     println!();
     for l in console.lines().filter(|l| {
-        l.contains("emulated PSP ready")
-            || l.contains("attestation:")
-            || l.contains("PSP round trip")
+        l.contains("PSP channel") || l.contains("attestation:") || l.contains("PSP round trip")
     }) {
         println!("  SVSM console: {}", l.trim());
     }
@@ -1782,7 +1747,7 @@ fn pkcs11_story(images: &Images) -> Result<bool, Error> {
 /// Part 5 of the demo, on the running relay VM: VMPL0 evidence for the services and
 /// for one key, checked by the guest-side verifier against the development root.
 fn attestation_story(s: &std::path::Path, images: &Images) -> Result<bool, Error> {
-    println!("\n== 5. Attestation: the SVSM asks the (emulated) PSP for VMPL0 reports; the verifier checks them\n");
+    println!("\n== 5. Attestation: the SVSM asks the PSP (the machine's, through GHCB guest requests with VMPCK0) for VMPL0 reports; the verifier checks them\n");
     // Nonces are exactly 64 bytes (what Linux's configfs-tsm sends).
     let mut random = [0u8; 128];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
@@ -1924,47 +1889,31 @@ fn show_dev_chain(a: &DevChainArgs) -> Result<ExitCode, Error> {
 
 fn measure_cmd(a: MeasureArgs) -> Result<ExitCode, Error> {
     let images = build_images()?;
-    let guest = match (a.guest, a.snp) {
-        (GuestImage::Test, false) => images.test_guest.clone(),
-        (GuestImage::Relay, false) => images.relay_guest.clone(),
-        (GuestImage::Test, true) => images.test_guest_snp.clone(),
-        (GuestImage::Relay, true) => images.relay_guest_snp.clone(),
-        (GuestImage::Elf(path), _) => path,
+    let guest = match a.guest {
+        GuestImage::Test => images.test_guest.clone(),
+        GuestImage::Relay => images.relay_guest.clone(),
+        GuestImage::Elf(path) => path,
     };
-    if a.snp {
-        let svsm = a.svsm.unwrap_or(images.svsm_snp.clone());
-        let config = match &a.launch_config {
-            None => None,
-            Some(p) => Some(
-                nitride_protocol::launch_config::LaunchConfig::parse(&std::fs::read(p)?)
-                    .map_err(|e| Error::Build(format!("{}: {e}", p.display())))?,
-            ),
-        };
-        let igvm = nitride_qemu::snp::svsm_igvm(&svsm, &guest, config.as_ref(), "measure")?;
-        let digest = nitride_qemu::igvm::launch_digest(&std::fs::read(&igvm)?)
-            .map_err(|e| Error::Build(e.to_string()))?;
-        println!("{}", measure::hex(&digest));
-        eprintln!(
-            "  SVSM  {}\n  guest {}\n  launch configuration {}\n  IGVM  {}",
-            svsm.display(),
-            guest.display(),
-            a.launch_config
-                .as_ref()
-                .map_or("(default)".to_string(), |p| p.display().to_string()),
-            igvm.display()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
     let svsm = a.svsm.unwrap_or(images.svsm.clone());
-    let m = measure::launch_measurement_with(&svsm, &guest, a.launch_config.as_deref())?;
-    println!("{}", measure::hex(&m));
+    let config = match &a.launch_config {
+        None => None,
+        Some(p) => Some(
+            nitride_protocol::launch_config::LaunchConfig::parse(&std::fs::read(p)?)
+                .map_err(|e| Error::Build(format!("{}: {e}", p.display())))?,
+        ),
+    };
+    let igvm = nitride_qemu::snp::svsm_igvm(&svsm, &guest, config.as_ref(), "measure")?;
+    let digest = nitride_qemu::igvm::launch_digest(&std::fs::read(&igvm)?)
+        .map_err(|e| Error::Build(e.to_string()))?;
+    println!("{}", measure::hex(&digest));
     eprintln!(
-        "  SVSM  {}\n  guest {}\n  launch configuration {}",
+        "  SVSM  {}\n  guest {}\n  launch configuration {}\n  IGVM  {}",
         svsm.display(),
         guest.display(),
         a.launch_config
             .as_ref()
-            .map_or("(default)".to_string(), |p| p.display().to_string())
+            .map_or("(default)".to_string(), |p| p.display().to_string()),
+        igvm.display()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -109,6 +109,9 @@ pub struct SnpBoot {
     pub dev_psp: Option<PathBuf>,
     /// More QEMU arguments.
     pub extra: Vec<String>,
+    /// Once the guest's console shows this text, let QEMU run this much longer and
+    /// then stop it (reported as a timeout).
+    pub settle: Option<(String, Duration)>,
 }
 
 impl SnpBoot {
@@ -126,6 +129,7 @@ impl SnpBoot {
             combined_log: None,
             dev_psp: None,
             extra: Vec::new(),
+            settle: None,
         }
     }
 
@@ -218,7 +222,7 @@ impl SnpBoot {
         for f in [&host_log, &combined] {
             let _ = std::fs::remove_file(f);
         }
-        let mut out = crate::run_qemu(&boot.qemu_args(), self.timeout, None)?;
+        let mut out = crate::run_qemu(&boot.qemu_args(), self.timeout, self.settle.as_ref())?;
         let read = |f: &Path| {
             std::fs::read(f)
                 .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))

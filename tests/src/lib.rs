@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests: build the images once per test binary
-//! and boot them.
+//! and boot them on the virtual SNP machine: the SVSM from an IGVM image at VMPL0,
+//! the test or relay guest at VMPL1 (`docs/snp-machine.md`).
 
 use std::sync::OnceLock;
 
@@ -19,18 +20,10 @@ pub fn images() -> &'static Images {
     })
 }
 
-/// Boot the production SVSM with the test guest in `mode` (on the virtual SNP
-/// machine when [`on_snp`]).
+/// Boot the production SVSM with the test guest in `mode`.
 pub fn boot_guest(mode: &str) -> RunOutput {
-    if on_snp() {
-        return boot_guest_snp(mode);
-    }
     let i = images();
-    run(Boot::new(
-        &i.svsm,
-        Some(&i.test_guest),
-        &format!("mode={mode}"),
-    ))
+    run(Boot::new(&i.svsm, &i.test_guest, &format!("mode={mode}")))
 }
 
 /// Boot and return the output, failing the test if QEMU cannot be started.
@@ -41,13 +34,13 @@ pub fn run(boot: Boot) -> RunOutput {
     }
 }
 
-/// Panic with the SVSM's log, the guest's console and QEMU's messages when `cond`
-/// is false.
+/// Panic with the host log (the machine's and the SVSM's lines), the guest's
+/// console and QEMU's messages when `cond` is false.
 #[track_caller]
 pub fn expect(out: &RunOutput, cond: bool, what: &str) {
     assert!(
         cond,
-        "{what}\n--- SVSM log ---\n{}\n--- guest console ---\n{}\n--- stderr ---\n{}",
+        "{what}\n--- host log (machine and SVSM) ---\n{}\n--- guest console ---\n{}\n--- stderr ---\n{}",
         out.svsm_log, out.console, out.stderr
     );
 }
@@ -56,70 +49,64 @@ pub use nitride_guest_driver::relay::RelayClient;
 pub use nitride_guest_driver::vhsm::{VhsmClient, VhsmError};
 pub use nitride_qemu::RunningVm;
 
-/// Whether the end-to-end suites run on the virtual SNP machine: set
-/// `NITRIDE_E2E_PLATFORM=snp` (`cargo xtask test --snp`) and every suite that starts
-/// its VMs through [`start_relay`] / [`start_relay_with`] boots the SNP SVSM from an
-/// IGVM image with the SNP relay guest at VMPL1 instead of the emulated platform.
-pub fn on_snp() -> bool {
-    std::env::var("NITRIDE_E2E_PLATFORM").is_ok_and(|v| v == "snp")
-}
-
-/// The relay guest of the selected platform ([`on_snp`]): the image a test copies
-/// to make a variant for [`start_relay_with`].
+/// The relay guest: the image a test copies to make a variant for
+/// [`start_relay_with`].
 pub fn relay_guest() -> &'static std::path::Path {
-    let i = images();
-    if on_snp() {
-        &i.relay_guest_snp
-    } else {
-        &i.relay_guest
-    }
+    &images().relay_guest
 }
 
-/// The launch measurement every report of a [`start_relay`] VM carries: the runner's
-/// measurement of the production SVSM with the relay guest, or on SNP the launch
-/// digest of the relay IGVM image (what the machine's PSP puts in MEASUREMENT).
+/// The relay guest, changed so that its launch measurement differs: an IGVM image
+/// measures the loaded pages, so the first `PT_LOAD` segment loads one more byte, a
+/// non-zero one from the padding after it (the page it ends in changes; the code
+/// does not).
+pub fn relay_guest_variant() -> Vec<u8> {
+    let mut elf = match std::fs::read(relay_guest()) {
+        Ok(e) => e,
+        Err(e) => panic!("the relay guest: {e}"),
+    };
+    let u64_at =
+        |e: &[u8], at: usize| u64::from_le_bytes(e[at..at + 8].try_into().expect("8 bytes"));
+    let ph = u64_at(&elf, 0x20) as usize;
+    assert_eq!(
+        &elf[ph..ph + 4],
+        &1u32.to_le_bytes(),
+        "the first header loads"
+    );
+    let (offset, filesz, memsz) = (
+        u64_at(&elf, ph + 8),
+        u64_at(&elf, ph + 32),
+        u64_at(&elf, ph + 40),
+    );
+    let end = (offset + filesz) as usize;
+    assert_eq!(filesz, memsz, "the first segment has no .bss");
+    assert!(!end.is_multiple_of(4096), "the segment ends inside a page");
+    assert_eq!(elf[end], 0, "padding after the segment");
+    elf[end] = 0x5A;
+    for field in [ph + 32, ph + 40] {
+        elf[field..field + 8].copy_from_slice(&(filesz + 1).to_le_bytes());
+    }
+    elf
+}
+
+/// The launch measurement every report of a [`start_relay`] VM carries: the launch
+/// digest of the relay VM's IGVM file (what the PSP puts in MEASUREMENT).
 pub fn relay_measurement() -> [u8; 48] {
     relay_measurement_with(None)
 }
 
 /// [`relay_measurement`] of a VM under the launch configuration `config` (`None`: the
-/// default one), as [`start_relay_with`] starts it: on SNP the configuration is a
-/// measured page of the IGVM image, on the emulated platform the firmware folds its
-/// digest in.
+/// default one), as [`start_relay_with`] starts it: the configuration is a measured
+/// page of the IGVM file.
 pub fn relay_measurement_with(
     config: Option<&nitride_protocol::launch_config::LaunchConfig>,
 ) -> [u8; 48] {
     let i = images();
-    let m = if on_snp() {
-        let read =
-            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        read(&i.svsm_snp).and_then(|svsm| {
-            nitride_qemu::igvm::build_svsm(&svsm, &read(&i.relay_guest_snp)?, config)
-                .and_then(|f| nitride_qemu::igvm::launch_digest(&f))
-                .map_err(|e| e.to_string())
-        })
-    } else {
-        let file = config.map(|c| {
-            let path = std::env::temp_dir().join(format!(
-                "nitride-launch-config-{}-{}.bin",
-                std::process::id(),
-                c.digest()[..8]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            ));
-            std::fs::write(&path, c.to_bytes()).map(|()| path)
-        });
-        match file.transpose() {
-            Ok(file) => nitride_qemu::measure::launch_measurement_with(
-                &i.svsm,
-                &i.relay_guest,
-                file.as_deref(),
-            )
-            .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-    };
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let m = read(&i.svsm).and_then(|svsm| {
+        nitride_qemu::igvm::build_svsm(&svsm, &read(&i.relay_guest)?, config)
+            .and_then(|f| nitride_qemu::igvm::launch_digest(&f))
+            .map_err(|e| e.to_string())
+    });
     match m {
         Ok(m) => m,
         Err(e) => panic!("the launch measurement of the relay VM: {e}"),
@@ -127,7 +114,7 @@ pub fn relay_measurement_with(
 }
 
 /// Boot the production SVSM with the relay guest in a fresh directory named after
-/// the test, and connect a typed client to it (on the platform [`on_snp`] selects).
+/// the test, and connect a typed client to it.
 pub fn start_relay(test: &str, svsm_args: &str) -> (RunningVm, VhsmClient<RelayClient>) {
     start_relay_with(test, svsm_args, Relay::default())
 }
@@ -143,7 +130,7 @@ pub fn test_dir(test: &str) -> std::path::PathBuf {
 /// What a relay VM differs in from [`start_relay`]'s (each `None`: the default).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Relay<'a> {
-    /// Another relay guest image (the platform's relay guest when `None`).
+    /// Another relay guest image (the relay guest when `None`).
     pub guest: Option<&'a std::path::Path>,
     /// Another dev-PSP blob (another chip secret or TCB; the runner's when `None`).
     pub dev_psp: Option<&'a std::path::Path>,
@@ -178,16 +165,14 @@ impl<'a> From<&Relay<'a>> for Relay<'a> {
 }
 
 /// [`start_relay`] with the differences `relay` names (a [`Relay`], or just an
-/// `Option<&LaunchConfig>`), in [`test_dir`], on the platform [`on_snp`] selects.
+/// `Option<&LaunchConfig>`), in [`test_dir`]: the VM's IGVM file, console, host log
+/// and relay socket there.
 pub fn start_relay_with<'a>(
     test: &str,
     svsm_args: &str,
     relay: impl Into<Relay<'a>>,
 ) -> (RunningVm, VhsmClient<RelayClient>) {
     let relay = &relay.into();
-    if on_snp() {
-        return start_relay_snp_with(test, svsm_args, relay);
-    }
     let i = images();
     let dir = test_dir(test);
     let config_file = relay.config.map(|c| {
@@ -217,15 +202,15 @@ pub fn start_relay_with<'a>(
     (vm, VhsmClient::new(client))
 }
 
-/// Where the runner keeps the development endorsement chain of the emulated PSP
+/// Where the runner keeps the development endorsement chain of the machine's PSP
 /// (`ark.pem`, `ask.pem`, `vcek.pem`, `vcek.der`): the directory a verifier passes to
 /// `--trust-dev-root` / `TrustAnchors::add_dev_root_dir`. Created by the runner when
-/// it starts a VM with the emulated PSP.
+/// it starts a VM with the machine's PSP.
 pub fn dev_chain_dir() -> std::path::PathBuf {
     nitride_qemu::repo_root().join("target").join("dev-chain")
 }
 
-/// Trust anchors for reports of the emulated platform: the bundled AMD roots plus,
+/// Trust anchors for reports of the virtual SNP machine: the bundled AMD roots plus,
 /// explicitly, the development root in [`dev_chain_dir`].
 pub fn dev_anchors() -> nitride_guest_driver::verify::TrustAnchors {
     let mut a = match nitride_guest_driver::verify::TrustAnchors::amd_builtin() {
@@ -249,88 +234,6 @@ pub fn endorsement_key(table: &[u8]) -> Vec<u8> {
         },
         Err(e) => panic!("certificate table: {e}"),
     }
-}
-
-/// The IGVM file of the SNP SVSM with the SNP test guest (written once per test
-/// process).
-pub fn test_igvm() -> &'static std::path::Path {
-    static IGVM: OnceLock<std::path::PathBuf> = OnceLock::new();
-    IGVM.get_or_init(|| {
-        let i = images();
-        match nitride_qemu::snp::svsm_igvm(&i.svsm_snp, &i.test_guest_snp, None, "svsm-test-guest")
-        {
-            Ok(p) => p,
-            Err(e) => panic!("IGVM of the SVSM and the test guest: {e}"),
-        }
-    })
-}
-
-/// Boot the SNP SVSM with the SNP test guest in `mode` on the virtual SNP machine.
-pub fn boot_guest_snp(mode: &str) -> RunOutput {
-    let i = images();
-    let mut boot = nitride_qemu::snp::SnpBoot::new(&i.machine, test_igvm());
-    boot.cmdline = format!("-- mode={mode}");
-    match boot.run() {
-        Ok(o) => o,
-        Err(e) => panic!("QEMU failed to run: {e}"),
-    }
-}
-
-/// The IGVM file of the SNP SVSM with the SNP relay guest (written once per test
-/// process).
-pub fn relay_igvm() -> &'static std::path::Path {
-    static IGVM: OnceLock<std::path::PathBuf> = OnceLock::new();
-    IGVM.get_or_init(|| {
-        let i = images();
-        match nitride_qemu::snp::svsm_igvm(
-            &i.svsm_snp,
-            &i.relay_guest_snp,
-            None,
-            "svsm-relay-guest",
-        ) {
-            Ok(p) => p,
-            Err(e) => panic!("IGVM of the SVSM and the relay guest: {e}"),
-        }
-    })
-}
-
-/// Boot the SNP SVSM with the SNP relay guest on the virtual SNP machine in a fresh
-/// directory named after the test, and connect a typed client to it (whatever
-/// [`on_snp`] says).
-pub fn start_relay_snp(test: &str, svsm_args: &str) -> (RunningVm, VhsmClient<RelayClient>) {
-    start_relay_snp_with(test, svsm_args, &Relay::default())
-}
-
-/// [`start_relay_snp`] with the differences `relay` names (whatever [`on_snp`]
-/// says): a guest or launch configuration other than the default gets its own IGVM
-/// file, `svsm-TEST.igvm`.
-pub fn start_relay_snp_with(
-    test: &str,
-    svsm_args: &str,
-    relay: &Relay<'_>,
-) -> (RunningVm, VhsmClient<RelayClient>) {
-    let i = images();
-    let dir = test_dir(test);
-    let igvm = match (relay.guest, relay.config) {
-        (None, None) => relay_igvm().to_path_buf(),
-        (guest, config) => {
-            let guest = guest.unwrap_or(&i.relay_guest_snp);
-            match nitride_qemu::snp::svsm_igvm(&i.svsm_snp, guest, config, &format!("svsm-{test}"))
-            {
-                Ok(p) => p,
-                Err(e) => panic!("IGVM of the SVSM and {}: {e}", guest.display()),
-            }
-        }
-    };
-    let vm = match RunningVm::start_snp(&i.machine, &igvm, &dir, svsm_args, relay.dev_psp) {
-        Ok(vm) => vm,
-        Err(e) => panic!("could not start the relay VM: {e}"),
-    };
-    let client = match RelayClient::connect(&vm.socket) {
-        Ok(c) => c,
-        Err(e) => panic!("could not connect to the relay: {e}"),
-    };
-    (vm, VhsmClient::new(client))
 }
 
 /// The test KBS (tests/kbs, Python) as a process on a free loopback port, killed

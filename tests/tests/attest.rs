@@ -1,7 +1,7 @@
 //! Attestation from the firmware, driven through the relay guest: the SVSM
 //! attestation protocol (services and single service, size negotiation) and the
 //! vHSM's AttestKey, each report checked with the guest-side verifier against the
-//! development root of the emulated PSP (VMPL 0, REPORT_DATA binding, launch
+//! development root of the virtual SNP machine's PSP (VMPL 0, REPORT_DATA binding, launch
 //! measurement), and refused without that root; then the same through the `nitride`
 //! command line.
 #![allow(

@@ -448,8 +448,7 @@ fn sealed_volume_unlocks_only_in_the_same_image() {
     }
     {
         // Another guest image: another launch measurement.
-        let mut guest = std::fs::read(&images().relay_guest).unwrap();
-        guest.push(0);
+        let guest = nitride_tests::relay_guest_variant();
         let other_guest = dir.join("relay-guest-variant");
         std::fs::write(&other_guest, guest).unwrap();
         let vm = relay(&format!("{name}-3"), &other_guest);

@@ -120,9 +120,8 @@ fn owner(dir: &Path, secret: &[u8]) -> Owner {
     }
 }
 
-/// The MEASUREMENT of a relay VM under `config` on the platform
-/// `nitride_tests::on_snp` selects (on SNP the configuration is a measured page of
-/// the IGVM image).
+/// The MEASUREMENT of a relay VM under `config` (the configuration is a measured
+/// page of the IGVM image).
 fn measurement(config: &LaunchConfig) -> String {
     hex::encode(nitride_tests::relay_measurement_with(Some(config)))
 }
@@ -400,7 +399,7 @@ fn provisioning_instruction_counts() {
     let resource = format!("nitride/key/disk={}", o.envelope.display());
     let kbs = Kbs::start(&dir, "kbs", &["--measurement", &m, "--resource", &resource]);
     let i = images();
-    let mut boot = nitride_qemu::Boot::new(&i.svsm, Some(&i.relay_guest), "");
+    let mut boot = nitride_qemu::Boot::new(&i.svsm, &i.relay_guest, "");
     boot.svsm_args = "nitride.log=debug".into();
     boot.launch_config = Some(o.config_file.clone());
     boot.icount = true;

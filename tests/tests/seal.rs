@@ -26,8 +26,7 @@ fn dir(name: &str) -> PathBuf {
 }
 
 /// Boot the production SVSM with `guest` (the relay guest, or a variant) and the
-/// dev-PSP blob `psp` (the runner's when `None`), on the platform
-/// `nitride_tests::on_snp` selects.
+/// dev-PSP blob `psp` (the runner's when `None`).
 fn boot(
     name: &str,
     guest: Option<&Path>,
@@ -42,40 +41,6 @@ fn boot(
             config: None,
         },
     )
-}
-
-/// The relay guest of the selected platform, changed so that its launch measurement
-/// differs: the emulated platform measures the whole file (one more byte at the
-/// end); an IGVM image measures the loaded pages, so on SNP the first `PT_LOAD`
-/// segment loads one more byte, a non-zero one from the padding after it (the page
-/// it ends in changes; the code does not).
-fn guest_variant() -> Vec<u8> {
-    let mut elf = std::fs::read(nitride_tests::relay_guest()).unwrap();
-    if !nitride_tests::on_snp() {
-        elf.push(0);
-        return elf;
-    }
-    let u64_at = |e: &[u8], at: usize| u64::from_le_bytes(e[at..at + 8].try_into().unwrap());
-    let ph = u64_at(&elf, 0x20) as usize;
-    assert_eq!(
-        &elf[ph..ph + 4],
-        &1u32.to_le_bytes(),
-        "the first header loads"
-    );
-    let (offset, filesz, memsz) = (
-        u64_at(&elf, ph + 8),
-        u64_at(&elf, ph + 32),
-        u64_at(&elf, ph + 40),
-    );
-    let end = (offset + filesz) as usize;
-    assert_eq!(filesz, memsz, "the first segment has no .bss");
-    assert!(!end.is_multiple_of(4096), "the segment ends inside a page");
-    assert_eq!(elf[end], 0, "padding after the segment");
-    elf[end] = 0x5A;
-    for field in [ph + 32, ph + 40] {
-        elf[field..field + 8].copy_from_slice(&(filesz + 1).to_le_bytes());
-    }
-    elf
 }
 
 fn template(kt: KeyType, usage: KeyUsage) -> KeyTemplate {
@@ -287,7 +252,7 @@ fn another_image_or_chip_cannot_open_the_state() {
     let first = first_boot("other-1");
     // Another guest image (the launch measurement covers it).
     let other_guest = d.join("relay-guest-variant");
-    std::fs::write(&other_guest, guest_variant()).unwrap();
+    std::fs::write(&other_guest, nitride_tests::relay_guest_variant()).unwrap();
     {
         let (_vm, mut c) = boot("other-image", Some(&other_guest), None);
         assert_eq!(

@@ -1,31 +1,11 @@
-//! The SVSM on the virtual SNP machine: booted from its IGVM image at VMPL0, it runs
-//! the SNP test guest at VMPL1 and serves its calls.
-
-use nitride_tests::{boot_guest_snp, expect, Outcome};
-
-#[test]
-fn snp_call_sequence() {
-    let out = boot_guest_snp("calls");
-    expect(
-        &out,
-        out.outcome() == Outcome::GuestPass,
-        "guest did not pass",
-    );
-    let lines: Vec<&str> = out.guest_lines().filter(|l| l.contains("CHECK ")).collect();
-    for l in &lines {
-        println!("{l}");
-    }
-    expect(
-        &out,
-        lines.iter().all(|l| l.ends_with("... ok")),
-        "a check failed",
-    );
-}
+//! The SVSM's SNP paths end to end on the virtual SNP machine: vHSM requests from
+//! the relay guest at VMPL1 and VMPL0 reports through GHCB guest requests, and
+//! sealing keys from MSG_KEY_REQ across a restart and on another chip.
 
 #[test]
 fn snp_relay_vhsm_and_attestation() {
     use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, VmplSet};
-    let (vm, mut c) = nitride_tests::start_relay_snp("snp-relay", "");
+    let (vm, mut c) = nitride_tests::start_relay("snp-relay", "");
     let t = KeyTemplate::new(
         KeyType::EcdsaP384,
         KeyUsage::SIGN | KeyUsage::VERIFY | KeyUsage::ATTEST,
@@ -54,19 +34,19 @@ fn snp_relay_vhsm_and_attestation() {
 #[test]
 fn snp_sealing_survives_a_restart() {
     use nitride_protocol::vhsm::{KeyTemplate, KeyType, KeyUsage, Status, VmplSet};
-    use nitride_tests::{start_relay_snp, start_relay_snp_with, Relay, VhsmError};
+    use nitride_tests::{start_relay, start_relay_with, Relay, VhsmError};
     use zerocopy::FromBytes;
     let t =
         KeyTemplate::new(KeyType::EcdsaP384, KeyUsage::SIGN, VmplSet::all(), false).persistent();
     let (key, spki, blob, state) = {
-        let (_vm, mut c) = start_relay_snp("snp-seal-1", "");
+        let (_vm, mut c) = start_relay("snp-seal-1", "");
         let key = c.generate(t, b"kept").expect("generate").key_id.get();
         let blob = c.seal(VmplSet::VMPL1, b"a disk key").expect("seal");
         let (_, state) = c.export_state().expect("export");
         (key, c.public_key(key).expect("public key"), blob, state)
     };
     {
-        let (_vm, mut c) = start_relay_snp("snp-seal-2", "");
+        let (_vm, mut c) = start_relay("snp-seal-2", "");
         assert_eq!(c.unseal(&blob).expect("unseal").data, b"a disk key");
         assert_eq!(c.import_state(&state).expect("import").keys, 1);
         assert_eq!(c.public_key(key).expect("restored key"), spki);
@@ -80,7 +60,7 @@ fn snp_sealing_survives_a_restart() {
     let dir = nitride_qemu::repo_root().join("target").join("e2e");
     let other = dir.join(format!("snp-other-chip-{}.bin", std::process::id()));
     std::fs::write(&other, psp).expect("write the blob");
-    let (_vm, mut c) = start_relay_snp_with(
+    let (_vm, mut c) = start_relay_with(
         "snp-seal-3",
         "",
         &Relay {
