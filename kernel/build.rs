@@ -13,9 +13,4 @@ fn main() {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
     println!("cargo:rustc-link-arg-bins=-T{dir}/link.ld");
-    // The SNP image starts at its 32-bit IGVM entry (the ELF entry point the IGVM
-    // builder puts into the launch VMSA), not at the PVH entry.
-    if std::env::var_os("CARGO_FEATURE_SNP").is_some() {
-        println!("cargo:rustc-link-arg-bins=-Wl,-e,svsm_snp_start32");
-    }
 }

@@ -10,9 +10,7 @@
 //!   SNP_RUN_VMPL(0) request in the GHCB MSR (GHCB MSR protocol), the GHCB MSR saved
 //!   and restored around it;
 //! - [`GhcbPageTransport`]: SEV-SNP for a caller that has a registered GHCB page:
-//!   the SNP_RUN_VMPL NAE event (SW_EXITCODE 0x8000_0018) through it;
-//! - [`VmmcallTransport`]: the emulated platform, where the SVSM runs the guest under
-//!   AMD-V and a `VMMCALL` exits to it.
+//!   the SNP_RUN_VMPL NAE event (SW_EXITCODE 0x8000_0018) through it.
 
 use nitride_protocol::svsm::{
     self, call_rax, core_call, query_protocol_arg, CallRegs, ResultCode, CORE_PROTOCOL_VERSION,
@@ -150,7 +148,7 @@ impl<T: Transport> SvsmClient<T> {
     }
 
     /// `REMAP_CA`: move the calling area to `new_caa_gpa`. The caller must then use
-    /// the new CAA for every call (see [`VmmcallTransport::set_caa`]).
+    /// the new CAA for every call (see [`GhcbMsrTransport::set_caa`]).
     pub fn remap_ca(&mut self, new_caa_gpa: u64) -> Result<(), CallError> {
         self.call(
             svsm::protocol::CORE,
@@ -163,8 +161,6 @@ impl<T: Transport> SvsmClient<T> {
 
 #[cfg(target_arch = "x86_64")]
 pub use snp::{GhcbMsrTransport, GhcbPageTransport};
-#[cfg(target_arch = "x86_64")]
-pub use vmmcall::VmmcallTransport;
 
 #[cfg(target_arch = "x86_64")]
 mod snp {
@@ -403,85 +399,6 @@ mod snp {
             CallOutcome {
                 regs: out,
                 still_pending: still != 0,
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod vmmcall {
-    use super::{CallOutcome, CallRegs, Transport};
-    use core::sync::atomic::{AtomicU8, Ordering};
-
-    /// SVSM calls with `VMMCALL`, for a guest the emulated platform runs under AMD-V.
-    ///
-    /// Holds the calling area's address as the guest sees it (identity mapped in
-    /// the guest contract, see `docs/guest-contract.md`).
-    #[derive(Debug)]
-    pub struct VmmcallTransport {
-        caa: *mut u8,
-    }
-
-    impl VmmcallTransport {
-        /// A transport using the CAA at `caa`.
-        ///
-        /// # Safety
-        ///
-        /// `caa` must point to the guest's calling-area page, mapped writable for
-        /// the lifetime of the transport, and the code must run as a guest of the
-        /// Nitride emulated platform (elsewhere `VMMCALL` raises #UD).
-        pub unsafe fn new(caa: *mut u8) -> Self {
-            Self { caa }
-        }
-
-        /// Use another calling area (after a successful `REMAP_CA`).
-        ///
-        /// # Safety
-        ///
-        /// As for [`VmmcallTransport::new`].
-        pub unsafe fn set_caa(&mut self, caa: *mut u8) {
-            self.caa = caa;
-        }
-
-        fn pending(&self) -> &AtomicU8 {
-            // SAFETY: `new`/`set_caa` promise `caa` points to a mapped, writable
-            // page for the transport's lifetime; AtomicU8 has the layout of u8 and
-            // the SVSM only writes this byte while the guest is stopped in VMMCALL.
-            unsafe { AtomicU8::from_ptr(self.caa) }
-        }
-
-        /// Issue `VMMCALL` with `regs` without touching `call_pending`: what a guest
-        /// that forgets the CAA protocol does. Exists to test that the SVSM ignores
-        /// such calls.
-        pub fn vmmcall_raw(&mut self, regs: CallRegs) -> CallRegs {
-            let mut out = regs;
-            // SAFETY: VMMCALL exits to the SVSM, which either resumes the guest after
-            // the instruction with RAX/RCX/RDX/R8/R9 possibly changed, or stops the
-            // VM. The asm declares exactly those registers as outputs and touches no
-            // memory of ours; the stack is not used.
-            unsafe {
-                core::arch::asm!(
-                    "vmmcall",
-                    inout("rax") out.rax,
-                    inout("rcx") out.rcx,
-                    inout("rdx") out.rdx,
-                    inout("r8") out.r8,
-                    inout("r9") out.r9,
-                    options(nostack),
-                );
-            }
-            out
-        }
-    }
-
-    impl Transport for VmmcallTransport {
-        fn call(&mut self, regs: CallRegs) -> CallOutcome {
-            self.pending().store(1, Ordering::SeqCst);
-            let out = self.vmmcall_raw(regs);
-            let pending = self.pending().swap(0, Ordering::SeqCst);
-            CallOutcome {
-                regs: out,
-                still_pending: pending != 0,
             }
         }
     }

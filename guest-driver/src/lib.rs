@@ -1,8 +1,9 @@
 //! The guest side of Nitride.
 //!
 //! - [`attest`]: the SVSM attestation protocol (protocol 1) client for guest kernels.
-//! - [`call`]: making SVSM calls through a [`call::Transport`] (VMMCALL on the
-//!   emulated platform), and discovering the SVSM from the secrets page.
+//! - [`call`]: making SVSM calls through a [`call::Transport`] (VMGEXIT with
+//!   SNP_RUN_VMPL, through the GHCB MSR or a GHCB page), and discovering the SVSM from
+//!   the secrets page.
 //! - [`verify`]: verifying SEV-SNP attestation reports and their AMD endorsement
 //!   chains, then appraising them against a caller's policy (no_std + alloc).
 //! - [`vhsm`]: the typed vHSM client over any request transport.

@@ -5,16 +5,16 @@
 //!   (core, attestation, vHSM).
 //! - [`memory`]: guest RAM and the checked constructor for guest ranges.
 //! - [`platform`]: the [`platform::Platform`] trait, the seam to the hardware, and
-//!   the platforms behind it ([`platform::emulated`]).
+//!   the SNP platform's pure parts ([`platform::snp`]).
 //! - [`psp`]: the PSP guest-message client (attestation reports, derived keys).
-//! - [`refusals`]: rate-limited reporting of refused guest accesses.
-//! - [`npt`]: identity page-table construction (the SVSM's own tables and nested
-//!   tables).
+//! - [`npt`]: identity page-table construction (the SVSM's own W^X tables).
 //! - [`cmdline`]: the SVSM command line.
-//! - [`measure`]: the launch measurement (SVSM and guest image digests).
+//! - [`measure`]: the digest of the SVSM's code and read-only data (the boot log's
+//!   self-check; the launch digest is the PSP's).
 //!
-//! The firmware binary (`src/main.rs` and `src/arch/`) adds boot, the CPU tables,
-//! the console and the hardware side of each platform; all unsafe code lives there.
+//! The firmware binary (`src/main.rs` and `src/arch/`) adds boot from IGVM, the CPU
+//! tables, the console and the hardware side of the SNP platform; all unsafe code
+//! lives there.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -26,5 +26,4 @@ pub mod memory;
 pub mod npt;
 pub mod platform;
 pub mod psp;
-pub mod refusals;
 pub mod svsm;

@@ -1,26 +1,15 @@
-//! The launch measurement of the emulated platform: what the emulated PSP puts in
-//! the MEASUREMENT field of its reports, standing for the digest a real PSP
-//! computes while the host launches the guest. Pure functions; the firmware feeds
-//! them its own read-only segments (read back from memory) and the guest image as
-//! QEMU passed it. The host computes the same from the files
-//! (`nitride_qemu::measure`), independently. Definition (`docs/emulated-platform.md`):
+//! The digest of the SVSM's own code and read-only data, which the SVSM computes at
+//! boot (read back from memory) and again when its request loop ends, to show that
+//! neither changed while it ran. The launch digest a relying party checks is the
+//! PSP's, over the whole IGVM image (`docs/real-snp.md`); this one is for the log.
+//! Definition:
 //!
 //! ```text
 //! svsm_digest  = SHA-384( for each non-writable PT_LOAD segment of the SVSM ELF
 //!                         (memsz > 0), in increasing address order:
 //!                           u64 LE vaddr || u64 LE memsz || memsz bytes as loaded )
-//! guest_digest = SHA-384( the PVH module (guest image) bytes, exactly as passed )
-//! config_digest = SHA-384( the launch configuration, as passed in fw_cfg, or the
-//!                         default one's 116 bytes when none is )
-//! measurement  = SHA-384( dev_psp::MEASUREMENT_DOMAIN || svsm_digest || guest_digest
-//!                         || config_digest )
 //! ```
-//!
-//! Only the SVSM's code and read-only data are covered (they never change at run
-//! time), and the launch configuration (the vault policy and the owner key); its
-//! writable data, its command line and the guest command line are not.
 
-use nitride_protocol::emulated::dev_psp::MEASUREMENT_DOMAIN;
 use sha2::{Digest, Sha384};
 
 /// A SHA-384 digest.
@@ -64,21 +53,6 @@ pub fn svsm_digest(segments: &[Segment<'_>]) -> Result<Digest384, MeasureError> 
         h.update(s.bytes);
     }
     Ok(h.finalize().into())
-}
-
-/// SHA-384 of the guest image.
-pub fn guest_digest(image: &[u8]) -> Digest384 {
-    Sha384::digest(image).into()
-}
-
-/// The launch measurement from the three digests.
-pub fn launch_measurement(svsm: &Digest384, guest: &Digest384, config: &Digest384) -> Digest384 {
-    let mut h = Sha384::new();
-    h.update(MEASUREMENT_DOMAIN);
-    h.update(svsm);
-    h.update(guest);
-    h.update(config);
-    h.finalize().into()
 }
 
 /// Lower-case hex of a digest, for the boot log.
@@ -155,14 +129,8 @@ mod tests {
     }
 
     #[test]
-    fn measurement_is_domain_separated_and_ordered() {
-        let (s, g, c) = ([1u8; 48], [2u8; 48], [3u8; 48]);
-        let m = launch_measurement(&s, &g, &c);
-        assert_eq!(m, sha384(&[b"nitride emulated launch v2\0", &s, &g, &c]));
-        assert_ne!(m, launch_measurement(&g, &s, &c));
-        assert_ne!(m, launch_measurement(&s, &g, &[4u8; 48]));
-        assert_eq!(guest_digest(b"abc"), sha384(&[b"abc"]));
+    fn hex_is_lower_case_and_whole() {
         assert_eq!(&hex(&[0xAB; 48])[..4], "abab");
-        assert_eq!(hex(&m).len(), 96);
+        assert_eq!(hex(&[0x01; 48]).len(), 96);
     }
 }

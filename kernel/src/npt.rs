@@ -1,13 +1,6 @@
-//! Building identity-mapping page tables: the nested page tables that define what
-//! the guest can reach, and the SVSM's own page tables.
+//! Building identity-mapping page tables: the SVSM's own page tables.
 //!
-//! Nested tables ([`build_identity`]): guest-physical addresses map to the same
-//! host-physical addresses, but only for guest RAM: the SVSM region, and everything
-//! that is not RAM, is simply absent, so any guest access there ends in a nested page
-//! fault. Entries use 2 MiB pages where a whole aligned 2 MiB block is guest RAM and
-//! 4 KiB pages elsewhere.
-//!
-//! The SVSM's own tables use [`map_identity`] with per-range permissions (text
+//! They use [`map_identity`] with per-range permissions (text
 //! read/execute, read-only data and every writable page no-execute, guard pages
 //! left out) and, where the CPU has them, 1 GiB pages for guest RAM.
 //!
@@ -139,18 +132,6 @@ impl<'a> TablePool<'a> {
     }
 }
 
-/// Build identity-mapping tables for `ranges` (page aligned, non-overlapping);
-/// returns the physical address of the root (PML4), which is table 0 of the pool.
-/// Every entry is present, writable, executable and user (nested walks count as
-/// user accesses).
-pub fn build_identity(pool: &mut TablePool<'_>, ranges: &[PhysRange]) -> Result<u64, NptError> {
-    let root = new_root(pool)?;
-    for r in ranges {
-        map_identity(pool, *r, P | RW | US, P | RW | US, PageSizes::Large)?;
-    }
-    Ok(root)
-}
-
 /// Start a set of tables: allocate the root (PML4), which must be the pool's first
 /// table, and return its physical address.
 pub fn new_root(pool: &mut TablePool<'_>) -> Result<u64, NptError> {
@@ -230,7 +211,7 @@ pub fn leaf_entry(pool: &TablePool<'_>, addr: u64) -> Option<u64> {
     None
 }
 
-/// Walk tables built by [`build_identity`]: the physical address `gpa` maps to, or
+/// Walk identity tables: the physical address `gpa` maps to, or
 /// `None` when unmapped. For tests and self-checks.
 pub fn translate(pool: &TablePool<'_>, gpa: u64) -> Option<u64> {
     let mut table = 0usize;
@@ -253,6 +234,16 @@ pub fn translate(pool: &TablePool<'_>, gpa: u64) -> Option<u64> {
 mod tests {
     use super::*;
     use std::vec;
+
+    /// Identity tables for `ranges`, every entry present, writable and user (the
+    /// shape the tests walk).
+    fn build_identity(pool: &mut TablePool<'_>, ranges: &[PhysRange]) -> Result<u64, NptError> {
+        let root = new_root(pool)?;
+        for r in ranges {
+            map_identity(pool, *r, P | RW | US, P | RW | US, PageSizes::Large)?;
+        }
+        Ok(root)
+    }
 
     #[test]
     fn maps_ram_and_leaves_holes() {

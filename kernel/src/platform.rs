@@ -1,12 +1,13 @@
 //! The seam between the request loop and the hardware.
 //!
 //! [`Platform`] is all the request loop may ask of the machine: run the guest until
-//! it calls or faults, read and write the caller's call registers, and read or write
-//! guest memory through checked [`GuestRange`]s. The emulated platform (AMD-V nested
-//! paging under QEMU) implements it today; the SNP platform (SNP_RUN_VMPL, VMSAs,
-//! RMPADJUST) will implement the same trait.
+//! it calls, read and write the caller's call registers, read or write guest memory
+//! through checked [`GuestRange`]s, and the RMP, vCPU and PSP operations the
+//! protocols need. The SNP platform implements it (SNP_RUN_VMPL, VMSAs, RMPADJUST,
+//! GHCB guest requests; its pure parts in [`snp`], its hardware side in the
+//! firmware's `src/arch/snp/`); the request loop's host tests implement it with a
+//! mock.
 
-pub mod emulated;
 pub mod snp;
 
 use crate::memory::{GuestMemoryMap, GuestRange};
@@ -17,104 +18,17 @@ pub use nitride_vhsm::{AttestError, Evidence};
 use zerocopy::FromBytes;
 use zeroize::Zeroizing;
 
-/// What kind of access a guest made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Access {
-    /// A write (else a read).
-    pub write: bool,
-    /// An instruction fetch.
-    pub execute: bool,
-}
-
-impl core::fmt::Display for Access {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match (self.execute, self.write) {
-            (true, _) => "execute",
-            (false, true) => "write",
-            (false, false) => "read",
-        })
-    }
-}
-
-/// Why the guest stopped running.
+/// Why the guest stopped running and the SVSM got control back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestExit {
-    /// The guest asked for the SVSM (on the emulated platform: VMMCALL, with RIP
-    /// already moved past the instruction).
+    /// The guest asked for the SVSM (VMGEXIT with SNP_RUN_VMPL(0) after setting
+    /// `call_pending` in its calling area).
     SvsmCall,
-    /// The guest touched memory it has no access to.
-    Violation {
-        /// Guest-physical address of the access.
-        gpa: u64,
-        /// Guest RIP at the access.
-        rip: u64,
-        /// Kind of access.
-        access: Access,
-    },
-    /// The guest halted with nothing that could wake it.
+    /// The guest can run no more (the request loop ends).
     Halted {
         /// Guest RIP.
         rip: u64,
     },
-    /// The guest shut down (triple fault).
-    Shutdown {
-        /// Guest RIP.
-        rip: u64,
-    },
-    /// The guest asked to end the run with `status`, a value of the guest's own
-    /// range (`nitride_protocol::emulated::exit::is_guest_status`), never one of
-    /// the SVSM's verdicts.
-    ExitRequest {
-        /// The guest's status.
-        status: u8,
-    },
-    /// The guest waited (MWAIT) with nothing that could ever wake it.
-    Waited {
-        /// Guest RIP.
-        rip: u64,
-    },
-    /// The platform interrupted the guest with an event the SVSM does not serve.
-    PlatformEvent {
-        /// Which event.
-        event: PlatformEvent,
-        /// Guest RIP.
-        rip: u64,
-    },
-    /// The SVSM had to complete an intercepted instruction but could not read or
-    /// decode it (e.g. the guest runs without long-mode paging).
-    Undecodable {
-        /// Platform exit code of the instruction.
-        code: u64,
-        /// Guest RIP.
-        rip: u64,
-    },
-    /// An exit the platform does not handle.
-    Unexpected {
-        /// Platform exit code.
-        code: u64,
-        /// First exit information word.
-        info1: u64,
-        /// Second exit information word.
-        info2: u64,
-    },
-}
-
-/// An event from the platform that ends the run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlatformEvent {
-    /// A non-maskable interrupt.
-    Nmi,
-    /// An INIT signal.
-    Init,
-}
-
-impl core::fmt::Display for PlatformEvent {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            Self::Nmi => "NMI",
-            Self::Init => "INIT",
-        })
-    }
 }
 
 /// Guest memory access failed after the range was checked.
@@ -152,7 +66,7 @@ impl PageSize {
 /// Why the platform did not change a page's RMP state for the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RmpError {
-    /// The platform has no RMP (the emulated platform).
+    /// The platform has no RMP.
     Unsupported,
     /// The instruction failed with this code (PVALIDATE/RMPADJUST: 1 FAIL_INPUT, 2
     /// FAIL_PERMISSION, 6 FAIL_SIZEMISMATCH).
@@ -162,7 +76,7 @@ pub enum RmpError {
 /// Why a vCPU could not be created or deleted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VcpuError {
-    /// The platform cannot add vCPUs (the emulated platform).
+    /// The platform cannot add vCPUs.
     Unsupported,
     /// The VMSA page does not hold an acceptable VMSA for the guest (wrong VMPL,
     /// SEV features, EFER.SVME clear).

@@ -7,8 +7,9 @@
 //! `0x30..0x60`, tag in `authtag[0..16]`. The request carries `counter + 1`; the
 //! response must carry `request + 1`, `msg_type + 1`, the same `msg_version` and the
 //! same VMPCK index; then the counter advances by 2. [`PspChannel`] is the
-//! transport (GHCB GUEST_REQUEST on SNP, [`crate::platform::emulated::psp`] on the emulated
-//! platform).
+//! transport (GHCB GUEST_REQUEST with the shared request and response pages, in the
+//! firmware's `src/arch/snp/psp.rs`; in the host tests, the emulated PSP the virtual
+//! SNP machine also uses).
 //!
 //! GCM must never see an IV twice under one key, and after a failed exchange the
 //! client cannot know which sequence numbers the PSP consumed. So on any failure
@@ -532,8 +533,8 @@ fn trim_cert_table(mut buf: Vec<u8>) -> Result<Vec<u8>, PspError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::emulated::psp::testing::{self, open, psp, psp_with, reseal, vmpck};
-    use crate::platform::emulated::psp::EmulatedPsp;
+    use nitride_emulated_psp::testing::{self, open, psp, psp_with, reseal, vmpck};
+    use nitride_emulated_psp::{EmulatedPsp, RequestError};
     use nitride_protocol::snp::msg::guest_field;
 
     type HeaderEdit = Box<dyn FnOnce(&mut MsgHeader)>;
@@ -593,7 +594,14 @@ mod tests {
                 *response = *page;
                 return Ok(());
             }
-            self.psp.handle(request, response, certificates)?;
+            self.psp
+                .handle(request, response, certificates)
+                .map_err(|e| match e {
+                    RequestError::CertificatesTooSmall { pages } => {
+                        ChannelError::CertificatesTooSmall { pages }
+                    }
+                    RequestError::Firmware(code) => ChannelError::Firmware(code),
+                })?;
             if let Some(edit) = self.edit.take() {
                 reseal(&vmpck(0), response, edit);
             }

@@ -25,7 +25,6 @@ use crate::arch::{cpu, heap, image, paging, serial};
 use nitride_kernel::cmdline::Cmdline;
 use nitride_kernel::measure;
 use nitride_kernel::memory::{GuestMemoryMap, PhysRange, PAGE};
-use nitride_kernel::platform::emulated::guest_setup::boot_info_page;
 use nitride_kernel::platform::snp::cpuid::CpuidTable;
 use nitride_kernel::platform::snp::guest_setup::{self, layout};
 use nitride_kernel::platform::snp::memmap;
@@ -305,7 +304,10 @@ fn prepare_guest(
         &guest_setup::secrets_page(snp_secrets, vmpl, base, size, layout::CAA),
     )?;
     fixed(layout::CAA, &[0; 4096])?;
-    fixed(layout::BOOT_INFO, &boot_info_page(guest_cmdline, map.ram()))?;
+    fixed(
+        layout::BOOT_INFO,
+        &guest_setup::boot_info_page(guest_cmdline, map.ram()),
+    )?;
     for i in 0..layout::PAGE_TABLE_PAGES {
         fixed(
             layout::PAGE_TABLES + i * PAGE,

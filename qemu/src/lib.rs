@@ -126,8 +126,8 @@ pub fn build_images() -> Result<Images, Error> {
     let dir = images_dir();
     // The production image, and one honouring `nitride.fault=` for the tests.
     for (features, sub) in [
-        ("firmware,snp", "svsm-snp"),
-        ("firmware,snp,fault-injection", "svsm-snp-fault-injection"),
+        ("firmware", "svsm"),
+        ("firmware,fault-injection", "svsm-fault-injection"),
     ] {
         let args = [
             "-p",
@@ -140,13 +140,8 @@ pub fn build_images() -> Result<Images, Error> {
         cargo_build(&args, &dir.join(sub))?;
     }
     cargo_build(
-        &[
-            "--manifest-path",
-            "tests/guest/Cargo.toml",
-            "--features",
-            "snp",
-        ],
-        &dir.join("guest-snp"),
+        &["--manifest-path", "tests/guest/Cargo.toml"],
+        &dir.join("guest"),
     )?;
     cargo_build(
         &[
@@ -161,10 +156,10 @@ pub fn build_images() -> Result<Images, Error> {
     )?;
     let bin = |sub: &str, name: &str| dir.join(sub).join(TRIPLE).join("release").join(name);
     Ok(Images {
-        svsm: bin("svsm-snp", "nitride-svsm"),
-        svsm_fault_injection: bin("svsm-snp-fault-injection", "nitride-svsm"),
-        test_guest: bin("guest-snp", "test-guest"),
-        relay_guest: bin("guest-snp", "relay-guest"),
+        svsm: bin("svsm", "nitride-svsm"),
+        svsm_fault_injection: bin("svsm-fault-injection", "nitride-svsm"),
+        test_guest: bin("guest", "test-guest"),
+        relay_guest: bin("guest", "relay-guest"),
         machine: machine_image(),
     })
 }

@@ -37,7 +37,7 @@ pub enum ReportCmd {
                       not allow debugging (bit 19) nor a migration agent (MIGRATE_MA, bit 18). \
                       Every verdict shows the guest policy bits.\n\n\
                       Exits 0 with a verdict \"valid\", 1 naming the failed check, 2 for a usage \
-                      error. Reports of the emulated platform are signed by a development root, \
+                      error. Reports of the virtual SNP machine are signed by a development root, \
                       not AMD: they are refused unless you pass --trust-dev-root.",
         after_help = VERIFY_EXAMPLES
     )]

@@ -264,7 +264,7 @@ impl TrustAnchors {
         Ok(())
     }
 
-    /// Explicitly trust a *development* root (the emulated platform's dev ARK and ASK,
+    /// Explicitly trust a *development* root (the virtual SNP machine's dev ARK and ASK,
     /// PEM or DER) under the label [`DEV_ROOT_LABEL`]. Its generation comes from the
     /// ARK's or ASK's subject (a name containing `Milan`, `Genoa` or `Turin`, as AMD's
     /// `SEV-Genoa` / `ARK-Genoa` do), else Genoa, the generation the emulated PSP

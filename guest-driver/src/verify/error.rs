@@ -191,7 +191,7 @@ pub enum VerifyError {
         /// Why.
         reason: String,
     },
-    /// The endorsement chains to a *development* root (the emulated platform's), not
+    /// The endorsement chains to a *development* root (the virtual SNP machine's), not
     /// to AMD, and the caller did not opt into trusting it.
     DevelopmentRoot {
         /// How this was established (which development root it chains to, or what

@@ -1,4 +1,4 @@
-//! The emulated PSP (`nitride_emulated_psp`, through `nitride_kernel::platform::emulated::psp`): `DevPspConfig::parse` on
+//! The emulated PSP (`nitride_emulated_psp`, the virtual SNP machine's PSP): `DevPspConfig::parse` on
 //! arbitrary dev-PSP blobs, and `EmulatedPsp::handle` fed arbitrary request pages
 //! (raw, or sealed under one of its VMPCKs with fuzzer-chosen header fields, body
 //! and tag corruption) with arbitrary certificate buffers.
@@ -17,7 +17,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use nitride_kernel::platform::emulated::psp::{DevPspConfig, EmulatedPsp, LaunchInfo, RequestError};
+use nitride_emulated_psp::{DevPspConfig, EmulatedPsp, LaunchInfo, RequestError};
 use nitride_kernel::psp::{HEADER_SIZE, PSP_PAGE};
 use nitride_kernel_fuzz::{open, seal, Script};
 use nitride_protocol::emulated::dev_psp::{self, BlobHeader};

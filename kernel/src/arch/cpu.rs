@@ -65,21 +65,16 @@ fn ist_for(vector: usize) -> u8 {
     match vector {
         2 => 2,
         8 => 3,
-        #[cfg(not(feature = "snp"))]
-        18 => 4,
-        #[cfg(feature = "snp")]
         29 => 4,
         _ => 1,
     }
 }
 
-/// The handler of `vector`: the #VC handler on SNP, else the fatal report's stub.
+/// The handler of `vector`: the #VC handler, else the fatal report's stub.
 fn handler_for(vector: usize, stub: u64) -> u64 {
-    #[cfg(feature = "snp")]
     if vector == 29 {
         return super::snp::vc::entry();
     }
-    let _ = vector;
     stub
 }
 
@@ -270,10 +265,7 @@ pub fn exit_with(value: u32) -> ! {
         exit::VERDICT_PREFIX,
         exit::name(value)
     );
-    #[cfg(feature = "snp")]
-    super::snp::insn::terminate(u64::from(value));
-    #[cfg(not(feature = "snp"))]
-    nitride_rt::exit_qemu(value)
+    super::snp::insn::terminate(u64::from(value))
 }
 
 /// The time-stamp counter (under QEMU's `-icount shift=0`, an instruction count).

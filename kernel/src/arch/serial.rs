@@ -7,29 +7,14 @@
 use core::fmt::{self, Write};
 use nitride_kernel::cmdline::LogLevel;
 use nitride_protocol::emulated::ports;
-#[cfg(not(feature = "snp"))]
-use x86_64::instructions::port::Port;
 
 /// The debug console: every byte written to its port goes to the host's log file.
 #[derive(Debug)]
 struct DebugCon;
 
-#[cfg(not(feature = "snp"))]
-impl Write for DebugCon {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut port: Port<u8> = Port::new(ports::SVSM_LOG);
-        for b in s.bytes() {
-            // SAFETY: writing the debug console's I/O port touches no memory.
-            unsafe { port.write(b) };
-        }
-        Ok(())
-    }
-}
-
-/// On SNP a port access is the hypervisor's: each byte goes out as a GHCB IOIO
+/// A port access is the hypervisor's: each byte goes out as a GHCB IOIO
 /// request (nothing before the GHCB is registered can be logged; such failures end
 /// the VM with a GHCB termination code instead).
-#[cfg(feature = "snp")]
 impl Write for DebugCon {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         use super::snp::ghcb;

@@ -1,7 +1,7 @@
 //! Tests of the request loop and the protocols, on a scripted platform.
 use super::*;
 use crate::memory::{GuestMemoryMap, GuestRange, PhysRange};
-use crate::platform::{Access, GuestMemoryError};
+use crate::platform::GuestMemoryError;
 use alloc::vec;
 use nitride_protocol::svsm::{call_rax, query_protocol_arg};
 use nitride_protocol::svsm::{core_call, vhsm_call, CallRegs};
@@ -423,32 +423,6 @@ fn calls_without_call_pending_are_not_served() {
         Stats {
             served: 0,
             ignored: 1
-        }
-    );
-}
-
-#[test]
-fn violations_stop_the_guest() {
-    let mut p = MockPlatform::new();
-    let access = Access {
-        write: true,
-        execute: false,
-    };
-    p.exits.push_back((
-        GuestExit::Violation {
-            gpa: 0x20_0000,
-            rip: 0x1234,
-            access,
-        },
-        None,
-    ));
-    let (_, stop) = run(p);
-    assert_eq!(
-        stop,
-        GuestExit::Violation {
-            gpa: 0x20_0000,
-            rip: 0x1234,
-            access
         }
     );
 }

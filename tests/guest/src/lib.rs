@@ -2,8 +2,7 @@
 //! stub (own stack, then `guest_main(boot_info_gpa, secrets_gpa)` as the guest
 //! contract passes them in RDI/RSI), console output, the boot-info command line,
 //! SVSM discovery, a heap, the SVSM call transport, ending the run, and the panic
-//! handler. With feature `snp` the guests are SEV-SNP guests at a VMPL below the
-//! SVSM ([`snp`]); without it, guests of the emulated platform.
+//! handler. The guests are SEV-SNP guests at a VMPL below the SVSM ([`snp`]).
 #![no_std]
 
 use core::fmt::Write;
@@ -11,15 +10,10 @@ use nitride_protocol::emulated::{boot_info, exit, ports};
 use nitride_protocol::svsm::{CallRegs, SvsmInfo};
 use nitride_rt::uart::Uart;
 
-#[cfg(feature = "snp")]
 pub mod snp;
 
-/// The SVSM call transport of this platform.
-#[cfg(feature = "snp")]
+/// The SVSM call transport: VMGEXIT with SNP_RUN_VMPL(0) through the GHCB MSR.
 pub type CallTransport = nitride_guest_driver::call::GhcbMsrTransport;
-/// The SVSM call transport of this platform.
-#[cfg(not(feature = "snp"))]
-pub type CallTransport = nitride_guest_driver::call::VmmcallTransport;
 
 /// The transport with the calling area at `caa`.
 ///
@@ -27,28 +21,22 @@ pub type CallTransport = nitride_guest_driver::call::VmmcallTransport;
 ///
 /// `caa` must be the guest's calling-area page, identity mapped and writable.
 pub unsafe fn transport(caa: u64) -> CallTransport {
-    // SAFETY: the caller's promise; this guest runs on the platform the transport is
-    // for (the feature selects it).
+    // SAFETY: the caller's promise; this guest is an SEV-SNP guest, the platform the
+    // transport is for.
     unsafe { CallTransport::new(caa as *mut u8) }
 }
 
 /// Enter the SVSM with `regs` without setting `call_pending` (what a guest that
 /// forgets the CAA protocol does): the registers afterwards.
 pub fn raw_call(t: &mut CallTransport, regs: CallRegs) -> CallRegs {
-    #[cfg(feature = "snp")]
-    return t.run_vmpl0_raw(regs).0;
-    #[cfg(not(feature = "snp"))]
-    t.vmmcall_raw(regs)
+    t.run_vmpl0_raw(regs).0
 }
 
 /// End the run with `status` (a status of the guest's range,
-/// `nitride_protocol::emulated::exit`): on SNP a GHCB termination request, on the
-/// emulated platform a write to the debug-exit port, which the SVSM judges.
+/// `nitride_protocol::emulated::exit`): a GHCB termination request, which the host
+/// reports with the requesting VMPL.
 pub fn exit_qemu(status: u32) -> ! {
-    #[cfg(feature = "snp")]
-    snp::terminate(status);
-    #[cfg(not(feature = "snp"))]
-    nitride_rt::exit_qemu(status)
+    snp::terminate(status)
 }
 
 /// The guest heap (guest-driver's clients allocate).
@@ -122,7 +110,6 @@ pub fn cmdline(boot_info_gpa: u64) -> &'static str {
 
 /// Set up the console and find the SVSM (exits with GUEST_FAIL when there is none).
 pub fn start(secrets_gpa: u64) -> SvsmInfo {
-    #[cfg(feature = "snp")]
     snp::init();
     Uart::new(ports::COM1).init();
     // SAFETY: `start` runs once, first thing, so this is the only reference to HEAP.

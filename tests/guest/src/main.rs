@@ -1,10 +1,10 @@
-//! The test guest: a bare-metal program the SVSM runs at the emulated lower VMPL.
+//! The test guest: a bare-metal SEV-SNP program the SVSM runs at VMPL1.
 //!
 //! It finds the SVSM through the secrets page (RSI at entry), reads its mode from
 //! the boot-info command line (RDI at entry), and then either runs the call
 //! sequence, printing one `[guest] CHECK` line per call and exiting with
 //! GUEST_PASS/GUEST_FAIL, or tries to reach SVSM memory (which must stop it), or
-//! idles, halts, or touches a refused I/O port. See `docs/guest-contract.md`.
+//! idles or halts. See `docs/guest-contract.md`.
 #![no_std]
 #![no_main]
 
@@ -23,7 +23,6 @@ use nitride_test_guest::CallTransport;
 use nitride_test_guest::{cmdline, exit_qemu, say};
 
 mod forgery;
-mod hardening;
 
 /// A page the guest moves its calling area to.
 #[repr(C, align(4096))]
@@ -79,16 +78,6 @@ fn call_sequence(info: &SvsmInfo) -> ! {
         r == Err(CallError::Svsm(ResultCode::UnsupportedCall)),
         format_args!("{r:?}"),
     );
-    #[cfg(not(feature = "snp"))]
-    {
-        let r = svsm.call(protocol::CORE, core_call::PVALIDATE, [0; 4]);
-        c.check(
-            "pvalidate-unsupported",
-            r == Err(CallError::Svsm(ResultCode::UnsupportedCall)),
-            format_args!("{r:?}"),
-        );
-    }
-    #[cfg(feature = "snp")]
     rmp_calls(&mut svsm, info, &mut c);
     let r = svsm.call(0x77, 0, [0; 4]);
     c.check(
@@ -182,7 +171,6 @@ fn call_sequence(info: &SvsmInfo) -> ! {
 /// The core protocol's RMP calls on SNP: PVALIDATE (through a request in the
 /// calling area, as Linux places it) and CREATE_VCPU/DELETE_VCPU, with their
 /// refusals.
-#[cfg(feature = "snp")]
 fn rmp_calls(svsm: &mut SvsmClient<CallTransport>, info: &SvsmInfo, c: &mut Checks) {
     use nitride_protocol::svsm::pvalidate::{self as pv, Entry};
     extern "C" {
@@ -879,16 +867,6 @@ extern "C" fn guest_main(boot_info_gpa: u64, secrets_gpa: u64) -> ! {
             say!("halting with interrupts off");
             nitride_test_guest::halt_forever()
         }
-        "io" => {
-            say!("touching refused I/O port 0x70");
-            let mut p: x86_64::instructions::port::Port<u8> =
-                x86_64::instructions::port::Port::new(0x70);
-            // SAFETY: deliberately accesses a port the SVSM refuses; it injects #GP.
-            unsafe { p.write(0) };
-            say!("I/O port access was not refused");
-            exit_qemu(exit::GUEST_FAIL)
-        }
-        m if hardening::MODES.contains(&m) => hardening::run(m, &info, cmd),
         other => isolation(other, &info),
     }
 }

@@ -1,9 +1,10 @@
 //! What the SVSM prepares for its guest on SNP, as bytes (`docs/guest-contract.md`):
-//! the guest's copy of the secrets page, its initial page tables (guest RAM
-//! identity-mapped private, and again shared at [`layout::SHARED_VIEW`]), and its
-//! first VMSA. The firmware validates the pages, writes these bytes, and grants the
+//! the guest's copy of the secrets page, its boot-information page, its initial page
+//! tables (guest RAM identity-mapped private, and again shared at
+//! [`layout::SHARED_VIEW`]), and its first VMSA. The firmware validates the pages, writes these bytes, and grants the
 //! guest VMPL access with RMPADJUST.
 
+use crate::memory::PhysRange;
 use nitride_protocol::emulated::boot_info;
 use nitride_protocol::snp::vmsa::{off, put64};
 use nitride_protocol::svsm::{secrets, SecretsSvsmFields, CORE_PROTOCOL_VERSION};
@@ -159,11 +160,57 @@ pub const RSI: usize = 0x330;
 /// VMSA offset of RDI.
 pub const RDI: usize = 0x338;
 
+/// The boot-information page (`nitride_protocol::emulated::boot_info` layout): magic,
+/// the guest command line (truncated to [`boot_info::CMDLINE_MAX`]) and the guest RAM
+/// ranges (at most [`boot_info::MAX_RAM_RANGES`]).
+pub fn boot_info_page(cmdline: &[u8], ram: &[PhysRange]) -> Page {
+    let mut page = [0u8; 4096];
+    let cmd = &cmdline[..cmdline.len().min(boot_info::CMDLINE_MAX)];
+    let ranges = &ram[..ram.len().min(boot_info::MAX_RAM_RANGES)];
+    page[boot_info::MAGIC_OFFSET..][..4].copy_from_slice(&boot_info::MAGIC.to_le_bytes());
+    page[boot_info::CMDLINE_LEN_OFFSET..][..4].copy_from_slice(&(cmd.len() as u32).to_le_bytes());
+    page[boot_info::RAM_RANGES_OFFSET..][..4].copy_from_slice(&(ranges.len() as u32).to_le_bytes());
+    for (i, r) in ranges.iter().enumerate() {
+        let at = boot_info::RAM_TABLE_OFFSET + i * 16;
+        page[at..at + 8].copy_from_slice(&r.start.to_le_bytes());
+        page[at + 8..at + 16].copy_from_slice(&r.end.to_le_bytes());
+    }
+    page[boot_info::CMDLINE_OFFSET..][..cmd.len()].copy_from_slice(cmd);
+    for (i, d) in boot_info::GDT.iter().enumerate() {
+        let at = boot_info::GDT_OFFSET + i * 8;
+        page[at..at + 8].copy_from_slice(&d.to_le_bytes());
+    }
+    page
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use nitride_protocol::snp::vmsa::get64;
     use nitride_protocol::svsm::SvsmInfo;
+
+    #[test]
+    fn boot_info_carries_cmdline_and_ram() {
+        let ram = [
+            PhysRange {
+                start: 0,
+                end: 0x9_F000,
+            },
+            PhysRange {
+                start: 0x200_0000,
+                end: 0x2000_0000,
+            },
+        ];
+        let page = boot_info_page(b"mode=calls", &ram);
+        assert_eq!(&page[..4], &boot_info::MAGIC.to_le_bytes());
+        assert_eq!(&page[4..8], &10u32.to_le_bytes());
+        assert_eq!(&page[8..12], &2u32.to_le_bytes());
+        assert_eq!(&page[0x20..0x28], &0x200_0000u64.to_le_bytes());
+        assert_eq!(&page[boot_info::CMDLINE_OFFSET..][..10], b"mode=calls");
+        let long = [b'x'; 5000];
+        let page = boot_info_page(&long, &[]);
+        assert_eq!(&page[4..8], &(boot_info::CMDLINE_MAX as u32).to_le_bytes());
+    }
 
     #[test]
     fn secrets_copy_withholds_vmpck0_and_names_the_svsm() {
