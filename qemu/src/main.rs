@@ -80,10 +80,7 @@ enum Task {
     /// Create (or show) the development ARK/ASK/VCEK chain in target/dev-chain/
     #[command(after_help = "Examples:\n  cargo xtask dev-chain\n  cargo xtask dev-chain --force")]
     DevChain(DevChainArgs),
-    /// Print the launch digest the PSP will report for the SVSM's IGVM image
-    ///
-    /// Packs the SVSM with the guest into an IGVM file, writes it to
-    /// target/images/measure.igvm and prints its launch digest (docs/real-snp.md).
+    /// Print the launch digest of the SVSM's IGVM image (target/images/measure.igvm)
     #[command(after_help = "Examples:\n  cargo xtask measure --guest relay\n  \
                             MEASUREMENT=$(cargo xtask measure --guest relay)\n  \
                             cargo xtask measure --guest relay --launch-config launch-config.bin")]
@@ -197,7 +194,7 @@ struct MeasureArgs {
     /// The SVSM ELF [default: the SVSM just built]
     #[arg(long, value_name = "ELF", value_hint = clap::ValueHint::FilePath)]
     svsm: Option<PathBuf>,
-    /// The launch configuration the boot will pass [default: none, the default one]
+    /// The launch configuration measured into the image [default: the default one]
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     launch_config: Option<PathBuf>,
 }
