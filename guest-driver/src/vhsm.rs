@@ -3,8 +3,9 @@
 //! The client encodes requests (`nitride_protocol::vhsm`), checks that each response
 //! answers its request (operation and request id echoed, well-formed), and turns a
 //! non-Ok status into [`VhsmError::Status`]. Transports:
-//! - [`SvsmVhsmTransport`]: a guest's own SVSM calls (VMMCALL, or any
-//!   [`crate::call::Transport`]) with request/response buffers in guest memory;
+//! - [`SvsmVhsmTransport`]: a guest's own SVSM calls (any
+//!   [`crate::call::Transport`]: VMGEXIT through the GHCB MSR or a GHCB page) with
+//!   request/response buffers in guest memory;
 //! - `RelayClient` (std, [`crate::relay`]): the host's channel to the relay guest.
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,5 @@
 //! Development roots: a throwaway ARK/ASK/VCEK chain made with `openssl` (as the
-//! emulated platform's, with subjects that say DEVELOPMENT), a report signed with
+//! virtual SNP machine's, with subjects that say DEVELOPMENT), a report signed with
 //! the VCEK; the verifier refuses it unless the root is trusted explicitly, and the
 //! CLI says why. Key bindings and the VMPL 0 default are checked on the same report.
 #![allow(clippy::unwrap_used)]

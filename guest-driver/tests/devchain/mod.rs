@@ -1,5 +1,5 @@
 //! A throwaway development chain made with `openssl` (ARK/ASK RSA, VCEK P-384, as
-//! the emulated platform's, subjects saying DEVELOPMENT) and reports signed with its
+//! the virtual SNP machine's, subjects saying DEVELOPMENT) and reports signed with its
 //! VCEK: the verifier's tests build evidence with it that no SVSM would produce.
 #![allow(dead_code, clippy::unwrap_used)]
 

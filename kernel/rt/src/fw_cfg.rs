@@ -1,14 +1,14 @@
 //! QEMU's fw_cfg device, read through its legacy I/O-port interface: how the
-//! runner hands the firmware files at boot (`-fw_cfg name=...,file=...`), in
-//! particular the emulated PSP's blob (`dev_psp::FW_CFG_NAME`).
+//! runner hands the virtual SNP machine files at boot (`-fw_cfg name=...,file=...`),
+//! in particular its PSP's blob (`dev_psp::FW_CFG_NAME`).
 //!
 //! Selector port 0x510 (16-bit write), data port 0x511 (byte reads, the offset
 //! advancing by one per read and reset by each selector write). Key 0x0000 reads
 //! the signature `"QEMU"`; key 0x0019 the file directory: a big-endian `u32` count,
 //! then 64-byte entries `{ u32 BE size, u16 BE select, u16 reserved, name[56] }`.
 //! The data is host-supplied: sizes are capped and names compared exactly. Used by
-//! the SVSM (before its guest runs; the guest's I/O permission map intercepts these
-//! ports) and by the virtual SNP machine (every guest port access is intercepted).
+//! the virtual SNP machine (every guest port access is intercepted); the SVSM reads
+//! nothing from fw_cfg.
 //! Needs `alloc`: behind the `fw_cfg` feature.
 
 use alloc::vec::Vec;

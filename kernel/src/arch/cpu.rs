@@ -1,9 +1,9 @@
 //! The SVSM's own CPU tables and failure paths: GDT with a TSS, an IDT whose 32
 //! exception vectors all run on IST stacks (the precompiled `core` uses the red
 //! zone, and the SVSM runs with interrupts masked, so only exceptions arrive; the
-//! stacks and their guard pages are defined in `boot.rs`), the exception report, and
-//! leaving QEMU with a verdict: the verdict line on the SVSM's log, then the exit
-//! status.
+//! stacks and their guard pages are defined in `snp/boot.rs`), the exception report,
+//! and ending the VM with a verdict: the verdict line on the SVSM's log, then a GHCB
+//! termination request.
 
 use super::serial;
 use super::take_once::{phys, TakeOnce};
@@ -254,9 +254,9 @@ nitride_isr_table:
 );
 
 /// End the run with `value`: the verdict line on the SVSM's log
-/// (`[svsm] verdict: 0x21 guest-pass`), then the debug-exit port, which only the
-/// SVSM reaches (on SNP: a GHCB termination request with Nitride's reason set and
-/// `value` as the code, which the hypervisor reports with the requesting VMPL).
+/// (`[svsm] verdict: 0x21 guest-pass`), then a GHCB termination request with
+/// Nitride's reason set and `value` as the code, which the hypervisor reports with
+/// the requesting VMPL.
 pub fn exit_with(value: u32) -> ! {
     let mut out = serial::Emergency::new();
     let _ = writeln!(

@@ -1,4 +1,4 @@
-//! Entropy for the vault's DRBG on the emulated platform: the CPU's RDSEED (full
+//! Entropy for the vault's DRBG: the CPU's RDSEED (full
 //! entropy), falling back to RDRAND when RDSEED is missing or keeps failing. When the
 //! CPU has neither, there is no fallback to anything weaker: the vault is not
 //! created and the vHSM protocol is not offered (fail closed).

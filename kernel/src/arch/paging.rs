@@ -1,8 +1,8 @@
 //! The SVSM's own page tables: W^X, guard pages, and every page of guest RAM.
 //!
 //! Boot starts on a bootstrap mapping (the first 4 GiB, read/write/execute, built by
-//! `boot.rs`). [`init`] replaces it, before the guest exists and before anything but
-//! the PVH start info has been read, with identity-mapping tables that hold:
+//! `snp/boot.rs`). [`init`] replaces it, before the guest exists and before anything
+//! but the IGVM launch pages has been read, with identity-mapping tables that hold:
 //!
 //! - the SVSM's text read+execute; its read-only data read-only and no-execute; its
 //!   data and bss (heap, stacks, page tables, VMCBs) read/write and no-execute,
@@ -94,7 +94,7 @@ fn page_up(a: u64) -> u64 {
 /// them. Call once, before the guest is prepared.
 ///
 /// `enc` is the C-bit (SNP: set in every entry that maps private memory, which is
-/// everything but `shared`; 0 on the emulated platform). `shared` are page ranges of
+/// everything but `shared`). `shared` are page ranges of
 /// the SVSM's data that it shares with the hypervisor (the GHCB, the guest-request
 /// pages): mapped read/write, no-execute and without the C-bit.
 pub fn init(map: &GuestMemoryMap, enc: u64, shared: &[PhysRange]) -> Result<Layout, PagingError> {

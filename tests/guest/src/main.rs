@@ -141,7 +141,7 @@ fn call_sequence(info: &SvsmInfo) -> ! {
         format_args!("still_pending={}", out.still_pending),
     );
 
-    // A VMMCALL without call_pending: the SVSM must not serve it.
+    // A VMGEXIT without call_pending: the SVSM must not serve it.
     let out = nitride_test_guest::raw_call(svsm.transport(), regs);
     c.check(
         "no-call-pending-not-served",

@@ -1,4 +1,4 @@
-//! The bare-metal guests' SEV-SNP runtime (feature `snp`): what a guest at a VMPL
+//! The bare-metal guests' SEV-SNP runtime: what a guest at a VMPL
 //! below the SVSM needs before it can print or call (`docs/guest-contract.md`).
 //!
 //! - A GHCB: the page right after the image (guest RAM the launch did not validate)
