@@ -1,34 +1,46 @@
-//! The emulated platform's guest contract: fixed guest-physical addresses, I/O
-//! ports and exit codes shared by the firmware, guests, the runner and the tests.
+//! Numbers shared by the SVSM, the guests, the virtual SNP machine, the runner and
+//! the tests: the SVSM's region, the boot-information page, the I/O ports, the exit
+//! statuses and the development PSP's blob and constants.
 //!
-//! The prose version, with the guest's entry CPU state, is `docs/guest-contract.md`;
-//! this module is the single source of the numbers.
+//! The module keeps the name of the emulated platform it was written for; that
+//! platform was retired by issue 15 (`docs/emulated-platform.md`) and the SVSM is
+//! SEV-SNP only. The prose version of the guest contract, with the guest's entry CPU
+//! state, is `docs/guest-contract.md`; the SNP guest's fixed pages are
+//! `nitride_kernel::platform::snp::guest_setup::layout`. The items marked "the
+//! emulated platform's" below are that platform's values and no longer describe a
+//! boot.
 
 /// Start of the RAM the SVSM keeps for itself (code, data, heap, stacks, page
-/// tables). The firmware ELF is linked at this address.
+/// tables). The firmware ELF is linked at this address; the IGVM image builder
+/// places the SVSM's region here.
 pub const SVSM_BASE: u64 = 0x0100_0000;
 /// Size of the SVSM's RAM region.
 pub const SVSM_SIZE: u64 = 0x0100_0000;
 /// End (exclusive) of the SVSM's RAM region.
 pub const SVSM_END: u64 = SVSM_BASE + SVSM_SIZE;
 
-/// GPA of the page laid out like the SNP secrets page (SVSM fields at 0x140).
+/// GPA of the guest's secrets page (SVSM fields at 0x140); the same on SNP
+/// (`guest_setup::layout::SECRETS`).
 pub const SECRETS_GPA: u64 = 0x0010_0000;
-/// GPA of the boot vCPU's initial calling area.
+/// GPA of the boot vCPU's initial calling area; the same on SNP.
 pub const CAA_GPA: u64 = 0x0010_1000;
-/// GPA of the boot-information page ([`boot_info`]).
+/// GPA of the boot-information page ([`boot_info`]); the same on SNP.
 pub const BOOT_INFO_GPA: u64 = 0x0010_2000;
-/// GPA of the guest's initial page tables: PML4, PDPT, then four page directories
-/// identity-mapping the first 4 GiB with 2 MiB pages.
+/// GPA of the guest's initial page tables; the same on SNP. The emulated platform's
+/// were PML4, PDPT and four page directories identity-mapping the first 4 GiB with
+/// 2 MiB pages; SNP's add a shared view (11 pages, `guest_setup::layout`).
 pub const GUEST_PAGE_TABLES_GPA: u64 = 0x0010_3000;
-/// Number of pages the initial guest page tables take.
+/// Number of pages the emulated platform's initial guest page tables took (SNP's
+/// take 11: `guest_setup::layout::PAGE_TABLE_PAGES`).
 pub const GUEST_PAGE_TABLES_PAGES: u64 = 6;
-/// First GPA after the fixed guest pages; guest images load at or above this.
+/// First GPA after the emulated platform's fixed guest pages (on SNP:
+/// `guest_setup::layout::FIXED_END`).
 pub const FIXED_PAGES_END: u64 = GUEST_PAGE_TABLES_GPA + GUEST_PAGE_TABLES_PAGES * 4096;
-/// Initial guest stack pointer (the stack below it, down to 0x8_0000, is guest RAM).
+/// The emulated platform's initial guest stack pointer. On SNP the guest's first
+/// VMSA has RSP 0: the guest sets its own stack.
 pub const GUEST_INITIAL_RSP: u64 = 0x0009_F000;
 
-/// The VMPL the emulated platform reports for the guest.
+/// The VMPL the guest runs at (the IGVM image's launch configuration names it).
 pub const GUEST_VMPL: u8 = 1;
 
 /// Layout of the boot-information page at [`BOOT_INFO_GPA`].
@@ -56,29 +68,33 @@ pub mod boot_info {
     pub const CMDLINE_MAX: usize = 0xC00;
 }
 
-/// I/O ports of the emulated platform. The guest may use COM1 and COM2 directly;
-/// every other port access is intercepted: a write to [`ports::DEBUG_EXIT`] is the
-/// guest's request to end the run (the SVSM decides, see [`exit`]), everything else
-/// is answered with #GP.
+/// I/O ports of the QEMU machine the virtual SNP machine runs in. A guest reaches
+/// COM1 through the GHCB (the host prints its lines) and COM2 directly; the host
+/// (the virtual SNP machine) intercepts every other port, so the debug console and
+/// `isa-debug-exit` are the host's (`docs/snp-machine.md`).
 pub mod ports {
     /// COM1: the guest's console. The SVSM never writes here.
     pub const COM1: u16 = 0x3F8;
     /// COM2: the relay guest's request channel.
     pub const COM2: u16 = 0x2F8;
-    /// QEMU `isa-debug-exit` (iosize 4). Only the SVSM reaches the device; a guest
-    /// write here is intercepted and taken as a request to end the run.
+    /// QEMU `isa-debug-exit` (iosize 4): how the virtual SNP machine ends QEMU. No
+    /// guest reaches it; guests and the SVSM end a run with a GHCB termination
+    /// request ([`exit`]).
     pub const DEBUG_EXIT: u16 = 0xF4;
-    /// QEMU `isa-debugcon`: the SVSM's own log, which the guest cannot reach (its
-    /// accesses are intercepted and refused).
+    /// QEMU `isa-debugcon`: the host log, with the virtual SNP machine's lines and
+    /// the SVSM's log (VMPL0's GHCB IOIO writes to this port); no other VMPL reaches
+    /// it.
     pub const SVSM_LOG: u16 = 0xE9;
 }
 
-/// Exit statuses. Only the SVSM writes QEMU's `isa-debug-exit` port: QEMU exits with
-/// `value << 1 | 1`. The values are split in two ranges that never meet: the
-/// guest's own statuses ([`GUEST_STATUS_FIRST`]..=[`GUEST_STATUS_LAST`]), which the
-/// SVSM passes on when the guest asks to end the run, and the SVSM's verdicts
-/// (0x30..=0x3F). A guest that asks for any other value is refused (#GP). Before it
-/// exits, the SVSM writes its verdict line ([`VERDICT_PREFIX`]) to its own log.
+/// Exit statuses: the reason codes of a GHCB termination request with Nitride's
+/// reason set (`snp::ghcb::term::SET_NITRIDE`), which the host reports with the
+/// requesting VMPL (`docs/guest-contract.md`, "Exit statuses"). The values are split
+/// in two ranges that never meet: the guest's own statuses
+/// ([`GUEST_STATUS_FIRST`]..=[`GUEST_STATUS_LAST`]), which the runner accepts only
+/// from a guest VMPL, and the SVSM's verdicts (0x30..=0x3F), accepted only from VMPL0
+/// with the matching verdict line ([`VERDICT_PREFIX`]) that the SVSM writes to its own
+/// log before it terminates.
 pub mod exit {
     /// The first status a guest may end the run with.
     pub const GUEST_STATUS_FIRST: u32 = 0x20;
@@ -88,11 +104,13 @@ pub mod exit {
     pub const GUEST_PASS: u32 = 0x21;
     /// A guest reports failure.
     pub const GUEST_FAIL: u32 = 0x22;
-    /// The SVSM stopped the guest after an access to SVSM memory.
+    /// The emulated platform's verdict after a guest access to SVSM memory. On SNP
+    /// the host stops such a guest itself (the machine's VIOLATION status); the SVSM
+    /// no longer produces this value.
     pub const GUEST_VIOLATION: u32 = 0x30;
-    /// The SVSM stopped the guest because it cannot continue (halted with
-    /// interrupts off, MWAIT, triple fault, an NMI or INIT from the platform,
-    /// unexpected exit).
+    /// The SVSM stopped because its guest cannot continue (the request loop
+    /// ended). A guest that halts or triple-faults is stopped by the host (the
+    /// machine's GUEST_STOPPED status).
     pub const GUEST_STOPPED: u32 = 0x31;
     /// The SVSM itself failed (CPU exception, panic, boot error).
     pub const SVSM_FATAL: u32 = 0x3F;
@@ -120,22 +138,23 @@ pub mod exit {
         }
     }
 
-    /// QEMU's process exit status for a value written to the port.
+    /// QEMU's process exit status for a value written to `isa-debug-exit`.
     pub const fn qemu_status(value: u32) -> i32 {
         ((value << 1) | 1) as i32
     }
 }
 
-/// The emulated PSP: what the runner hands the firmware (through QEMU's fw_cfg) so
-/// that it can play the part of the AMD Secure Processor, and the fixed values its
-/// reports carry. See `docs/emulated-platform.md`.
+/// The development PSP: what the runner hands the virtual SNP machine (through
+/// QEMU's fw_cfg) so that its emulated PSP (`qemu/emulated-psp`) can play the part of
+/// the AMD Secure Processor, and the fixed values its reports carry. See
+/// `docs/snp-machine.md`, "The PSP".
 ///
 /// The runner generates a development chain once (ARK and ASK: RSA-4096, VCEK:
 /// P-384, certificates signed with RSA-PSS as AMD signs them) and caches it; the
-/// private keys never leave the build directory. The firmware receives the VCEK's
+/// private keys never leave the build directory. The machine receives the VCEK's
 /// private scalar, a chip secret (the root of KEY_REQ derivations, stable across
 /// boots like the real chip's) and the certificate table it returns to extended
-/// requests.
+/// requests; without a valid blob it stops before launching anything.
 pub mod dev_psp {
     use zerocopy::byteorder::little_endian::{U32, U64};
     use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -227,14 +246,10 @@ pub mod dev_psp {
     /// PSP firmware version (build, minor, major) in the report.
     pub const FIRMWARE_VERSION: [u8; 3] = [21, 55, 1];
 
-    /// Domain string of the launch measurement: MEASUREMENT =
-    /// SHA-384(MEASUREMENT_DOMAIN || svsm_digest || guest_digest || config_digest),
-    /// where svsm_digest is SHA-384 over the SVSM ELF's non-writable PT_LOAD segments
-    /// in address order, each as `u64 LE vaddr || u64 LE memsz || its memsz bytes as
-    /// loaded`, guest_digest is SHA-384 of the guest image (PVH module) bytes, and
-    /// config_digest is SHA-384 of the launch configuration
-    /// (`launch_config::digest`; the default one's when none is passed). See
-    /// `docs/emulated-platform.md` ("Launch measurement"). Version 2 added the
-    /// launch configuration.
+    /// Domain string of the retired emulated platform's launch measurement
+    /// (SHA-384 of this, the SVSM's non-writable segments, the guest image and the
+    /// launch configuration; `docs/emulated-platform.md`). Nothing uses it any more:
+    /// MEASUREMENT is the IGVM launch digest the PSP computes
+    /// (`docs/snp-machine.md`, "Launch").
     pub const MEASUREMENT_DOMAIN: &[u8] = b"nitride emulated launch v2\0";
 }

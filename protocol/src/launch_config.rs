@@ -1,17 +1,16 @@
 //! The measured launch configuration: the vault policy and the owner's public key,
-//! fixed when the VM is launched and folded into its launch measurement, so that a
+//! fixed when the VM is launched and covered by its launch digest, so that a
 //! report's MEASUREMENT shows which policy the vault enforces and which owner it
 //! obeys.
 //!
 //! One fixed-size, versioned, canonical structure ([`LaunchConfig`], 116 bytes, far
-//! under one 4 KiB page so that it can become a measured page of an IGVM image). On
-//! the emulated platform it reaches the SVSM as the fw_cfg file [`FW_CFG_NAME`]
-//! (absent: [`LaunchConfig::DEFAULT`]); both the firmware and `cargo xtask measure`
-//! hash its exact bytes ([`digest`]) into the measurement
-//! (`docs/emulated-platform.md`, "Launch measurement"), and the vHSM manifest
-//! reports the same digest. On SEV-SNP it is a measured page of the IGVM image at
-//! [`crate::snp::launch::gpa::VAULT_CONFIG`] ([`LaunchConfig::from_page`]), so the
-//! PSP folds it into MEASUREMENT with the rest of the image (`docs/real-snp.md`).
+//! under one 4 KiB page). It is a measured page of the IGVM image at
+//! [`crate::snp::launch::gpa::VAULT_CONFIG`] ([`LaunchConfig::to_page`],
+//! [`LaunchConfig::from_page`]; the default configuration's page when none is
+//! given), so the PSP measures it with the rest of the image and `cargo xtask measure
+//! --launch-config FILE` prints the launch digest under it (`docs/provisioning.md`,
+//! `docs/real-snp.md`). The vHSM manifest reports SHA-384 of its exact bytes
+//! ([`digest`]).
 //!
 //! The decoder is canonical: magic and version exact, reserved bytes zero, no
 //! unknown policy bit, the owner key either 97 zero bytes (none) or an uncompressed
@@ -22,7 +21,8 @@ use sha2::{Digest, Sha384};
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-/// The fw_cfg file that carries the configuration on the emulated platform.
+/// The fw_cfg file that carried the configuration on the emulated platform, retired
+/// by issue 15 (`docs/emulated-platform.md`); nothing reads it any more.
 pub const FW_CFG_NAME: &str = "opt/nitride/launch-config";
 
 /// Magic at offset 0.

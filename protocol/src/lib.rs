@@ -2,13 +2,17 @@
 //!
 //! Everything here is plain data: constants, `#[repr(C)]` layouts with zerocopy
 //! derives and a size assertion next to each, and small pure helpers. No unsafe code,
-//! no allocation, no knowledge of which platform (SNP or emulated) is underneath.
+//! no allocation, no knowledge of the machine underneath (hardware or the virtual SNP
+//! machine).
 //!
 //! - [`svsm`]: the SVSM calling convention, result codes, the calling area (CAA), the
 //!   core protocol and the SVSM fields of the secrets page.
 //! - [`attest`]: the SVSM attestation protocol, the services manifest, the vHSM's
 //!   manifest entry and the AttestKey key binding.
-//! - [`emulated`]: the emulated platform's guest contract (addresses, ports, exit codes).
+//! - [`emulated`]: numbers of the guest contract and of the development PSP shared by
+//!   the firmware, the guests, the virtual SNP machine and the runner: the
+//!   boot-information page, ports, exit statuses, the dev-PSP blob (the name is the
+//!   retired emulated platform's).
 //! - [`launch_config`]: the measured launch configuration (vault policy, owner key).
 //! - [`provision`]: the owner's envelope and the KBS runtime-data bytes.
 //! - [`relay`]: framing between host tools and the relay guest.

@@ -52,8 +52,9 @@ pub const MAX_SEALED_LEN: usize = SEALED_HEADER_LEN + MAX_STATE_PAYLOAD_LEN + SE
 /// The guest fields the sealing key mixes in: the guest policy, the launch
 /// measurement and the TCB version (`KeyReq::guest_field_select`).
 ///
-/// - MEASUREMENT: another SVSM build or another guest image (the emulated launch
-///   measures both) gets another key.
+/// - MEASUREMENT: another SVSM build, another guest image or another launch
+///   configuration (the launch digest covers every measured page of the IGVM image)
+///   gets another key.
 /// - GUEST_POLICY: a launch that allows debugging (whose memory the host can read)
 ///   gets another key.
 /// - TCB_VERSION: the key is rooted in the VCEK at the TCB stored in the header; after

@@ -239,8 +239,9 @@ pub mod caa {
 }
 
 /// The SVSM fields of the SNP secrets page (REFERENCE.md section 1), from offset
-/// 0x140. The emulated platform gives the guest a page with these fields at the same
-/// offsets so discovery code is the same on both platforms.
+/// 0x140. The SVSM fills them in the guest's copy of the secrets page
+/// (`docs/guest-contract.md`), where a guest's discovery code (Linux's too) reads
+/// them.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
 )]

@@ -2,9 +2,10 @@
 //! request (GUEST_REQUEST and the extended request).
 //!
 //! Used by the virtual SNP machine (`qemu/snp-machine`), which answers the guest
-//! requests a confidential VM sends through its GHCB, and, until the SVSM moves onto
-//! the SNP interfaces, by the SVSM's emulated platform (`kernel`). It depends on
-//! neither: pure Rust, `no_std` + `alloc`, tested on the host.
+//! requests a confidential VM sends through its GHCB, and by the SVSM's host tests
+//! (`kernel`, as the PSP client's peer) and fuzz targets. It depends on neither:
+//! pure Rust, `no_std` + `alloc`, tested on the host. (The SVSM's emulated platform,
+//! retired by issue 15, used it too.)
 //!
 //! It receives the same encrypted guest messages the real PSP would
 //! (REFERENCE.md section 6), checks and decrypts them with its copy of the VMPCK
@@ -12,8 +13,8 @@
 //! number of each VMPCK, and answers with an encrypted response. Reports are real
 //! version-3 reports signed with the development VCEK from the dev-PSP blob
 //! ([`DevPspConfig`], `nitride_protocol::emulated::dev_psp`); derived keys come from
-//! the blob's chip secret. `docs/emulated-platform.md` ("The emulated PSP") describes
-//! the behaviour; the exact rules are:
+//! the blob's chip secret. `docs/snp-machine.md` ("The PSP") describes the
+//! behaviour; the exact rules are:
 //!
 //! **Transport errors** (the message is not processed, the expected sequence number
 //! does not move), as [`RequestError`]:
@@ -289,8 +290,8 @@ pub struct LaunchInfo {
     pub report_id: [u8; 32],
 }
 
-/// A monotonic counter read around the emulated PSP's work (the TSC in the
-/// firmware: under QEMU's `-icount shift=0` it counts instructions).
+/// A monotonic counter read around the emulated PSP's work (the TSC in the virtual
+/// SNP machine: under QEMU's `-icount shift=0` it counts instructions).
 pub type Clock = fn() -> u64;
 
 /// Where the emulated PSP's last request spent its time, in [`Clock`] ticks (zero

@@ -51,9 +51,9 @@ pub const VMPLS: usize = 4;
 pub const GUEST_HOST_BASE: u64 = 0x800_0000;
 
 /// How the machine ends the QEMU process (`isa-debug-exit`: QEMU exits with
-/// `value << 1 | 1`). The console says why.
+/// `value << 1 | 1`). The host log (port 0xE9) says why.
 pub mod exit {
-    /// The machine failed (a bug, or no SVM).
+    /// The machine failed (a bug, no SVM, or no valid dev-PSP blob in fw_cfg).
     pub const MACHINE_FATAL: u32 = 0x40;
     /// The IGVM file was refused: nothing ran.
     pub const LAUNCH_REFUSED: u32 = 0x41;
@@ -61,8 +61,8 @@ pub mod exit {
     pub const VIOLATION: u32 = 0x42;
     /// The VM stopped: halted, shut down, or did what the machine does not emulate.
     pub const GUEST_STOPPED: u32 = 0x43;
-    /// The guest asked to be terminated (GHCB termination request; reason on the
-    /// console).
+    /// The guest asked to be terminated (GHCB termination request; the requesting
+    /// VMPL, reason set and code in the host log).
     pub const TERMINATED: u32 = 0x44;
 
     /// QEMU's exit status for `value`.
@@ -71,7 +71,7 @@ pub mod exit {
     }
 }
 
-/// Lowercase hex of `bytes` into `out` (two characters a byte), for the console.
+/// Lowercase hex of `bytes` into `out` (two characters a byte), for the host log.
 pub fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let n = bytes.len().min(out.len() / 2);
