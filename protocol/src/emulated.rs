@@ -6,9 +6,7 @@
 //! platform was retired by issue 15 (`docs/emulated-platform.md`) and the SVSM is
 //! SEV-SNP only. The prose version of the guest contract, with the guest's entry CPU
 //! state, is `docs/guest-contract.md`; the SNP guest's fixed pages are
-//! `nitride_kernel::platform::snp::guest_setup::layout`. The items marked "the
-//! emulated platform's" below are that platform's values and no longer describe a
-//! boot.
+//! `nitride_kernel::platform::snp::guest_setup::layout`.
 
 /// Start of the RAM the SVSM keeps for itself (code, data, heap, stacks, page
 /// tables). The firmware ELF is linked at this address; the IGVM image builder
@@ -19,31 +17,8 @@ pub const SVSM_SIZE: u64 = 0x0100_0000;
 /// End (exclusive) of the SVSM's RAM region.
 pub const SVSM_END: u64 = SVSM_BASE + SVSM_SIZE;
 
-/// GPA of the guest's secrets page (SVSM fields at 0x140); the same on SNP
-/// (`guest_setup::layout::SECRETS`).
-pub const SECRETS_GPA: u64 = 0x0010_0000;
-/// GPA of the boot vCPU's initial calling area; the same on SNP.
-pub const CAA_GPA: u64 = 0x0010_1000;
-/// GPA of the boot-information page ([`boot_info`]); the same on SNP.
-pub const BOOT_INFO_GPA: u64 = 0x0010_2000;
-/// GPA of the guest's initial page tables; the same on SNP. The emulated platform's
-/// were PML4, PDPT and four page directories identity-mapping the first 4 GiB with
-/// 2 MiB pages; SNP's add a shared view (11 pages, `guest_setup::layout`).
-pub const GUEST_PAGE_TABLES_GPA: u64 = 0x0010_3000;
-/// Number of pages the emulated platform's initial guest page tables took (SNP's
-/// take 11: `guest_setup::layout::PAGE_TABLE_PAGES`).
-pub const GUEST_PAGE_TABLES_PAGES: u64 = 6;
-/// First GPA after the emulated platform's fixed guest pages (on SNP:
-/// `guest_setup::layout::FIXED_END`).
-pub const FIXED_PAGES_END: u64 = GUEST_PAGE_TABLES_GPA + GUEST_PAGE_TABLES_PAGES * 4096;
-/// The emulated platform's initial guest stack pointer. On SNP the guest's first
-/// VMSA has RSP 0: the guest sets its own stack.
-pub const GUEST_INITIAL_RSP: u64 = 0x0009_F000;
-
-/// The VMPL the guest runs at (the IGVM image's launch configuration names it).
-pub const GUEST_VMPL: u8 = 1;
-
-/// Layout of the boot-information page at [`BOOT_INFO_GPA`].
+/// Layout of the boot-information page the SVSM gives its guest
+/// (`nitride_kernel::platform::snp::guest_setup::layout::BOOT_INFO`).
 pub mod boot_info {
     /// `u32` magic at offset 0.
     pub const MAGIC: u32 = 0x4E42_4931; // "NBI1"
@@ -104,10 +79,6 @@ pub mod exit {
     pub const GUEST_PASS: u32 = 0x21;
     /// A guest reports failure.
     pub const GUEST_FAIL: u32 = 0x22;
-    /// The emulated platform's verdict after a guest access to SVSM memory. On SNP
-    /// the host stops such a guest itself (the machine's VIOLATION status); the SVSM
-    /// no longer produces this value.
-    pub const GUEST_VIOLATION: u32 = 0x30;
     /// The SVSM stopped because its guest cannot continue (the request loop
     /// ended). A guest that halts or triple-faults is stopped by the host (the
     /// machine's GUEST_STOPPED status).
@@ -130,7 +101,6 @@ pub mod exit {
         match value {
             GUEST_PASS => "guest-pass",
             GUEST_FAIL => "guest-fail",
-            GUEST_VIOLATION => "guest-violation",
             GUEST_STOPPED => "guest-stopped",
             SVSM_FATAL => "svsm-fatal",
             v if is_guest_status(v) => "guest-status",
@@ -245,11 +215,4 @@ pub mod dev_psp {
     pub const LAUNCH_DEBUG: u32 = 1;
     /// PSP firmware version (build, minor, major) in the report.
     pub const FIRMWARE_VERSION: [u8; 3] = [21, 55, 1];
-
-    /// Domain string of the retired emulated platform's launch measurement
-    /// (SHA-384 of this, the SVSM's non-writable segments, the guest image and the
-    /// launch configuration; `docs/emulated-platform.md`). Nothing uses it any more:
-    /// MEASUREMENT is the IGVM launch digest the PSP computes
-    /// (`docs/snp-machine.md`, "Launch").
-    pub const MEASUREMENT_DOMAIN: &[u8] = b"nitride emulated launch v2\0";
 }

@@ -21,10 +21,6 @@ use sha2::{Digest, Sha384};
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-/// The fw_cfg file that carried the configuration on the emulated platform, retired
-/// by issue 15 (`docs/emulated-platform.md`); nothing reads it any more.
-pub const FW_CFG_NAME: &str = "opt/nitride/launch-config";
-
 /// Magic at offset 0.
 pub const MAGIC: [u8; 8] = *b"NTRDLCFG";
 

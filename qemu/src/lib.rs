@@ -563,7 +563,6 @@ impl RunOutput {
         let known = |v: u32| match v {
             exit::GUEST_PASS => Outcome::GuestPass,
             exit::GUEST_FAIL => Outcome::GuestFail,
-            exit::GUEST_VIOLATION => Outcome::Violation,
             exit::GUEST_STOPPED => Outcome::GuestStopped,
             exit::SVSM_FATAL => Outcome::SvsmFatal,
             _ => Outcome::Other(self.status),
