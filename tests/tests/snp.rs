@@ -63,7 +63,7 @@ fn snp_sealing_survives_a_restart() {
     let (_vm, mut c) = start_relay_with(
         "snp-seal-3",
         "",
-        &Relay {
+        Relay {
             dev_psp: Some(&other),
             ..Relay::default()
         },
