@@ -61,7 +61,7 @@ fn blob() -> &'static [u8] {
             vcek_scalar: [0x11; 48],
             chip_secret: [0xC5; 32],
             cert_table_len: U32::new(table.len() as u32),
-            reserved: U32::new(0),
+            launch_flags: U32::new(0),
             tcb_version: U64::new(dev_psp::TCB_VERSION),
         };
         let mut b = header.as_bytes().to_vec();
@@ -76,7 +76,7 @@ fn check_blob(b: &[u8]) {
     };
     let (header, table) = BlobHeader::ref_from_prefix(b).expect("a parsed blob has a header");
     assert_eq!(header.magic, dev_psp::MAGIC);
-    assert_eq!(header.reserved.get(), 0);
+    assert_eq!(header.launch_flags.get() & !dev_psp::LAUNCH_DEBUG, 0);
     assert_eq!(header.cert_table_len.get() as usize, table.len());
     assert!(table.len() <= dev_psp::MAX_CERT_TABLE);
     assert_eq!(config.cert_table(), table);
