@@ -276,6 +276,7 @@ fn build() -> Result<Images, Error> {
     let images = build_images()?;
     for (name, path) in [
         ("SVSM", &images.svsm),
+        ("SNP SVSM (IGVM payload)", &images.svsm_snp),
         (
             "SVSM (fault injection, tests only)",
             &images.svsm_fault_injection,
