@@ -203,6 +203,11 @@ fn store_gprs(page: &mut [u8; 4096], gprs: &Gprs) {
     put64(page, vo::RCX + 24, reserved);
 }
 
+/// Instruction bytes the machine fetches at an exit: the longest instruction
+/// [`decode`] knows (PVALIDATE, RMPADJUST, VMGEXIT, MOV to or from DRn/CRn with a
+/// REX prefix) is 4 bytes, and it reads no further.
+const FETCH: usize = 4;
+
 /// Bytes of the VMSA's GPR block from RCX on (15 words).
 const GPR_BYTES: usize = 15 * 8;
 
@@ -992,13 +997,14 @@ impl Machine {
         Err(0)
     }
 
-    /// The instruction bytes at VMPL `v`'s RIP.
-    fn fetch(&self, v: usize) -> ([u8; 15], usize) {
+    /// The first [`FETCH`] instruction bytes at VMPL `v`'s RIP (fewer where the
+    /// next page is not mapped): all that [`decode`] ever reads.
+    fn fetch(&self, v: usize) -> ([u8; FETCH], usize) {
         let c = &self.p.vmcb[v];
         let lin = get64(c, sv::CS_BASE).wrapping_add(get64(c, sv::RIP));
-        let mut out = [0u8; 15];
+        let mut out = [0u8; FETCH];
         let mut n = 0;
-        while n < 15 {
+        while n < FETCH {
             let va = lin.wrapping_add(n as u64);
             let Ok((pa, _)) = self.translate(v, va) else {
                 break;
@@ -1006,11 +1012,10 @@ impl Machine {
             if pa >= RAM_END {
                 break;
             }
-            let take = (15 - n).min(4096 - (pa & 0xFFF) as usize);
+            let take = (FETCH - n).min(4096 - (pa & 0xFFF) as usize);
             let src = &self.ram[pa as usize..pa as usize + take];
-            if take == 15 {
-                // The whole instruction window in one page (the usual case): a
-                // fixed-size copy.
+            if take == FETCH {
+                // The whole window in one page (the usual case): a fixed-size copy.
                 out.copy_from_slice(src);
             } else {
                 out[n..n + take].copy_from_slice(src);
