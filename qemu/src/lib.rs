@@ -106,12 +106,35 @@ fn cargo() -> String {
 }
 
 pub(crate) fn cargo_build(args: &[&str], target_dir: &Path) -> Result<(), Error> {
-    let status = Command::new(cargo())
-        .current_dir(repo_root())
-        .args(["build", "--release", "--quiet"])
+    cargo_build_profile("release", None, args, target_dir)
+}
+
+/// The Cargo profile of the SVSM images (`[profile.firmware]` in the workspace
+/// manifest: opt-level "z", fat LTO, the hot crypto crates at opt-level 3).
+pub const FIRMWARE_PROFILE: &str = "firmware";
+
+/// Target rustflags of the SVSM images: curve25519-dalek's portable 64-bit
+/// backend (its AVX2 backend and tables are dead weight in an image whose CPUID has
+/// no AVX2; `docs/benchmarks.md`, issue 15's size section).
+pub const FIRMWARE_RUSTFLAGS: &str = "--cfg\x1fcurve25519_dalek_backend=\"serial\"";
+
+/// `cargo build --profile <profile>` into `target_dir`, with `encoded_rustflags`
+/// (`CARGO_ENCODED_RUSTFLAGS`, 0x1F-separated) for the target when given.
+fn cargo_build_profile(
+    profile: &str,
+    encoded_rustflags: Option<&str>,
+    args: &[&str],
+    target_dir: &Path,
+) -> Result<(), Error> {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(repo_root())
+        .args(["build", "--profile", profile, "--quiet"])
         .args(args)
-        .env("CARGO_TARGET_DIR", target_dir)
-        .status()?;
+        .env("CARGO_TARGET_DIR", target_dir);
+    if let Some(flags) = encoded_rustflags {
+        cmd.env("CARGO_ENCODED_RUSTFLAGS", flags);
+    }
+    let status = cmd.status()?;
     if !status.success() {
         return Err(Error::Build(format!(
             "cargo build {} ({status})",
@@ -121,7 +144,7 @@ pub(crate) fn cargo_build(args: &[&str], target_dir: &Path) -> Result<(), Error>
     Ok(())
 }
 
-/// Build every image (release profile).
+/// Build every image (release profile; the SVSM images with [`FIRMWARE_PROFILE`]).
 pub fn build_images() -> Result<Images, Error> {
     let dir = images_dir();
     // The production image, and one honouring `nitride.fault=` for the tests.
@@ -137,7 +160,12 @@ pub fn build_images() -> Result<Images, Error> {
             "--features",
             features,
         ];
-        cargo_build(&args, &dir.join(sub))?;
+        cargo_build_profile(
+            FIRMWARE_PROFILE,
+            Some(FIRMWARE_RUSTFLAGS),
+            &args,
+            &dir.join(sub),
+        )?;
     }
     cargo_build(
         &["--manifest-path", "tests/guest/Cargo.toml"],
@@ -155,9 +183,15 @@ pub fn build_images() -> Result<Images, Error> {
         &dir.join("snp-machine"),
     )?;
     let bin = |sub: &str, name: &str| dir.join(sub).join(TRIPLE).join("release").join(name);
+    let firmware = |sub: &str| {
+        dir.join(sub)
+            .join(TRIPLE)
+            .join(FIRMWARE_PROFILE)
+            .join("nitride-svsm")
+    };
     Ok(Images {
-        svsm: bin("svsm", "nitride-svsm"),
-        svsm_fault_injection: bin("svsm-fault-injection", "nitride-svsm"),
+        svsm: firmware("svsm"),
+        svsm_fault_injection: firmware("svsm-fault-injection"),
         test_guest: bin("guest", "test-guest"),
         relay_guest: bin("guest", "relay-guest"),
         machine: machine_image(),

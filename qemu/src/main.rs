@@ -271,7 +271,7 @@ fn main() -> ExitCode {
 fn build() -> Result<Images, Error> {
     let images = build_images()?;
     for (name, path) in [
-        ("SVSM", &images.svsm),
+        ("SVSM (IGVM payload)", &images.svsm),
         (
             "SVSM (fault injection, tests only)",
             &images.svsm_fault_injection,

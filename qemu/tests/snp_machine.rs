@@ -87,6 +87,7 @@ const CHECKS: &[&str] = &[
     "ap-creation-refusals",
     "run-vmpl-without-vmsa",
     "xcr0-and-dr-per-vmpl",
+    "ghcb-msr-in-world-switch",
     "permitted-accesses",
     "rmpadjust-from-vmpl1",
     "vmsa-grant-from-vmpl1-ignored",

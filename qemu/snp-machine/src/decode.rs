@@ -54,8 +54,9 @@ impl Insn {
     }
 }
 
-/// Decode the instruction starting at `b` (at most 15 bytes, fewer if the fetch was
-/// cut at an unmapped page).
+/// Decode the instruction starting at `b` (the machine fetches 4 bytes, fewer if the
+/// fetch was cut at an unmapped page: every instruction decoded here fits in 4, and
+/// no byte after the fourth is read).
 pub fn decode(b: &[u8]) -> Insn {
     match b {
         [0xF2, 0x0F, 0x01, 0xFF, ..] => Insn::Pvalidate,
@@ -93,6 +94,29 @@ fn decode_mov_dr(b: &[u8]) -> Option<Insn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn four_bytes_decide() {
+        // The machine fetches 4 bytes at an exit: what follows never changes the result.
+        let samples: [&[u8]; 9] = [
+            &[0xF2, 0x0F, 0x01, 0xFF],
+            &[0xF3, 0x0F, 0x01, 0xFE],
+            &[0xF3, 0x0F, 0x01, 0xD9],
+            &[0x0F, 0x01, 0xD9],
+            &[0x0F, 0x06],
+            &[0x0F, 0x23, 0xF8],
+            &[0x41, 0x0F, 0x21, 0xC1],
+            &[0x41, 0x0F, 0x22, 0xC0],
+            &[0x90],
+        ];
+        for s in samples {
+            let mut long = [0xCCu8; 15];
+            long[..s.len()].copy_from_slice(s);
+            let d = decode(&long[..4]);
+            assert_eq!(d, decode(&long), "{s:x?}");
+            assert!(d.length() <= 4, "{s:x?}");
+        }
+    }
 
     #[test]
     fn decodes() {

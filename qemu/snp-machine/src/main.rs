@@ -28,7 +28,7 @@ use nitride_snp_machine::decode::{decode, Insn};
 use nitride_snp_machine::ghcb::{self, nae};
 use nitride_snp_machine::igvm::{self, Action, PageKind, Plan};
 use nitride_snp_machine::rmp::{perm, Outcome, Rmp};
-use nitride_snp_machine::vmsa::{self, off as vo, GPR_SLOTS};
+use nitride_snp_machine::vmsa::{self, off as vo};
 use nitride_snp_machine::{
     cpuid, exit, hex, C_MASK, GUEST_HOST_BASE, LAUNCH_VMSA_GPA, RAM_END, SEV_FEATURES, SEV_STATUS,
     VMPLS,
@@ -171,6 +171,76 @@ struct Machine {
     flush: [bool; VMPLS],
     xcr0_supported: u64,
     exits: u64,
+}
+
+/// The VMSA's GPR block (RCX at 0x308 through R15 at 0x378, with the reserved slot
+/// where RSP would be) into the world switch's registers, laid out alike (a straight
+/// copy the compiler makes without a loop); the RSP slot cleared (RSP lives in the
+/// VMCB).
+fn load_gprs(gprs: &mut Gprs, page: &[u8; 4096]) {
+    for (g, w) in gprs
+        .0
+        .iter_mut()
+        .zip(page[vo::RCX..vo::RCX + GPR_BYTES].chunks_exact(8))
+    {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        *g = u64::from_le_bytes(b);
+    }
+    gprs.0[3] = 0;
+}
+
+/// The world switch's registers into the VMSA's GPR block; the slot where RSP would
+/// be (reserved in the VMSA) is left as it was.
+fn store_gprs(page: &mut [u8; 4096], gprs: &Gprs) {
+    let reserved = get64(page, vo::RCX + 24);
+    for (w, g) in page[vo::RCX..vo::RCX + GPR_BYTES]
+        .chunks_exact_mut(8)
+        .zip(gprs.0.iter())
+    {
+        w.copy_from_slice(&g.to_le_bytes());
+    }
+    put64(page, vo::RCX + 24, reserved);
+}
+
+/// Instruction bytes the machine fetches at an exit: the longest instruction
+/// [`decode`] knows (PVALIDATE, RMPADJUST, VMGEXIT, MOV to or from DRn/CRn with a
+/// REX prefix) is 4 bytes, and it reads no further.
+const FETCH: usize = 4;
+
+/// Bytes of the VMSA's GPR block from RCX on (15 words).
+const GPR_BYTES: usize = 15 * 8;
+
+/// The architectural fields of the first [`vmsa::VMCB_SAVE_LEN`] bytes, which a VMSA
+/// and a VMCB save area lay out alike, as `(offset, length)`: the segments and
+/// descriptor tables, VMPL and CPL with EFER, CR4 through RIP, RSP through CR2 (CET,
+/// RAX, the syscall and SYSENTER MSRs, KERNEL_GS_BASE), G_PAT. The reserved bytes
+/// between them are never loaded or saved, as on hardware. Each piece is at most
+/// 128 bytes, a fixed-size copy the compiler makes without a call.
+const SAVE_AREA_FIELDS: [(usize, usize); 6] = [
+    (0x000, 0x50),
+    (0x050, 0x50),
+    (0x0C8, 0x10),
+    (0x148, 0x38),
+    (0x1D8, 0x70),
+    (0x268, 0x08),
+];
+
+/// Copy the architectural fields of a save area (VMSA to VMCB or back): `dst` and
+/// `src` start at the save area's first byte.
+fn copy_save_area(dst: &mut [u8], src: &[u8]) {
+    fn piece<const N: usize>(dst: &mut [u8], src: &[u8], at: usize) {
+        let s: &[u8; N] = src[at..at + N].try_into().unwrap_or(&[0; N]);
+        if let Some(d) = dst.get_mut(at..at + N) {
+            d.copy_from_slice(s);
+        }
+    }
+    piece::<0x50>(dst, src, SAVE_AREA_FIELDS[0].0);
+    piece::<0x50>(dst, src, SAVE_AREA_FIELDS[1].0);
+    piece::<0x10>(dst, src, SAVE_AREA_FIELDS[2].0);
+    piece::<0x38>(dst, src, SAVE_AREA_FIELDS[3].0);
+    piece::<0x70>(dst, src, SAVE_AREA_FIELDS[4].0);
+    piece::<0x08>(dst, src, SAVE_AREA_FIELDS[5].0);
 }
 
 fn ram_page(ram: &mut [u8], gpa: u64) -> &mut [u8; 4096] {
@@ -573,19 +643,13 @@ impl Machine {
             return Err("the VMSA's XCR0 is invalid");
         }
         let c = &mut vmcb[v];
-        arch::copy_words(
-            &mut c[vmsa::VMCB_SAVE_OFFSET..vmsa::VMCB_SAVE_OFFSET + vmsa::VMCB_SAVE_LEN],
-            &page[..vmsa::VMCB_SAVE_LEN],
-        );
+        copy_save_area(&mut c[vmsa::VMCB_SAVE_OFFSET..], &page[..]);
         put64(c, sv::DR7, 0x400);
         let efer = get64(c, sv::EFER);
         put64(c, sv::EFER, efer | (1 << 12));
         put64(c, ctl::EVENTINJ, 0);
         let cpu = &mut self.vcpu[v];
-        for &slot in GPR_SLOTS.iter() {
-            cpu.gprs.0[vmsa::gpr_index(slot)] = get64(page, slot);
-        }
-        cpu.gprs.0[3] = 0;
+        load_gprs(&mut cpu.gprs, page);
         cpu.xcr0 = xcr0;
         if cpu.fpu_for != Some(gpa) {
             let area = &mut fpu[v].guest;
@@ -622,14 +686,9 @@ impl Machine {
         };
         let c = &vmcb[v];
         let dr7 = get64(page, vo::DR7);
-        arch::copy_words(
-            &mut page[..vmsa::VMCB_SAVE_LEN],
-            &c[vmsa::VMCB_SAVE_OFFSET..vmsa::VMCB_SAVE_OFFSET + vmsa::VMCB_SAVE_LEN],
-        );
+        copy_save_area(&mut page[..], &c[vmsa::VMCB_SAVE_OFFSET..]);
         put64(page, vo::DR7, dr7);
-        for &slot in GPR_SLOTS.iter() {
-            put64(page, slot, gprs.0[vmsa::gpr_index(slot)]);
-        }
+        store_gprs(page, &gprs);
         put64(page, vo::XCR0, xcr0);
     }
 
@@ -703,7 +762,8 @@ impl Machine {
             }
             let c = &mut self.p.vmcb[v];
             c[ctl::TLB_CONTROL] = u8::from(core::mem::take(&mut self.flush[v]));
-            svm::run(self.p, v, &mut self.vcpu[v].gprs);
+            let cpu = &mut self.vcpu[v];
+            svm::run(self.p, v, &mut cpu.gprs, &mut cpu.ghcb_msr);
             self.vcpu[v].xcr0 = arch::xcr0();
             self.exits += 1;
             let c = &mut self.p.vmcb[v];
@@ -937,13 +997,14 @@ impl Machine {
         Err(0)
     }
 
-    /// The instruction bytes at VMPL `v`'s RIP.
-    fn fetch(&self, v: usize) -> ([u8; 15], usize) {
+    /// The first [`FETCH`] instruction bytes at VMPL `v`'s RIP (fewer where the
+    /// next page is not mapped): all that [`decode`] ever reads.
+    fn fetch(&self, v: usize) -> ([u8; FETCH], usize) {
         let c = &self.p.vmcb[v];
         let lin = get64(c, sv::CS_BASE).wrapping_add(get64(c, sv::RIP));
-        let mut out = [0u8; 15];
+        let mut out = [0u8; FETCH];
         let mut n = 0;
-        while n < 15 {
+        while n < FETCH {
             let va = lin.wrapping_add(n as u64);
             let Ok((pa, _)) = self.translate(v, va) else {
                 break;
@@ -951,8 +1012,14 @@ impl Machine {
             if pa >= RAM_END {
                 break;
             }
-            let take = (15 - n).min(4096 - (pa & 0xFFF) as usize);
-            out[n..n + take].copy_from_slice(&self.ram[pa as usize..pa as usize + take]);
+            let take = (FETCH - n).min(4096 - (pa & 0xFFF) as usize);
+            let src = &self.ram[pa as usize..pa as usize + take];
+            if take == FETCH {
+                // The whole window in one page (the usual case): a fixed-size copy.
+                out.copy_from_slice(src);
+            } else {
+                out[n..n + take].copy_from_slice(src);
+            }
             n += take;
         }
         (out, n)

@@ -8,6 +8,15 @@
 //! syscall MSRs (nothing before that can fault), then stores the guest GPRs and
 //! clears them, saves the VMPL's extended state with XSAVE and restores the
 //! machine's.
+//!
+//! One exit never leaves the stub: RDMSR and WRMSR of the GHCB MSR, which SEV-ES
+//! hardware serves without any exit (the register is part of the vCPU's state).
+//! After the `VMLOAD` of the machine's state the stub reads or writes the VMPL's
+//! GHCB MSR value (the caller's `ghcb_msr`), steps RIP over the two-byte
+//! instruction and runs the VMPL again; the guest GPRs stay in their registers
+//! (the stub touches only RAX, which the VMCB holds, and RCX/RDX, which it puts
+//! back), and no event can be pending (EXITINTINFO is checked). Everything else,
+//! SEV_STATUS included, takes the full exit to the run loop.
 
 use nitride_snp_machine::VMPLS;
 
@@ -110,14 +119,22 @@ pub fn pa<T>(x: &T) -> u64 {
 }
 
 extern "C" {
-    fn snp_vmrun(vmcb_pa: u64, gprs: *mut Gprs, host_vmcb_pa: u64, fpu: *mut Fpu);
+    fn snp_vmrun(
+        vmcb_pa: u64,
+        gprs: *mut Gprs,
+        host_vmcb_pa: u64,
+        fpu: *mut Fpu,
+        ghcb_msr: *mut u64,
+    );
 }
 
 core::arch::global_asm!(
     r#"
     .section .text.vmrun, "ax", @progbits
     .global snp_vmrun
-    /* rdi = VMCB PA, rsi = &Gprs, rdx = host VMCB PA, rcx = &Fpu. */
+    /* rdi = VMCB PA, rsi = &Gprs, rdx = host VMCB PA, rcx = &Fpu, r8 = &GHCB MSR.
+       Stack while the VMPL runs: 0 &Fpu, 8 &Gprs, 16 host VMCB, 24 &GHCB MSR,
+       32 VMCB. */
 snp_vmrun:
     pushq %rbx
     pushq %rbp
@@ -125,6 +142,8 @@ snp_vmrun:
     pushq %r13
     pushq %r14
     pushq %r15
+    pushq %rdi
+    pushq %r8
     pushq %rdx
     pushq %rsi
     pushq %rcx
@@ -147,11 +166,47 @@ snp_vmrun:
     movq 0x70(%rsi), %r15
     movq 0x00(%rsi), %rcx
     movq 0x28(%rsi), %rsi
+1:
     vmload %rax
     vmrun %rax
     vmsave %rax
     movq 16(%rsp), %rax
     vmload %rax
+    /* The GHCB MSR (0xC001_0130): an MSR exit (0x7C) with ECX naming it and no
+       event pending. EXITINFO1 is 0 for RDMSR, 1 for WRMSR. */
+    cmpl $0xC0010130, %ecx
+    jne 3f
+    movq 32(%rsp), %rax
+    cmpq $0x7C, 0x70(%rax)
+    jne 3f
+    testl $0x80000000, 0x88(%rax)
+    jnz 3f
+    pushq %rcx
+    cmpq $1, 0x78(%rax)
+    je 2f
+    /* RDMSR: EDX:EAX = the GHCB MSR (RAX zero-extended, in the VMCB). */
+    movq 32(%rsp), %rcx
+    movq (%rcx), %rdx
+    movl %edx, %ecx
+    movq %rcx, 0x5F8(%rax)
+    shrq $32, %rdx
+    jmp 4f
+2:
+    /* WRMSR: the GHCB MSR = EDX:EAX. */
+    pushq %rdx
+    shlq $32, %rdx
+    movl 0x5F8(%rax), %ecx
+    orq %rdx, %rcx
+    movq 40(%rsp), %rdx
+    movq %rcx, (%rdx)
+    popq %rdx
+4:
+    popq %rcx
+    addq $2, 0x578(%rax)
+    movq $0, 0xA8(%rax)
+    movb $0, 0x5C(%rax)
+    jmp 1b
+3:
     movq 8(%rsp), %rax
     movq %rcx, 0x00(%rax)
     movq %rdx, 0x08(%rax)
@@ -184,7 +239,7 @@ snp_vmrun:
     movl $-1, %edx
     xsave64 1024(%rcx)
     fxrstor64 (%rcx)
-    addq $16, %rsp
+    addq $32, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -196,8 +251,10 @@ snp_vmrun:
     options(att_syntax)
 );
 
-/// Run the VMPL whose VMCB is `pages.vmcb[vmpl]` until its next #VMEXIT.
-pub fn run(pages: &mut SvmPages, vmpl: usize, gprs: &mut Gprs) {
+/// Run the VMPL whose VMCB is `pages.vmcb[vmpl]` until its next #VMEXIT that the
+/// stub does not serve itself (RDMSR and WRMSR of the GHCB MSR, whose value is
+/// `ghcb_msr`).
+pub fn run(pages: &mut SvmPages, vmpl: usize, gprs: &mut Gprs, ghcb_msr: &mut u64) {
     let vmcb = pa(&pages.vmcb[vmpl]);
     let host = pa(&pages.host_vmcb);
     let fpu: *mut Fpu = &mut pages.fpu[vmpl];
@@ -206,8 +263,9 @@ pub fn run(pages: &mut SvmPages, vmpl: usize, gprs: &mut Gprs) {
     // so the guest cannot reach machine memory. The stub saves and restores every
     // callee-saved register and the machine's x87/SSE state, restores the machine's
     // TR/FS/GS/syscall MSRs with VMLOAD right after the exit, and its XSAVE/XRSTOR
-    // area is the VMPL's 64-byte aligned `Fpu::guest`.
-    unsafe { snp_vmrun(vmcb, gprs, host, fpu) };
+    // area is the VMPL's 64-byte aligned `Fpu::guest`. Its GHCB MSR fast path writes
+    // only `ghcb_msr` (a valid, exclusively borrowed u64) and the VMPL's VMCB.
+    unsafe { snp_vmrun(vmcb, gprs, host, fpu, ghcb_msr) };
 }
 
 /// Why SVM could not be turned on.

@@ -68,6 +68,35 @@ extern "C" fn vmpl1_main() -> ! {
         format_args!("XCR0 {xcr0:#x} (its VMSA's), DR0 {dr0:#x}"),
     );
 
+    // The GHCB MSR as SEV-ES hardware keeps it: all 64 bits written and read back,
+    // the upper half of RCX and every other register untouched, RIP past each
+    // instruction (the machine serves it inside its world switch).
+    let value = 0xFEDC_BA98_7654_3000u64;
+    let (back, rcx, r8, r11): (u64, u64, u64, u64);
+    // SAFETY: WRMSR and RDMSR of the GHCB MSR touch no memory; every later GHCB
+    // request writes the MSR again.
+    unsafe {
+        core::arch::asm!(
+            "wrmsr",
+            "xor eax, eax",
+            "xor edx, edx",
+            "rdmsr",
+            "shl rdx, 32",
+            "or rax, rdx",
+            inout("rcx") 0xA5A5_0000_C001_0130u64 => rcx,
+            inout("rax") value & 0xFFFF_FFFF => back,
+            inout("rdx") value >> 32 => _,
+            inout("r8") 0x0808_0808u64 => r8,
+            inout("r11") 0x1111_1111u64 => r11,
+            options(nostack),
+        );
+    }
+    c.check(
+        "ghcb-msr-in-world-switch",
+        back == value && rcx == 0xA5A5_0000_C001_0130 && r8 == 0x0808_0808 && r11 == 0x1111_1111,
+        format_args!("read back {back:#x}, RCX {rcx:#x}, R8 {r8:#x}, R11 {r11:#x}"),
+    );
+
     let probe = rd64((mbox().wrapping_add(mailbox::PROBE)) as u64);
     if probe != 0 {
         let n = rd64((mbox().wrapping_add(mailbox::PROBE_ARG)) as u64);
