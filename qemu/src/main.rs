@@ -523,7 +523,6 @@ fn bench() -> Result<ExitCode, Error> {
     println!("On the virtual SNP machine (the SVSM from IGVM at VMPL0, the test guest at VMPL1):");
     let mut all_ok = true;
     let mut firmware = Vec::new();
-    let mut attest_signing = None;
     for mode in [
         "mode=bench",
         "mode=bench-vhsm",
@@ -550,11 +549,11 @@ fn bench() -> Result<ExitCode, Error> {
             out.elapsed.as_secs_f64()
         );
         if mode == "mode=bench-attest" {
-            attest_signing = attestation_split(&out.combined);
+            attestation_split(&out.combined);
         }
         all_ok &= out.outcome() == Outcome::GuestPass;
     }
-    raw_crypto_comparison(&firmware, attest_signing)?;
+    raw_crypto_comparison(&firmware)?;
     let stripped = repo_root().join("target").join("bench-svsm.stripped");
     let status = Command::new("strip")
         .arg("-o")
@@ -594,17 +593,16 @@ struct AttestSplit {
     /// total, manifest build, manifest bytes, SHA-512, PSP.
     svsm_n: u64,
     svsm: [u64; 5],
-    /// Requests a `PSP round trip:` line was seen for, and its sums: round trip,
-    /// emulated PSP, signing.
+    /// Requests a `PSP round trip:` line was seen for, and the sum of their round
+    /// trips (the GHCB guest request, the machine's PSP inside it).
     psp_n: u64,
-    psp: [u64; 3],
+    psp: u64,
 }
 
 /// Put the SVSM's per-request log lines (`attestation: ...`, `PSP round trip: ...`)
 /// beside the guest's `BENCH attest_*` counts of `mode=bench-attest`, per request
-/// kind, and print the split. Returns the average instructions of the emulated PSP's
-/// report signing.
-fn attestation_split(console: &str) -> Option<u64> {
+/// kind, and print the split.
+fn attestation_split(console: &str) {
     let mut kinds: Vec<(String, AttestSplit)> = Vec::new();
     let mut current: Option<usize> = None;
     for line in console.lines() {
@@ -634,28 +632,21 @@ fn attestation_split(console: &str) -> Option<u64> {
                 }
             }
         } else if line.contains("[svsm]") && line.contains("PSP round trip: ") {
-            let fields = [
-                number_after(line, "PSP round trip: "),
-                number_after(line, "emulated PSP "),
-                number_after(line, "of which signing "),
-            ];
-            if let [Some(a), Some(b), Some(c)] = fields {
+            if let Some(round_trip) = number_after(line, "PSP round trip: ") {
                 split.psp_n += 1;
-                for (sum, v) in split.psp.iter_mut().zip([a, b, c]) {
-                    *sum += v;
-                }
+                split.psp += round_trip;
             }
         }
     }
     if kinds.is_empty() {
         println!("no attestation measurements in the console");
-        return None;
+        return;
     }
     let avg = |sum: u64, n: u64| sum.checked_div(n);
     let cell = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     println!(
         "\nattestation, instructions per request (averages; SVSM split from its log lines)\n\
-         {:<24} {:>10} {:>10} {:>8} {:>9} {:>6} {:>8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+         {:<24} {:>10} {:>10} {:>8} {:>9} {:>6} {:>8} {:>10} {:>10}",
         "request",
         "total",
         "SVSM",
@@ -665,43 +656,30 @@ fn attestation_split(console: &str) -> Option<u64> {
         "SHA-512",
         "PSP call",
         "round trip",
-        "emul. PSP",
-        "signing",
-        "client",
-        "PSP msg"
     );
-    let (mut signing_sum, mut signing_n) = (0, 0);
     for (name, s) in &kinds {
         let svsm = |i: usize| avg(s.svsm[i], s.svsm_n);
-        let psp = |i: usize| avg(s.psp[i], s.psp_n);
-        signing_sum += s.psp[2];
-        signing_n += s.psp_n;
+        let psp = avg(s.psp, s.psp_n);
         println!(
-            "{name:<24} {:>10} {:>10} {:>8} {:>9} {:>6} {:>8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+            "{name:<24} {:>10} {:>10} {:>8} {:>9} {:>6} {:>8} {:>10} {:>10}",
             s.guest,
             cell(svsm(0)),
-            cell(svsm(0).or(psp(0)).map(|inner| s.guest.saturating_sub(inner))),
+            cell(svsm(0).or(psp).map(|inner| s.guest.saturating_sub(inner))),
             cell(svsm(1)),
             cell(svsm(2)),
             cell(svsm(3)),
             cell(svsm(4)),
-            cell(psp(0)),
-            cell(psp(1)),
-            cell(psp(2)),
-            cell(psp(0).zip(psp(1)).map(|(r, e)| r.saturating_sub(e))),
-            cell(psp(1).zip(psp(2)).map(|(e, g)| e.saturating_sub(g))),
+            cell(psp),
         );
     }
     println!(
         "total: guest-measured round trip; SVSM: the attestation handler; rest = total - \
-         SVSM (AttestKey: total - round trip): guest side, world switch, dispatch, the \
+         SVSM (AttestKey: total - round trip): guest side, world switches, dispatch, the \
          vault's request handling (AttestKey), log lines; manifest: the vault's manifest \
-         and the services table; PSP \
-         call: the handler's platform call (round trip + its log line); client = round trip - \
-         emulated PSP (PSP client AES-GCM and copies); PSP msg = emulated PSP - signing \
-         (its decrypt/encrypt and report build)"
+         and the services table; PSP call: the handler's platform call (round trip + its \
+         log line); round trip: the GHCB guest request, the machine's PSP (decryption, \
+         report, signing, encryption) included"
     );
-    avg(signing_sum, signing_n)
 }
 
 /// Requests per second through the relay guest on the virtual SNP machine (wall
@@ -770,12 +748,8 @@ fn callgrind_per_op(exe: &std::path::Path, op: &str, n: u64) -> Option<u64> {
 }
 
 /// The firmware's round trip per operation beside the raw crypto's instructions
-/// on the host (same crates, release profile); and the emulated PSP's report
-/// signing (`attest_signing`) beside the raw p384 signature of 0x2A0 bytes.
-fn raw_crypto_comparison(
-    firmware: &[(String, u64)],
-    attest_signing: Option<u64>,
-) -> Result<(), Error> {
+/// on the host (same crates, release profile).
+fn raw_crypto_comparison(firmware: &[(String, u64)]) -> Result<(), Error> {
     if Command::new("valgrind").arg("--version").output().is_err() {
         println!(
             "valgrind not found: skipping the raw-crypto comparison (apt-get install valgrind)"
@@ -816,14 +790,6 @@ fn raw_crypto_comparison(
             fw.saturating_sub(raw),
             *fw as f64 / raw as f64
         );
-    }
-    if let Some(fw) = attest_signing {
-        if let Some(raw) = callgrind_per_op(&exe, "ecdsa_p384_sign_report", 10).filter(|&r| r > 0) {
-            println!(
-                "\nreport signing (ECDSA P-384 over 0x2A0 bytes): emulated PSP {fw}, raw p384 {raw}, ratio {:.3}",
-                fw as f64 / raw as f64
-            );
-        }
     }
     Ok(())
 }
