@@ -236,6 +236,25 @@ pub fn endorsement_key(table: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Run `nitride ARGS` in this process (against the relay socket `sock` when given):
+/// (exit code, stdout, error message).
+pub fn nitride(sock: Option<&std::path::Path>, args: &[&str]) -> (i32, Vec<u8>, String) {
+    use nitride_guest_driver::cli;
+    let (result, out) = match sock {
+        Some(s) => cli::run_with_socket(s, args),
+        None => {
+            let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let mut out = Vec::new();
+            let r = cli::run(&argv, &mut out);
+            (r, out)
+        }
+    };
+    match result {
+        Ok(()) => (0, out, String::new()),
+        Err(e) => (e.exit_code(), out, e.to_string()),
+    }
+}
+
 /// The test KBS (tests/kbs, Python) as a process on a free loopback port, killed
 /// when dropped; its stderr log in a file.
 #[derive(Debug)]

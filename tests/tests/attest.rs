@@ -12,7 +12,6 @@
 use std::path::Path;
 
 use nitride_guest_driver::attest::{AttestError, Target};
-use nitride_guest_driver::cli;
 use nitride_guest_driver::relay::AttestParams;
 use nitride_guest_driver::verify::{
     verify, AppraisalPolicy, CheckedEvidence, PolicyError, RootUsed, TrustAnchors, VerifiedReport,
@@ -291,22 +290,10 @@ fn guest_secrets_page_holds_no_vmpck0() {
     }
 }
 
-/// Run `nitride ARGS` (with `--socket` when given); returns (exit code, stdout, error).
+/// [`nitride_tests::nitride`] with stdout as text.
 fn nitride(sock: Option<&Path>, args: &[&str]) -> (i32, String, String) {
-    let (result, out) = match sock {
-        Some(s) => cli::run_with_socket(s, args),
-        None => {
-            let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-            let mut out = Vec::new();
-            let r = cli::run(&argv, &mut out);
-            (r, out)
-        }
-    };
-    let out = String::from_utf8_lossy(&out).into_owned();
-    match result {
-        Ok(()) => (0, out, String::new()),
-        Err(e) => (e.exit_code(), out, e.to_string()),
-    }
+    let (code, out, e) = nitride_tests::nitride(sock, args);
+    (code, String::from_utf8_lossy(&out).into_owned(), e)
 }
 
 #[test]

@@ -7,15 +7,11 @@
 
 use std::path::Path;
 
-use nitride_guest_driver::cli;
 use nitride_tests::start_relay;
 
 /// Run `nitride ARGS --socket SOCK`; returns (exit code, stdout, error message).
 fn nitride(sock: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
-    match cli::run_with_socket(sock, args) {
-        (Ok(()), out) => (0, out, String::new()),
-        (Err(e), out) => (e.exit_code(), out, e.to_string()),
-    }
+    nitride_tests::nitride(Some(sock), args)
 }
 
 fn text(b: &[u8]) -> String {

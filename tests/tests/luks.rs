@@ -21,28 +21,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use nitride_guest_driver::cli;
 use nitride_protocol::launch_config::LaunchConfig;
 use nitride_protocol::vhsm::{LUKS_PASSPHRASE_INFO_PREFIX, LUKS_PASSPHRASE_SALT};
 use nitride_qemu::RunningVm;
-use nitride_tests::{images, start_relay_with, test_dir, Kbs};
-
-/// Run `nitride ARGS` in this process against `sock`: (exit code, stdout, error).
-fn nitride(sock: Option<&Path>, args: &[&str]) -> (i32, Vec<u8>, String) {
-    let (result, out) = match sock {
-        Some(s) => cli::run_with_socket(s, args),
-        None => {
-            let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-            let mut out = Vec::new();
-            let r = cli::run(&argv, &mut out);
-            (r, out)
-        }
-    };
-    match result {
-        Ok(()) => (0, out, String::new()),
-        Err(e) => (e.exit_code(), out, e.to_string()),
-    }
-}
+use nitride_tests::{images, nitride, start_relay_with, test_dir, Kbs};
 
 fn cryptsetup(args: &[&str], stdin: &[u8]) -> (bool, String) {
     let mut child = Command::new("cryptsetup")

@@ -10,30 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use nitride_guest_driver::cli;
 use nitride_guest_driver::kbs::{snp_evidence, KbsClient};
 use nitride_protocol::launch_config::LaunchConfig;
 use nitride_protocol::vhsm::{Origin, Status};
-use nitride_tests::{images, start_relay_with, test_dir, Kbs, Relay, VhsmError};
+use nitride_tests::{images, nitride, start_relay_with, test_dir, Kbs, Relay, VhsmError};
 use zerocopy::FromBytes;
-
-/// Run `nitride ARGS` (with `--socket` when given); returns (exit code, stdout,
-/// error message).
-fn nitride(sock: Option<&Path>, args: &[&str]) -> (i32, Vec<u8>, String) {
-    let (result, out) = match sock {
-        Some(s) => cli::run_with_socket(s, args),
-        None => {
-            let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-            let mut out = Vec::new();
-            let r = cli::run(&argv, &mut out);
-            (r, out)
-        }
-    };
-    match result {
-        Ok(()) => (0, out, String::new()),
-        Err(e) => (e.exit_code(), out, e.to_string()),
-    }
-}
 
 /// Python AES-256-GCM of `plaintext` under `key` with `aad`: nonce || ct || tag.
 fn owner_encrypt(key: &[u8], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
