@@ -1225,6 +1225,67 @@ fn start_demo_kbs(args: &[&str], log: &std::path::Path) -> Result<(DemoKbs, Stri
     }
 }
 
+/// The owner's side of demo parts 8 and 9, in `dir`: a fresh 32-byte secret (in
+/// `NAME.key`), an owner key pair (`owner.pem`), the launch
+/// configuration naming its public key (`launch-config.bin`) and the secret in an
+/// envelope the owner signed (`envelope.jws`: an AES-256 key labelled NAME with
+/// `usage`, for VMPL1). Returns whether every command succeeded, the configuration
+/// file and the relay VM's expected MEASUREMENT under it.
+fn owner_side(
+    dir: &Path,
+    images: &Images,
+    name: &str,
+    usage: &str,
+) -> Result<(bool, PathBuf, String), Error> {
+    let key_file = format!("{name}.key");
+    let mut secret = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+    std::fs::write(dir.join(&key_file), secret)?;
+    let none = Path::new("");
+    let mut ok = nitride(none, &["owner", "keygen", "--out", "owner.pem"]).0;
+    ok &= nitride(
+        none,
+        &[
+            "owner",
+            "launch-config",
+            "--owner",
+            "owner.pem.pub",
+            "--out",
+            "launch-config.bin",
+        ],
+    )
+    .0;
+    ok &= nitride(
+        none,
+        &[
+            "owner",
+            "envelope",
+            "--key",
+            "owner.pem",
+            "--type",
+            "aes-256",
+            "--usage",
+            usage,
+            "--vmpls",
+            "1",
+            "--label",
+            name,
+            "--in",
+            &key_file,
+            "--out",
+            "envelope.jws",
+        ],
+    )
+    .0;
+    let config = dir.join("launch-config.bin");
+    let measurement = hex::encode(nitride_qemu::measure::launch_measurement_with(
+        &images.svsm,
+        &images.relay_guest,
+        Some(&config),
+    )?);
+    Ok((ok, config, measurement))
+}
+
 /// Part 8 of the demo, the seeds' Case B: the owner signs a secret for the vault and
 /// puts it in a KBS (the test KBS of tests/kbs); the firmware, measured with the
 /// owner's public key in its launch configuration, attests to the KBS at VMPL0 and
@@ -1251,51 +1312,8 @@ fn provisioning_story(images: &Images) -> Result<bool, Error> {
     let mut ok = true;
     // The owner's side: a key pair, the launch configuration naming its public key,
     // and the secret in an envelope signed with it.
-    let mut secret = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
-    std::fs::write(dir.join("disk.key"), secret)?;
-    let none = std::path::Path::new("");
-    ok &= nitride(none, &["owner", "keygen", "--out", "owner.pem"]).0;
-    ok &= nitride(
-        none,
-        &[
-            "owner",
-            "launch-config",
-            "--owner",
-            "owner.pem.pub",
-            "--out",
-            "launch-config.bin",
-        ],
-    )
-    .0;
-    ok &= nitride(
-        none,
-        &[
-            "owner",
-            "envelope",
-            "--key",
-            "owner.pem",
-            "--type",
-            "aes-256",
-            "--usage",
-            "encrypt,decrypt",
-            "--vmpls",
-            "1",
-            "--label",
-            "disk",
-            "--in",
-            "disk.key",
-            "--out",
-            "envelope.jws",
-        ],
-    )
-    .0;
-    let config = dir.join("launch-config.bin");
-    let measurement = hex::encode(nitride_qemu::measure::launch_measurement_with(
-        &images.svsm,
-        &images.relay_guest,
-        Some(&config),
-    )?);
+    let (owner_ok, config, measurement) = owner_side(&dir, images, "disk", "encrypt,decrypt")?;
+    ok &= owner_ok;
     println!("  (the firmware's expected MEASUREMENT with this configuration: {measurement})");
     let resource = format!("nitride/key/disk={}", dir.join("envelope.jws").display());
     let (_kbs, url) = start_demo_kbs(
@@ -1475,52 +1493,9 @@ fn luks_story(images: &Images) -> Result<bool, Error> {
         println!("  skipped: the test KBS needs Python's jwcrypto, rfc8785 and cryptography");
         return Ok(ok);
     }
-    let mut secret = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
-    std::fs::write(dir.join("volume.key"), secret)?;
-    let none = Path::new("");
-    ok &= nitride(none, &["owner", "keygen", "--out", "owner.pem"]).0;
-    ok &= nitride(
-        none,
-        &[
-            "owner",
-            "launch-config",
-            "--owner",
-            "owner.pem.pub",
-            "--out",
-            "launch-config.bin",
-        ],
-    )
-    .0;
-    ok &= nitride(
-        none,
-        &[
-            "owner",
-            "envelope",
-            "--key",
-            "owner.pem",
-            "--type",
-            "aes-256",
-            "--usage",
-            "release",
-            "--vmpls",
-            "1",
-            "--label",
-            "volume",
-            "--in",
-            "volume.key",
-            "--out",
-            "envelope.jws",
-        ],
-    )
-    .0;
+    let (owner_ok, config, measurement) = owner_side(&dir, images, "volume", "release")?;
+    ok &= owner_ok;
     let _ = std::fs::remove_file(dir.join("volume.key"));
-    let config = dir.join("launch-config.bin");
-    let measurement = hex::encode(nitride_qemu::measure::launch_measurement_with(
-        &images.svsm,
-        &images.relay_guest,
-        Some(&config),
-    )?);
     let resource = format!("nitride/key/volume={}", dir.join("envelope.jws").display());
     let (_kbs, url) = start_demo_kbs(
         &["--measurement", &measurement, "--resource", &resource],
