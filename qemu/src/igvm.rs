@@ -347,28 +347,7 @@ pub fn build(boot: &[u8], extra: &[&[u8]]) -> Result<Vec<u8>, Error> {
         vp_index: 0,
         vmsa: boot_vmsa(first.entry),
     });
-    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
-        compatibility_mask: SNP_MASK,
-        highest_vtl: 0,
-        platform_type: IgvmPlatformType::SEV_SNP,
-        platform_version: igvm_defs::IGVM_SEV_SNP_PLATFORM_VERSION,
-        shared_gpa_boundary: 0,
-    });
-    let init = IgvmInitializationHeader::GuestPolicy {
-        policy: GUEST_POLICY,
-        compatibility_mask: SNP_MASK,
-    };
-    let file = IgvmFile::new(
-        igvm::IgvmRevision::V1,
-        vec![platform],
-        vec![init],
-        directives,
-    )
-    .map_err(|e| Error::Igvm(e.to_string()))?;
-    let mut out = Vec::new();
-    file.serialize(&mut out)
-        .map_err(|e| Error::Igvm(e.to_string()))?;
-    Ok(out)
+    finish(directives)
 }
 
 /// Where the SVSM image is linked and the size of its region (the linker script's
@@ -494,6 +473,7 @@ pub fn build_svsm(
     finish(directives)
 }
 
+/// The IGVM file of `directives`: the SEV-SNP platform header and the guest policy.
 fn finish(directives: Vec<IgvmDirectiveHeader>) -> Result<Vec<u8>, Error> {
     let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
         compatibility_mask: SNP_MASK,
