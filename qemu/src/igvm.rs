@@ -302,29 +302,7 @@ pub fn build(boot: &[u8], extra: &[&[u8]]) -> Result<Vec<u8>, Error> {
             }
         }
     }
-    let mut directives = Vec::new();
-    let flags = IgvmPageDataFlags::new();
-    for (gpa, data) in pages {
-        directives.push(IgvmDirectiveHeader::PageData {
-            gpa,
-            compatibility_mask: SNP_MASK,
-            flags,
-            data_type: IgvmPageDataType::NORMAL,
-            data,
-        });
-    }
-    for (gpa, data_type) in [
-        (layout::SECRETS, IgvmPageDataType::SECRETS),
-        (layout::CPUID, IgvmPageDataType::CPUID_DATA),
-    ] {
-        directives.push(IgvmDirectiveHeader::PageData {
-            gpa,
-            compatibility_mask: SNP_MASK,
-            flags,
-            data_type,
-            data: Vec::new(),
-        });
-    }
+    let mut directives = page_directives(pages, layout::SECRETS, layout::CPUID);
     directives.push(IgvmDirectiveHeader::ParameterArea {
         number_of_bytes: PAGE_SIZE_4K,
         parameter_area_index: 0,
@@ -418,29 +396,7 @@ pub fn build_svsm(
     let vault_config =
         vault_config.unwrap_or(&nitride_protocol::launch_config::LaunchConfig::DEFAULT);
     pages.insert(gpa::VAULT_CONFIG, vault_config.to_page().to_vec());
-    let flags = IgvmPageDataFlags::new();
-    let mut directives = Vec::new();
-    for (gpa, data) in pages {
-        directives.push(IgvmDirectiveHeader::PageData {
-            gpa,
-            compatibility_mask: SNP_MASK,
-            flags,
-            data_type: IgvmPageDataType::NORMAL,
-            data,
-        });
-    }
-    for (gpa, data_type) in [
-        (gpa::SECRETS, IgvmPageDataType::SECRETS),
-        (gpa::CPUID, IgvmPageDataType::CPUID_DATA),
-    ] {
-        directives.push(IgvmDirectiveHeader::PageData {
-            gpa,
-            compatibility_mask: SNP_MASK,
-            flags,
-            data_type,
-            data: Vec::new(),
-        });
-    }
+    let mut directives = page_directives(pages, gpa::SECRETS, gpa::CPUID);
     for (index, at) in [(0u32, gpa::CMDLINE), (1, gpa::MEMORY_MAP)] {
         directives.push(IgvmDirectiveHeader::ParameterArea {
             number_of_bytes: PAGE_SIZE_4K,
@@ -471,6 +427,39 @@ pub fn build_svsm(
         vmsa: boot_vmsa(svsm_loaded.entry),
     });
     finish(directives)
+}
+
+/// The measured pages' directives (`pages`, in address order), then the PSP-filled
+/// SNP secrets page at `secrets` and CPUID page at `cpuid`.
+fn page_directives(
+    pages: std::collections::BTreeMap<u64, Vec<u8>>,
+    secrets: u64,
+    cpuid: u64,
+) -> Vec<IgvmDirectiveHeader> {
+    let flags = IgvmPageDataFlags::new();
+    let mut directives: Vec<_> = pages
+        .into_iter()
+        .map(|(gpa, data)| IgvmDirectiveHeader::PageData {
+            gpa,
+            compatibility_mask: SNP_MASK,
+            flags,
+            data_type: IgvmPageDataType::NORMAL,
+            data,
+        })
+        .collect();
+    for (gpa, data_type) in [
+        (secrets, IgvmPageDataType::SECRETS),
+        (cpuid, IgvmPageDataType::CPUID_DATA),
+    ] {
+        directives.push(IgvmDirectiveHeader::PageData {
+            gpa,
+            compatibility_mask: SNP_MASK,
+            flags,
+            data_type,
+            data: Vec::new(),
+        });
+    }
+    directives
 }
 
 /// The IGVM file of `directives`: the SEV-SNP platform header and the guest policy.

@@ -171,17 +171,7 @@ pub fn build_images() -> Result<Images, Error> {
         &["--manifest-path", "tests/guest/Cargo.toml"],
         &dir.join("guest"),
     )?;
-    cargo_build(
-        &[
-            "-p",
-            "nitride-snp-machine",
-            "--bin",
-            "snp-machine",
-            "--features",
-            "firmware",
-        ],
-        &dir.join("snp-machine"),
-    )?;
+    let machine = build_machine()?;
     let bin = |sub: &str, name: &str| dir.join(sub).join(TRIPLE).join("release").join(name);
     let firmware = |sub: &str| {
         dir.join(sub)
@@ -194,8 +184,24 @@ pub fn build_images() -> Result<Images, Error> {
         svsm_fault_injection: firmware("svsm-fault-injection"),
         test_guest: bin("guest", "test-guest"),
         relay_guest: bin("guest", "relay-guest"),
-        machine: machine_image(),
+        machine,
     })
+}
+
+/// Build the virtual SNP machine (release); its image's path.
+pub(crate) fn build_machine() -> Result<PathBuf, Error> {
+    cargo_build(
+        &[
+            "-p",
+            "nitride-snp-machine",
+            "--bin",
+            "snp-machine",
+            "--features",
+            "firmware",
+        ],
+        &images_dir().join("snp-machine"),
+    )?;
+    Ok(machine_image())
 }
 
 fn have(program: &str) -> bool {

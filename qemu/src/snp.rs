@@ -24,24 +24,14 @@ pub struct SnpImages {
 /// Build the machine and the test program (release).
 pub fn build_snp_images() -> Result<SnpImages, Error> {
     let dir = images_dir();
-    crate::cargo_build(
-        &[
-            "-p",
-            "nitride-snp-machine",
-            "--bin",
-            "snp-machine",
-            "--features",
-            "firmware",
-        ],
-        &dir.join("snp-machine"),
-    )?;
+    let machine = crate::build_machine()?;
     crate::cargo_build(
         &["--manifest-path", "qemu/snp-machine/test-images/Cargo.toml"],
         &dir.join("snp-test"),
     )?;
     let bin = |sub: &str, name: &str| dir.join(sub).join(crate::TRIPLE).join("release").join(name);
     Ok(SnpImages {
-        machine: bin("snp-machine", "snp-machine"),
+        machine,
         test_vmpl0: bin("snp-test", "snp-test-vmpl0"),
         test_vmpl1: bin("snp-test", "snp-test-vmpl1"),
     })
